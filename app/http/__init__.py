@@ -1,0 +1,1 @@
+"""Pure HTTP logic: header text and integers in, decisions out. No I/O, no framework imports."""

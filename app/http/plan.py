@@ -1,0 +1,110 @@
+"""What to answer to GET/HEAD of a file: status, headers and body segments. Pure: no I/O.
+
+This is where preconditions, If-Range and Range meet, in the order RFC 9110 §13.2.2 gives them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.http.byteranges import Segment, multipart_segments, new_boundary, segments_length
+from app.http.conditional import (
+    Precondition,
+    RequestConditions,
+    Validators,
+    evaluate,
+    if_range_matches,
+)
+from app.http.ranges import (
+    ByteRange,
+    Ignore,
+    Partial,
+    Unsatisfiable,
+    format_content_range,
+    format_unsatisfied_range,
+    plan_ranges,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FileFacts:
+    """What the response needs to know about the opened file."""
+
+    size: int
+    validators: Validators
+    content_type: str
+    content_disposition: str
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadRequest:
+    method: str
+    range: str | None = None
+    if_range: str | None = None
+    conditions: RequestConditions = field(default_factory=RequestConditions)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsePlan:
+    status: int
+    headers: list[tuple[str, str]]
+    body: list[Segment]
+
+    @property
+    def content_length(self) -> int:
+        return segments_length(self.body)
+
+
+def _validator_headers(v: Validators) -> list[tuple[str, str]]:
+    return [("etag", v.etag), ("last-modified", v.last_modified_header)]
+
+
+def plan_download(
+    request: DownloadRequest, facts: FileFacts, *, max_ranges: int, now: int, boundary: str | None = None
+) -> ResponsePlan:
+    """Decide the whole response for GET or HEAD of an existing file.
+
+    The body is always the GET body; a HEAD answer carries the same headers and sends none of it.
+    """
+    v = facts.validators
+    common = [("accept-ranges", "bytes"), *_validator_headers(v), ("x-content-type-options", "nosniff")]
+    outcome = evaluate(request.method, request.conditions, v)
+    if outcome is Precondition.NOT_MODIFIED:
+        return ResponsePlan(304, common, [])
+    if outcome is Precondition.FAILED:
+        return ResponsePlan(412, [*common, _length(0)], [])
+
+    entity = [("content-type", facts.content_type), ("content-disposition", facts.content_disposition)]
+    whole = ByteRange(0, facts.size)
+    # RFC 9110 §14.2: Range is defined for GET only; HEAD (and an If-Range that does not match,
+    # §13.1.5) gets the whole representation.
+    use_range = request.method == "GET" and request.range is not None
+    if use_range and request.if_range is not None:
+        use_range = if_range_matches(request.if_range, v, now=now)
+    plan = plan_ranges(request.range, facts.size, max_ranges=max_ranges) if use_range else Ignore()
+
+    match plan:
+        case Ignore():
+            body: list[Segment] = [whole] if facts.size else []
+            return ResponsePlan(200, [*common, *entity, _length(facts.size)], body)
+        case Unsatisfiable(size=size):
+            headers = [*common, ("content-range", format_unsatisfied_range(size)), _length(0)]
+            return ResponsePlan(416, headers, [])
+        case Partial(ranges=(only,)):
+            body = [only]
+            headers = [*common, *entity, ("content-range", format_content_range(only, facts.size))]
+            return ResponsePlan(206, [*headers, _length(only.length)], body)
+        case Partial(ranges=ranges):
+            b = boundary or new_boundary()
+            body = multipart_segments(ranges, facts.size, facts.content_type, b)
+            headers = [
+                *common,
+                ("content-type", f"multipart/byteranges; boundary={b}"),
+                ("content-disposition", facts.content_disposition),
+            ]
+            return ResponsePlan(206, [*headers, _length(segments_length(body))], body)
+    raise AssertionError(plan)  # pragma: no cover
+
+
+def _length(n: int) -> tuple[str, str]:
+    return ("content-length", str(n))

@@ -1,0 +1,101 @@
+"""Ferry's one settings object: environment (``FERRY_*``), ``config/ferry.env``, then CLI flags.
+
+Every field's description doubles as its ``ferry serve --help`` text and its line in
+``config/ferry.env.example``; the CLI flags are generated from these fields (app/cli.py).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "FERRY_"
+ENV_FILE = "config/ferry.env"
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_DECIMAL = {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
+
+
+def parse_size(value: Any) -> Any:
+    """``65536``, ``64KiB``, ``4MiB``, ``1GiB`` (binary; ``KB``/``MB``/``GB`` are decimal) → bytes."""
+    if not isinstance(value, str):
+        return value
+    match = _SIZE_RE.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a size (examples: 65536, 64KiB, 4MiB)")
+    number, unit = match.group(1), (match.group(2) or "").lower()
+    factor = _DECIMAL.get(unit) or _UNITS[unit.removesuffix("b").removesuffix("i")]
+    return int(number) * factor
+
+
+def parse_mime_types(value: Any) -> Any:
+    """``.log=text/plain,.m3u8=application/vnd.apple.mpegurl`` → {".log": "text/plain", ...}."""
+    if not isinstance(value, str):
+        return value
+    pairs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        ext, eq, mime = (s.strip() for s in item.partition("="))
+        if not eq or not ext or "/" not in mime or any(c in mime for c in " \t\r\n;"):
+            raise ValueError(f"{item!r} is not an extension=type pair (example: .log=text/plain)")
+        pairs[ext.lower() if ext.startswith(".") else "." + ext.lower()] = mime
+    return pairs
+
+
+def _existing_directory(path: Path) -> Path:
+    resolved = path.expanduser().resolve()
+    if not resolved.is_dir():
+        raise ValueError(f"{str(path)!r} is not an existing directory")
+    return resolved
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=ENV_FILE, extra="forbid", frozen=True, validate_default=True
+    )
+
+    root: Annotated[Path, AfterValidator(_existing_directory)] = Field(
+        Path("./storage"), description="the directory served"
+    )
+    host: str = Field("0.0.0.0", min_length=1, description="bind address")
+    port: int = Field(8000, ge=0, le=65535, description="bind port (0 picks a free one)")
+    workers: int = Field(1, ge=1, le=256, description="server processes sharing the port")
+    chunk_size: Size = Field(
+        1024**2, ge=4096, le=256 * 1024**2, description="read/send block: 65536, 64KiB, 4MiB"
+    )
+    zero_copy: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto/on/off: send file bytes with sendfile where the connection allows"
+    )
+    follow_symlinks: bool = Field(
+        False, description="false: a path whose real location is outside ROOT is 404"
+    )
+    show_hidden: bool = Field(
+        False, description="false: names starting with '.' are neither listed, searched nor served"
+    )
+    max_ranges: int = Field(
+        16, ge=1, le=1000, description="a Range with more ranges than this gets the whole file (200)"
+    )
+    disposition: Literal["attachment", "inline"] = Field(
+        "attachment", description="default Content-Disposition type; ?inline=1 / ?download=1 override it"
+    )
+    mime_types: Annotated[dict[str, str], NoDecode, BeforeValidator(parse_mime_types)] = Field(
+        default_factory=dict,
+        description="extra extension=type pairs, e.g. .log=text/plain,.m3u8=application/vnd.apple.mpegurl",
+    )
+    write_buffer: Size = Field(
+        256 * 1024,
+        ge=16 * 1024,
+        le=64 * 1024**2,
+        description="the most bytes queued for one connection before Ferry waits for the client",
+    )
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()

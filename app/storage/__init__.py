@@ -1,0 +1,1 @@
+"""The filesystem side of Ferry. Knows nothing about HTTP."""
