@@ -1,8 +1,8 @@
 """Ferry's domain errors and the one place they become HTTP responses.
 
-    FerryError               base: carries status, a short detail and extra headers
-    ├── BadRequest           400: a request Ferry cannot make sense of
-    └── NotFound             404: nothing servable here (including everything the path gate refuses)
+FerryError               base: carries status, a short detail and extra headers
+├── BadRequest           400: a request Ferry cannot make sense of
+└── NotFound             404: nothing servable here (including everything the path gate refuses)
 """
 
 from __future__ import annotations

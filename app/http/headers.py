@@ -31,7 +31,7 @@ def parse_http_date(value: str) -> int | None:
         return None
     try:
         # parsedate_tz gives the zone offset separately; HTTP-dates are always GMT.
-        seconds = calendar.timegm(parsed[:6] + (0, 1, 0))  # type: ignore[arg-type]
+        seconds = calendar.timegm(parsed[:6] + (0, 1, 0))
     except (OverflowError, ValueError):
         return None
     return seconds - (parsed[9] or 0)

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
 from app.deps import PolicyDep, SettingsDep
+from app.errors import NotFound
 from app.http.conditional import RequestConditions, make_validators
 from app.http.headers import content_disposition
 from app.http.mime import content_type_for
 from app.http.plan import DownloadRequest, FileFacts, plan_download
 from app.settings import Settings
-from app.errors import NotFound
 from app.storage.paths import PathPolicy, SafePath, open_beneath, resolve
 from app.transfer.download import FileResponse
 from app.views.listing import listing_response
@@ -39,11 +39,15 @@ async def get_file(path: str, request: Request, settings: SettingsDep, policy: P
             raise NotFound()
         facts = FileFacts(
             size=st.st_size,
-            validators=make_validators(dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns),
+            validators=make_validators(
+                dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns
+            ),
             content_type=content_type_for(safe.name, settings.mime_types),
             content_disposition=content_disposition(_disposition(request, settings), safe.name),
         )
-        plan = plan_download(_download_request(request), facts, max_ranges=settings.max_ranges, now=int(time.time()))
+        plan = plan_download(
+            _download_request(request), facts, max_ranges=settings.max_ranges, now=int(time.time())
+        )
     except BaseException:
         os.close(fd)
         raise

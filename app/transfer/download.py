@@ -70,7 +70,9 @@ class FileResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send(
+                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            )
             if scope["method"] == "HEAD" or not self.plan.body:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return

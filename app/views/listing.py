@@ -61,6 +61,6 @@ def listing_response(directory: SafePath, url_dir: str, request: Request, policy
     parent = '<li><a href="../">../</a></li>\n' if url_dir else ""
     body = (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>Index of {title}</title>'
-        f'</head>\n<body><h1>Index of {title}</h1>\n<ul>\n{parent}{rows}\n</ul></body></html>\n'
+        f"</head>\n<body><h1>Index of {title}</h1>\n<ul>\n{parent}{rows}\n</ul></body></html>\n"
     )
     return HTMLResponse(body, headers={"x-content-type-options": "nosniff"})

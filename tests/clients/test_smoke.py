@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ServerFactory
+
+pytestmark = pytest.mark.clients
+
+
+def test_serve_answers_healthz_and_a_download(ferry: ServerFactory, storage_tree: Path) -> None:
+    server = ferry(storage_tree)
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    response = httpx.get(f"{server.url}/files/hello.txt")
+    assert response.status_code == 200
+    assert response.content == b"hello, ferry\n"

@@ -1,0 +1,179 @@
+"""Shared fixtures: a clean environment, an awkward storage tree, and a real `ferry serve`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.settings import Settings
+
+CANARY = b"FERRY-CANARY-outside-root-never-served\n"
+
+
+@pytest.fixture(autouse=True)
+def _clean_ferry_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's FERRY_* variables must not change test results."""
+    for name in list(os.environ):
+        if name.startswith("FERRY_"):
+            monkeypatch.delenv(name)
+
+
+def make_settings(root: Path, **overrides: object) -> Settings:
+    return Settings(_env_file=None, root=root, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def storage_tree(tmp_path: Path) -> Path:
+    """ROOT with awkward names (as dufs tests do), a hidden file, and symlinks in and out of ROOT.
+
+    A canary file sits beside ROOT (and in a sibling directory whose name shares ROOT's prefix);
+    no response may ever contain its bytes.
+    """
+    root = tmp_path / "data"
+    root.mkdir()
+    (tmp_path / "secret.txt").write_bytes(CANARY)
+    sibling = tmp_path / "data_secret"
+    sibling.mkdir()
+    (sibling / "x.txt").write_bytes(CANARY)
+    (root / "hello.txt").write_bytes(b"hello, ferry\n")
+    (root / "empty.bin").write_bytes(b"")
+    (root / "digits.txt").write_bytes(bytes(range(256)) * 4)  # 1024 bytes
+    (root / "résumé 数据.bin").write_bytes(b"unicode name\n")
+    (root / 'we"ird;name\\.txt').write_bytes(b"quotes\n")
+    (root / "100% #1?.txt").write_bytes(b"percent\n")
+    (root / "line\nbreak.txt").write_bytes(b"newline\n")
+    (root / ".hidden").write_bytes(b"hidden\n")
+    sub = root / "sub"
+    sub.mkdir()
+    (sub / "inner.txt").write_bytes(b"inner\n")
+    (sub / ".env").write_bytes(b"SECRET=1\n")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_bytes(b"[core]\n")
+    (root / "link-inside.txt").symlink_to(root / "hello.txt")
+    (root / "link-outside.txt").symlink_to(tmp_path / "secret.txt")
+    (root / "dir-outside").symlink_to(sibling)
+    (root / "link-to-hidden").symlink_to(root / ".hidden")
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class FerryServer:
+    """A `ferry serve` subprocess listening on a loopback port."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    root: Path
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(root: Path, cwd: Path, *flags: str, env: dict[str, str] | None = None) -> FerryServer:
+    port = free_port()
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+    clean_env.update(env or {})
+    log = (cwd / f"ferry-{port}.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "serve",
+            "--root",
+            str(root),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *flags,
+        ],
+        cwd=cwd,  # no config/ferry.env there
+        env=clean_env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    log.close()
+    server = FerryServer(process, port, root, cwd / f"ferry-{port}.log")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"ferry serve exited: {server.log.read_text()}")
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.05)
+    server.stop()
+    raise AssertionError("ferry serve did not become ready")
+
+
+ServerFactory = Callable[..., FerryServer]
+
+
+@pytest.fixture(params=["off"])
+def zero_copy(request: pytest.FixtureRequest) -> str:
+    """The transfer path every download test runs on (FERRY_ZERO_COPY)."""
+    value: str = request.param
+    return value
+
+
+@pytest.fixture
+def ferry(tmp_path: Path, zero_copy: str) -> Iterator[ServerFactory]:
+    """Start `ferry serve` on a free loopback port: ferry(root, "--flag", "value", ...).
+
+    Every server runs on the `zero_copy` fixture's transfer path unless the flags name one.
+    """
+    servers: list[FerryServer] = []
+    workdir = tmp_path / "cwd"
+    workdir.mkdir(exist_ok=True)
+
+    def start(root: Path, *flags: str, env: dict[str, str] | None = None) -> FerryServer:
+        if "--zero-copy" not in flags:
+            flags = (*flags, "--zero-copy", zero_copy)
+        server = start_server(root, workdir, *flags, env=env)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
