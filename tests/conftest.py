@@ -150,7 +150,7 @@ def start_server(root: Path, cwd: Path, *flags: str, env: dict[str, str] | None 
 ServerFactory = Callable[..., FerryServer]
 
 
-@pytest.fixture(params=["off"])
+@pytest.fixture(params=["off", "on"])
 def zero_copy(request: pytest.FixtureRequest) -> str:
     """The transfer path every download test runs on (FERRY_ZERO_COPY)."""
     value: str = request.param

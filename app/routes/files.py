@@ -51,7 +51,14 @@ async def get_file(path: str, request: Request, settings: SettingsDep, policy: P
     except BaseException:
         os.close(fd)
         raise
-    return FileResponse(plan, fd, st, chunk_size=settings.chunk_size, write_buffer=settings.write_buffer)
+    return FileResponse(
+        plan,
+        fd,
+        st,
+        chunk_size=settings.chunk_size,
+        write_buffer=settings.write_buffer,
+        zero_copy=settings.zero_copy,
+    )
 
 
 def _directory(safe: SafePath, path: str, request: Request, policy: PathPolicy) -> Response:

@@ -11,9 +11,11 @@ import functools
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.settings import Settings
+from app.transfer.zero_copy import EXTENSION, ZeroCopySender, zero_copy_available
 
 
 class FerryConfig(uvicorn.Config):
@@ -41,16 +43,55 @@ class FerryConfig(uvicorn.Config):
 
 
 class FerryProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus FERRY_WRITE_BUFFER and the zero-copy extension."""
+
+    zero_copy = False
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        settings = self._settings()
+        # WRITE_BUFFER: past this many queued bytes, send() waits for the client to read.
+        transport.set_write_buffer_limits(high=settings.write_buffer)
+        # sendfile cannot go through TLS: such connections keep the chunked-read path.
+        self.zero_copy = (
+            settings.zero_copy != "off"
+            and zero_copy_available()
+            and transport.get_extra_info("sslcontext") is None
+        )
+
+    def _settings(self) -> Settings:
         config = self.config
         assert isinstance(config, FerryConfig)
-        # WRITE_BUFFER: past this many queued bytes, send() waits for the client to read.
-        transport.set_write_buffer_limits(high=config.settings.write_buffer)
+        return config.settings
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.zero_copy:
+            self.scope["extensions"] = {EXTENSION: {}}
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        if self.zero_copy:
+            app = _with_zero_copy(app, ZeroCopySender(cycle, self.transport, self._settings().chunk_size))
+        super()._start_asgi_task(cycle, app)
+
+
+def _with_zero_copy(app: ASGI3Application, sender: ZeroCopySender) -> ASGI3Application:
+    async def app_with_zero_copy(scope: Any, receive: Any, send: Any) -> None:
+        zero_copy_send: Any = sender.send
+        try:
+            await app(scope, receive, zero_copy_send)
+        finally:
+            sender.close()
+
+    return app_with_zero_copy
 
 
 def serve(settings: Settings) -> int:
     """Run Ferry until it is stopped; returns the process exit status."""
+    if settings.zero_copy == "on" and not zero_copy_available():
+        raise SystemExit(
+            "ferry: invalid setting FERRY_ZERO_COPY: 'on' needs os.sendfile, which this platform lacks"
+        )
     config = FerryConfig(settings)
     server = uvicorn.Server(config)
     if config.workers > 1:

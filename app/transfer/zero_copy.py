@@ -1,0 +1,183 @@
+"""Zero-copy sends: the ASGI ``http.response.zerocopysend`` extension, served by Ferry's protocol.
+
+This is the only module that knows how file bytes reach a socket without passing through Python.
+`FerryProtocol` (server.py) advertises the extension on plain-HTTP connections when
+FERRY_ZERO_COPY is not ``off`` and wraps each request's ``send`` in a `ZeroCopySender`:
+
+- ``http.response.zerocopysend`` → non-blocking ``os.sendfile()`` on a private ``dup()`` of the
+  connection's socket (both asyncio and uvloop refuse readers/writers on a transport's own fd);
+  EAGAIN waits for writability with ``loop.add_writer`` on the dup;
+- pages not in the page cache are sent from a worker thread, so a cold file never stalls the
+  event loop (checked with a ``preadv(RWF_NOWAIT)`` probe);
+- the socket is corked (TCP_CORK, like nginx's tcp_nopush) from the first file bytes to the end
+  of the response, and uncorked after every response so small answers never wait ~40 ms.
+
+`can_zero_copy(scope, mode)` is the one place that chooses between sendfile and chunked reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from collections.abc import MutableMapping
+from typing import Any
+
+EXTENSION = "http.response.zerocopysend"
+
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
+
+Message = MutableMapping[str, Any]
+
+
+class FileChanged(Exception):
+    """The opened file was truncated or modified while it was being sent."""
+
+
+def can_zero_copy(scope: MutableMapping[str, Any], mode: str) -> bool:
+    """Whether file bytes of this request go out with sendfile (else chunked reads)."""
+    return mode != "off" and EXTENSION in scope.get("extensions", {})
+
+
+def zero_copy_available() -> bool:
+    return hasattr(os, "sendfile")
+
+
+def pages_cached(fd: int, offset: int, count: int) -> bool:
+    """True when the first and last byte of the span are in the page cache (no disk wait)."""
+    if _RWF_NOWAIT is None:
+        return False
+    probe = bytearray(1)
+    try:
+        os.preadv(fd, [probe], offset, _RWF_NOWAIT)
+        if count > 1:
+            os.preadv(fd, [probe], offset + count - 1, _RWF_NOWAIT)
+    except OSError:
+        return False  # EAGAIN (not cached) or EOPNOTSUPP (cannot tell): use a thread
+    return True
+
+
+class ZeroCopySender:
+    """Wraps one request cycle's ``send`` to serve the zero-copy extension.
+
+    `cycle` is uvicorn's RequestResponseCycle (httptools); its byte accounting is kept exact so
+    uvicorn's own Content-Length checks still hold.
+    """
+
+    def __init__(self, cycle: Any, transport: asyncio.Transport, chunk_size: int) -> None:
+        self.cycle = cycle
+        self.transport = transport
+        self.chunk_size = chunk_size
+        self.sock: socket.socket | None = None
+        self.corked = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == EXTENSION:
+            await self._send_file(message)
+            if not message.get("more_body", False):
+                await self.cycle.send({"type": "http.response.body", "body": b"", "more_body": False})
+                self._uncork()
+            return
+        await self.cycle.send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self._uncork()
+
+    def close(self) -> None:
+        self._uncork()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _socket(self) -> socket.socket:
+        if self.sock is None:
+            raw = self.transport.get_extra_info("socket")
+            self.sock = socket.socket(fileno=os.dup(raw.fileno()))
+            self.sock.setblocking(False)
+        return self.sock
+
+    def _cork(self, sock: socket.socket) -> None:
+        if not self.corked and _TCP_CORK is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+            self.corked = True
+
+    def _uncork(self) -> None:
+        if self.corked and self.sock is not None and _TCP_CORK is not None:
+            self.corked = False
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
+            except OSError:
+                pass  # the peer is gone; nothing left to flush
+
+    async def _send_file(self, message: Message) -> None:
+        cycle = self.cycle
+        if cycle.disconnected:
+            return
+        if not cycle.response_started or cycle.response_complete:
+            raise RuntimeError("zerocopysend outside a started response")
+        if cycle.chunked_encoding or cycle.scope["method"] == "HEAD":
+            raise RuntimeError("zerocopysend needs a Content-Length response to a GET")
+        file = message["file"]
+        fd = file if isinstance(file, int) else file.fileno()
+        offset: int = message.get("offset") or 0
+        count: int = message["count"]
+        if count > cycle.expected_content_length:
+            raise RuntimeError("Response content longer than Content-Length")
+        sock = self._socket()
+        self._cork(sock)
+        await self._drain()
+        await self._sendfile_loop(sock, fd, offset, count)
+
+    async def _drain(self) -> None:
+        """Wait until bytes already queued in the transport (headers, part headers) are out."""
+        if not self.transport.get_write_buffer_size():
+            return
+        high_low = self.transport.get_write_buffer_limits()
+        # With both limits at 0 the transport pauses us now and resumes us once it is empty.
+        self.transport.set_write_buffer_limits(high=0, low=0)
+        try:
+            await self.cycle.flow.drain()
+        finally:
+            self.transport.set_write_buffer_limits(high=high_low[1], low=high_low[0])
+
+    async def _sendfile_loop(self, sock: socket.socket, fd: int, offset: int, count: int) -> None:
+        loop = asyncio.get_running_loop()
+        cycle = self.cycle
+        out = sock.fileno()
+        while count > 0:
+            if cycle.disconnected:
+                return
+            size = min(count, self.chunk_size)
+            try:
+                if pages_cached(fd, offset, size):
+                    sent = os.sendfile(out, fd, offset, size)
+                else:
+                    sent = await loop.run_in_executor(None, os.sendfile, out, fd, offset, size)
+            except BlockingIOError:
+                await _writable(loop, out)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
+                    cycle.disconnected = True
+                    return
+                raise
+            if sent == 0:
+                raise FileChanged("file ended before the promised length")
+            offset += sent
+            count -= sent
+            cycle.expected_content_length -= sent
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    waiter: asyncio.Future[None] = loop.create_future()
+    loop.add_writer(fd, _set_done, waiter)
+    try:
+        await waiter
+    finally:
+        loop.remove_writer(fd)
+
+
+def _set_done(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
