@@ -29,9 +29,12 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
+        metavar = name.upper()
         if typing.get_origin(field.annotation) is typing.Literal:
-            kwargs["choices"] = typing.get_args(field.annotation)
-        parser.add_argument(flag, metavar=name.upper(), **kwargs)
+            # Shown, not enforced by argparse: Settings validates, so a bad value gets the same
+            # one-line message naming the setting as a bad FERRY_* variable.
+            metavar = "{" + ",".join(typing.get_args(field.annotation)) + "}"
+        parser.add_argument(flag, metavar=metavar, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +53,8 @@ def load_settings(given: dict[str, Any]) -> Settings:
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "settings"
-        where = env_name(field) if field in Settings.model_fields else field
+        # An unknown key in config/ferry.env comes back as its lower-cased name (ferry_bogus).
+        where = env_name(field) if field in Settings.model_fields else field.upper()
         message = str(error["msg"]).removeprefix("Value error, ")
         print(f"ferry: invalid setting {where}: {message}", file=sys.stderr)  # noqa: T201
         raise SystemExit(EXIT_BAD_SETTINGS) from None

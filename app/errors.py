@@ -33,6 +33,10 @@ class NotFound(FerryError):
     default_detail = "Not Found"
 
 
+def error_response(exc: FerryError) -> Response:
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+
 async def handle_ferry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FerryError)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+    return error_response(exc)

@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from app import __version__
 from app.errors import FerryError, handle_ferry_error
-from app.routes import files, ops
+from app.routes import ops
+from app.routes.files import Downloads, is_download
 from app.settings import Settings
 from app.storage.paths import PathPolicy
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    app = FastAPI(title="Ferry", version=__version__, docs_url=None, redoc_url=None)
-    app.state.settings = settings
-    app.state.policy = PathPolicy(
-        root=settings.root, show_hidden=settings.show_hidden, follow_symlinks=settings.follow_symlinks
-    )
+class FerryApp(FastAPI):
+    """FastAPI for the API and operations routes; downloads go straight to `Downloads`."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.state.settings = settings
+        self.state.policy = PathPolicy(
+            root=settings.root, show_hidden=settings.show_hidden, follow_symlinks=settings.follow_symlinks
+        )
+        self.downloads = Downloads(settings, self.state.policy)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if is_download(scope):
+            await self.downloads(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> FerryApp:
+    app = FerryApp(settings or Settings(), title="Ferry", version=__version__, docs_url=None, redoc_url=None)
     app.add_exception_handler(FerryError, handle_ferry_error)
     app.include_router(ops.router)
-    app.include_router(files.router)
     return app

@@ -28,7 +28,17 @@ def content_type_for(name: str, overrides: Mapping[str, str]) -> str:
         override = overrides.get(name[dot:].lower())
         if override is not None:
             return override
-    mime, encoding = _TABLE.guess_type(name, strict=False)
+    mime, encoding = _guess(name)
+    if mime is None and encoding is None:
+        # mimetypes matches encoding suffixes case-sensitively (".GZ" is not ".gz"); ".Z" stays
+        # compress because the exact name is tried first.
+        mime, encoding = _guess(name.lower())
     if encoding is not None:
         return _ENCODING_TYPES.get(encoding, DEFAULT_TYPE)
     return mime or DEFAULT_TYPE
+
+
+def _guess(name: str) -> tuple[str | None, str | None]:
+    # guess_type() takes a URL: "./" keeps a file named "data:text/html,x" from being read as a
+    # data: URL that chooses its own type.
+    return _TABLE.guess_type("./" + name, strict=False)

@@ -80,10 +80,17 @@ def _parse_spec(spec: str) -> _Spec | None:
     if not last_text:
         return (first, None)
     last = _plain_int(last_text)
-    # RFC 9110 §14.1.1: a range-spec with last-pos < first-pos is invalid.
-    if last is None or last < first:
+    # RFC 9110 §14.1.1: a range-spec with last-pos < first-pos is invalid. Compare the digits, not
+    # the capped values, so that two huge numbers are still ordered.
+    if last is None or _digits_key(last_text) < _digits_key(first_text):
         return None
     return (first, last)
+
+
+def _digits_key(text: str) -> tuple[int, str]:
+    """Orders strings of ASCII digits by their value without converting them."""
+    digits = text.lstrip("0")
+    return (len(digits), digits)
 
 
 def parse_range_header(header: str, *, max_ranges: int) -> list[_Spec] | None:

@@ -1,15 +1,22 @@
+"""GET/HEAD /files/{path}: the download hot path, served as plain ASGI.
+
+Downloads bypass FastAPI's routing and dependency machinery (which costs more per request than
+the rest of a small download together); `FerryApp` hands every GET/HEAD under /files/ straight to
+`Downloads`. Everything else about the request still goes through the same gate and planner.
+"""
+
 from __future__ import annotations
 
 import os
 import stat
 import time
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
+from starlette.types import Receive, Scope, Send
 
-from app.deps import PolicyDep, SettingsDep
-from app.errors import NotFound
+from app.errors import FerryError, NotFound, error_response
 from app.http.conditional import RequestConditions, make_validators
 from app.http.headers import content_disposition
 from app.http.mime import content_type_for
@@ -19,74 +26,97 @@ from app.storage.paths import PathPolicy, SafePath, open_beneath, resolve
 from app.transfer.download import FileResponse
 from app.views.listing import listing_response
 
-router = APIRouter()
+PREFIX = "/files/"
+_WANTED = {b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since"}
 
 
-@router.api_route("/files", methods=["GET", "HEAD"], include_in_schema=False)
-async def files_root() -> RedirectResponse:
-    return RedirectResponse("/files/", status_code=301)
+def is_download(scope: Scope) -> bool:
+    return scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and scope["path"].startswith(PREFIX)
 
 
-@router.api_route("/files/{path:path}", methods=["GET", "HEAD"])
-async def get_file(path: str, request: Request, settings: SettingsDep, policy: PolicyDep) -> Response:
-    safe = resolve(path, policy)
-    fd, st = open_beneath(safe, policy)
-    try:
+class Downloads:
+    """The ASGI app for GET/HEAD /files/{path}: a file, a directory redirect, or a listing."""
+
+    def __init__(self, settings: Settings, policy: PathPolicy) -> None:
+        self.settings = settings
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            response = self.respond(scope)
+        except FerryError as exc:
+            response = error_response(exc)
+        await response(scope, receive, send)
+
+    def respond(self, scope: Scope) -> Response:
+        path: str = scope["path"][len(PREFIX) :]
+        safe = resolve(path, self.policy)
+        fd, st = open_beneath(safe, self.policy)
         if stat.S_ISDIR(st.st_mode):
             os.close(fd)
-            return _directory(safe, path, request, policy)
-        if path.endswith("/"):
-            raise NotFound()
+            return self._directory(safe, path, scope)
+        try:
+            if path.endswith("/"):
+                raise NotFound()
+            return self._file(safe, fd, st, scope)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _file(self, safe: SafePath, fd: int, st: os.stat_result, scope: Scope) -> FileResponse:
+        settings = self.settings
         facts = FileFacts(
             size=st.st_size,
             validators=make_validators(
                 dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns
             ),
             content_type=content_type_for(safe.name, settings.mime_types),
-            content_disposition=content_disposition(_disposition(request, settings), safe.name),
+            content_disposition=content_disposition(_disposition(scope, settings), safe.name),
         )
-        plan = plan_download(
-            _download_request(request), facts, max_ranges=settings.max_ranges, now=int(time.time())
+        request = _download_request(scope)
+        plan = plan_download(request, facts, max_ranges=settings.max_ranges, now=int(time.time()))
+        return FileResponse(
+            plan,
+            fd,
+            st,
+            chunk_size=settings.chunk_size,
+            write_buffer=settings.write_buffer,
+            zero_copy=settings.zero_copy,
         )
-    except BaseException:
-        os.close(fd)
-        raise
-    return FileResponse(
-        plan,
-        fd,
-        st,
-        chunk_size=settings.chunk_size,
-        write_buffer=settings.write_buffer,
-        zero_copy=settings.zero_copy,
-    )
+
+    def _directory(self, safe: SafePath, path: str, scope: Scope) -> Response:
+        if path and not path.endswith("/"):
+            # Same-origin by construction: the Location is always a path under /files/.
+            return RedirectResponse(PREFIX + quote(path) + "/", status_code=301)
+        return listing_response(safe, path, Request(scope), self.policy)
 
 
-def _directory(safe: SafePath, path: str, request: Request, policy: PathPolicy) -> Response:
-    if path and not path.endswith("/"):
-        # Same-origin by construction: the Location is always a path under /files/.
-        return RedirectResponse("/files/" + quote(path) + "/", status_code=301)
-    return listing_response(safe, path, request, policy)
-
-
-def _disposition(request: Request, settings: Settings) -> str:
-    query = request.query_params
-    if query.get("download") == "1":
-        return "attachment"
-    if query.get("inline") == "1":
-        return "inline"
+def _disposition(scope: Scope, settings: Settings) -> str:
+    query: bytes = scope.get("query_string", b"")
+    if query:
+        params = dict(parse_qsl(query.decode("latin-1")))
+        if params.get("download") == "1":
+            return "attachment"
+        if params.get("inline") == "1":
+            return "inline"
     return settings.disposition
 
 
-def _download_request(request: Request) -> DownloadRequest:
-    h = request.headers
+def _download_request(scope: Scope) -> DownloadRequest:
+    fields: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name in _WANTED:
+            text = value.decode("latin-1")
+            # RFC 9110 §5.3: repeated list-valued fields combine with commas.
+            fields[name] = f"{fields[name]}, {text}" if name in fields else text
     return DownloadRequest(
-        method=request.method,
-        range=h.get("range"),
-        if_range=h.get("if-range"),
+        method=scope["method"],
+        range=fields.get(b"range"),
+        if_range=fields.get(b"if-range"),
         conditions=RequestConditions(
-            if_match=h.get("if-match"),
-            if_none_match=h.get("if-none-match"),
-            if_modified_since=h.get("if-modified-since"),
-            if_unmodified_since=h.get("if-unmodified-since"),
+            if_match=fields.get(b"if-match"),
+            if_none_match=fields.get(b"if-none-match"),
+            if_modified_since=fields.get(b"if-modified-since"),
+            if_unmodified_since=fields.get(b"if-unmodified-since"),
         ),
     )

@@ -14,3 +14,8 @@ async def healthz() -> dict[str, str]:
 @router.get("/", include_in_schema=False)
 async def root() -> RedirectResponse:
     return RedirectResponse("/files/", status_code=302)
+
+
+@router.api_route("/files", methods=["GET", "HEAD"], include_in_schema=False)
+async def files_root() -> RedirectResponse:
+    return RedirectResponse("/files/", status_code=301)

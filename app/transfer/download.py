@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.http.plan import ResponsePlan
 from app.http.ranges import ByteRange
-from app.transfer.zero_copy import EXTENSION, FileChanged, can_zero_copy
+from app.transfer.zero_copy import EXTENSION, FileChanged, can_zero_copy, read_cached
 
 logger = logging.getLogger("ferry.transfer")
 
@@ -38,23 +38,43 @@ def _read_at(fd: int, size: int, offset: int, expect: os.stat_result) -> bytes:
     return data
 
 
+async def read_checked(fd: int, size: int, offset: int, expect: os.stat_result) -> bytes:
+    """`size` bytes at `offset`, from the page cache on the event loop or from disk in a thread."""
+    cached = read_cached(fd, size, offset)
+    if cached is not None:
+        _check_unchanged(fd, expect)
+        return cached
+    return await asyncio.get_running_loop().run_in_executor(None, _read_at, fd, size, offset, expect)
+
+
 class _Disconnect:
-    """Watches `receive` for http.disconnect while the body is being sent."""
+    """Watches `receive` for http.disconnect while a body of several chunks is being sent.
+
+    The watch starts with the second chunk: a one-chunk body has nothing left to stop, and the
+    task would cost more than the rest of a small response.
+    """
 
     def __init__(self, receive: Receive) -> None:
-        self._task = asyncio.ensure_future(self._watch(receive))
+        self._receive = receive
+        self._task: asyncio.Future[None] | None = None
+        self._checks = 0
 
-    @staticmethod
-    async def _watch(receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
             pass
 
     @property
     def happened(self) -> bool:
+        if self._task is None:
+            self._checks += 1
+            if self._checks > 1:
+                self._task = asyncio.ensure_future(self._watch())
+            return False
         return self._task.done()
 
     def close(self) -> None:
-        self._task.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 class FileResponse(Response):
@@ -115,13 +135,12 @@ class FileResponse(Response):
             disconnect.close()
 
     async def _send_range(self, r: ByteRange, send: Send, disconnect: _Disconnect) -> bool:
-        loop = asyncio.get_running_loop()
         offset = r.start
         while offset < r.stop:
             if disconnect.happened:
                 return False
             size = min(self.chunk_size, r.stop - offset)
-            data = await loop.run_in_executor(None, _read_at, self.fd, size, offset, self.st)
+            data = await read_checked(self.fd, size, offset, self.st)
             view = memoryview(data)
             for i in range(0, size, self.slice_size):
                 await send(

@@ -59,6 +59,18 @@ def pages_cached(fd: int, offset: int, count: int) -> bool:
     return True
 
 
+def read_cached(fd: int, size: int, offset: int) -> bytes | None:
+    """The bytes if every one of them is in the page cache (RWF_NOWAIT), else None."""
+    if _RWF_NOWAIT is None:
+        return None
+    buffer = bytearray(size)
+    try:
+        n = os.preadv(fd, [buffer], offset, _RWF_NOWAIT)
+    except OSError:
+        return None
+    return bytes(buffer) if n == size else None
+
+
 class ZeroCopySender:
     """Wraps one request cycle's ``send`` to serve the zero-copy extension.
 
