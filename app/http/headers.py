@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import calendar
 import email.utils
+import time
 import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -16,9 +17,17 @@ _ATTR_CHAR_SAFE = "!#$&+-.^_`|~"
 _FALLBACK_NAME = "download"
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def format_http_date(timestamp: int) -> str:
     """IMF-fixdate (RFC 9110 §5.6.7), e.g. ``Sun, 06 Nov 1994 08:49:37 GMT``."""
-    return email.utils.formatdate(timestamp, usegmt=True)
+    t = time.gmtime(timestamp)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )
 
 
 def parse_http_date(value: str) -> int | None:

@@ -75,52 +75,58 @@ class ZeroCopySender:
     """Wraps one request cycle's ``send`` to serve the zero-copy extension.
 
     `cycle` is uvicorn's RequestResponseCycle (httptools); its byte accounting is kept exact so
-    uvicorn's own Content-Length checks still hold.
+    uvicorn's own Content-Length checks still hold. The socket is corked from the response start
+    to its last message, so headers, part headers and file bytes leave in full segments.
     """
 
     def __init__(self, cycle: Any, transport: asyncio.Transport, chunk_size: int) -> None:
         self.cycle = cycle
         self.transport = transport
         self.chunk_size = chunk_size
-        self.sock: socket.socket | None = None
+        self.sock: Any = transport.get_extra_info("socket")
+        self.fd: int = self.sock.fileno()
+        self.corkable = _TCP_CORK is not None and self.sock.family in (socket.AF_INET, socket.AF_INET6)
         self.corked = False
+        self.dup: int | None = None
 
     async def send(self, message: Message) -> None:
-        if message["type"] == EXTENSION:
+        kind = message["type"]
+        if kind == EXTENSION:
             await self._send_file(message)
             if not message.get("more_body", False):
-                await self.cycle.send({"type": "http.response.body", "body": b"", "more_body": False})
-                self._uncork()
+                await self._finish({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if kind == "http.response.start":
+            self._set_cork(True)
+        if kind == "http.response.body" and not message.get("more_body", False):
+            await self._finish(message)
             return
         await self.cycle.send(message)
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            self._uncork()
+
+    async def _finish(self, message: Message) -> None:
+        await self.cycle.send(message)
+        self._set_cork(False)
 
     def close(self) -> None:
-        self._uncork()
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        self._set_cork(False)
+        if self.dup is not None:
+            os.close(self.dup)
+            self.dup = None
 
-    def _socket(self) -> socket.socket:
-        if self.sock is None:
-            raw = self.transport.get_extra_info("socket")
-            self.sock = socket.socket(fileno=os.dup(raw.fileno()))
-            self.sock.setblocking(False)
-        return self.sock
-
-    def _cork(self, sock: socket.socket) -> None:
-        if not self.corked and _TCP_CORK is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
-            self.corked = True
-
-    def _uncork(self) -> None:
-        if self.corked and self.sock is not None and _TCP_CORK is not None:
-            self.corked = False
+    def _set_cork(self, on: bool) -> None:
+        if self.corkable and self.corked != on and not self.cycle.disconnected:
             try:
-                self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
+                self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, int(on))
+                self.corked = on
             except OSError:
-                pass  # the peer is gone; nothing left to flush
+                self.corkable = False  # the peer is gone; nothing left to flush
+
+    def _private_fd(self) -> int:
+        """A dup of the socket that only this response closes: safe to wait on and to hand to a
+        thread even if the transport closes its own descriptor meanwhile."""
+        if self.dup is None:
+            self.dup = os.dup(self.fd)
+        return self.dup
 
     async def _send_file(self, message: Message) -> None:
         cycle = self.cycle
@@ -136,38 +142,35 @@ class ZeroCopySender:
         count: int = message["count"]
         if count > cycle.expected_content_length:
             raise RuntimeError("Response content longer than Content-Length")
-        sock = self._socket()
-        self._cork(sock)
         await self._drain()
-        await self._sendfile_loop(sock, fd, offset, count)
+        await self._sendfile_loop(fd, offset, count)
 
     async def _drain(self) -> None:
         """Wait until bytes already queued in the transport (headers, part headers) are out."""
         if not self.transport.get_write_buffer_size():
             return
-        high_low = self.transport.get_write_buffer_limits()
+        low, high = self.transport.get_write_buffer_limits()
         # With both limits at 0 the transport pauses us now and resumes us once it is empty.
         self.transport.set_write_buffer_limits(high=0, low=0)
         try:
             await self.cycle.flow.drain()
         finally:
-            self.transport.set_write_buffer_limits(high=high_low[1], low=high_low[0])
+            self.transport.set_write_buffer_limits(high=high, low=low)
 
-    async def _sendfile_loop(self, sock: socket.socket, fd: int, offset: int, count: int) -> None:
+    async def _sendfile_loop(self, fd: int, offset: int, count: int) -> None:
         loop = asyncio.get_running_loop()
         cycle = self.cycle
-        out = sock.fileno()
         while count > 0:
             if cycle.disconnected:
                 return
             size = min(count, self.chunk_size)
             try:
                 if pages_cached(fd, offset, size):
-                    sent = os.sendfile(out, fd, offset, size)
+                    sent = os.sendfile(self.fd, fd, offset, size)
                 else:
-                    sent = await loop.run_in_executor(None, os.sendfile, out, fd, offset, size)
+                    sent = await loop.run_in_executor(None, os.sendfile, self._private_fd(), fd, offset, size)
             except BlockingIOError:
-                await _writable(loop, out)
+                await _writable(loop, self._private_fd())
                 continue
             except OSError as exc:
                 if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
