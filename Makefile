@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The command-line clients the tests drive for real.
-CLIENT_TOOLS := curl wget aria2c
+CLIENT_TOOLS := curl wget aria2c strace
 
 .PHONY: run test test-unit lint fmt tools venv clean
 
@@ -25,12 +25,12 @@ venv: $(VENV)/.dev-installed
 run: $(VENV)/.run-installed
 	$(BIN)/ferry serve
 
-# Installs curl, wget and aria2 from the distribution when any is missing.
+# Installs curl, wget, aria2 and strace from the distribution when any is missing.
 tools:
 	@missing=""; for t in $(CLIENT_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq curl wget aria2 >/dev/null; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq curl wget aria2 strace >/dev/null; \
 	fi
 
 test: $(VENV)/.dev-installed tools
