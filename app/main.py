@@ -34,7 +34,15 @@ class FerryApp(FastAPI):
 
 
 def create_app(settings: Settings | None = None) -> FerryApp:
-    app = FerryApp(settings or Settings(), title="Ferry", version=__version__, docs_url=None, redoc_url=None)
+    app = FerryApp(
+        settings or Settings(),
+        title="Ferry",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        # Starlette's slash redirects build an absolute URL from the Host header; Ferry makes its own.
+        redirect_slashes=False,
+    )
     app.add_exception_handler(FerryError, handle_ferry_error)
     app.include_router(ops.router)
     return app

@@ -33,15 +33,19 @@ def make_settings(root: Path, **overrides: object) -> Settings:
 
 @pytest.fixture
 def storage_tree(tmp_path: Path) -> Path:
-    """ROOT with awkward names (as dufs tests do), a hidden file, and symlinks in and out of ROOT.
+    return build_storage_tree(tmp_path)
+
+
+def build_storage_tree(base: Path) -> Path:
+    """ROOT (base/data) with awkward names (as dufs tests do), hidden files, and symlinks in and out.
 
     A canary file sits beside ROOT (and in a sibling directory whose name shares ROOT's prefix);
     no response may ever contain its bytes.
     """
-    root = tmp_path / "data"
+    root = base / "data"
     root.mkdir()
-    (tmp_path / "secret.txt").write_bytes(CANARY)
-    sibling = tmp_path / "data_secret"
+    (base / "secret.txt").write_bytes(CANARY)
+    sibling = base / "data_secret"
     sibling.mkdir()
     (sibling / "x.txt").write_bytes(CANARY)
     (root / "hello.txt").write_bytes(b"hello, ferry\n")
@@ -59,7 +63,7 @@ def storage_tree(tmp_path: Path) -> Path:
     (root / ".git").mkdir()
     (root / ".git" / "config").write_bytes(b"[core]\n")
     (root / "link-inside.txt").symlink_to(root / "hello.txt")
-    (root / "link-outside.txt").symlink_to(tmp_path / "secret.txt")
+    (root / "link-outside.txt").symlink_to(base / "secret.txt")
     (root / "dir-outside").symlink_to(sibling)
     (root / "link-to-hidden").symlink_to(root / ".hidden")
     return root
@@ -177,3 +181,26 @@ def ferry(tmp_path: Path, zero_copy: str) -> Iterator[ServerFactory]:
     yield start
     for server in servers:
         server.stop()
+
+
+class ServerPool:
+    """One tree for a test module and one `ferry serve` per (zero_copy, flags), started on first use."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.cwd = base / "cwd"
+        self.cwd.mkdir()
+        self.root = build_storage_tree(base)
+        self.servers: dict[tuple[str, ...], FerryServer] = {}
+
+    def get(self, zero_copy: str, *flags: str) -> FerryServer:
+        key = (zero_copy, *flags)
+        server = self.servers.get(key)
+        if server is None or server.process.poll() is not None:
+            server = start_server(self.root, self.cwd, *flags, "--zero-copy", zero_copy)
+            self.servers[key] = server
+        return server
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()

@@ -1,0 +1,308 @@
+"""THE path gate: the lexical pass (split_url_path) and the physical one (resolve, open_beneath)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from app.errors import BadRequest, NotFound
+from app.storage.paths import PathPolicy, SafePath, open_beneath, resolve, split_url_path
+
+POLICY = PathPolicy(root=Path("/srv/ferry"))
+SHOW_HIDDEN = replace(POLICY, show_hidden=True)
+
+# --- lexical ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url_path", "segments"),
+    [
+        pytest.param("", [], id="root"),
+        pytest.param("a", ["a"], id="one"),
+        pytest.param("a/b/c.txt", ["a", "b", "c.txt"], id="nested"),
+        pytest.param("a/", ["a"], id="trailing-slash"),
+        pytest.param("a/b/", ["a", "b"], id="nested-trailing-slash"),
+        pytest.param("résumé 数据.bin", ["résumé 数据.bin"], id="unicode"),
+        pytest.param("100% #1?.txt", ["100% #1?.txt"], id="url-syntax-chars"),
+        pytest.param("%2e%2e", ["%2e%2e"], id="already-decoded-percent-is-literal"),
+        pytest.param("a..b", ["a..b"], id="dots-inside-name"),
+        pytest.param("..a", None, id="dot-dot-prefix-is-hidden"),
+        pytest.param("a./b.", ["a.", "b."], id="trailing-dots"),
+        pytest.param("...", None, id="three-dots-is-hidden"),
+    ],
+)
+def test_split_url_path_plain_names(url_path: str, segments: list[str] | None) -> None:
+    if segments is None:
+        with pytest.raises(NotFound):
+            split_url_path(url_path, POLICY)
+    else:
+        assert split_url_path(url_path, POLICY) == segments
+
+
+NOT_FOUND = [
+    pytest.param("..", id="dot-dot"),
+    pytest.param(".", id="dot"),
+    pytest.param("../etc/passwd", id="dot-dot-first"),
+    pytest.param("a/..", id="dot-dot-last"),
+    pytest.param("a/../b", id="dot-dot-middle"),
+    pytest.param("a/./b", id="dot-middle"),
+    pytest.param("a/../../x", id="double-dot-dot"),
+    pytest.param("../", id="dot-dot-slash"),
+    pytest.param("a//b", id="empty-segment"),
+    pytest.param("a//", id="double-trailing-slash"),
+    pytest.param("/etc/passwd", id="absolute"),
+    pytest.param("//etc/passwd", id="double-slash-absolute"),
+    pytest.param("..\\x", id="backslash-dot-dot"),
+    pytest.param("a\\b", id="backslash"),
+    pytest.param("\\etc\\passwd", id="backslash-absolute"),
+    pytest.param("a\\..\\..\\x", id="backslash-traversal"),
+    pytest.param("C:\\windows", id="drive-letter"),
+]
+
+
+@pytest.mark.parametrize("url_path", NOT_FOUND)
+@pytest.mark.parametrize("policy", [POLICY, SHOW_HIDDEN], ids=["hidden-off", "hidden-on"])
+def test_split_url_path_refuses_traversal(url_path: str, policy: PathPolicy) -> None:
+    with pytest.raises(NotFound):
+        split_url_path(url_path, policy)
+
+
+@pytest.mark.parametrize(
+    "url_path",
+    [
+        pytest.param("a\x00b", id="nul"),
+        pytest.param("a.txt\x00.png", id="nul-extension"),
+        pytest.param("a\nb", id="lf"),
+        pytest.param("a\rb", id="cr"),
+        pytest.param("a\tb", id="tab"),
+        pytest.param("\x1b[31m", id="escape"),
+        pytest.param("a\x7fb", id="del"),
+        pytest.param("../\x00", id="nul-after-traversal"),
+    ],
+)
+def test_split_url_path_control_characters_are_bad_requests(url_path: str) -> None:
+    with pytest.raises(BadRequest):
+        split_url_path(url_path, POLICY)
+
+
+@pytest.mark.parametrize(
+    ("url_path", "segments"),
+    [
+        pytest.param(".hidden", [".hidden"], id="hidden-file"),
+        pytest.param("a/.env", ["a", ".env"], id="hidden-in-dir"),
+        pytest.param(".git/config", [".git", "config"], id="hidden-dir"),
+        pytest.param(".git/", [".git"], id="hidden-dir-slash"),
+    ],
+)
+def test_split_url_path_hidden_names_only_when_shown(url_path: str, segments: list[str]) -> None:
+    with pytest.raises(NotFound):
+        split_url_path(url_path, POLICY)
+    assert split_url_path(url_path, SHOW_HIDDEN) == segments
+
+
+# --- physical ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tree:
+    root: Path
+    outside: Path
+
+    def policy(self, **overrides: bool) -> PathPolicy:
+        return PathPolicy(root=self.root, **overrides)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Tree:
+    """root/ with symlinks in and out, next to secret.txt and a sibling `root_secret/`."""
+    base = tmp_path.resolve()
+    root = base / "root"
+    root.mkdir()
+    (base / "secret.txt").write_bytes(b"SECRET")
+    sibling = base / "root_secret"  # shares root's name as a string prefix
+    sibling.mkdir()
+    (sibling / "x.txt").write_bytes(b"SIBLING")
+    (root / "hello.txt").write_bytes(b"hello")
+    (root / ".hidden").write_bytes(b"hidden")
+    (root / "sub").mkdir()
+    (root / "sub" / "inner.txt").write_bytes(b"inner")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_bytes(b"[core]")
+    (root / "link-inside.txt").symlink_to(root / "hello.txt")
+    (root / "relative-link.txt").symlink_to("sub/inner.txt")
+    (root / "sub" / "up-link.txt").symlink_to("../hello.txt")
+    (root / "link-outside.txt").symlink_to(base / "secret.txt")
+    (root / "relative-outside.txt").symlink_to("../secret.txt")
+    (root / "dir-outside").symlink_to(sibling)
+    (root / "sibling-prefix").symlink_to("../root_secret/x.txt")
+    (root / "link-to-hidden").symlink_to(root / ".hidden")
+    (root / "visible-dir").symlink_to(root / ".git")
+    (root / "dangling").symlink_to(root / "missing")
+    (root / "loop").symlink_to(root / "loop")
+    os.mkfifo(root / "fifo")
+    return Tree(root=root, outside=base)
+
+
+def read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else set()
+
+
+@pytest.fixture
+def no_fd_leak() -> Iterator[None]:
+    """Every descriptor the gate opens is closed again, also when it refuses."""
+    before = open_fds()
+    yield
+    assert open_fds() == before
+
+
+def open_and_read(url_path: str, policy: PathPolicy) -> bytes:
+    fd, st = open_beneath(resolve(url_path, policy), policy)
+    try:
+        assert stat.S_ISREG(st.st_mode)
+        return read_all(fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("url_path", "content"),
+    [
+        pytest.param("hello.txt", b"hello", id="plain"),
+        pytest.param("sub/inner.txt", b"inner", id="nested"),
+        pytest.param("link-inside.txt", b"hello", id="symlink-inside"),
+        pytest.param("relative-link.txt", b"inner", id="relative-symlink-inside"),
+        pytest.param("sub/up-link.txt", b"hello", id="symlink-up-but-inside"),
+    ],
+)
+def test_resolve_serves_paths_inside_root(
+    tree: Tree, url_path: str, content: bytes, no_fd_leak: None
+) -> None:
+    assert open_and_read(url_path, tree.policy()) == content
+
+
+def test_resolve_returns_the_joined_path(tree: Tree) -> None:
+    assert resolve("sub/inner.txt", tree.policy()) == tree.root / "sub" / "inner.txt"
+    assert resolve("", tree.policy()) == tree.root
+
+
+OUTSIDE = [
+    pytest.param("link-outside.txt", b"SECRET", id="symlink-outside"),
+    pytest.param("relative-outside.txt", b"SECRET", id="relative-symlink-outside"),
+    pytest.param("dir-outside/x.txt", b"SIBLING", id="intermediate-dir-symlink-outside"),
+    pytest.param("sibling-prefix", b"SIBLING", id="sibling-dir-sharing-the-prefix"),
+]
+
+
+@pytest.mark.parametrize(("url_path", "content"), OUTSIDE)
+def test_resolve_refuses_symlinks_leading_outside_root(
+    tree: Tree, url_path: str, content: bytes, no_fd_leak: None
+) -> None:
+    with pytest.raises(NotFound):
+        resolve(url_path, tree.policy())
+    with pytest.raises(NotFound):
+        resolve(url_path, tree.policy(show_hidden=True))
+
+
+@pytest.mark.parametrize(("url_path", "content"), OUTSIDE)
+def test_resolve_follows_symlinks_outside_when_allowed(
+    tree: Tree, url_path: str, content: bytes, no_fd_leak: None
+) -> None:
+    assert open_and_read(url_path, tree.policy(follow_symlinks=True)) == content
+
+
+@pytest.mark.parametrize(
+    ("url_path", "content"),
+    [
+        pytest.param("link-to-hidden", b"hidden", id="symlink-to-hidden-file"),
+        pytest.param("visible-dir/config", b"[core]", id="symlink-to-hidden-dir"),
+    ],
+)
+def test_resolve_refuses_symlinks_to_hidden_names(
+    tree: Tree, url_path: str, content: bytes, no_fd_leak: None
+) -> None:
+    with pytest.raises(NotFound):
+        resolve(url_path, tree.policy())
+    with pytest.raises(NotFound):
+        resolve(url_path, tree.policy(follow_symlinks=True))
+    assert open_and_read(url_path, tree.policy(show_hidden=True)) == content
+
+
+def test_resolve_hidden_names_only_when_shown(tree: Tree, no_fd_leak: None) -> None:
+    with pytest.raises(NotFound):
+        resolve(".hidden", tree.policy())
+    assert open_and_read(".hidden", tree.policy(show_hidden=True)) == b"hidden"
+
+
+@pytest.mark.parametrize("url_path", ["missing.txt", "dangling", "loop", "hello.txt/x", "sub/missing/x"])
+def test_open_beneath_missing_or_broken_is_not_found(tree: Tree, url_path: str, no_fd_leak: None) -> None:
+    policy = tree.policy()
+    with pytest.raises(NotFound):
+        open_beneath(resolve(url_path, policy), policy)
+
+
+def test_open_beneath_refuses_a_fifo_without_hanging(tree: Tree, no_fd_leak: None) -> None:
+    policy = tree.policy()
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            open_beneath(resolve("fifo", policy), policy)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert not worker.is_alive(), "open_beneath hung on a FIFO"
+    assert len(outcome) == 1 and isinstance(outcome[0], NotFound)
+
+
+@pytest.mark.parametrize("url_path", ["", "sub", "sub/"])
+def test_open_beneath_directory_returns_a_directory_stat(tree: Tree, url_path: str, no_fd_leak: None) -> None:
+    policy = tree.policy()
+    fd, st = open_beneath(resolve(url_path, policy), policy)
+    try:
+        assert stat.S_ISDIR(st.st_mode)
+        assert os.path.samestat(st, os.stat(tree.root.joinpath(url_path)))
+    finally:
+        os.close(fd)
+
+
+def test_open_beneath_stat_is_of_the_opened_file(tree: Tree, no_fd_leak: None) -> None:
+    policy = tree.policy()
+    fd, st = open_beneath(resolve("link-inside.txt", policy), policy)
+    try:
+        assert os.path.samestat(st, os.stat(tree.root / "hello.txt"))
+        assert st.st_size == 5
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to see where a descriptor leads")
+def test_open_beneath_catches_a_directory_swapped_for_a_symlink_after_resolve(
+    tree: Tree, no_fd_leak: None
+) -> None:
+    policy = tree.policy()
+    (tree.root / "swap").mkdir()
+    (tree.root / "swap" / "x.txt").write_bytes(b"inside")
+    safe: SafePath = resolve("swap/x.txt", policy)
+    # Between the check and the open, `swap` becomes a symlink to a directory outside ROOT.
+    (tree.root / "swap").rename(tree.root / "swapped-away")
+    (tree.root / "swap").symlink_to(tree.outside / "root_secret")
+    (tree.outside / "root_secret" / "x.txt").write_bytes(b"OUTSIDE")
+    with pytest.raises(NotFound):
+        open_beneath(safe, policy)

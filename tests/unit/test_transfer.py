@@ -1,0 +1,66 @@
+"""The transfer layer's contract with uvicorn, and its choices, without a server."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from app.transfer.zero_copy import EXTENSION, can_zero_copy, pages_cached, read_cached
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def _uvicorn_pin() -> str:
+    deps = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    (pin,) = [d for d in deps if d.startswith("uvicorn")]
+    return pin
+
+
+def test_installed_uvicorn_is_inside_the_pinned_range() -> None:
+    pin = _uvicorn_pin()  # e.g. "uvicorn>=0.54,<0.55"
+    low = pin.split(">=")[1].split(",")[0]
+    high = pin.split("<")[1]
+    installed = tuple(int(x) for x in version("uvicorn").split(".")[:2])
+    assert tuple(int(x) for x in low.split(".")[:2]) <= installed < tuple(int(x) for x in high.split(".")[:2])
+
+
+def test_uvicorn_internals_the_protocol_subclass_relies_on_exist() -> None:
+    # FerryProtocol overrides these hooks ...
+    for hook in ("connection_made", "on_message_begin", "_start_asgi_task"):
+        assert callable(getattr(HttpToolsProtocol, hook))
+    assert list(inspect.signature(HttpToolsProtocol._start_asgi_task).parameters) == ["self", "cycle", "app"]
+    # ... and ZeroCopySender keeps this request-cycle state exact.
+    init = inspect.getsource(RequestResponseCycle.__init__)
+    for attribute in ("disconnected", "response_started", "response_complete", "chunked_encoding"):
+        assert f"self.{attribute}" in init
+    assert "self.expected_content_length" in init and "self.flow" in init
+
+
+def test_can_zero_copy_needs_the_extension_and_a_mode_other_than_off() -> None:
+    with_extension = {"extensions": {EXTENSION: {}}}
+    assert can_zero_copy(with_extension, "auto")
+    assert can_zero_copy(with_extension, "on")
+    assert not can_zero_copy(with_extension, "off")
+    assert not can_zero_copy({}, "auto")  # e.g. TLS, or a server without the extension
+
+
+def test_cache_probes_tell_cold_pages_from_cached_ones(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    data = os.urandom(4 * 1024 * 1024)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert not pages_cached(fd, 0, len(data))
+        assert read_cached(fd, 4096, 0) is None
+        assert os.pread(fd, len(data), 0) == data  # now cached
+        assert pages_cached(fd, 0, len(data))
+        assert read_cached(fd, 4096, 8192) == data[8192 : 8192 + 4096]
+    finally:
+        os.close(fd)
