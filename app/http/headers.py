@@ -6,10 +6,11 @@ Pure: no I/O, no framework imports.
 from __future__ import annotations
 
 import calendar
-import email.utils
+import re
 import time
 import unicodedata
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 # RFC 8187 §3.2.1 attr-char, minus ALPHA / DIGIT (which quote() never escapes).
@@ -30,20 +31,44 @@ def format_http_date(timestamp: int) -> str:
     )
 
 
-def parse_http_date(value: str) -> int | None:
+_MONTH_NUMBER = {name: i for i, name in enumerate(_MONTHS, start=1)}
+_DAY = "|".join(_DAYS)
+_LONG_DAY = "Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday"
+_MON = "|".join(_MONTHS)
+_HMS = r"(\d\d):(\d\d):(\d\d)"
+# RFC 9110 §5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms a recipient must accept.
+_IMF_FIXDATE = re.compile(rf"(?:{_DAY}), (\d\d) ({_MON}) (\d{{4}}) {_HMS} GMT", re.ASCII)
+_RFC850_DATE = re.compile(rf"(?:{_LONG_DAY}), (\d\d)-({_MON})-(\d\d) {_HMS} GMT", re.ASCII)
+_ASCTIME_DATE = re.compile(rf"(?:{_DAY}) ({_MON}) ([ \d]\d) {_HMS} (\d{{4}})", re.ASCII)
+
+
+def parse_http_date(value: str, *, now: int | None = None) -> int | None:
     """Seconds since the epoch for any of the three HTTP-date forms, or None if it is not one."""
+    text = value.strip(" \t")
+    if m := _IMF_FIXDATE.fullmatch(text):
+        day, month, year, hour, minute, second = m.groups()
+    elif m := _RFC850_DATE.fullmatch(text):
+        day, month, yy, hour, minute, second = m.groups()
+        year = str(_two_digit_year(int(yy), now))
+    elif m := _ASCTIME_DATE.fullmatch(text):
+        month, day, hour, minute, second, year = m.groups()
+    else:
+        return None
     try:
-        parsed = email.utils.parsedate_tz(value.strip())
-    except (TypeError, ValueError, IndexError):
+        # datetime validates the calendar: no 31 Feb, no hour 25, no leap second.
+        moment = datetime(
+            int(year), _MONTH_NUMBER[month], int(day), int(hour), int(minute), int(second), tzinfo=UTC
+        )
+    except ValueError:
         return None
-    if parsed is None:
-        return None
-    try:
-        # parsedate_tz gives the zone offset separately; HTTP-dates are always GMT.
-        seconds = calendar.timegm(parsed[:6] + (0, 1, 0))
-    except (OverflowError, ValueError):
-        return None
-    return seconds - (parsed[9] or 0)
+    return calendar.timegm(moment.timetuple())
+
+
+def _two_digit_year(yy: int, now: int | None) -> int:
+    # RFC 9110 §5.6.7: a two-digit year more than 50 years in the future is in the past century.
+    current = time.gmtime(time.time() if now is None else now).tm_year
+    year = current - current % 100 + yy
+    return year - 100 if year > current + 50 else year
 
 
 @dataclass(frozen=True, slots=True)

@@ -234,6 +234,32 @@ def test_parse_http_date_garbage_is_none(value: str) -> None:
     assert parse_http_date(value) is None
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("Sun, 06 Nov 1994 25:49:37 GMT", id="hour_25"),
+        pytest.param("Sun, 31 Feb 1994 08:49:37 GMT", id="no_31_february"),
+        pytest.param("Sun, 06 Nov 1994 08:49:60 GMT", id="leap_second"),
+        pytest.param("Sun, 06 Nov 1994 08:49:37 +0100", id="numeric_zone"),
+        pytest.param("Sun, 06 Nov 1994 08:49:37 EST", id="other_zone"),
+        pytest.param("Sun, 06 Nov 1994 08:49:37 GMT junk", id="trailing_junk"),
+        pytest.param("Sun, 6 Nov 1994 08:49:37 GMT", id="one_digit_day_in_imf"),
+        pytest.param("sun, 06 nov 1994 08:49:37 gmt", id="case_is_significant"),
+    ],
+)
+def test_parse_http_date_rejects_what_is_not_an_http_date(value: str) -> None:
+    # RFC 9110 §13.1.3/§13.1.4: an invalid date is ignored, so it must not parse at all.
+    assert parse_http_date(value) is None
+
+
+def test_parse_http_date_two_digit_years_stay_within_fifty_years() -> None:
+    # RFC 9110 §5.6.7: a year more than 50 years in the future is read as the past century.
+    now_2026 = 1_795_000_000
+    assert parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT", now=now_2026) == T
+    assert parse_http_date("Thursday, 01-Jan-70 00:00:00 GMT", now=now_2026) == 3_155_760_000  # 2070
+    assert parse_http_date("Saturday, 01-Jan-77 00:00:00 GMT", now=now_2026) == 220_924_800  # 1977
+
+
 @pytest.mark.parametrize("timestamp", [0, T, 2**31, 253402300799])
 def test_format_http_date_round_trips(timestamp: int) -> None:
     text = format_http_date(timestamp)
