@@ -52,11 +52,15 @@ def load_settings(given: dict[str, Any]) -> Settings:
         return Settings(**given)
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "settings"
-        # An unknown key in config/ferry.env comes back as its lower-cased name (ferry_bogus).
-        where = env_name(field) if field in Settings.model_fields else field.upper()
         message = str(error["msg"]).removeprefix("Value error, ")
-        print(f"ferry: invalid setting {where}: {message}", file=sys.stderr)  # noqa: T201
+        if error["loc"]:
+            field = str(error["loc"][0])
+            # An unknown key in config/ferry.env comes back as its lower-cased name (ferry_bogus).
+            where = env_name(field) if field in Settings.model_fields else field.upper()
+            line = f"ferry: invalid setting {where}: {message}"
+        else:
+            line = f"ferry: invalid settings: {message}"  # a rule across settings names them itself
+        print(line, file=sys.stderr)  # noqa: T201
         raise SystemExit(EXIT_BAD_SETTINGS) from None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -9,28 +11,44 @@ from starlette.types import Receive, Scope, Send
 
 from app import __version__
 from app.errors import FerryError, handle_ferry_error
-from app.routes import ops
+from app.routes import api, ops
 from app.routes.files import Downloads, is_download
 from app.settings import Settings
+from app.storage.index import Index
 from app.storage.paths import PathPolicy
+from app.storage.watch import IndexKeeper
 
 
 class FerryApp(FastAPI):
     """FastAPI for the API and operations routes; downloads go straight to `Downloads`."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(lifespan=_lifespan, **kwargs)
         self.state.settings = settings
         self.state.policy = PathPolicy(
             root=settings.root, show_hidden=settings.show_hidden, follow_symlinks=settings.follow_symlinks
         )
-        self.downloads = Downloads(settings, self.state.policy)
+        self.state.index = Index(settings.index_file, self.state.policy)
+        self.state.keeper = IndexKeeper(
+            self.state.index, watch=settings.watch, rescan_interval=settings.rescan_interval
+        )
+        self.downloads = Downloads(self.state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if is_download(scope):
             await self.downloads(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    keeper: IndexKeeper = app.state.keeper
+    await keeper.start()
+    try:
+        yield
+    finally:
+        await keeper.stop()
 
 
 def create_app(settings: Settings | None = None) -> FerryApp:
@@ -45,4 +63,5 @@ def create_app(settings: Settings | None = None) -> FerryApp:
     )
     app.add_exception_handler(FerryError, handle_ferry_error)
     app.include_router(ops.router)
+    app.include_router(api.router)
     return app

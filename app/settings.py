@@ -6,11 +6,13 @@ Every field's description doubles as its ``ferry serve --help`` text and its lin
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "FERRY_"
@@ -44,6 +46,14 @@ def parse_mime_types(value: Any) -> Any:
             raise ValueError(f"{item!r} is not an extension=type pair (example: .log=text/plain)")
         pairs[ext.lower() if ext.startswith(".") else "." + ext.lower()] = mime
     return pairs
+
+
+def _absolute(path: Path) -> Path:
+    return path.expanduser().resolve()
+
+
+def _absolute_or_none(path: Path | None) -> Path | None:
+    return None if path is None else _absolute(path)
 
 
 def _existing_directory(path: Path) -> Path:
@@ -95,6 +105,36 @@ class Settings(BaseSettings):
         le=64 * 1024**2,
         description="the most bytes queued for one connection before Ferry waits for the client",
     )
+    index_path: Annotated[Path | None, AfterValidator(_absolute_or_none)] = Field(
+        None,
+        description="the index database, outside the served tree "
+        "(default ./var/index.sqlite3, or a per-user cache file when that would be inside ROOT)",
+    )
+    watch: bool = Field(True, description="follow changes made by other programs with inotify")
+    rescan_interval: float = Field(
+        300,
+        ge=0,
+        description="seconds between incremental rescans of ROOT (the safety net); 0 turns them off",
+    )
+
+    @model_validator(mode="after")
+    def _index_outside_root(self) -> Settings:
+        if self.index_path is not None and self.index_path.is_relative_to(self.root):
+            raise ValueError(f"FERRY_INDEX_PATH {str(self.index_path)!r} must be outside FERRY_ROOT")
+        return self
+
+    @property
+    def index_file(self) -> Path:
+        """Where the index lives: FERRY_INDEX_PATH, else ./var/index.sqlite3 unless that is inside
+        ROOT (as with ``--root .``), else a per-user cache file named after ROOT."""
+        if self.index_path is not None:
+            return self.index_path
+        local = _absolute(Path("./var/index.sqlite3"))
+        if not local.is_relative_to(self.root):
+            return local
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        return _absolute(cache / "ferry" / f"index-{digest}.sqlite3")
 
 
 def env_name(field: str) -> str:

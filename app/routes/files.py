@@ -12,7 +12,7 @@ import stat
 import time
 from urllib.parse import parse_qsl, quote
 
-from starlette.requests import Request
+from starlette.datastructures import State
 from starlette.responses import RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -22,9 +22,9 @@ from app.http.headers import content_disposition
 from app.http.mime import content_type_for
 from app.http.plan import DownloadRequest, FileFacts, plan_download
 from app.settings import Settings
-from app.storage.paths import PathPolicy, SafePath, open_beneath, resolve
+from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve
 from app.transfer.download import FileResponse
-from app.views.listing import listing_response
+from app.views.listing import DirectoryResponse
 
 PREFIX = "/files/"
 _WANTED = {b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since"}
@@ -37,9 +37,10 @@ def is_download(scope: Scope) -> bool:
 class Downloads:
     """The ASGI app for GET/HEAD /files/{path}: a file, a directory redirect, or a listing."""
 
-    def __init__(self, settings: Settings, policy: PathPolicy) -> None:
-        self.settings = settings
-        self.policy = policy
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.settings: Settings = state.settings
+        self.policy: PathPolicy = state.policy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -54,7 +55,7 @@ class Downloads:
         fd, st = open_beneath(safe, self.policy)
         if stat.S_ISDIR(st.st_mode):
             os.close(fd)
-            return self._directory(safe, path, scope)
+            return self._directory(safe, path)
         try:
             if path.endswith("/"):
                 raise NotFound()
@@ -84,11 +85,11 @@ class Downloads:
             zero_copy=settings.zero_copy,
         )
 
-    def _directory(self, safe: SafePath, path: str, scope: Scope) -> Response:
+    def _directory(self, safe: SafePath, path: str) -> Response:
         if path and not path.endswith("/"):
             # Same-origin by construction: the Location is always a path under /files/.
             return RedirectResponse(PREFIX + quote(path) + "/", status_code=301)
-        return listing_response(safe, path, Request(scope), self.policy)
+        return DirectoryResponse(relative(safe, self.policy), self.state)
 
 
 def _disposition(scope: Scope, settings: Settings) -> str:

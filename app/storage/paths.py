@@ -34,20 +34,56 @@ class PathPolicy:
     follow_symlinks: bool = False
 
 
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 0x20 or c == "\x7f" for c in text)
+
+
+def _plain_name(segment: str, policy: PathPolicy) -> bool:
+    if segment in ("", ".", "..") or "\\" in segment or "/" in segment:
+        return False
+    return policy.show_hidden or not segment.startswith(".")
+
+
 def split_url_path(url_path: str, policy: PathPolicy) -> list[str]:
     """The segments of a decoded URL path below ROOT; refuses anything that is not a plain name."""
-    if any(ord(c) < 0x20 or c == "\x7f" for c in url_path):
+    if _has_control(url_path):
         raise BadRequest("control characters are not allowed in paths")
     trimmed = url_path[:-1] if url_path.endswith("/") else url_path
     if not trimmed:
         return []
     segments = trimmed.split("/")
-    for segment in segments:
-        if segment in ("", ".", "..") or "\\" in segment:
-            raise NotFound()
-        if segment.startswith(".") and not policy.show_hidden:
-            raise NotFound()
+    if not all(_plain_name(segment, policy) for segment in segments):
+        raise NotFound()
     return segments
+
+
+def servable_name(name: str, policy: PathPolicy) -> bool:
+    """Whether a directory entry's name could be requested at all (what listings may show)."""
+    if _has_control(name) or not _plain_name(name, policy):
+        return False
+    try:
+        name.encode("utf-8")  # undecodable bytes (surrogate escapes) have no URL
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def child(directory: SafePath, name: str, policy: PathPolicy, *, is_symlink: bool) -> SafePath | None:
+    """The gated path of an entry found in a gated directory, or None if it may not be served.
+
+    A plain entry of an allowed directory is allowed by construction; a symlink is resolved.
+    """
+    if not servable_name(name, policy):
+        return None
+    path = directory / name
+    if is_symlink and not _allowed(Path(os.path.realpath(path)), policy):
+        return None
+    return SafePath(path)
+
+
+def relative(path: SafePath, policy: PathPolicy) -> str:
+    """The '/'-separated path of a gated path below ROOT ('' for ROOT itself)."""
+    return path.relative_to(policy.root).as_posix().removeprefix(".")
 
 
 def _allowed(real: Path, policy: PathPolicy) -> bool:

@@ -1,66 +1,79 @@
-"""A plain directory listing: HTML whose links `wget -r -np` follows, or JSON.
+"""Directory pages under /files/{dir}/: JSON (as /api/files) or HTML, read from the index.
 
-The storage index (a later issue) replaces the scan here with paginated, sorted index reads.
+The response is built in a worker thread, so index reads never block the event loop.
 """
 
 from __future__ import annotations
 
-import html
-import os
-import stat
-from urllib.parse import quote
+from urllib.parse import parse_qsl
 
-from starlette.requests import Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
-from app.errors import FerryError, NotFound
-from app.storage.paths import PathPolicy, SafePath, resolve
+from app.errors import BadRequest, FerryError, error_response
+from app.storage.index import SortKey
+from app.views.entries import listing_model, search_model
+from app.views.html import HtmlPage, render_listing, render_search
+
+HTML_PAGE = 200
+MAX_PAGE = 1000
+_SORTS: dict[str, SortKey] = {"name": "name", "size": "size", "mtime": "mtime"}
 
 
-def _entries(directory: SafePath, url_dir: str, policy: PathPolicy) -> list[tuple[str, bool, int]]:
-    entries = []
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError as exc:
-        raise NotFound() from exc
-    for name in names:
+def _wants_json(params: dict[str, str], scope: Scope) -> bool:
+    if params.get("format") == "json":
+        return True
+    accept = next((v for k, v in scope["headers"] if k == b"accept"), b"")
+    return b"application/json" in accept
+
+
+def _limit(params: dict[str, str], default: int) -> int:
+    text = params.get("limit")
+    if text is None:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}")
+    return int(text)
+
+
+class DirectoryResponse(Response):
+    """The listing of one gated directory (given as its '/'-separated path below ROOT)."""
+
+    def __init__(self, directory: str, state: State) -> None:
+        self.directory = directory
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            safe = resolve(url_dir + name, policy)  # the same gate as downloads
-            st = os.stat(safe)
-        except (FerryError, OSError, ValueError):
-            continue
-        if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
-            entries.append((name, stat.S_ISDIR(st.st_mode), st.st_size))
-    return entries
+            response = await run_in_threadpool(self._build, scope)
+        except FerryError as exc:
+            response = error_response(exc)
+        await response(scope, receive, send)
 
-
-def _wants_json(request: Request) -> bool:
-    return request.query_params.get("format") == "json" or "application/json" in request.headers.get(
-        "accept", ""
-    )
-
-
-def listing_response(directory: SafePath, url_dir: str, request: Request, policy: PathPolicy) -> Response:
-    entries = _entries(directory, url_dir, policy)
-    if _wants_json(request):
-        return JSONResponse(
-            {
-                "path": url_dir,
-                "entries": [
-                    {"name": n, "type": "dir" if d else "file", "size": None if d else size}
-                    for n, d, size in entries
-                ],
-            }
+    def _build(self, scope: Scope) -> Response:
+        params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        index, mime_types = self.state.index, self.state.settings.mime_types
+        cursor = params.get("cursor") or None
+        if _wants_json(params, scope):
+            page = index.list_dir(self.directory, limit=_limit(params, 100), cursor=cursor)
+            return JSONResponse(listing_model(self.directory, page, mime_types).model_dump(mode="json"))
+        query = params.get("q", "").strip()
+        if query:
+            found = index.search(query, limit=_limit(params, HTML_PAGE), cursor=cursor)
+            view = HtmlPage(
+                self.directory, search_model(query, found, mime_types), sort="name", descending=False
+            )
+            return _html(render_search(view))
+        sort = _SORTS.get(params.get("sort", "name"), "name")
+        descending = params.get("order") == "desc"
+        page = index.list_dir(
+            self.directory, limit=_limit(params, HTML_PAGE), cursor=cursor, sort=sort, descending=descending
         )
-    title = html.escape("/" + url_dir)
-    rows = "\n".join(
-        f'<li><a href="{html.escape(quote(n))}{"/" if d else ""}">{html.escape(n)}{"/" if d else ""}</a>'
-        f"{'' if d else f' <small>{size} bytes</small>'}</li>"
-        for n, d, size in entries
-    )
-    parent = '<li><a href="../">../</a></li>\n' if url_dir else ""
-    body = (
-        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>Index of {title}</title>'
-        f"</head>\n<body><h1>Index of {title}</h1>\n<ul>\n{parent}{rows}\n</ul></body></html>\n"
-    )
-    return HTMLResponse(body, headers={"x-content-type-options": "nosniff"})
+        view = HtmlPage(self.directory, listing_model(self.directory, page, mime_types), sort, descending)
+        return _html(render_listing(view))
+
+
+def _html(body: str) -> HTMLResponse:
+    return HTMLResponse(body, headers={"x-content-type-options": "nosniff", "cache-control": "no-cache"})

@@ -219,10 +219,12 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         "disposition": "inline",
         "mime_types": ".log=text/plain,.m3u8=application/vnd.apple.mpegurl",
         "write_buffer": "1MiB",
+        "index_path": str(tmp_path.parent / "elsewhere" / "index.sqlite3"),
+        "rescan_interval": "60",
     }
     argv = [arg for name, value in values.items() for arg in ("--" + name.replace("_", "-"), value)]
-    argv += ["--follow-symlinks", "--show-hidden"]
-    assert set(values) | {"follow_symlinks", "show_hidden"} == set(Settings.model_fields)
+    argv += ["--follow-symlinks", "--show-hidden", "--no-watch"]
+    assert set(values) | {"follow_symlinks", "show_hidden", "watch"} == set(Settings.model_fields)
     check_env_values(load_settings(serve_args(*argv)), tmp_path)
 
 
@@ -363,3 +365,29 @@ def test_config_example_values_are_valid(tmp_path: Path) -> None:
     env_file = tmp_path / "ferry.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     Settings(_env_file=env_file)  # type: ignore[call-arg]
+
+
+def test_index_path_inside_root_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="must be outside FERRY_ROOT"):
+        make_settings(tmp_path, index_path=tmp_path / "sub" / "index.sqlite3")
+
+
+def test_index_file_defaults_to_var_beside_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert make_settings(root).index_file == tmp_path.resolve() / "var" / "index.sqlite3"
+
+
+def test_index_file_moves_to_the_user_cache_when_the_default_is_inside_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    monkeypatch.chdir(root)  # `ferry serve --root .`
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    index_file = make_settings(root).index_file
+    assert index_file.parent == (tmp_path / "cache" / "ferry").resolve()
+    assert not index_file.is_relative_to(root.resolve())

@@ -1,0 +1,429 @@
+"""The storage index: what is under ROOT, in SQLite, for listings and name search.
+
+One row per servable entry (the path gate decides what is servable: hidden names and symlinks
+leading out of ROOT are never stored when the policy refuses them). Names are searched through an
+FTS5 trigram index, so a substring query reads the index, not every row. Each directory's mtime is
+kept, so a restart rescans only directories whose entries changed, and a listing first refreshes
+its directory if the disk says it changed since it was indexed.
+
+Downloads never read the index. The index is written by the scanner and watcher (watch.py) and by
+Ferry's own writes; every connection is per thread, and WAL lets readers work beside one writer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from app.errors import BadRequest, FerryError
+from app.storage.paths import PathPolicy, SafePath, child, relative, resolve
+
+SCHEMA_VERSION = 1
+SortKey = Literal["name", "size", "mtime"]
+_SORT_COLUMNS: dict[str, str] = {"name": "name", "size": "size", "mtime": "mtime_ns"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY,
+    parent TEXT NOT NULL,
+    name TEXT NOT NULL,
+    is_dir INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    UNIQUE (parent, name)
+);
+CREATE INDEX IF NOT EXISTS entries_by_size ON entries (parent, size, name);
+CREATE INDEX IF NOT EXISTS entries_by_mtime ON entries (parent, mtime_ns, name);
+CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER NOT NULL);
+CREATE VIRTUAL TABLE IF NOT EXISTS names USING fts5(
+    name, content='entries', content_rowid='id', tokenize='trigram'
+);
+CREATE TRIGGER IF NOT EXISTS entries_ai AFTER INSERT ON entries BEGIN
+    INSERT INTO names (rowid, name) VALUES (new.id, new.name);
+END;
+CREATE TRIGGER IF NOT EXISTS entries_ad AFTER DELETE ON entries BEGIN
+    INSERT INTO names (names, rowid, name) VALUES ('delete', old.id, old.name);
+END;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One indexed file or directory; `path` is '/'-separated below ROOT."""
+
+    path: str
+    name: str
+    is_dir: bool
+    size: int
+    mtime_ns: int
+    dev: int
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    entries: list[Entry]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScanStats:
+    directories: int = 0
+    rescanned: int = 0
+    seconds: float = 0.0
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, _, name = path.rpartition("/")
+    return parent, name
+
+
+def _subtree_bounds(path: str) -> tuple[str, str]:
+    # Every parent under `path/` sorts in [path + "/", path + "0"): "0" follows "/" in code points.
+    return path + "/", path + "0"
+
+
+def encode_cursor(values: list[object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, length: int) -> list[object]:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("invalid cursor") from exc
+    if not isinstance(values, list) or len(values) != length:
+        raise BadRequest("invalid cursor")
+    return values
+
+
+def _entry_from_row(row: sqlite3.Row) -> Entry:
+    return Entry(
+        path=_join(row["parent"], row["name"]),
+        name=row["name"],
+        is_dir=bool(row["is_dir"]),
+        size=row["size"],
+        mtime_ns=row["mtime_ns"],
+        dev=row["dev"],
+        ino=row["ino"],
+    )
+
+
+def _stat_entry(path: str, st: os.stat_result) -> Entry:
+    parent, name = _split(path)
+    is_dir = stat.S_ISDIR(st.st_mode)
+    return Entry(path, name, is_dir, 0 if is_dir else st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
+
+
+class Index:
+    """The SQLite index of one ROOT under one path policy."""
+
+    def __init__(self, db_path: Path, policy: PathPolicy) -> None:
+        self.db_path = db_path
+        self.policy = policy
+        self._local = threading.local()
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._prepare()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _prepare(self) -> None:
+        """Create the schema; start afresh if it belongs to another ROOT, policy or version."""
+        identity = json.dumps(
+            [SCHEMA_VERSION, str(self.policy.root), self.policy.show_hidden, self.policy.follow_symlinks]
+        )
+        conn = self._connection()
+        try:
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+        except sqlite3.DatabaseError:
+            row = None
+            self._reset_file()
+            conn = self._connection()
+            conn.executescript(_SCHEMA)
+        if row is None or row["value"] != identity:
+            with self._write() as w:
+                for table in ("entries", "dirs", "meta"):
+                    w.execute(f"DELETE FROM {table}")
+                w.execute("INSERT INTO names (names) VALUES ('delete-all')")
+                w.execute("INSERT INTO meta (key, value) VALUES ('identity', ?)", (identity,))
+
+    def _reset_file(self) -> None:
+        # A corrupt database is only a cache of the disk: rebuild it.
+        self.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(self.db_path) + suffix).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        row = self._connection().execute("SELECT count(*) AS n FROM entries").fetchone()
+        return int(row["n"])
+
+    def get(self, path: str) -> Entry | None:
+        parent, name = _split(path)
+        row = (
+            self._connection()
+            .execute("SELECT * FROM entries WHERE parent = ? AND name = ?", (parent, name))
+            .fetchone()
+        )
+        return None if row is None else _entry_from_row(row)
+
+    def list_dir(
+        self,
+        directory: str,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        sort: SortKey = "name",
+        descending: bool = False,
+    ) -> Page:
+        """One page of a directory's entries, in (sort key, name) order; keyset pagination."""
+        self.refresh_if_changed(directory)
+        column = _SORT_COLUMNS[sort]
+        keys = [column] if column == "name" else [column, "name"]
+        op, order = ("<", "DESC") if descending else (">", "ASC")
+        where, args = "parent = ?", list[object]([directory])
+        if cursor is not None:
+            values = decode_cursor(cursor, len(keys))
+            where += f" AND ({', '.join(keys)}) {op} ({', '.join('?' * len(keys))})"
+            args += values
+        query = (
+            f"SELECT * FROM entries WHERE {where} ORDER BY {', '.join(f'{k} {order}' for k in keys)} LIMIT ?"
+        )
+        rows = self._connection().execute(query, (*args, limit + 1)).fetchall()
+        entries = [_entry_from_row(r) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = encode_cursor([last[k] for k in keys])
+        return Page(entries, next_cursor)
+
+    def search(self, query: str, *, limit: int, cursor: str | None = None) -> Page:
+        """Entries whose name contains `query`, ignoring case, anywhere under ROOT."""
+        after = int(decode_cursor(cursor, 1)[0]) if cursor is not None else 0  # type: ignore[call-overload]
+        conn = self._connection()
+        if len(query) >= 3:
+            # The trigram tokenizer matches a quoted phrase as a substring, case-insensitively.
+            phrase = '"' + query.replace('"', '""') + '"'
+            rows = conn.execute(
+                "SELECT e.* FROM names JOIN entries e ON e.id = names.rowid "
+                "WHERE names MATCH ? AND names.rowid > ? ORDER BY names.rowid LIMIT ?",
+                (phrase, after, limit + 1),
+            ).fetchall()
+        else:
+            # Shorter than a trigram: a LIKE over the names, stopped at the page size.
+            pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            rows = conn.execute(
+                "SELECT * FROM entries WHERE id > ? AND name LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
+                (after, pattern, limit + 1),
+            ).fetchall()
+        entries = [_entry_from_row(r) for r in rows[:limit]]
+        next_cursor = encode_cursor([rows[limit - 1]["id"]]) if len(rows) > limit else None
+        return Page(entries, next_cursor)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def put(self, entry: Entry) -> None:
+        parent, name = _split(entry.path)
+        with self._write() as w:
+            self._upsert(w, parent, entry)
+
+    def remove(self, path: str) -> None:
+        """Forget an entry and, if it was a directory, everything below it."""
+        with self._write() as w:
+            self._delete(w, path)
+
+    @staticmethod
+    def _upsert(w: sqlite3.Connection, parent: str, e: Entry) -> None:
+        w.execute(
+            "INSERT INTO entries (parent, name, is_dir, size, mtime_ns, dev, ino) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (parent, name) DO UPDATE SET is_dir = excluded.is_dir, size = excluded.size, "
+            "mtime_ns = excluded.mtime_ns, dev = excluded.dev, ino = excluded.ino",
+            (parent, e.name, int(e.is_dir), e.size, e.mtime_ns, e.dev, e.ino),
+        )
+
+    @staticmethod
+    def _delete(w: sqlite3.Connection, path: str) -> None:
+        parent, name = _split(path)
+        low, high = _subtree_bounds(path)
+        w.execute("DELETE FROM entries WHERE parent = ? AND name = ?", (parent, name))
+        w.execute("DELETE FROM entries WHERE parent = ? OR (parent >= ? AND parent < ?)", (path, low, high))
+        w.execute("DELETE FROM dirs WHERE path = ? OR (path >= ? AND path < ?)", (path, low, high))
+
+    # -- scanning ----------------------------------------------------------------------------
+
+    def sync_path(self, path: str) -> None:
+        """Bring one path up to date with the disk: add, update or drop it (a new directory is
+        scanned whole)."""
+        try:
+            safe = resolve(path, self.policy)
+            st = os.stat(safe)
+        except (OSError, ValueError, FerryError):
+            self.remove(path)  # gone, or no longer allowed by the policy
+            return
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            self.remove(path)
+            return
+        entry = _stat_entry(path, st)
+        known = self.get(path)
+        self.put(entry)
+        # A directory new to the index (created, copied or moved in) is read whole.
+        if entry.is_dir and not (known and known.is_dir) and not os.path.islink(safe):
+            self.scan(start=path, incremental=False)
+
+    def refresh_if_changed(self, directory: str) -> None:
+        """Rescan a directory's own entries if its mtime differs from the indexed one."""
+        try:
+            safe = resolve(directory, self.policy)
+            mtime_ns = os.stat(safe).st_mtime_ns
+        except (OSError, ValueError, FerryError):
+            return
+        row = self._connection().execute("SELECT mtime_ns FROM dirs WHERE path = ?", (directory,)).fetchone()
+        if row is None or row["mtime_ns"] != mtime_ns:
+            self._rescan_dir(directory, safe)
+
+    def scan(self, *, start: str = "", incremental: bool = True) -> ScanStats:
+        """Walk ROOT (or a subtree); with `incremental`, directories whose mtime matches the index
+        are not read again, only descended through."""
+        began = time.monotonic()
+        stack = [start]
+        directories = rescanned = 0
+        conn = self._connection()
+        while stack:
+            directory = stack.pop()
+            directories += 1
+            try:
+                safe = resolve(directory, self.policy)
+                mtime_ns = os.stat(safe).st_mtime_ns
+            except (OSError, ValueError, FerryError):
+                if directory:
+                    self.remove(directory)  # gone, or no longer allowed by the policy
+                continue
+            row = conn.execute("SELECT mtime_ns FROM dirs WHERE path = ?", (directory,)).fetchone()
+            if incremental and row is not None and row["mtime_ns"] == mtime_ns:
+                subdirs = [
+                    r["name"]
+                    for r in conn.execute(
+                        "SELECT name FROM entries WHERE parent = ? AND is_dir = 1", (directory,)
+                    )
+                ]
+            else:
+                subdirs = self._rescan_dir(directory, safe, mtime_ns)
+                rescanned += 1
+            stack.extend(_join(directory, name) for name in subdirs)
+        return ScanStats(directories, rescanned, time.monotonic() - began)
+
+    def _rescan_dir(self, directory: str, safe: SafePath, mtime_ns: int | None = None) -> list[str]:
+        """Read one directory from disk into the index; returns the subdirectories to descend into
+        (real directories only: a symlinked directory is listed but not walked, so no loops)."""
+        found: dict[str, Entry] = {}
+        walk: list[str] = []
+        try:
+            if mtime_ns is None:
+                mtime_ns = os.stat(safe).st_mtime_ns
+            with os.scandir(safe) as it:
+                for d in it:
+                    target = child(safe, d.name, self.policy, is_symlink=d.is_symlink())
+                    if target is None:
+                        continue
+                    try:
+                        st = d.stat()  # follows a symlink the gate allowed
+                    except OSError:
+                        continue
+                    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                        continue
+                    found[d.name] = _stat_entry(_join(directory, d.name), st)
+                    if stat.S_ISDIR(st.st_mode) and not d.is_symlink():
+                        walk.append(d.name)
+        except OSError:
+            if directory:
+                self.remove(directory)
+            return []
+        with self._write() as w:
+            known = {
+                r["name"]: r
+                for r in w.execute(
+                    "SELECT name, is_dir, size, mtime_ns, dev, ino FROM entries WHERE parent = ?",
+                    (directory,),
+                )
+            }
+            for name in known.keys() - found.keys():
+                self._delete(w, _join(directory, name))
+            for name, e in found.items():
+                old = known.get(name)
+                if old is None or (old["is_dir"], old["size"], old["mtime_ns"], old["dev"], old["ino"]) != (
+                    int(e.is_dir),
+                    e.size,
+                    e.mtime_ns,
+                    e.dev,
+                    e.ino,
+                ):
+                    self._upsert(w, directory, e)
+            w.execute(
+                "INSERT INTO dirs (path, mtime_ns) VALUES (?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET mtime_ns = excluded.mtime_ns",
+                (directory, mtime_ns),
+            )
+        return walk
+
+    def entry_for(self, safe: SafePath) -> Entry | None:
+        """A live entry for a gated path (stat now), keeping the index in step with what it saw."""
+        path = relative(safe, self.policy)
+        try:
+            st = os.stat(safe)
+        except OSError:
+            if path:
+                self.remove(path)
+            return None
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            return None
+        entry = _stat_entry(path, st)
+        if path and self.get(path) != entry:
+            self.put(entry)
+        return entry

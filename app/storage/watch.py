@@ -1,0 +1,118 @@
+"""Keeping the index current while Ferry runs: one start-up scan, inotify, and a periodic rescan.
+
+Only one process per index does this (the one holding ``<index>.lock``), so several workers never
+scan the same tree at once; every worker reads the index, and Ferry's own writes update it directly.
+Changes made by other programs arrive through watchfiles (inotify) within about a second; the
+periodic incremental rescan is the safety net for anything inotify missed (watch limits, overflow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import watchfiles
+
+from app.storage.index import Index
+
+logger = logging.getLogger("ferry.index")
+
+
+def _owner_lock(index: Index) -> int | None:
+    """Take the index's writer lock without waiting; the descriptor holds it until closed."""
+    fd = os.open(str(index.db_path) + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _relative(root: Path, changed: str) -> str | None:
+    try:
+        return Path(changed).relative_to(root).as_posix()
+    except ValueError:
+        return None
+
+
+class IndexKeeper:
+    """Runs the scan, the watcher and the rescan loop for one index, if this process owns it."""
+
+    def __init__(self, index: Index, *, watch: bool, rescan_interval: float) -> None:
+        self.index = index
+        self.watch = watch
+        self.rescan_interval = rescan_interval
+        self.last_scan_seconds: float | None = None
+        self.ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock: int | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        self._lock = _owner_lock(self.index)
+        if self._lock is None:
+            self.ready.set()  # another worker keeps the index; this one only reads it
+            return
+        self._tasks.append(asyncio.create_task(self._run(), name="ferry-index"))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    async def _run(self) -> None:
+        await self._scan()
+        self.ready.set()
+        if self.watch:
+            self._tasks.append(asyncio.create_task(self._watch(), name="ferry-index-watch"))
+        while self.rescan_interval > 0:
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=self.rescan_interval)
+                return
+            except TimeoutError:
+                await self._scan()
+
+    async def _scan(self) -> None:
+        try:
+            stats = await asyncio.to_thread(self.index.scan, incremental=True)
+        except Exception:
+            logger.exception("index scan failed")
+            return
+        self.last_scan_seconds = stats.seconds
+        logger.info(
+            "index scan: %d directories, %d read from disk, %.2fs",
+            stats.directories,
+            stats.rescanned,
+            stats.seconds,
+        )
+
+    async def _watch(self) -> None:
+        root = self.index.policy.root
+        try:
+            async for changes in self._changes(root):
+                paths = {p for _, changed in changes if (p := _relative(root, changed))}
+                await asyncio.to_thread(self._apply, paths)
+        except Exception:
+            logger.exception("file watching stopped; the periodic rescan keeps the index current")
+
+    def _changes(self, root: Path) -> AsyncIterator[set[tuple[watchfiles.Change, str]]]:
+        return watchfiles.awatch(
+            root, stop_event=self._stop, debounce=300, step=50, recursive=True, ignore_permission_denied=True
+        )
+
+    def _apply(self, paths: set[str]) -> None:
+        # Parents first, so a new directory is scanned once, then its children are already known.
+        for path in sorted(paths, key=lambda p: p.count("/")):
+            self.index.sync_path(path)
