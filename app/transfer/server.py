@@ -7,10 +7,12 @@ pinned in pyproject.toml; tests/clients exercise it through a real `ferry serve`
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 from typing import Any
 
 import uvicorn
+import uvicorn.config
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -33,6 +35,7 @@ class FerryConfig(uvicorn.Config):
             loop="auto",
             server_header=False,
             headers=[("server", "ferry")],
+            log_config=_log_config(),
             **kwargs,
         )
 
@@ -40,6 +43,13 @@ class FerryConfig(uvicorn.Config):
         from app.main import create_app
 
         return functools.partial(create_app, self.settings)
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging set-up, plus Ferry's own loggers on the same stderr handler."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["ferry"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 class FerryProtocol(HttpToolsProtocol):
