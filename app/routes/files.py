@@ -7,6 +7,7 @@ the rest of a small download together); `FerryApp` hands every GET/HEAD under /f
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import time
@@ -52,7 +53,11 @@ class Downloads:
     def respond(self, scope: Scope) -> Response:
         path: str = scope["path"][len(PREFIX) :]
         safe = resolve(path, self.policy)
-        fd, st = open_beneath(safe, self.policy)
+        try:
+            fd, st = open_beneath(safe, self.policy)
+        except NotFound:
+            self._forget(safe)
+            raise
         if stat.S_ISDIR(st.st_mode):
             os.close(fd)
             return self._directory(safe, path)
@@ -63,6 +68,12 @@ class Downloads:
         except BaseException:
             os.close(fd)
             raise
+
+    def _forget(self, safe: SafePath) -> None:
+        """A path the disk no longer has leaves the index too (off the event loop)."""
+        path = relative(safe, self.policy)
+        if path:
+            asyncio.get_running_loop().run_in_executor(None, self.state.index.forget, path)
 
     def _file(self, safe: SafePath, fd: int, st: os.stat_result, scope: Scope) -> FileResponse:
         settings = self.settings

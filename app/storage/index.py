@@ -273,6 +273,12 @@ class Index:
         with self._write() as w:
             self._upsert(w, parent, entry)
 
+    def forget(self, path: str) -> None:
+        """Drop an entry found missing on disk, if the index still has it (a read first: a flood
+        of 404s must not turn into a flood of write transactions)."""
+        if self.get(path) is not None:
+            self.remove(path)
+
     def remove(self, path: str) -> None:
         """Forget an entry and, if it was a directory, everything below it."""
         with self._write() as w:
