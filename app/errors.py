@@ -28,9 +28,50 @@ class BadRequest(FerryError):
     default_detail = "Bad Request"
 
 
+class Unauthorized(FerryError):
+    status = 401
+    default_detail = "a valid bearer token is required"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, {"www-authenticate": 'Bearer realm="ferry"'})
+
+
 class NotFound(FerryError):
     status = 404
     default_detail = "Not Found"
+
+
+class MethodNotAllowed(FerryError):
+    status = 405
+    default_detail = "writes are disabled (FERRY_WRITE_TOKEN is not set)"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, {"allow": "GET, HEAD"})
+
+
+class Conflict(FerryError):
+    status = 409
+    default_detail = "Conflict"
+
+
+class PreconditionFailed(FerryError):
+    status = 412
+    default_detail = "Precondition Failed"
+
+
+class PayloadTooLarge(FerryError):
+    status = 413
+    default_detail = "the body is larger than FERRY_MAX_UPLOAD_SIZE"
+
+
+class UnsupportedMediaType(FerryError):
+    status = 415
+    default_detail = "expected multipart/form-data"
+
+
+class InsufficientStorage(FerryError):
+    status = 507
+    default_detail = "not enough space to store the upload"
 
 
 def error_response(exc: FerryError) -> Response:

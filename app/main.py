@@ -11,8 +11,9 @@ from starlette.types import Receive, Scope, Send
 
 from app import __version__
 from app.errors import FerryError, handle_ferry_error
-from app.routes import api, ops
+from app.routes import api, ops, static
 from app.routes.files import Downloads, is_download
+from app.routes.writes import Writes, is_write
 from app.settings import Settings
 from app.storage.index import Index
 from app.storage.paths import PathPolicy
@@ -33,10 +34,13 @@ class FerryApp(FastAPI):
             self.state.index, watch=settings.watch, rescan_interval=settings.rescan_interval
         )
         self.downloads = Downloads(self.state)
+        self.writes = Writes(self.state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if is_download(scope):
             await self.downloads(scope, receive, send)
+        elif is_write(scope):
+            await self.writes(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
@@ -64,4 +68,5 @@ def create_app(settings: Settings | None = None) -> FerryApp:
     app.add_exception_handler(FerryError, handle_ferry_error)
     app.include_router(ops.router)
     app.include_router(api.router)
+    app.include_router(static.router)
     return app

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "FERRY_"
@@ -116,6 +116,12 @@ class Settings(BaseSettings):
         ge=0,
         description="seconds between incremental rescans of ROOT (the safety net); 0 turns them off",
     )
+
+    write_token: SecretStr | None = Field(
+        None, description="uploads and deletes are enabled only when set (Authorization: Bearer <token>)"
+    )
+    max_upload_size: Size = Field(100 * 1024**3, ge=1, description="larger bodies get 413, nothing kept")
+    fsync: bool = Field(True, description="fsync uploads before they are renamed into place")
 
     @model_validator(mode="after")
     def _index_outside_root(self) -> Settings:

@@ -87,3 +87,11 @@ def if_range_matches(if_range: str, current: Validators, *, now: int) -> bool:
     # A date matches only if it equals Last-Modified exactly and Last-Modified is strong, i.e. at
     # least one second older than the response (§8.8.2.2).
     return date is not None and date == current.last_modified and now - current.last_modified >= 1
+
+
+def write_allowed(conditions: RequestConditions, current: Validators | None) -> bool:
+    """Whether a PUT/DELETE may replace `current` (None: nothing there yet), RFC 9110 §13.2.2."""
+    if current is None:
+        # If-Match needs a current representation; If-None-Match: * asks for none (§13.1.1, §13.1.2).
+        return conditions.if_match is None
+    return evaluate("PUT", conditions, current) is Precondition.PROCEED

@@ -11,24 +11,24 @@ import asyncio
 import os
 import stat
 import time
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
 
 from starlette.datastructures import State
 from starlette.responses import RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from app.errors import FerryError, NotFound, error_response
-from app.http.conditional import RequestConditions, make_validators
+from app.http.conditional import make_validators
 from app.http.headers import content_disposition
 from app.http.mime import content_type_for
 from app.http.plan import DownloadRequest, FileFacts, plan_download
+from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields, query_params
 from app.settings import Settings
 from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve
 from app.transfer.download import FileResponse
 from app.views.listing import DirectoryResponse
 
-PREFIX = "/files/"
-_WANTED = {b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since"}
+_WANTED = frozenset({b"range", b"if-range"}) | CONDITION_FIELDS
 
 
 def is_download(scope: Scope) -> bool:
@@ -104,31 +104,19 @@ class Downloads:
 
 
 def _disposition(scope: Scope, settings: Settings) -> str:
-    query: bytes = scope.get("query_string", b"")
-    if query:
-        params = dict(parse_qsl(query.decode("latin-1")))
-        if params.get("download") == "1":
-            return "attachment"
-        if params.get("inline") == "1":
-            return "inline"
+    params = query_params(scope)
+    if params.get("download") == "1":
+        return "attachment"
+    if params.get("inline") == "1":
+        return "inline"
     return settings.disposition
 
 
 def _download_request(scope: Scope) -> DownloadRequest:
-    fields: dict[bytes, str] = {}
-    for name, value in scope["headers"]:
-        if name in _WANTED:
-            text = value.decode("latin-1")
-            # RFC 9110 §5.3: repeated list-valued fields combine with commas.
-            fields[name] = f"{fields[name]}, {text}" if name in fields else text
+    fields = header_fields(scope, _WANTED)
     return DownloadRequest(
         method=scope["method"],
         range=fields.get(b"range"),
         if_range=fields.get(b"if-range"),
-        conditions=RequestConditions(
-            if_match=fields.get(b"if-match"),
-            if_none_match=fields.get(b"if-none-match"),
-            if_modified_since=fields.get(b"if-modified-since"),
-            if_unmodified_since=fields.get(b"if-unmodified-since"),
-        ),
+        conditions=conditions(fields),
     )

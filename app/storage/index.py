@@ -28,13 +28,13 @@ from typing import Literal
 from app.errors import BadRequest, FerryError
 from app.storage.paths import PathPolicy, SafePath, child, relative, resolve
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SortKey = Literal["name", "size", "mtime"]
 _SORT_COLUMNS: dict[str, str] = {"name": "name", "size": "size", "mtime": "mtime_ns"}
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS entries (
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY,
     parent TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -44,20 +44,22 @@ CREATE TABLE IF NOT EXISTS entries (
     dev INTEGER NOT NULL,
     ino INTEGER NOT NULL,
     UNIQUE (parent, name)
-);
-CREATE INDEX IF NOT EXISTS entries_by_size ON entries (parent, size, name);
-CREATE INDEX IF NOT EXISTS entries_by_mtime ON entries (parent, mtime_ns, name);
-CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER NOT NULL);
-CREATE VIRTUAL TABLE IF NOT EXISTS names USING fts5(
+)""",
+    """CREATE INDEX IF NOT EXISTS entries_by_size ON entries (parent, size, name)""",
+    """CREATE INDEX IF NOT EXISTS entries_by_mtime ON entries (parent, mtime_ns, name)""",
+    """CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS uploads (path TEXT PRIMARY KEY, owner TEXT NOT NULL)""",
+    """CREATE VIRTUAL TABLE IF NOT EXISTS names USING fts5(
     name, content='entries', content_rowid='id', tokenize='trigram'
-);
-CREATE TRIGGER IF NOT EXISTS entries_ai AFTER INSERT ON entries BEGIN
+)""",
+    """CREATE TRIGGER IF NOT EXISTS entries_ai AFTER INSERT ON entries BEGIN
     INSERT INTO names (rowid, name) VALUES (new.id, new.name);
-END;
-CREATE TRIGGER IF NOT EXISTS entries_ad AFTER DELETE ON entries BEGIN
+END""",
+    """CREATE TRIGGER IF NOT EXISTS entries_ad AFTER DELETE ON entries BEGIN
     INSERT INTO names (names, rowid, name) VALUES ('delete', old.id, old.name);
-END;
-"""
+END""",
+)
+_TABLES = ("names", "entries", "dirs", "uploads", "meta")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +128,19 @@ def _entry_from_row(row: sqlite3.Row) -> Entry:
     )
 
 
-def _stat_entry(path: str, st: os.stat_result) -> Entry:
+def entry_from_stat(path: str, st: os.stat_result) -> Entry:
     parent, name = _split(path)
     is_dir = stat.S_ISDIR(st.st_mode)
     return Entry(path, name, is_dir, 0 if is_dir else st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
+
+
+def _process_key(pid: int) -> str | None:
+    """pid plus its start time: a restarted container reuses pids, never both."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return f"{pid}:{fields[19]}"  # field 22 of stat(5): starttime
 
 
 class Index:
@@ -170,21 +181,25 @@ class Index:
         identity = json.dumps(
             [SCHEMA_VERSION, str(self.policy.root), self.policy.show_hidden, self.policy.follow_symlinks]
         )
-        conn = self._connection()
         try:
-            conn.executescript(_SCHEMA)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+            self._migrate(identity)
         except sqlite3.DatabaseError:
-            row = None
             self._reset_file()
-            conn = self._connection()
-            conn.executescript(_SCHEMA)
-        if row is None or row["value"] != identity:
-            with self._write() as w:
-                for table in ("entries", "dirs", "meta"):
-                    w.execute(f"DELETE FROM {table}")
-                w.execute("INSERT INTO names (names) VALUES ('delete-all')")
-                w.execute("INSERT INTO meta (key, value) VALUES ('identity', ?)", (identity,))
+            self._migrate(identity)
+
+    def _migrate(self, identity: str) -> None:
+        with self._write() as w:
+            try:
+                row = w.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+            except sqlite3.OperationalError:
+                row = None  # a new database
+            if row is not None and row["value"] == identity:
+                return
+            for table in _TABLES:
+                w.execute(f"DROP TABLE IF EXISTS {table}")
+            for statement in _SCHEMA:
+                w.execute(statement)
+            w.execute("INSERT INTO meta (key, value) VALUES ('identity', ?)", (identity,))
 
     def _reset_file(self) -> None:
         # A corrupt database is only a cache of the disk: rebuild it.
@@ -302,6 +317,23 @@ class Index:
         w.execute("DELETE FROM entries WHERE parent = ? OR (parent >= ? AND parent < ?)", (path, low, high))
         w.execute("DELETE FROM dirs WHERE path = ? OR (path >= ? AND path < ?)", (path, low, high))
 
+    # -- uploads in progress ------------------------------------------------------------------
+
+    def begin_upload(self, temp_path: str) -> None:
+        """Record a temporary upload file, so a crash cannot leave it behind unnoticed."""
+        with self._write() as w:
+            owner = _process_key(os.getpid()) or str(os.getpid())
+            w.execute("INSERT OR REPLACE INTO uploads (path, owner) VALUES (?, ?)", (temp_path, owner))
+
+    def end_upload(self, temp_path: str) -> None:
+        with self._write() as w:
+            w.execute("DELETE FROM uploads WHERE path = ?", (temp_path,))
+
+    def orphaned_uploads(self) -> list[str]:
+        """Temporary upload files whose writing process is gone."""
+        rows = self._connection().execute("SELECT path, owner FROM uploads").fetchall()
+        return [r["path"] for r in rows if _process_key(int(r["owner"].partition(":")[0])) != r["owner"]]
+
     # -- scanning ----------------------------------------------------------------------------
 
     def sync_path(self, path: str) -> None:
@@ -316,7 +348,7 @@ class Index:
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             self.remove(path)
             return
-        entry = _stat_entry(path, st)
+        entry = entry_from_stat(path, st)
         known = self.get(path)
         self.put(entry)
         # A directory new to the index (created, copied or moved in) is read whole.
@@ -384,7 +416,7 @@ class Index:
                         continue
                     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
                         continue
-                    found[d.name] = _stat_entry(_join(directory, d.name), st)
+                    found[d.name] = entry_from_stat(_join(directory, d.name), st)
                     if stat.S_ISDIR(st.st_mode) and not d.is_symlink():
                         walk.append(d.name)
         except OSError:
@@ -429,7 +461,7 @@ class Index:
             return None
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             return None
-        entry = _stat_entry(path, st)
+        entry = entry_from_stat(path, st)
         if path and self.get(path) != entry:
             self.put(entry)
         return entry

@@ -3,12 +3,16 @@
 Two passes, both in this module and nowhere else:
 
 1. lexical (pure): reject ``..``/``.``/empty segments, NUL and control characters, backslashes,
-   and hidden names unless allowed;
+   hidden names unless allowed, and the temporary files of uploads in progress;
 2. physical: resolve symlinks and require the real location to stay under ROOT (unless
    FOLLOW_SYMLINKS), and hidden real names too; after ``open()``, check the opened file descriptor
    itself, so a component swapped for a symlink between the check and the open (TOCTOU) is caught.
 
-Only this module constructs `SafePath`; code downstream accepts nothing else.
+Writes go through `open_write_target`: every directory on the way is opened by descriptor and
+checked to lie under ROOT (never through a symlink out of ROOT, whatever FOLLOW_SYMLINKS says), and
+the file is then created and renamed relative to that pinned directory descriptor.
+
+Only this module constructs `SafePath` and `WriteTarget`; code downstream accepts nothing else.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from app.errors import BadRequest, NotFound
 SafePath = NewType("SafePath", Path)
 
 _PROC_FD = Path("/proc/self/fd")
+# Uploads are written to "<TEMP_PREFIX><random>.part" beside their target, then renamed into place.
+TEMP_PREFIX = ".ferry-upload-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,8 @@ def _has_control(text: str) -> bool:
 def _plain_name(segment: str, policy: PathPolicy) -> bool:
     if segment in ("", ".", "..") or "\\" in segment or "/" in segment:
         return False
+    if segment.startswith(TEMP_PREFIX):
+        return False  # an upload in progress is never listed or served, hidden names shown or not
     return policy.show_hidden or not segment.startswith(".")
 
 
@@ -135,3 +143,84 @@ def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_resul
         os.close(fd)
         raise
     return fd, st
+
+
+@dataclass(slots=True)
+class WriteTarget:
+    """Where a write lands: an open descriptor of its (checked) directory and the entry's name.
+
+    `created` lists the directories made on the way, '/'-separated below ROOT, outermost first.
+    """
+
+    dir_fd: int
+    name: str
+    path: str
+    created: list[str]
+
+    def close(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+
+def _writable_location(fd: int, policy: PathPolicy) -> bool:
+    location = _fd_location(fd)
+    if location is None:
+        return True  # no /proc: the per-component O_NOFOLLOW opens below already refused symlinks
+    if not location.is_relative_to(policy.root):
+        return False  # writes never follow a symlink out of ROOT
+    return policy.show_hidden or not any(p.startswith(".") for p in location.relative_to(policy.root).parts)
+
+
+def _open_dir(name: str, dir_fd: int | None, policy: PathPolicy) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    if not _PROC_FD.is_dir():
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        raise NotFound() from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotFound() from exc
+        raise
+    if not _writable_location(fd, policy):
+        os.close(fd)
+        raise NotFound()
+    return fd
+
+
+def open_write_target(url_path: str, policy: PathPolicy, *, create_parents: bool) -> WriteTarget:
+    """The checked directory and name a write to `url_path` goes to; a directory itself when the
+    path ends with '/' (name ''). Missing parents are made when `create_parents`."""
+    segments = split_url_path(url_path, policy)
+    is_dir = url_path.endswith("/") or not segments
+    parents, name = (segments, "") if is_dir else (segments[:-1], segments[-1])
+    fd = _open_dir(str(policy.root), None, policy)
+    created: list[str] = []
+    try:
+        for i, segment in enumerate(parents):
+            if create_parents:
+                try:
+                    os.mkdir(segment, 0o755, dir_fd=fd)
+                    created.append("/".join(parents[: i + 1]))
+                except FileExistsError:
+                    pass
+            next_fd = _open_dir(segment, fd, policy)
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return WriteTarget(fd, name, "/".join(segments), created)
+
+
+def child_target(directory: WriteTarget, name: str, policy: PathPolicy) -> WriteTarget:
+    """A write to the entry `name` of an opened write directory (the same descriptor, not owned).
+
+    `name` must already be a single plain name (an uploaded file name reduced to its base name).
+    """
+    if not servable_name(name, policy):
+        raise BadRequest("not a usable file name")
+    path = f"{directory.path}/{name}" if directory.path else name
+    return WriteTarget(directory.dir_fd, name, path, [])

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import watchfiles
 
+from app.errors import FerryError
 from app.storage.index import Index
+from app.storage.paths import open_write_target
+from app.storage.writes import remove_stale
 
 logger = logging.getLogger("ferry.index")
 
@@ -73,6 +76,7 @@ class IndexKeeper:
             self._lock = None
 
     async def _run(self) -> None:
+        await asyncio.to_thread(self._remove_orphaned_uploads)
         await self._scan()
         self.ready.set()
         if self.watch:
@@ -83,6 +87,24 @@ class IndexKeeper:
                 return
             except TimeoutError:
                 await self._scan()
+
+    def _remove_orphaned_uploads(self) -> None:
+        """Temporary files of uploads whose process died (a crash, a kill) are removed."""
+        for temp_path in self.index.orphaned_uploads():
+            parent, _, name = temp_path.rpartition("/")
+            try:
+                directory = open_write_target(
+                    parent + "/" if parent else "", self.index.policy, create_parents=False
+                )
+            except (OSError, FerryError):
+                directory = None  # its directory is gone too
+            if directory is not None:
+                try:
+                    remove_stale(directory.dir_fd, name)
+                finally:
+                    directory.close()
+                logger.info("removed an interrupted upload: %s", temp_path)
+            self.index.end_upload(temp_path)
 
     async def _scan(self) -> None:
         try:

@@ -221,10 +221,12 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         "write_buffer": "1MiB",
         "index_path": str(tmp_path.parent / "elsewhere" / "index.sqlite3"),
         "rescan_interval": "60",
+        "write_token": "t0ken",
+        "max_upload_size": "1GiB",
     }
     argv = [arg for name, value in values.items() for arg in ("--" + name.replace("_", "-"), value)]
-    argv += ["--follow-symlinks", "--show-hidden", "--no-watch"]
-    assert set(values) | {"follow_symlinks", "show_hidden", "watch"} == set(Settings.model_fields)
+    argv += ["--follow-symlinks", "--show-hidden", "--no-watch", "--no-fsync"]
+    assert set(values) | {"follow_symlinks", "show_hidden", "watch", "fsync"} == set(Settings.model_fields)
     check_env_values(load_settings(serve_args(*argv)), tmp_path)
 
 

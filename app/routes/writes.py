@@ -1,0 +1,184 @@
+"""PUT, POST (multipart) and DELETE under /files/: authenticated, streamed, atomic writes.
+
+Served as plain ASGI (like downloads) so the body is read only after the token, the size and the
+preconditions have been accepted: a client sending ``Expect: 100-continue`` never uploads a body
+that is going to be refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+from collections.abc import AsyncIterator, Callable
+
+from starlette.datastructures import State
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from app.errors import (
+    BadRequest,
+    Conflict,
+    FerryError,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    PreconditionFailed,
+    Unauthorized,
+    error_response,
+)
+from app.http.conditional import RequestConditions, make_validators, write_allowed
+from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields
+from app.settings import Settings
+from app.storage.index import Entry, Index, entry_from_stat
+from app.storage.paths import PathPolicy, WriteTarget, child_target, open_write_target
+from app.storage.writes import AtomicWrite, current, delete
+from app.transfer.upload import ClientGone, MultipartUpload, body_chunks, multipart_boundary, stream_body
+from app.views.entries import entry_model
+
+WRITE_METHODS = ("PUT", "POST", "DELETE")
+_FIELDS = CONDITION_FIELDS | {b"authorization", b"content-length", b"content-type"}
+
+
+def is_write(scope: Scope) -> bool:
+    return scope["type"] == "http" and scope["method"] in WRITE_METHODS and scope["path"].startswith(PREFIX)
+
+
+def _checker(request: RequestConditions) -> Callable[[os.stat_result | None], None]:
+    def check(st: os.stat_result | None) -> None:
+        validators = None
+        if st is not None:
+            validators = make_validators(
+                dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns
+            )
+        if not write_allowed(request, validators):
+            raise PreconditionFailed()
+
+    return check
+
+
+class Writes:
+    """The ASGI app for PUT/POST/DELETE /files/{path}."""
+
+    def __init__(self, state: State) -> None:
+        self.settings: Settings = state.settings
+        self.policy: PathPolicy = state.policy
+        self.index: Index = state.index
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fields = header_fields(scope, _FIELDS)
+        try:
+            self._authorize(fields)
+            response = await self._handle(scope, receive, fields)
+        except ClientGone:
+            return  # nobody left to answer
+        except FerryError as exc:
+            response = error_response(exc)
+            # The body may be unread: close rather than read a refused upload to its end.
+            response.headers["connection"] = "close"
+        await response(scope, receive, send)
+
+    def _authorize(self, fields: dict[bytes, str]) -> None:
+        token = self.settings.write_token
+        if token is None:
+            raise MethodNotAllowed()
+        scheme, _, given = fields.get(b"authorization", "").partition(" ")
+        expected = token.get_secret_value().encode()
+        # Constant time, whatever the given token's length or content.
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)):
+            raise Unauthorized()
+
+    async def _handle(self, scope: Scope, receive: Receive, fields: dict[bytes, str]) -> Response:
+        path = scope["path"][len(PREFIX) :]
+        method = scope["method"]
+        if method == "DELETE":
+            return await asyncio.to_thread(self._delete, path, conditions(fields))
+        declared = fields.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.settings.max_upload_size:
+            raise PayloadTooLarge()
+        chunks = body_chunks(receive, self.settings.max_upload_size)
+        if method == "PUT":
+            return await self._put(path, chunks, conditions(fields))
+        return await self._post(path, chunks, fields.get(b"content-type"))
+
+    async def _put(self, path: str, chunks: AsyncIterator[bytes], request: RequestConditions) -> Response:
+        if path.endswith("/") or not path:
+            raise BadRequest("PUT needs a file path")
+        target = await asyncio.to_thread(open_write_target, path, self.policy, create_parents=True)
+        check = _checker(request)
+        try:
+            check(await asyncio.to_thread(current, target))  # refuse before reading the body
+            write = await asyncio.to_thread(self._begin, target)
+            try:
+                await stream_body(chunks, write, self.settings.chunk_size)
+                created, st = await asyncio.to_thread(write.commit, check)
+            finally:
+                await asyncio.to_thread(self._end, write)
+            entry = await asyncio.to_thread(self._indexed, target, st)
+        finally:
+            target.close()
+        model = entry_model(entry, self.settings.mime_types)
+        headers = {"etag": model.etag or "", "location": model.url}
+        if created:
+            return JSONResponse(model.model_dump(mode="json"), status_code=201, headers=headers)
+        return Response(status_code=204, headers=headers)
+
+    async def _post(self, path: str, chunks: AsyncIterator[bytes], content_type: str | None) -> Response:
+        if path and not path.endswith("/"):
+            raise BadRequest("POST uploads go to a directory URL ending with '/'")
+        boundary = multipart_boundary(content_type)
+        directory = await asyncio.to_thread(open_write_target, path, self.policy, create_parents=True)
+        upload = MultipartUpload(
+            boundary,
+            lambda name: self._begin(child_target(directory, name, self.policy)),
+            self.settings.chunk_size,
+        )
+        try:
+            try:
+                await upload.feed(chunks)
+                if not upload.files:
+                    raise BadRequest("no file parts in the form")
+                # All parts arrived: only now does any of them replace what was there.
+                results = [
+                    await asyncio.to_thread(w.commit, _checker(RequestConditions())) for w in upload.files
+                ]
+            finally:
+                for write in upload.files:
+                    await asyncio.to_thread(self._end, write)
+            entries = [
+                await asyncio.to_thread(self._indexed, w.target, st)
+                for w, (_, st) in zip(upload.files, results, strict=True)
+            ]
+        finally:
+            directory.close()
+        models = [entry_model(e, self.settings.mime_types).model_dump(mode="json") for e in entries]
+        return JSONResponse({"entries": models}, status_code=201)
+
+    def _delete(self, path: str, request: RequestConditions) -> Response:
+        if not path.strip("/"):
+            raise Conflict("the root cannot be deleted")
+        target = open_write_target(path.rstrip("/"), self.policy, create_parents=False)
+        try:
+            delete(target, _checker(request))
+        finally:
+            target.close()
+        self.index.remove(target.path)
+        return Response(status_code=204)
+
+    # -- blocking steps, run in worker threads ------------------------------------------------
+
+    def _begin(self, target: WriteTarget) -> AtomicWrite:
+        write = AtomicWrite(target, fsync=self.settings.fsync)
+        write.open()
+        self.index.begin_upload(write.temp_path)
+        return write
+
+    def _end(self, write: AtomicWrite) -> None:
+        write.abort()  # a no-op after a commit
+        self.index.end_upload(write.temp_path)
+
+    def _indexed(self, target: WriteTarget, st: os.stat_result) -> Entry:
+        for directory in target.created:
+            self.index.sync_path(directory)
+        entry = entry_from_stat(target.path, st)
+        self.index.put(entry)
+        return entry

@@ -1,0 +1,145 @@
+"""Atomic writes and deletes under ROOT. Knows nothing about HTTP.
+
+A write goes to a temporary file beside its target (a name the path gate never serves), is
+fsynced when asked, and is renamed over the target while the directory is locked, so readers see
+the old file or the new one, never a partial one, and a racing writer's If-Match sees a settled
+state. Anything that goes wrong removes the temporary file and leaves the target as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from app.errors import Conflict, InsufficientStorage, NotFound
+from app.storage.paths import TEMP_PREFIX, WriteTarget
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+# Called with the target's current stat (None if absent) under the directory lock; raises to refuse.
+Check = Callable[[os.stat_result | None], None]
+
+
+def _space_errors(exc: OSError) -> Exception:
+    return InsufficientStorage() if exc.errno in _NO_SPACE else exc
+
+
+def current(target: WriteTarget) -> os.stat_result | None:
+    """The target's stat as it is now, without following a symlink; None if absent."""
+    try:
+        return os.stat(target.name, dir_fd=target.dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+class _DirectoryLock:
+    """An exclusive flock on the target directory: Ferry's writers to one directory take turns."""
+
+    def __init__(self, dir_fd: int) -> None:
+        self.dir_fd = dir_fd
+
+    def __enter__(self) -> None:
+        fcntl.flock(self.dir_fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.dir_fd, fcntl.LOCK_UN)
+
+
+@dataclass
+class AtomicWrite:
+    """One file being written: `write` chunks, then `commit` or `abort` (every method blocks)."""
+
+    target: WriteTarget
+    fsync: bool
+    temp_name: str = ""
+    temp_path: str = ""  # '/'-separated below ROOT, kept after commit or abort for bookkeeping
+    fd: int = -1
+    size: int = 0
+
+    def open(self) -> None:
+        self.temp_name = f"{TEMP_PREFIX}{secrets.token_hex(8)}.part"
+        parent = self.target.path.rpartition("/")[0]
+        self.temp_path = f"{parent}/{self.temp_name}" if parent else self.temp_name
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            self.fd = os.open(self.temp_name, flags, 0o644, dir_fd=self.target.dir_fd)
+        except OSError as exc:
+            raise _space_errors(exc) from exc
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+                self.size += written
+        except OSError as exc:
+            raise _space_errors(exc) from exc
+
+    def commit(self, check: Check) -> tuple[bool, os.stat_result]:
+        """Rename into place; returns (created, stat of the new file)."""
+        try:
+            if self.fsync:
+                os.fsync(self.fd)
+            st = os.fstat(self.fd)
+            os.close(self.fd)
+        except OSError as exc:
+            raise _space_errors(exc) from exc
+        finally:
+            self.fd = -1
+        with _DirectoryLock(self.target.dir_fd):
+            before = current(self.target)
+            if before is not None and stat.S_ISDIR(before.st_mode):
+                raise Conflict("a directory is in the way")
+            check(before)
+            os.replace(
+                self.temp_name, self.target.name, src_dir_fd=self.target.dir_fd, dst_dir_fd=self.target.dir_fd
+            )
+            self.temp_name = ""
+        if self.fsync:
+            os.fsync(self.target.dir_fd)  # the rename itself survives a crash
+        return before is None, st
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.temp_name:
+            try:
+                os.unlink(self.temp_name, dir_fd=self.target.dir_fd)
+            except FileNotFoundError:
+                pass
+            self.temp_name = ""
+
+
+def delete(target: WriteTarget, check: Check) -> bool:
+    """Remove a file (or an empty directory); returns whether it was a directory."""
+    with _DirectoryLock(target.dir_fd):
+        before = current(target)
+        if before is None:
+            raise NotFound()
+        check(before)
+        if not stat.S_ISDIR(before.st_mode):
+            os.unlink(target.name, dir_fd=target.dir_fd)
+            return False
+        try:
+            os.rmdir(target.name, dir_fd=target.dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise Conflict("the directory is not empty") from exc
+            raise
+        return True
+
+
+def remove_stale(dir_fd: int, name: str) -> None:
+    """Remove a temporary upload left behind by a process that died mid-upload."""
+    if name.startswith(TEMP_PREFIX):
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
