@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     max_upload_size: Size = Field(100 * 1024**3, ge=1, description="larger bodies get 413, nothing kept")
     fsync: bool = Field(True, description="fsync uploads before they are renamed into place")
 
+    shutdown_timeout: float = Field(
+        30, ge=0, description="seconds in-flight transfers get to finish after SIGTERM before they are closed"
+    )
+    log_format: Literal["text", "json"] = Field("text", description="access and server log lines: text or json")
+
     @model_validator(mode="after")
     def _index_outside_root(self) -> Settings:
         if self.index_path is not None and self.index_path.is_relative_to(self.root):

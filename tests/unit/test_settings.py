@@ -223,6 +223,8 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         "rescan_interval": "60",
         "write_token": "t0ken",
         "max_upload_size": "1GiB",
+        "shutdown_timeout": "10",
+        "log_format": "json",
     }
     argv = [arg for name, value in values.items() for arg in ("--" + name.replace("_", "-"), value)]
     argv += ["--follow-symlinks", "--show-hidden", "--no-watch", "--no-fsync"]
