@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from app import __version__
+from app import __version__, metrics
+from app.access import Observed
 from app.errors import FerryError, handle_ferry_error
 from app.routes import api, ops, static
 from app.routes.files import Downloads, is_download
@@ -35,14 +37,22 @@ class FerryApp(FastAPI):
         )
         self.downloads = Downloads(self.state)
         self.writes = Writes(self.state)
+        self.log_format = settings.log_format
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if is_download(scope):
-            await self.downloads(scope, receive, send)
-        elif is_write(scope):
-            await self.writes(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)  # lifespan
+            return
+        observed = Observed(scope, send)
+        try:
+            if is_download(scope):
+                await self.downloads(scope, receive, observed)
+            elif is_write(scope):
+                await self.writes(scope, receive, observed)
+            else:
+                await super().__call__(scope, receive, observed)
+        finally:
+            observed.finish(self.log_format)
 
 
 @asynccontextmanager
@@ -53,6 +63,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await keeper.stop()
+        metrics.process_exited(os.getpid())
 
 
 def create_app(settings: Settings | None = None) -> FerryApp:

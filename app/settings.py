@@ -126,7 +126,9 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         30, ge=0, description="seconds in-flight transfers get to finish after SIGTERM before they are closed"
     )
-    log_format: Literal["text", "json"] = Field("text", description="access and server log lines: text or json")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="access and server log lines: text or json"
+    )
 
     @model_validator(mode="after")
     def _index_outside_root(self) -> Settings:

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from starlette.responses import RedirectResponse
+from starlette.responses import RedirectResponse, Response
+
+from app import metrics
 
 router = APIRouter()
 
@@ -9,6 +11,12 @@ router = APIRouter()
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
 
 
 @router.get("/", include_in_schema=False)

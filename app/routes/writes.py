@@ -16,6 +16,7 @@ from starlette.datastructures import State
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from app import metrics
 from app.errors import (
     BadRequest,
     Conflict,
@@ -70,8 +71,11 @@ class Writes:
             self._authorize(fields)
             response = await self._handle(scope, receive, fields)
         except ClientGone:
+            metrics.UPLOADS.labels("failed").inc()
             return  # nobody left to answer
         except FerryError as exc:
+            if scope["method"] != "DELETE" and not isinstance(exc, (Unauthorized, MethodNotAllowed)):
+                metrics.UPLOADS.labels("failed").inc()
             response = error_response(exc)
             # The body may be unread: close rather than read a refused upload to its end.
             response.headers["connection"] = "close"
@@ -112,8 +116,8 @@ class Writes:
                 await stream_body(chunks, write, self.settings.chunk_size)
                 created, st = await asyncio.to_thread(write.commit, check)
             finally:
-                await asyncio.to_thread(self._end, write)
-            entry = await asyncio.to_thread(self._indexed, target, st)
+                self._end(write)  # not awaited: it must run even when shutdown cancels the task
+            entry = await asyncio.to_thread(self._indexed, target, st, created)
         finally:
             target.close()
         model = entry_model(entry, self.settings.mime_types)
@@ -143,10 +147,10 @@ class Writes:
                 ]
             finally:
                 for write in upload.files:
-                    await asyncio.to_thread(self._end, write)
+                    self._end(write)  # not awaited: it must run even when shutdown cancels the task
             entries = [
-                await asyncio.to_thread(self._indexed, w.target, st)
-                for w, (_, st) in zip(upload.files, results, strict=True)
+                await asyncio.to_thread(self._indexed, w.target, st, created)
+                for w, (created, st) in zip(upload.files, results, strict=True)
             ]
         finally:
             directory.close()
@@ -176,7 +180,9 @@ class Writes:
         write.abort()  # a no-op after a commit
         self.index.end_upload(write.temp_path)
 
-    def _indexed(self, target: WriteTarget, st: os.stat_result) -> Entry:
+    def _indexed(self, target: WriteTarget, st: os.stat_result, created: bool) -> Entry:
+        metrics.UPLOADS.labels("created" if created else "replaced").inc()
+        metrics.UPLOAD_BYTES.inc(st.st_size)
         for directory in target.created:
             self.index.sync_path(directory)
         entry = entry_from_stat(target.path, st)

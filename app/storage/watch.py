@@ -18,6 +18,7 @@ from pathlib import Path
 
 import watchfiles
 
+from app import metrics
 from app.errors import FerryError
 from app.storage.index import Index
 from app.storage.paths import open_write_target
@@ -109,10 +110,13 @@ class IndexKeeper:
     async def _scan(self) -> None:
         try:
             stats = await asyncio.to_thread(self.index.scan, incremental=True)
+            entries = await asyncio.to_thread(self.index.count)
         except Exception:
             logger.exception("index scan failed")
             return
         self.last_scan_seconds = stats.seconds
+        metrics.INDEX_SCAN_SECONDS.set(stats.seconds)
+        metrics.INDEX_ENTRIES.set(entries)
         logger.info(
             "index scan: %d directories, %d read from disk, %.2fs",
             stats.directories,

@@ -13,8 +13,9 @@ import fcntl
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.errors import Conflict, InsufficientStorage, NotFound
 from app.storage.paths import TEMP_PREFIX, WriteTarget
@@ -52,7 +53,11 @@ class _DirectoryLock:
 
 @dataclass
 class AtomicWrite:
-    """One file being written: `write` chunks, then `commit` or `abort` (every method blocks)."""
+    """One file being written: `write` chunks, then `commit` or `abort` (every method blocks).
+
+    The methods take turns under a lock: an `abort` (say, at shutdown) waits for a `write` or
+    `commit` still running in a worker thread instead of closing the descriptor under it.
+    """
 
     target: WriteTarget
     fsync: bool
@@ -60,6 +65,7 @@ class AtomicWrite:
     temp_path: str = ""  # '/'-separated below ROOT, kept after commit or abort for bookkeeping
     fd: int = -1
     size: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def open(self) -> None:
         self.temp_name = f"{TEMP_PREFIX}{secrets.token_hex(8)}.part"
@@ -72,6 +78,12 @@ class AtomicWrite:
             raise _space_errors(exc) from exc
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        with self._lock:
+            self._write(data)
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.fd < 0:
+            raise OSError(errno.ECANCELED, "the upload was aborted")
         view = memoryview(data)
         try:
             while view:
@@ -83,6 +95,12 @@ class AtomicWrite:
 
     def commit(self, check: Check) -> tuple[bool, os.stat_result]:
         """Rename into place; returns (created, stat of the new file)."""
+        with self._lock:
+            return self._commit(check)
+
+    def _commit(self, check: Check) -> tuple[bool, os.stat_result]:
+        if self.fd < 0:
+            raise OSError(errno.ECANCELED, "the upload was aborted")
         try:
             if self.fsync:
                 os.fsync(self.fd)
@@ -106,6 +124,10 @@ class AtomicWrite:
         return before is None, st
 
     def abort(self) -> None:
+        with self._lock:
+            self._abort()
+
+    def _abort(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import math
+import os
+import tempfile
 from typing import Any
 
 import uvicorn
@@ -18,6 +21,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from app.settings import Settings
 from app.transfer.zero_copy import EXTENSION, ZeroCopySender, zero_copy_available
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by app/metrics.py in each worker
 
 
 class FerryConfig(uvicorn.Config):
@@ -36,6 +41,8 @@ class FerryConfig(uvicorn.Config):
             server_header=False,
             headers=[("server", "ferry")],
             log_config=_log_config(),
+            access_log=False,  # Ferry writes its own (app/access.py)
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
             **kwargs,
         )
 
@@ -49,6 +56,13 @@ def _log_config() -> dict[str, Any]:
     """uvicorn's logging set-up, plus Ferry's own loggers on the same stderr handler."""
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     config["loggers"]["ferry"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    config["formatters"]["line"] = {"format": "%(message)s"}
+    config["handlers"]["access_line"] = {
+        "formatter": "line",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stdout",
+    }
+    config["loggers"]["ferry.access"] = {"handlers": ["access_line"], "level": "INFO", "propagate": False}
     return config
 
 
@@ -107,8 +121,11 @@ def serve(settings: Settings) -> int:
     if config.workers > 1:
         from uvicorn.supervisors import Multiprocess
 
-        sock = config.bind_socket()
-        Multiprocess(config, sockets=[sock]).run()
+        # Workers share their metrics through files here (prometheus-client's multiprocess mode).
+        with tempfile.TemporaryDirectory(prefix="ferry-metrics-") as shared:
+            os.environ[MULTIPROC_ENV] = shared
+            sock = config.bind_socket()
+            Multiprocess(config, sockets=[sock]).run()
         return 0
     server.run()
     return 0 if server.started else 1

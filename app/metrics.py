@@ -1,0 +1,65 @@
+"""Prometheus metrics: what operators of a download server need to see, exact across workers.
+
+With several workers (FERRY_WORKERS > 1) every process writes its samples to files in
+PROMETHEUS_MULTIPROC_DIR (set by `ferry serve` before the workers start) and /metrics sums them,
+so a scrape is right whichever worker answers it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created samples only add noise
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+REQUESTS = Counter(
+    "ferry_http_requests_total", "Requests answered, by method and status", ["method", "status"]
+)
+BYTES_SENT = Counter("ferry_bytes_sent_total", "File bytes sent, by status (200, 206)", ["status"])
+RANGE_RESPONSES = Counter("ferry_range_responses_total", "206 responses, by kind", ["kind"])
+IF_RANGE = Counter(
+    "ferry_if_range_total",
+    "Range requests with If-Range: hit (resumed, 206) or miss (restarted, 200)",
+    ["result"],
+)
+ABORTS = Counter("ferry_client_aborts_total", "Downloads the client abandoned before the end")
+UNDELIVERED = Counter("ferry_undelivered_bytes_total", "Bytes promised by Content-Length but never sent")
+IN_FLIGHT = Gauge(
+    "ferry_downloads_in_flight", "File bodies being sent right now", multiprocess_mode="livesum"
+)
+TTFB = Histogram("ferry_time_to_first_byte_seconds", "From request to first body byte", buckets=_BUCKETS)
+DURATION = Histogram("ferry_transfer_duration_seconds", "From request to last body byte", buckets=_BUCKETS)
+UPLOADS = Counter("ferry_uploads_total", "Uploaded files, by result (created, replaced, failed)", ["result"])
+UPLOAD_BYTES = Counter("ferry_upload_bytes_total", "Bytes of uploads stored")
+INDEX_ENTRIES = Gauge("ferry_index_entries", "Entries in the storage index", multiprocess_mode="max")
+INDEX_SCAN_SECONDS = Gauge(
+    "ferry_index_last_scan_seconds", "Duration of the last index scan", multiprocess_mode="mostrecent"
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text for a scrape, summed over every worker when there are several."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def process_exited(pid: int) -> None:
+    """Drop a finished worker's live gauges (in-flight downloads) from the shared files."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
