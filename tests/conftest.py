@@ -86,6 +86,11 @@ class FerryServer:
     log: Path
 
     @property
+    def access_log(self) -> Path:
+        """What the server wrote to stdout: one access line per request."""
+        return self.log.with_suffix(".access.log")
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -117,6 +122,7 @@ def start_server(root: Path, cwd: Path, *flags: str, env: dict[str, str] | None 
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     clean_env.update(env or {})
     log = (cwd / f"ferry-{port}.log").open("wb")
+    access = (cwd / f"ferry-{port}.access.log").open("wb")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -133,10 +139,11 @@ def start_server(root: Path, cwd: Path, *flags: str, env: dict[str, str] | None 
         ],
         cwd=cwd,  # no config/ferry.env there
         env=clean_env,
-        stdout=subprocess.DEVNULL,
+        stdout=access,
         stderr=log,
     )
     log.close()
+    access.close()
     server = FerryServer(process, port, root, cwd / f"ferry-{port}.log")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -47,6 +47,13 @@ async def read_checked(fd: int, size: int, offset: int, expect: os.stat_result) 
     return await asyncio.get_running_loop().run_in_executor(None, _read_at, fd, size, offset, expect)
 
 
+async def _yield() -> None:
+    """Let the loop run other work between chunks: cached reads and a fast client may never make
+    a send wait, and without this one download would hold every other connection (and the
+    disconnect watcher) until it ended."""
+    await asyncio.sleep(0)
+
+
 class _Disconnect:
     """Watches `receive` for http.disconnect while a body of several chunks is being sent.
 
@@ -147,6 +154,7 @@ class FileResponse(Response):
                     {"type": "http.response.body", "body": view[i : i + self.slice_size], "more_body": True}
                 )
             offset += size
+            await _yield()
         return True
 
     async def _sendfile_range(self, r: ByteRange, send: Send, disconnect: _Disconnect, *, last: bool) -> bool:
@@ -163,4 +171,5 @@ class FileResponse(Response):
             )
             _check_unchanged(self.fd, self.st)
             offset += size
+            await _yield()
         return await self._send_range(ByteRange(stop, r.stop), send, disconnect) if last else True

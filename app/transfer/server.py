@@ -11,6 +11,7 @@ import copy
 import functools
 import math
 import os
+import signal
 import tempfile
 from typing import Any
 
@@ -127,5 +128,12 @@ def serve(settings: Settings) -> int:
             sock = config.bind_socket()
             Multiprocess(config, sockets=[sock]).run()
         return 0
+    # uvicorn re-raises SIGTERM after its graceful shutdown; a handler of ours turns that into the
+    # clean exit (status 0) a supervisor or `docker stop` expects.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     server.run()
     return 0 if server.started else 1
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
