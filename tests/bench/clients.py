@@ -1,0 +1,190 @@
+"""The load generators: curl for single transfers and time to first byte, wrk for concurrent load,
+and a sampler of the servers' resident memory while wrk runs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from tests.bench.system import BenchError, rss_kib
+
+RANGE_SPAN = 64 * 1024
+WRK_THREADS = 2
+WRK_TIMEOUT_S = 30  # per response; a 100 MiB download under 64-way load takes seconds
+
+# Every wrk run reports through this hook: one parseable line instead of wrk's prose.
+_DONE_HOOK = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH requests=%.0f bytes=%.0f duration_us=%.0f connect=%.0f read=%.0f write=%.0f"
+    .. " status=%.0f timeout=%.0f p99_us=%.0f\\n",
+    summary.requests, summary.bytes, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(99)))
+end
+"""
+
+# A random 64 KiB range per request: half at 4 KiB-aligned offsets, half anywhere.
+_RANGES = """
+local size = {size}
+local span = {span}
+local counter = 0
+function setup(thread)
+  counter = counter + 1
+  thread:set("id", counter)
+end
+function init(args)
+  math.randomseed(os.time() * 1000 + (id or 0) * 7919)
+end
+function request()
+  local a = math.random(0, size - span)
+  if math.random() < 0.5 then a = a - a % 4096 end
+  return wrk.format("GET", nil, {{["Range"] = "bytes=" .. a .. "-" .. (a + span - 1)}})
+end
+"""
+
+
+# --- curl --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transfer:
+    status: int
+    size: int
+    speed: float  # bytes per second over the whole transfer
+    ttfb: float  # seconds to the first response byte, connection included
+
+
+def curl(
+    curl_bin: str, url: str, *, timeout: float, expect: tuple[int, int], headers: tuple[str, ...] = ()
+) -> Transfer:
+    """One download to /dev/null; `expect` is (status, body size)."""
+    write_out = "%{http_code} %{size_download} %{speed_download} %{time_starttransfer}"
+    command = [curl_bin, "-s", "--noproxy", "*", "-o", "/dev/null", "--max-time", f"{timeout:.0f}"]
+    for header in headers:
+        command += ["-H", header]
+    command += ["-w", write_out, url]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 15, check=False)
+    if result.returncode != 0:
+        raise BenchError(f"curl {url} exited {result.returncode}: {result.stderr.strip()}")
+    status, size, speed, ttfb = result.stdout.split()
+    transfer = Transfer(int(status), int(size), float(speed), float(ttfb))
+    if (transfer.status, transfer.size) != expect:
+        raise BenchError(f"curl {url} {headers}: got {transfer.status}/{transfer.size} bytes, want {expect}")
+    return transfer
+
+
+# --- wrk ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkScripts:
+    plain: Path  # the done hook only: wrk keeps its fast static request
+    ranges: Path  # a random 64 KiB range of the stream file per request
+
+
+def write_scripts(directory: Path, stream_size: int) -> WrkScripts:
+    plain = directory / "wrk-plain.lua"
+    plain.write_text(_DONE_HOOK)
+    ranges = directory / "wrk-ranges.lua"
+    ranges.write_text(_RANGES.format(size=stream_size, span=RANGE_SPAN) + _DONE_HOOK)
+    return WrkScripts(plain, ranges)
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    bytes: int
+    seconds: float
+    errors: dict[str, int]
+    p99_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def throughput(self) -> float:
+        return self.bytes / self.seconds
+
+    def describe(self, *, per_response: bool = True) -> str:
+        """Responses and bytes; per response only where no transfer is cut off at the end."""
+        errors = ", ".join(f"{kind} {count}" for kind, count in self.errors.items() if count) or "no errors"
+        if per_response and self.requests:
+            volume = f"{self.bytes / self.requests / 1024:,.1f} KiB per response"
+        else:
+            volume = f"{self.bytes / 1024**3:,.1f} GiB read"
+        return f"{self.requests} responses, {volume}, p99 {self.p99_ms:.1f} ms, {errors}"
+
+
+def _parse_wrk(output: str) -> WrkResult:
+    line = next((line for line in output.splitlines() if line.startswith("BENCH ")), None)
+    if line is None:
+        raise BenchError(f"wrk printed no summary:\n{output[-2000:]}")
+    values = {key: int(value) for key, value in (item.split("=") for item in line.split()[1:])}
+    errors = {kind: values[kind] for kind in ("connect", "read", "write", "status", "timeout")}
+    seconds = values["duration_us"] / 1e6
+    return WrkResult(values["requests"], values["bytes"], seconds, errors, values["p99_us"] / 1000)
+
+
+def wrk(wrk_bin: str, url: str, *, script: Path, connections: int, duration: int) -> WrkResult:
+    threads = min(WRK_THREADS, connections)
+    command = [wrk_bin, f"-t{threads}", f"-c{connections}", f"-d{duration}s", f"--timeout={WRK_TIMEOUT_S}s"]
+    command += ["-s", str(script), url]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
+    if result.returncode != 0:
+        raise BenchError(f"wrk {url} exited {result.returncode}: {result.stderr.strip()}")
+    outcome = _parse_wrk(result.stdout)
+    if outcome.errors["status"]:  # a 4xx/5xx answer: the figure would measure the wrong thing
+        raise BenchError(f"wrk {url}: {outcome.describe()}")
+    return outcome
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RssSampler:
+    """Samples VmRSS of the given processes every `interval` seconds, in a thread, while entered."""
+
+    pids: list[int]
+    interval: float = 0.2
+    peaks_kib: dict[int, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        for pid in self.pids:
+            rss = rss_kib(pid)
+            if rss is not None:
+                self.peaks_kib[pid] = max(rss, self.peaks_kib.get(pid, 0))
+
+    def _loop(self) -> None:
+        self._sample()
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._sample()
+
+    def peak_mib(self) -> float:
+        if not self.peaks_kib:
+            raise BenchError(f"no RSS sample from processes {self.pids}")
+        return max(self.peaks_kib.values()) / 1024
+
+    def describe(self) -> str:
+        return "per worker: " + ", ".join(f"{kib / 1024:.1f}" for kib in self.peaks_kib.values()) + " MiB"

@@ -1,0 +1,234 @@
+"""What is measured: the nine figures of issue 3, and the steps that take them from one server.
+
+A step runs against one server and returns samples keyed by measure ("1".."9"); measure (8), the
+servers' peak RSS, is sampled during step (3), the concurrent downloads.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.bench.clients import RssSampler, WrkScripts, curl, wrk
+from tests.bench.servers import Server
+from tests.bench.system import Tools, evict, resident_bytes, write_random_file
+
+GB = 1e9
+MIB = 1024**2
+FILES = {"stream": "stream.bin", "aggregate": "aggregate.bin", "small": "small.bin", "medium": "medium.bin"}
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    stream: int  # one big stream, its ranges, the cold-cache stream (1 GiB)
+    aggregate: int  # each of the concurrent downloads (100 MiB)
+    small: int  # whole small file (64 KiB)
+    medium: int  # whole medium file, time to first byte (1 MiB)
+
+    def of(self, name: str) -> int:
+        size: int = getattr(self, name)
+        return size
+
+
+@dataclass(frozen=True)
+class DataSet:
+    root: Path
+    sizes: Sizes
+
+    def path(self, name: str) -> Path:
+        return self.root / FILES[name]
+
+
+def create_data(root: Path, sizes: Sizes) -> DataSet:
+    root.mkdir(parents=True, exist_ok=True)
+    data = DataSet(root, sizes)
+    for name in FILES:
+        write_random_file(data.path(name), sizes.of(name))
+    return data
+
+
+def format_size(size: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", MIB), ("KiB", 1024)):
+        if size >= factor:
+            amount = size / factor
+            return f"{amount:.0f} {unit}" if amount == int(amount) else f"{amount:.1f} {unit}"
+    return f"{size} B"
+
+
+# --- measures ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """Issue 3's target: a least Ferry/nginx ratio, a most for Ferry's own figure, or none."""
+
+    text: str
+    min_ratio: float | None = None
+    max_ferry: float | None = None
+
+    def verdict(self, ferry: float, ratio: float) -> str:
+        if self.min_ratio is not None:
+            return "met" if ratio >= self.min_ratio else "MISSED"
+        if self.max_ferry is not None:
+            return "met" if ferry <= self.max_ferry else "MISSED"
+        return ""
+
+
+@dataclass(frozen=True)
+class Measure:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    target: Target
+    summary: str = "median"  # over runs; "max" for peaks
+
+    @property
+    def title(self) -> str:
+        return f"{self.label} ({self.unit})"
+
+
+def catalog(sizes: Sizes, *, connections: int, small_connections: int, ttfb_requests: int) -> list[Measure]:
+    stream, each = format_size(sizes.stream), format_size(sizes.aggregate)
+    small, medium = format_size(sizes.small), format_size(sizes.medium)
+    ratio_90, ratio_35 = Target("≥ 0.90", min_ratio=0.90), Target("≥ 0.35", min_ratio=0.35)
+    conns = f"-c{small_connections}"
+    return [
+        Measure("1", f"(1) one {stream} stream, whole file", "GB/s", True, ratio_90),
+        Measure("2", f"(2) one {stream} stream, Range bytes=1-", "GB/s", True, ratio_90),
+        Measure("3", f"(3) {connections} concurrent {each} downloads, aggregate", "GB/s", True, ratio_90),
+        Measure("4", f"(4) random 64 KiB ranges of the {stream} file, {conns}", "req/s", True, ratio_35),
+        Measure("5", f"(5) whole {small} file, {conns}", "req/s", True, ratio_35),
+        Measure("6", f"(6) whole {medium} file, {conns}", "req/s", True, Target("—")),
+        Measure("7", f"(7) time to first byte, {medium} file, median of {ttfb_requests}", "ms", False,
+                Target("≤ 3 ms", max_ferry=3.0)),
+        Measure("8", "(8) server peak RSS per worker during (3), highest of runs", "MiB", False,
+                Target("≤ 80 MiB per worker", max_ferry=80.0), summary="max"),
+        Measure("9", f"(9) cold-cache {stream} stream (evicted before each)", "GB/s", True, Target("—")),
+    ]  # fmt: skip
+
+
+# --- steps -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    value: float
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Bench:
+    """Everything a step needs besides the server."""
+
+    tools: Tools
+    data: DataSet
+    scripts: WrkScripts
+    duration: int
+    connections: int
+    small_connections: int
+    ttfb_requests: int
+    stream_timeout: float
+
+
+Step = Callable[[Bench, Server], dict[str, Sample]]
+
+
+def _url(server: Server, name: str) -> str:
+    return server.url(f"/files/{FILES[name]}")
+
+
+def _stream(bench: Bench, server: Server, *, ranged: bool) -> float:
+    size = bench.data.sizes.stream
+    headers = ("Range: bytes=1-",) if ranged else ()
+    expect = (206, size - 1) if ranged else (200, size)
+    transfer = curl(
+        bench.tools.curl, _url(server, "stream"), timeout=bench.stream_timeout, expect=expect, headers=headers
+    )
+    return transfer.speed / GB
+
+
+def stream_whole(bench: Bench, server: Server) -> dict[str, Sample]:
+    return {"1": Sample(_stream(bench, server, ranged=False))}
+
+
+def stream_ranged(bench: Bench, server: Server) -> dict[str, Sample]:
+    return {"2": Sample(_stream(bench, server, ranged=True))}
+
+
+def concurrent_downloads(bench: Bench, server: Server) -> dict[str, Sample]:
+    with RssSampler(server.worker_pids()) as rss:
+        result = wrk(
+            bench.tools.wrk,
+            _url(server, "aggregate"),
+            script=bench.scripts.plain,
+            connections=bench.connections,
+            duration=bench.duration,
+        )
+    # wrk stops mid-download: completed responses and bytes read, not bytes per response.
+    return {
+        "3": Sample(result.throughput / GB, result.describe(per_response=False)),
+        "8": Sample(rss.peak_mib(), rss.describe()),
+    }
+
+
+def _request_rate(bench: Bench, server: Server, name: str, script: Path) -> Sample:
+    result = wrk(
+        bench.tools.wrk,
+        _url(server, name),
+        script=script,
+        connections=bench.small_connections,
+        duration=bench.duration,
+    )
+    return Sample(result.rate, result.describe())
+
+
+def random_ranges(bench: Bench, server: Server) -> dict[str, Sample]:
+    return {"4": _request_rate(bench, server, "stream", bench.scripts.ranges)}
+
+
+def small_file(bench: Bench, server: Server) -> dict[str, Sample]:
+    return {"5": _request_rate(bench, server, "small", bench.scripts.plain)}
+
+
+def medium_file(bench: Bench, server: Server) -> dict[str, Sample]:
+    return {"6": _request_rate(bench, server, "medium", bench.scripts.plain)}
+
+
+def first_byte(bench: Bench, server: Server) -> dict[str, Sample]:
+    """A fresh curl (new connection) per request, as a client starting a download sees it."""
+    expect = (200, bench.data.sizes.medium)
+    url = _url(server, "medium")
+    times = [
+        curl(bench.tools.curl, url, timeout=30, expect=expect).ttfb * 1000 for _ in range(bench.ttfb_requests)
+    ]
+    detail = f"min {min(times):.2f}, max {max(times):.2f} ms"
+    return {"7": Sample(statistics.median(times), detail)}
+
+
+def cold_stream(bench: Bench, server: Server) -> dict[str, Sample]:
+    path = bench.data.path("stream")
+    evict(path)
+    left = resident_bytes(path)
+    detail = f"{left / MIB:.1f} MiB still cached after eviction" if left is not None else ""
+    return {"9": Sample(_stream(bench, server, ranged=False), detail)}
+
+
+ALL_STEPS: tuple[Step, ...] = (
+    stream_whole,
+    stream_ranged,
+    concurrent_downloads,
+    random_ranges,
+    small_file,
+    medium_file,
+    first_byte,
+    cold_stream,
+)
+# --chunk-sizes: the measures a chunk size can change (the chunked-read path moves every byte).
+CHUNK_STEPS: tuple[Step, ...] = (stream_whole, stream_ranged, concurrent_downloads, cold_stream)
+CHUNK_MEASURES = ("1", "2", "3", "8", "9")

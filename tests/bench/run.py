@@ -1,0 +1,351 @@
+"""`make bench`: Ferry against nginx on loopback — the same files, the same run, interleaved.
+
+Starts Ferry (FERRY_WORKERS=2 by default) and two nginx instances (sendfile on; tcp_nopush on and
+off) on free 127.0.0.1 ports, serves random-byte files from a temp dir (1 GiB, 100 MiB, 64 KiB,
+1 MiB), and measures issue 3's figures with curl and wrk: each run goes measure by measure, every
+server in turn (the order rotated each run); the report gives medians over the runs, nginx's better
+variant per measure, and the Ferry/nginx ratio against issue 3's targets. The markdown goes to
+stdout and to bench-results/latest.md; progress goes to stderr.
+
+    .venv/bin/python -m tests.bench.run                  # the full run (~6 minutes on 2 cores)
+    .venv/bin/python -m tests.bench.run --quick          # tiny sizes, one run: a smoke test
+    .venv/bin/python -m tests.bench.run --chunk-sizes 256KiB,1MiB,4MiB   # Ferry's chunked path
+
+Every server is stopped at the end, on Ctrl-C, on SIGTERM and when the run passes --time-limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from app.settings import Settings, parse_size
+from tests.bench import measures as m
+from tests.bench.clients import curl, write_scripts, wrk
+from tests.bench.report import Results, chunk_table, comparison_table, details, document, format_value
+from tests.bench.servers import REPO, FerryOptions, Server, start_ferry, start_nginx
+from tests.bench.system import (
+    BenchError,
+    Tools,
+    ensure_tools,
+    filesystem_of,
+    load_average,
+    log,
+    machine_info,
+    warm,
+)
+
+RESULTS_DIR = REPO / "bench-results"
+SETTLE_SECONDS = 0.3  # between measurements: let closed connections drain
+
+
+@dataclass(frozen=True)
+class Defaults:
+    stream: str
+    aggregate: str
+    runs: int
+    duration: int
+    connections: int
+    ttfb: int
+    time_limit: int
+
+
+FULL = Defaults("1GiB", "100MiB", runs=3, duration=8, connections=64, ttfb=50, time_limit=1800)
+QUICK = Defaults("8MiB", "4MiB", runs=1, duration=1, connections=8, ttfb=10, time_limit=100)
+
+
+class TimeLimitReached(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The resolved options of one run."""
+
+    sizes: m.Sizes
+    runs: int
+    duration: int
+    connections: int
+    small_connections: int
+    ttfb_requests: int
+    ferry: FerryOptions
+    nginx_workers: int
+    chunk_sizes: list[str]
+    output: Path
+    data_dir: Path | None
+    time_limit: int
+    quick: bool
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--quick", action="store_true", help="tiny files, 1 run, 1 s wrk runs, 8 connections for (3)")
+    add("--runs", type=int, help="runs to take medians over (default 3)")
+    add("--duration", type=int, help="seconds per wrk measurement (default 8)")
+    add("--workers", type=int, default=2, help="FERRY_WORKERS for Ferry (default 2)")
+    add("--nginx-workers", type=int, default=2, help="nginx worker_processes (default 2)")
+    add("--zero-copy", choices=["auto", "on", "off"], default="auto", help="Ferry's --zero-copy")
+    add("--chunk-size", help="Ferry's --chunk-size (default: Ferry's own default)")
+    add(
+        "--chunk-sizes",
+        help="e.g. 256KiB,1MiB,4MiB: Ferry's streaming measures per chunk size, zero-copy off",
+    )
+    add("--connections", type=int, help="concurrent downloads for (3) (default 64)")
+    add("--small-connections", type=int, default=32, help="connections for (4)–(6) (default 32)")
+    add("--ttfb-requests", type=int, help="requests for the time to first byte (default 50)")
+    add("--stream-size", help="the big file (default 1GiB)")
+    add("--aggregate-size", help="each concurrent download (default 100MiB)")
+    add("--small-size", default="64KiB", help="the small file (default 64KiB)")
+    add("--medium-size", default="1MiB", help="the medium file (default 1MiB)")
+    add("--data-dir", type=Path, help="where the temp dir goes (default: the system temp dir)")
+    add("--output", type=Path, help="the markdown file (default bench-results/latest.md)")
+    add("--time-limit", type=int, help="seconds before the run is abandoned (default 1800; quick 100)")
+    return parser.parse_args(argv)
+
+
+def plan_from(args: argparse.Namespace) -> Plan:
+    base = QUICK if args.quick else FULL
+    chunk_sizes = [size.strip() for size in (args.chunk_sizes or "").split(",") if size.strip()]
+    for size in [*chunk_sizes, *([args.chunk_size] if args.chunk_size else [])]:
+        parse_size(size)  # a bad size stops here, not after the data is written
+    default_output = "chunk-sizes.md" if chunk_sizes else "latest.md"
+    return Plan(
+        sizes=m.Sizes(
+            stream=parse_size(args.stream_size or base.stream),
+            aggregate=parse_size(args.aggregate_size or base.aggregate),
+            small=parse_size(args.small_size),
+            medium=parse_size(args.medium_size),
+        ),
+        runs=args.runs or base.runs,
+        duration=args.duration or base.duration,
+        connections=args.connections or base.connections,
+        small_connections=args.small_connections,
+        ttfb_requests=args.ttfb_requests or base.ttfb,
+        ferry=FerryOptions(args.workers, args.zero_copy, args.chunk_size),
+        nginx_workers=args.nginx_workers,
+        chunk_sizes=chunk_sizes,
+        output=args.output or RESULTS_DIR / default_output,
+        data_dir=args.data_dir,
+        time_limit=args.time_limit or base.time_limit,
+        quick=args.quick,
+    )
+
+
+# --- bounds ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def bounded(seconds: int) -> Iterator[None]:
+    """SIGALRM after `seconds`, SIGTERM and SIGHUP all unwind the stack, so servers get stopped."""
+
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        raise TimeLimitReached(f"the run passed its {seconds} s time limit")
+
+    def on_terminate(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {
+        signal.SIGALRM: signal.signal(signal.SIGALRM, on_alarm),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, on_terminate),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, on_terminate),
+    }
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+# --- servers -----------------------------------------------------------------------------------
+
+
+def ferry_variants(plan: Plan) -> dict[str, FerryOptions]:
+    """The Ferry servers of this run, by report name."""
+    if not plan.chunk_sizes:
+        return {"Ferry": plan.ferry}
+    variants = {f"Ferry {size}": FerryOptions(plan.ferry.workers, "off", size) for size in plan.chunk_sizes}
+    if plan.ferry.zero_copy != "off":  # the sendfile path, for reference in the same run
+        variants[f"Ferry zero-copy {plan.ferry.zero_copy}"] = plan.ferry
+    return variants
+
+
+def start_servers(plan: Plan, tools: Tools, data: m.DataSet, workdir: Path, stack: ExitStack) -> list[Server]:
+    servers: list[Server] = []
+    for name, options in ferry_variants(plan).items():
+        servers.append(start_ferry(name, options, data.root, workdir))
+        stack.callback(servers[-1].stop)
+    for nopush in (True, False):
+        name = f"nginx tcp_nopush {'on' if nopush else 'off'}"
+        nginx = start_nginx(
+            name,
+            nginx=tools.nginx,
+            nopush=nopush,
+            workers=plan.nginx_workers,
+            root=data.root,
+            workdir=workdir,
+        )
+        servers.append(nginx)
+        stack.callback(nginx.stop)
+    for server in servers:
+        log(f"{server.name} on port {server.port}, workers {server.worker_pids()}")
+    return servers
+
+
+def warm_up(bench: m.Bench, servers: list[Server], quick: bool) -> None:
+    """First requests pay for imports and caches; none of them is measured."""
+    for server in servers:
+        for name in ("small", "medium"):
+            for _ in range(3):
+                url = server.url(f"/files/{m.FILES[name]}")
+                curl(bench.tools.curl, url, timeout=30, expect=(200, bench.data.sizes.of(name)))
+        if not quick:
+            wrk(
+                bench.tools.wrk,
+                server.url("/files/small.bin"),
+                script=bench.scripts.plain,
+                connections=8,
+                duration=1,
+            )
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+def measure_all(
+    plan: Plan,
+    bench: m.Bench,
+    servers: list[Server],
+    steps: tuple[m.Step, ...],
+    catalog: dict[str, m.Measure],
+) -> Results:
+    results = Results()
+    for run in range(plan.runs):
+        for name in m.FILES:
+            warm(bench.data.path(name))
+        order = servers[run % len(servers) :] + servers[: run % len(servers)]
+        for step in steps:
+            for server in order:
+                samples = step(bench, server)
+                results.add(server.name, samples)
+                shown = ", ".join(
+                    f"({key}) {format_value(s.value, catalog[key].unit)} {catalog[key].unit}"
+                    for key, s in samples.items()
+                )
+                log(f"run {run + 1}/{plan.runs} {step.__name__:<20} {server.name:<22} {shown}")
+                time.sleep(SETTLE_SECONDS)
+    return results
+
+
+def context_lines(plan: Plan, info: dict[str, str], data: m.DataSet, load_before: str) -> list[str]:
+    default_chunk = m.format_size(int(Settings.model_fields["chunk_size"].default))
+    chunk = plan.ferry.chunk_size or f"{default_chunk} (default)"
+    if plan.chunk_sizes:
+        ferry = f"Ferry: one server per chunk size ({', '.join(plan.chunk_sizes)}) with zero-copy off"
+        if plan.ferry.zero_copy != "off":
+            ferry += f", and one with zero-copy {plan.ferry.zero_copy} for reference"
+    else:
+        ferry = f"Ferry: zero-copy {plan.ferry.zero_copy}, chunk size {chunk}"
+    return [
+        f"date: {info['date']}",
+        f"machine: nproc {info['nproc']}, {info['CPU']}, kernel {info['kernel']}, Python {info['Python']}",
+        f"tools: {info['nginx']}; {info['wrk']}; {info['curl']}",
+        f"{ferry}, FERRY_WORKERS={plan.ferry.workers}, access log on (to a file)",
+        f"nginx: worker_processes {plan.nginx_workers}, sendfile on, two instances with tcp_nopush on "
+        "and off (the better one per measure is shown and named), access_log on (to a file)",
+        f"method: {plan.runs} run(s), each measure taken on every server in turn (order rotated per run); "
+        f"medians over runs; curl for one stream and TTFB; wrk -t2 -d{plan.duration}s "
+        f"(-c{plan.connections} for (3), -c{plan.small_connections} for (4)–(6)); "
+        "client and servers share the CPUs over loopback",
+        f"data: random bytes on {filesystem_of(data.root)}, warm page cache except (9)",
+        f"load average (1/5/15 min) before: {load_before}, after: {load_average()}",
+    ]
+
+
+def render(
+    plan: Plan, results: Results, catalog: list[m.Measure], servers: list[Server], context: list[str]
+) -> str:
+    names = [server.name for server in servers]
+    nginx = [name for name in names if name.startswith("nginx")]
+    ferries = [name for name in names if name not in nginx]
+    if plan.chunk_sizes:
+        shown = [measure for measure in catalog if measure.key in m.CHUNK_MEASURES]
+        table = chunk_table(results, shown, ferries, nginx)
+        title, notes = (
+            "Ferry chunk sizes (zero-copy off) against nginx",
+            ["cells: figure (ratio to nginx's best)"],
+        )
+    else:
+        shown, table = catalog, comparison_table(results, catalog, ferries[0], nginx)
+        title, notes = "Ferry against nginx — `make bench`", []
+    return document(title, context, table, notes, details(results, shown, names))
+
+
+def run(plan: Plan, tools: Tools) -> str:
+    load_before = load_average()
+    info = machine_info(tools)
+    catalog = m.catalog(
+        plan.sizes,
+        connections=plan.connections,
+        small_connections=plan.small_connections,
+        ttfb_requests=plan.ttfb_requests,
+    )
+    steps = m.CHUNK_STEPS if plan.chunk_sizes else m.ALL_STEPS
+    with ExitStack() as stack:
+        workdir = Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="ferry-bench-", dir=plan.data_dir))
+        )
+        workdir.chmod(0o755)  # a non-root nginx worker, or a root one as `nobody`, must read the files
+        log(f"writing data to {workdir}")
+        data = m.create_data(workdir / "data", plan.sizes)
+        bench = m.Bench(
+            tools=tools,
+            data=data,
+            scripts=write_scripts(workdir, plan.sizes.stream),
+            duration=plan.duration,
+            connections=plan.connections,
+            small_connections=plan.small_connections,
+            ttfb_requests=plan.ttfb_requests,
+            stream_timeout=120.0,
+        )
+        servers = start_servers(plan, tools, data, workdir, stack)
+        warm_up(bench, servers, plan.quick)
+        results = measure_all(plan, bench, servers, steps, {measure.key: measure for measure in catalog})
+        context = context_lines(plan, info, data, load_before)
+        return render(plan, results, catalog, servers, context)
+
+
+def main(argv: list[str] | None = None) -> int:
+    plan = plan_from(parse_args(argv))
+    try:
+        tools = ensure_tools()
+        with bounded(plan.time_limit):
+            markdown = run(plan, tools)
+    except (BenchError, TimeLimitReached) as exc:
+        log(f"failed: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted; servers stopped")
+        return 130
+    except SystemExit:
+        log("terminated by a signal; servers stopped")
+        raise
+    plan.output.parent.mkdir(parents=True, exist_ok=True)
+    plan.output.write_text(markdown)
+    print(markdown)
+    log(f"written to {plan.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
