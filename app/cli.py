@@ -7,17 +7,22 @@ naming the setting and exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import typing
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import __version__
-from app.settings import Settings, env_name
+from app.settings import ENV_FILE, ENV_PREFIX, Settings, env_name
 
 EXIT_BAD_SETTINGS = 2
+EXIT_UNHEALTHY = 1
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the storage directory over HTTP")
     _add_setting_flags(serve)
+    check = commands.add_parser(
+        "healthcheck",
+        help="exit 0 if the server answers /healthz, else 1 (the container's HEALTHCHECK)",
+        description='GET <url>/healthz: exit 0 on 200 {"status": "ok"}, else exit 1 with one line on stderr.',
+    )
+    check.add_argument(
+        "--url",
+        help="the server's base URL [default: http://FERRY_HOST:FERRY_PORT, 0.0.0.0 and :: as 127.0.0.1]",
+    )
+    check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer [5]")
     return parser
 
 
@@ -64,6 +79,48 @@ def load_settings(given: dict[str, Any]) -> Settings:
         raise SystemExit(EXIT_BAD_SETTINGS) from None
 
 
+class _Address(BaseSettings):
+    """FERRY_HOST and FERRY_PORT read as `serve` reads them (env, then config/ferry.env), without
+    the rest of Settings: the healthcheck must not depend on ROOT existing."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=ENV_FILE, extra="ignore")
+
+    host: str = Settings.model_fields["host"].default
+    port: int = Settings.model_fields["port"].default
+
+
+def default_url() -> str:
+    address = _Address()
+    host = "127.0.0.1" if address.host in ("0.0.0.0", "::", "") else address.host
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    return f"http://{host}:{address.port}"
+
+
+def healthcheck(url: str | None, timeout: float) -> int:
+    """GET <url>/healthz with the standard library only (the image has no curl)."""
+    target = url or ""
+    try:
+        target = (url or default_url()).rstrip("/") + "/healthz"
+        if not target.startswith(("http://", "https://")):
+            raise ValueError("the URL must start with http:// or https://")
+        with urllib.request.urlopen(target, timeout=timeout) as response:
+            status, body = response.status, response.read(4096)
+        if status == 200 and json.loads(body) == {"status": "ok"}:
+            return 0
+        problem = f"HTTP {status}: {body[:200]!r}"
+    except ValidationError as exc:  # a bad FERRY_HOST/FERRY_PORT
+        error = exc.errors()[0]
+        problem = f"invalid setting {env_name(str(error['loc'][0]))}: {error['msg']}"
+    except urllib.error.HTTPError as exc:
+        problem = f"HTTP {exc.code} {exc.reason}"
+    except (OSError, ValueError) as exc:  # refused, timed out, not JSON
+        problem = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+    line = " ".join(f"ferry healthcheck: {target + ': ' if target else ''}{problem}".split())
+    print(line, file=sys.stderr)  # noqa: T201
+    return EXIT_UNHEALTHY
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
@@ -71,4 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from app.transfer.server import serve
 
         return serve(load_settings(args))
+    if command == "healthcheck":
+        return healthcheck(args["url"], args["timeout"])
     raise AssertionError(command)  # pragma: no cover

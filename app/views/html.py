@@ -1,13 +1,24 @@
-"""HTML pages for people: directory listings and search results. Every name is escaped."""
+"""HTML pages for people: directory listings and search results.
+
+Every name is escaped: `html.escape` for text and attributes, `urllib.parse.quote` for links. Every
+link is relative to the page (always a directory URL ending in '/'), so `wget -r -np` mirrors the
+tree and the pages work behind a path prefix. Sorting is a GET form per column, never a link, so a
+crawler does not fetch every sort order; only "Next page" is a link, so a crawler sees every entry.
+"""
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
+from html import escape
 from urllib.parse import quote, urlencode
 
 from app.storage.index import SortKey
+from app.views.assets import static_href, template
 from app.views.entries import EntryModel, Listing, SearchResults
+
+_COLUMNS: tuple[tuple[str, SortKey], ...] = (("Name", "name"), ("Size", "size"), ("Modified", "mtime"))
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+_ACTIONS_HEAD = '<th class="actions" scope="col"><span class="sr-only">Actions</span></th>'
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,60 +27,212 @@ class HtmlPage:
     data: Listing | SearchResults
     sort: SortKey
     descending: bool
+    limit: int | None = None  # as the request gave it; kept in links and forms
+    cursor: str | None = None  # the request's cursor: this is not the first page
 
 
-def _human(size: int) -> str:
+def human_size(size: int) -> str:
+    """1536 -> '1.5 KiB'; below 1 KiB the exact count."""
+    if size < 1024:
+        return f"{size} B"
     value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    for unit in _UNITS:
         value /= 1024
+        if value < 1023.5 or unit == _UNITS[-1]:  # never "1024 KiB"
+            return f"{value:.1f} {unit}" if value < 99.95 else f"{value:.0f} {unit}"
     raise AssertionError  # pragma: no cover
 
 
-def _row(entry: EntryModel, *, base: str) -> str:
-    name = html.escape(entry.name) + ("/" if entry.type == "dir" else "")
-    href = (
-        html.escape(quote(entry.name) + "/" if entry.type == "dir" else quote(entry.name))
-        if base
-        else entry.url
-    )
-    size = "" if entry.size is None else f'<span title="{entry.size} bytes">{_human(entry.size)}</span>'
-    when = entry.mtime.strftime("%Y-%m-%d %H:%M")
-    return f'<tr><td><a href="{html.escape(href)}">{name}</a></td><td>{size}</td><td>{when}</td></tr>'
+def _up(directory: str) -> str:
+    """From the page of `directory` back to the page of ROOT."""
+    return "../" * (directory.count("/") + 1) if directory else ""
 
 
-def _page(title: str, body: str) -> str:
+def _href(path: str, *, is_dir: bool) -> str:
+    return quote(path) + ("/" if is_dir and path else "")
+
+
+def _folder_name(directory: str) -> str:
+    return directory.rpartition("/")[2] or "Files"
+
+
+def _query(params: dict[str, str]) -> str:
+    return "?" + urlencode(params) if params else "./"
+
+
+# -- pieces of a row -------------------------------------------------------------------------
+
+
+def _icon(name: str) -> str:
+    return f'<svg class="icon" aria-hidden="true"><use href="#i-{name}"/></svg>'
+
+
+def _name_link(entry: EntryModel, href: str) -> str:
+    # A bare <a href>: the row's class says file or dir, and crawlers and scripts see plain links.
+    return f'<a href="{escape(href)}">{_icon(entry.type)}<span class="label">{escape(entry.name)}</span></a>'
+
+
+def _size_cell(entry: EntryModel) -> str:
+    if entry.size is None:
+        return '<td class="size"><span class="muted">—</span></td>'
+    unit = "byte" if entry.size == 1 else "bytes"
+    return f'<td class="size"><span title="{entry.size:,} {unit}">{human_size(entry.size)}</span></td>'
+
+
+def _mtime_cell(entry: EntryModel) -> str:
+    when = entry.mtime
     return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title></head>\n<body>\n{body}\n</body></html>\n"
+        f'<td class="mtime"><time datetime="{when.strftime("%Y-%m-%dT%H:%M:%SZ")}" '
+        f'title="{when.strftime("%Y-%m-%d %H:%M:%S")} UTC">{when.strftime("%Y-%m-%d %H:%M")}</time></td>'
+    )
+
+
+def _copy_cell(entry: EntryModel, href: str) -> str:
+    if entry.type != "file":
+        return '<td class="actions"></td>'
+    label = escape(f"Copy a curl command that downloads {entry.name}")
+    return (
+        f'<td class="actions"><button type="button" class="copy" data-href="{escape(href)}" hidden '
+        f'title="{label}" aria-label="{label}">curl</button></td>'
+    )
+
+
+def _row(entry: EntryModel, href: str, where: str = "") -> str:
+    return (
+        f'<tr class="{entry.type}"><td class="name">{_name_link(entry, href)}{where}</td>'
+        f"{_size_cell(entry)}{_mtime_cell(entry)}{_copy_cell(entry, href)}</tr>"
+    )
+
+
+# -- the page around the rows ----------------------------------------------------------------
+
+
+def _crumbs(directory: str) -> str:
+    """Files / a / b: every ancestor a link, the current directory plain text."""
+    parts = directory.split("/") if directory else []
+    names = ["Files", *parts]
+    items = []
+    for depth, name in enumerate(names):
+        if depth == len(parts):
+            items.append(f'<li><span aria-current="page">{escape(name)}</span></li>')
+        else:
+            items.append(f'<li><a href="{"../" * (len(parts) - depth)}">{escape(name)}</a></li>')
+    return "".join(items)
+
+
+def _page(page: HtmlPage, *, title: str, main: str, query: str = "") -> str:
+    up = "../" + _up(page.directory)  # the site root: one above /files/
+    return template("page.html").substitute(
+        title=escape(title),
+        css=escape(static_href("ferry.css", up=up)),
+        js=escape(static_href("ferry.js", up=up)),
+        icon=escape(static_href("favicon.svg", up=up)),
+        crumbs=_crumbs(page.directory),
+        query=escape(query),
+        main=main,
+    )
+
+
+def _pager(page: HtmlPage, params: dict[str, str]) -> str:
+    links = []
+    if page.cursor:
+        links.append(f'<a class="first" href="{escape(_query(params))}">First page</a>')
+    if page.data.next_cursor:
+        href = _query({**params, "cursor": page.data.next_cursor})
+        links.append(f'<a rel="next" href="{escape(href)}">Next page →</a>')
+    return f'<nav class="pager" aria-label="Pages">{"".join(links)}</nav>' if links else ""
+
+
+def _table(head: str, rows: list[str]) -> str:
+    body = "\n".join(rows)
+    return f'<table class="listing">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
+
+
+def _plain_head() -> str:
+    return "".join(f'<th class="{key}" scope="col">{label}</th>' for label, key in _COLUMNS) + _ACTIONS_HEAD
+
+
+def _summary(count: int, more: bool, nouns: tuple[str, str], extra: str = "") -> str:
+    text = f"{count:,} {nouns[0] if count == 1 else nouns[1]}"
+    return f'<p class="summary">{text}{" on this page" if more else ""}{extra}</p>'
+
+
+# -- listings --------------------------------------------------------------------------------
+
+
+def _sort_header(label: str, key: SortKey, page: HtmlPage) -> str:
+    """A column header that is a one-button GET form; the current column flips its order."""
+    active = page.sort == key
+    order = "desc" if active and not page.descending else "asc"
+    arrow = ("↓" if page.descending else "↑") if active else ""
+    aria = f' aria-sort="{"descending" if page.descending else "ascending"}"' if active else ""
+    limit = f'<input type="hidden" name="limit" value="{page.limit}">' if page.limit else ""
+    return (
+        f'<th class="{key}" scope="col"{aria}><form method="get">{limit}'
+        f'<input type="hidden" name="order" value="{order}">'
+        f'<button type="submit" name="sort" value="{key}" title="Sort by {label.lower()}">'
+        f'{label}<span class="arrow" aria-hidden="true">{arrow}</span></button></form></th>'
+    )
+
+
+def _listing_params(page: HtmlPage) -> dict[str, str]:
+    params: dict[str, str] = {"sort": page.sort} if page.sort != "name" else {}
+    if page.descending:
+        params["order"] = "desc"
+    if page.limit:
+        params["limit"] = str(page.limit)
+    return params
+
+
+def _parent_row(directory: str) -> str:
+    if not directory:
+        return ""
+    return (
+        f'<tr class="parent"><td class="name"><a href="../" rel="up">{_icon("up")}'
+        '<span class="label">Parent folder</span></a></td><td class="size"></td>'
+        '<td class="mtime"></td><td class="actions"></td></tr>'
     )
 
 
 def render_listing(page: HtmlPage) -> str:
     assert isinstance(page.data, Listing)
-    rows = "\n".join(_row(e, base="dir") for e in page.data.entries)
-    parent = '<tr><td><a href="../">../</a></td><td></td><td></td></tr>\n' if page.directory else ""
-    more = ""
-    if page.data.next_cursor:
-        query = {
-            "cursor": page.data.next_cursor,
-            "sort": page.sort,
-            "order": "desc" if page.descending else "asc",
-        }
-        more = f'<p><a rel="next" href="?{html.escape(urlencode(query))}">Next page</a></p>'
-    title = "/" + page.directory
-    return _page(
-        f"Index of {title}",
-        f"<h1>Index of {html.escape(title)}</h1>\n<table>\n{parent}{rows}\n</table>\n{more}",
+    entries = page.data.entries
+    rows = [_row(e, _href(e.name, is_dir=e.type == "dir")) for e in entries]
+    if not entries:
+        rows.append('<tr class="empty"><td colspan="4">This folder is empty.</td></tr>')
+    head = "".join(_sort_header(label, key, page) for label, key in _COLUMNS) + _ACTIONS_HEAD
+    name = _folder_name(page.directory)
+    main = (
+        f"<h1>{escape(name)}</h1>\n{_summary(len(entries), bool(page.data.next_cursor), ('item', 'items'))}\n"
+        f"{_table(head, [_parent_row(page.directory), *rows])}\n"
+        f"{_pager(page, _listing_params(page))}"
+    )
+    return _page(page, title=f"Index of /{page.directory}", main=main)
+
+
+# -- search ----------------------------------------------------------------------------------
+
+
+def _where(entry: EntryModel, up: str) -> str:
+    parent = entry.path.rpartition("/")[0]
+    href = up + _href(parent, is_dir=True) if parent else up or "./"
+    return (
+        f'<div class="where">in <a href="{escape(href)}">/{escape(parent + "/" if parent else "")}</a></div>'
     )
 
 
 def render_search(page: HtmlPage) -> str:
     assert isinstance(page.data, SearchResults)
-    rows = "\n".join(_row(e, base="") for e in page.data.entries)
-    return _page(
-        f"Search: {page.data.query}",
-        f"<h1>Search: {html.escape(page.data.query)}</h1>\n<table>\n{rows}\n</table>",
+    query, up = page.data.query, _up(page.directory)
+    entries = page.data.entries
+    rows = [_row(e, up + _href(e.path, is_dir=e.type == "dir"), _where(e, up)) for e in entries]
+    if not entries:
+        rows.append(f'<tr class="empty"><td colspan="4">No name contains “{escape(query)}”.</td></tr>')
+    params = {"q": query, **({"limit": str(page.limit)} if page.limit else {})}
+    back = f' · <a href="./">back to {escape(_folder_name(page.directory))}</a>'
+    main = (
+        f"<h1>Results for “{escape(query)}”</h1>\n"
+        f"{_summary(len(entries), bool(page.data.next_cursor), ('match', 'matches'), back)}\n"
+        f"{_table(_plain_head(), rows)}\n{_pager(page, params)}"
     )
+    return _page(page, title=f"Search: {query}", main=main, query=query)

@@ -59,21 +59,33 @@ class DirectoryResponse(Response):
         if _wants_json(params, scope):
             page = index.list_dir(self.directory, limit=_limit(params, 100), cursor=cursor)
             return JSONResponse(listing_model(self.directory, page, mime_types).model_dump(mode="json"))
+        given = _limit(params, 0) or None  # kept in the page's links and forms
+        limit = given or HTML_PAGE
         query = params.get("q", "").strip()
         if query:
-            found = index.search(query, limit=_limit(params, HTML_PAGE), cursor=cursor)
-            view = HtmlPage(
-                self.directory, search_model(query, found, mime_types), sort="name", descending=False
-            )
-            return _html(render_search(view))
+            found = index.search(query, limit=limit, cursor=cursor)
+            data = search_model(query, found, mime_types)
+            return _html(render_search(HtmlPage(self.directory, data, "name", False, given, cursor)))
         sort = _SORTS.get(params.get("sort", "name"), "name")
         descending = params.get("order") == "desc"
-        page = index.list_dir(
-            self.directory, limit=_limit(params, HTML_PAGE), cursor=cursor, sort=sort, descending=descending
+        page = index.list_dir(self.directory, limit=limit, cursor=cursor, sort=sort, descending=descending)
+        view = HtmlPage(
+            self.directory, listing_model(self.directory, page, mime_types), sort, descending, given, cursor
         )
-        view = HtmlPage(self.directory, listing_model(self.directory, page, mime_types), sort, descending)
         return _html(render_listing(view))
 
 
+# The pages need nothing but their own CSS, JS and icon; a name can never become a script.
+_CSP = (
+    "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
 def _html(body: str) -> HTMLResponse:
-    return HTMLResponse(body, headers={"x-content-type-options": "nosniff", "cache-control": "no-cache"})
+    headers = {
+        "x-content-type-options": "nosniff",
+        "cache-control": "no-cache",
+        "content-security-policy": _CSP,
+    }
+    return HTMLResponse(body, headers=headers)

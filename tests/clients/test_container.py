@@ -1,0 +1,409 @@
+"""The image without a Docker engine: Ferry started as the Dockerfile would start it.
+
+The final stage's ENV, USER, WORKDIR, CMD and HEALTHCHECK are parsed from the Dockerfile and
+used as they are; only paths and the port are substituted (the venv, the /data volume and the
+index directory become local paths, FERRY_PORT a free port). docker-compose.yml is checked
+against the Dockerfile and Settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import httpx
+import pytest
+from ruamel.yaml import YAML
+
+from app.settings import Settings
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.clients
+
+REPO = Path(__file__).resolve().parents[2]
+VENV = REPO / ".venv"
+# What python:3.11-slim's environment gives every process before the Dockerfile's own ENV.
+BASE_IMAGE_ENV = {
+    "PATH": "/usr/local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+}
+
+
+# -- the Dockerfile ------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One stage's instructions, in order, as (KEYWORD, arguments)."""
+
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+    def one(self, keyword: str) -> str:
+        found = self.all(keyword)
+        assert len(found) == 1, f"the final stage needs exactly one {keyword}, has {found}"
+        return found[0]
+
+    def env(self) -> dict[str, str]:
+        """ENV in order, with $VAR and ${VAR} expanded from the base image's environment."""
+        env = dict(BASE_IMAGE_ENV)
+        for args in self.all("ENV"):
+            for pair in shlex.split(args):
+                name, eq, value = pair.partition("=")
+                assert eq, f"use the ENV key=value form: {pair!r}"
+                env[name] = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), value)
+        return env
+
+    def user(self) -> tuple[int, int]:
+        uid, _, gid = self.one("USER").partition(":")
+        return int(uid), int(gid or uid)
+
+    def exec_form(self, keyword: str) -> list[str]:
+        args = self.one(keyword)
+        if keyword == "HEALTHCHECK":
+            args = args.partition(" CMD ")[2]
+        command: list[str] = json.loads(args)  # exec form: no shell in between
+        return command
+
+    def labels(self) -> dict[str, str]:
+        pairs = (pair.partition("=") for args in self.all("LABEL") for pair in shlex.split(args))
+        return {name: value for name, _, value in pairs}
+
+
+def parse_dockerfile(path: Path) -> list[Stage]:
+    """Stages of a Dockerfile: comments dropped, continuation lines joined."""
+    stages: list[Stage] = []
+    logical = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        keyword, _, args = (logical + line).partition(" ")
+        logical = ""
+        keyword, args = keyword.upper(), args.strip()
+        if keyword == "FROM":
+            stages.append(Stage(base=args))
+        elif stages:
+            stages[-1].instructions.append((keyword, args))
+    return stages
+
+
+FINAL = parse_dockerfile(REPO / "Dockerfile")[-1]
+
+
+# -- running a command as the image's user -------------------------------------------------------
+
+
+@dataclass
+class ImageUser:
+    """How to run a command as the Dockerfile's USER here, or why it runs as the current user."""
+
+    uid: int
+    gid: int
+    prefix: list[str] = field(default_factory=list)  # a wrapper that switches, when one is needed
+    popen: dict[str, Any] = field(default_factory=dict)  # user=/group= when subprocess can switch
+    skipped: str | None = None
+
+    def run(self, command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*self.prefix, *command], **self.popen, **kwargs)
+
+    def start(self, command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*self.prefix, *command], **self.popen, **kwargs)
+
+
+def _closed_to_others(path: Path) -> Path | None:
+    """The highest directory on the way to path that a stranger (neither owner nor group) cannot enter."""
+    for directory in reversed(path.parents):
+        if not directory.stat().st_mode & 0o001:
+            return directory
+    return None
+
+
+def image_user(uid: int, gid: int, env: dict[str, str], cwd: Path, scratch: Path) -> ImageUser:
+    if os.geteuid() != 0:
+        return ImageUser(uid, gid, skipped=f"not root (uid {os.geteuid()}): cannot switch to {uid}:{gid}")
+    user = ImageUser(uid, gid, popen={"user": uid, "group": gid, "extra_groups": []})
+    probe = [str(VENV / "bin" / "python"), "-c", "import app.cli"]
+    try:
+        if user.run(probe, env=env, cwd=cwd, capture_output=True).returncode == 0:
+            return user
+    except PermissionError:
+        pass  # the interpreter cannot even be executed by that uid
+    # In the image Python lives in /usr/local, open to every user. Here the venv's interpreter may
+    # live under a directory closed to strangers (pyenv under /root, mode 0700): a machine artefact,
+    # not the image's. A private mount namespace lays an empty 0755 tmpfs over that directory with
+    # only the interpreter's tree bound back in, then setpriv drops to the image's uid/gid with no
+    # supplementary groups, and execs the command unchanged.
+    prefix_dir = Path(sys.base_prefix).resolve()
+    closed = _closed_to_others(prefix_dir / "bin")
+    tools = [shutil.which(tool) for tool in ("unshare", "setpriv", "mount", "sh")]
+    if closed is None or None in tools:
+        return ImageUser(uid, gid, skipped=f"uid {uid} cannot run {probe[0]} and no tools to fix it")
+    unshare, setpriv, mount, sh = (str(tool) for tool in tools)
+    stage = scratch / "interpreter"
+    stage.mkdir()
+    script = (
+        f'set -e; {mount} --bind "$1" "$2"; {mount} -t tmpfs -o mode=0755,size=1m ferry-test "$3"; '
+        f'mkdir -p "$1"; {mount} --move "$2" "$1"; shift 3; '
+        f'exec {setpriv} --reuid={uid} --regid={gid} --clear-groups --inh-caps=-all -- "$@"'
+    )
+    wrapped = ImageUser(
+        uid,
+        gid,
+        prefix=[unshare, "--mount", "--propagation", "private", "--", sh, "-c", script, "sh"]
+        + [str(prefix_dir), str(stage), str(closed)],
+    )
+    result = wrapped.run(probe, env=env, cwd=cwd, capture_output=True)
+    if result.returncode != 0:
+        reason = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        return ImageUser(uid, gid, skipped=f"uid {uid} cannot run {probe[0]} here: {reason}")
+    return wrapped
+
+
+# -- the image's layout on this machine ----------------------------------------------------------
+
+
+@dataclass
+class Image:
+    env: dict[str, str]
+    cwd: Path
+    root: Path
+    index: Path
+    serve: list[str]
+    healthcheck: list[str]
+    user: ImageUser
+    logs: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.env['FERRY_PORT']}"
+
+
+def _readable_tree(root: Path) -> None:
+    """What a host's ./storage must be for the image's user to serve it: dirs 0755, files 0644."""
+    root.chmod(0o755)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            (Path(dirpath) / name).chmod(0o755)
+        for name in filenames:
+            (Path(dirpath) / name).chmod(0o644)
+
+
+@pytest.fixture(scope="module")
+def image() -> Iterator[Image]:
+    # Not pytest's tmp_path: its parents are 0700, closed to the image's user.
+    scratch = Path(tempfile.mkdtemp(prefix="ferry-container-"))
+    try:
+        scratch.chmod(0o755)
+        env = FINAL.env()
+        uid, gid = FINAL.user()
+        (image_venv,) = [a.split()[-1] for a in FINAL.all("COPY") if a.startswith("--from=")]
+        (volume,) = json.loads(FINAL.one("VOLUME"))
+        index_dir = PurePosixPath(env["FERRY_INDEX_PATH"]).parent
+        workdir = PurePosixPath(FINAL.one("WORKDIR"))
+        local = {
+            image_venv: VENV,
+            volume: scratch / "data",
+            str(index_dir): scratch / "index-dir",
+        }
+        local.setdefault(str(workdir), scratch / "workdir")  # the same directory in this image
+
+        def substitute(value: str) -> str:
+            parts = value.split(":")  # PATH-like values too
+            for i, part in enumerate(parts):
+                for image_path, local_path in sorted(local.items(), key=lambda kv: -len(kv[0])):
+                    if part == image_path or part.startswith(image_path + "/"):
+                        parts[i] = str(local_path) + part[len(image_path) :]
+                        break
+            return ":".join(parts)
+
+        # Paths and the port are the only substitutions: the venv, the /data volume, the index
+        # directory and the WORKDIR become local directories, FERRY_PORT a free port. Everything
+        # else (FERRY_HOST=0.0.0.0, PYTHON* settings, ...) is the Dockerfile's own value.
+        env = {name: substitute(value) for name, value in env.items()}
+        env["FERRY_PORT"] = str(free_port())
+        env["HOME"] = substitute(str(workdir))  # what Docker sets from the user's passwd entry
+        cwd = Path(substitute(str(workdir)))
+        root = Path(env["FERRY_ROOT"])
+        index = Path(env["FERRY_INDEX_PATH"])
+        assert root == scratch / "data", "FERRY_ROOT must be the VOLUME"
+        root.mkdir()
+        (root / "hello.txt").write_bytes(b"hello, ferry\n")
+        (root / "sub").mkdir()
+        (root / "sub" / "digits.bin").write_bytes(bytes(range(256)) * 64)
+        _readable_tree(root)
+        for directory in {index.parent, cwd}:  # created and owned by the user, as in the Dockerfile
+            directory.mkdir(mode=0o755, exist_ok=True)
+            if os.geteuid() == 0:
+                os.chown(directory, uid, gid)
+
+        def resolve(command: list[str]) -> list[str]:
+            program = shutil.which(command[0], path=env["PATH"])
+            assert program == str(VENV / "bin" / command[0]), f"{command[0]} resolves to {program}"
+            return [program, *command[1:]]
+
+        yield Image(
+            env=env,
+            cwd=cwd,
+            root=root,
+            index=index,
+            serve=resolve(FINAL.exec_form("CMD")),
+            healthcheck=resolve(FINAL.exec_form("HEALTHCHECK")),
+            user=image_user(uid, gid, env, cwd, scratch),
+            logs=scratch / "logs",
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclass
+class Running:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()  # the image's STOPSIGNAL
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture
+def server(image: Image) -> Iterator[Running]:
+    image.logs.mkdir(exist_ok=True)
+    log_path = image.logs / f"ferry-{time.monotonic_ns()}.log"
+    with log_path.open("wb") as log:
+        process = image.user.start(image.serve, env=image.env, cwd=image.cwd, stdout=log, stderr=log)
+    running = Running(process, log_path)
+    deadline = time.monotonic() + 20
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"ferry serve exited {process.returncode}: {log_path.read_text()}")
+        try:
+            if httpx.get(f"{image.url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            running.stop()
+            raise AssertionError(f"ferry serve did not become ready: {log_path.read_text()}")
+        time.sleep(0.05)
+    yield running
+    running.stop()
+
+
+# -- the tests -----------------------------------------------------------------------------------
+
+
+def test_serves_healthz_and_downloads(image: Image, server: Running) -> None:
+    assert httpx.get(f"{image.url}/healthz").json() == {"status": "ok"}
+    response = httpx.get(f"{image.url}/files/hello.txt")
+    assert response.status_code == 200
+    assert response.content == b"hello, ferry\n"
+    ranged = httpx.get(f"{image.url}/files/sub/digits.bin", headers={"Range": "bytes=256-511"})
+    assert ranged.status_code == 206
+    assert ranged.content == bytes(range(256))
+    assert image.index.is_file(), "the index is written outside ROOT, where FERRY_INDEX_PATH says"
+
+
+def test_runs_as_the_image_user(image: Image, server: Running) -> None:
+    if image.user.skipped:
+        pytest.skip(f"user switch skipped: {image.user.skipped}")
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines()
+    )
+    uid, gid = image.user.uid, image.user.gid
+    assert status["Uid"].split() == [str(uid)] * 4
+    assert status["Gid"].split() == [str(gid)] * 4
+    assert status["Groups"].split() == []
+    assert (image.index.stat().st_uid, image.index.stat().st_gid) == (uid, gid)
+
+
+def test_healthcheck_command_up_then_down(image: Image, server: Running) -> None:
+    up = image.user.run(image.healthcheck, env=image.env, cwd=image.cwd, capture_output=True, timeout=30)
+    assert (up.returncode, up.stderr) == (0, b"")
+    # The healthcheck reads only FERRY_HOST/FERRY_PORT: a missing ROOT does not make it fail.
+    no_volume = {**image.env, "FERRY_ROOT": str(image.root / "missing")}
+    assert image.user.run(image.healthcheck, env=no_volume, cwd=image.cwd, timeout=30).returncode == 0
+    assert server.stop() == 0, server.log.read_text()  # SIGTERM: a clean exit
+    down = image.user.run(image.healthcheck, env=image.env, cwd=image.cwd, capture_output=True, timeout=30)
+    assert down.returncode == 1
+    lines = down.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ferry healthcheck: http://127.0.0.1:"), lines
+
+
+def test_image_layout() -> None:
+    """The final stage's promises: non-root, /data for ROOT, the index outside it, exec-form
+    commands, the stop signal Ferry handles, and OCI labels that match pyproject.toml."""
+    env = FINAL.env()
+    uid, gid = FINAL.user()
+    assert uid != 0 and gid != 0
+    assert json.loads(FINAL.one("VOLUME")) == [env["FERRY_ROOT"]] == ["/data"]
+    assert not PurePosixPath(env["FERRY_INDEX_PATH"]).is_relative_to(env["FERRY_ROOT"])
+    assert FINAL.one("EXPOSE") == env["FERRY_PORT"] == "8000"
+    assert env["FERRY_HOST"] == "0.0.0.0"
+    assert FINAL.exec_form("CMD") == ["ferry", "serve"]
+    assert FINAL.exec_form("HEALTHCHECK") == ["ferry", "healthcheck"]
+    assert FINAL.one("STOPSIGNAL") == "SIGTERM"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    labels = FINAL.labels()
+    assert labels["org.opencontainers.image.version"] == project["version"]
+    assert labels["org.opencontainers.image.licenses"] == project["license"]
+    for name in ("title", "description", "source"):
+        assert f"org.opencontainers.image.{name}" in labels
+
+
+def _seconds(duration: str) -> float:
+    """A Compose duration: 1m30s, 35s, 500ms, 1h."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_compose_matches_the_image_and_the_shutdown_timeout() -> None:
+    compose = YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())
+    service = compose["services"]["ferry"]
+    env = FINAL.env()
+    assert service["build"] == "."
+
+    # SIGKILL must not come before Ferry's own shutdown timeout has run out.
+    shutdown_timeout = Settings.model_fields["shutdown_timeout"].default
+    assert _seconds(service["stop_grace_period"]) > shutdown_timeout
+    assert service.get("stop_signal", "SIGTERM") == FINAL.one("STOPSIGNAL")
+
+    host_port, _, container_port = service["ports"][0].partition(":")
+    assert container_port == FINAL.one("EXPOSE") == host_port
+    mounts = dict(reversed(volume.split(":")[:2]) for volume in service["volumes"])
+    (data,) = json.loads(FINAL.one("VOLUME"))
+    assert mounts[data] == "./storage"
+    index_volume = mounts[str(PurePosixPath(env["FERRY_INDEX_PATH"]).parent)]
+    assert index_volume in compose["volumes"], "the index gets a named volume"
+    for name, value in service["environment"].items():
+        assert str(value) == env[name], f"{name} differs from the Dockerfile"
+
+    assert service["env_file"] == [{"path": "config/ferry.env", "required": False}]
+    assert service["healthcheck"]["test"] == ["CMD", *FINAL.exec_form("HEALTHCHECK")]
+    assert service["restart"] == "unless-stopped"
