@@ -75,8 +75,7 @@ class ZeroCopySender:
     """Wraps one request cycle's ``send`` to serve the zero-copy extension.
 
     `cycle` is uvicorn's RequestResponseCycle (httptools); its byte accounting is kept exact so
-    uvicorn's own Content-Length checks still hold. The socket is corked from the response start
-    to its last message, so headers, part headers and file bytes leave in full segments.
+    uvicorn's own Content-Length checks still hold.
     """
 
     def __init__(self, cycle: Any, transport: asyncio.Transport, chunk_size: int) -> None:
@@ -96,8 +95,6 @@ class ZeroCopySender:
             if not message.get("more_body", False):
                 await self._finish({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        if kind == "http.response.start":
-            self._set_cork(True)
         if kind == "http.response.body" and not message.get("more_body", False):
             await self._finish(message)
             return
@@ -142,6 +139,9 @@ class ZeroCopySender:
         count: int = message["count"]
         if count > cycle.expected_content_length:
             raise RuntimeError("Response content longer than Content-Length")
+        # Corked from the first file bytes to the end of the response: part headers and file
+        # bytes leave in full segments; the uncork at the end flushes the rest at once.
+        self._set_cork(True)
         await self._drain()
         await self._sendfile_loop(fd, offset, count)
 
