@@ -123,6 +123,17 @@ class Settings(BaseSettings):
     max_upload_size: Size = Field(100 * 1024**3, ge=1, description="larger bodies get 413, nothing kept")
     fsync: bool = Field(True, description="fsync uploads before they are renamed into place")
 
+    header_timeout: float = Field(
+        10, gt=0, description="seconds a client has to send a request's headers, from their first byte"
+    )
+    body_timeout: float = Field(
+        60, gt=0, description="seconds an upload body may stall before the connection closes"
+    )
+    max_url_length: Size = Field(8192, ge=256, le=1024**2, description="longest request target (else 414)")
+    max_headers: int = Field(100, ge=8, le=10_000, description="most request header fields (else 431)")
+    max_header_size: Size = Field(
+        64 * 1024, ge=1024, le=16 * 1024**2, description="most bytes of request header fields (else 431)"
+    )
     shutdown_timeout: float = Field(
         30, ge=0, description="seconds in-flight transfers get to finish after SIGTERM before they are closed"
     )

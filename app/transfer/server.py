@@ -1,12 +1,7 @@
-"""Ferry's uvicorn set-up: the HTTP protocol (httptools) with Ferry's per-connection limits.
-
-The protocol subclass is written against uvicorn's `HttpToolsProtocol` in the version range
-pinned in pyproject.toml; tests/clients exercise it through a real `ferry serve`.
-"""
+"""Ferry's uvicorn set-up: the config that carries Settings to every worker, logging, and `serve`."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import functools
 import math
@@ -17,11 +12,10 @@ from typing import Any
 
 import uvicorn
 import uvicorn.config
-from uvicorn._types import ASGI3Application
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.settings import Settings
-from app.transfer.zero_copy import EXTENSION, ZeroCopySender, zero_copy_available
+from app.transfer.protocol import FerryProtocol
+from app.transfer.zero_copy import zero_copy_available
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by app/metrics.py in each worker
 
@@ -37,7 +31,7 @@ class FerryConfig(uvicorn.Config):
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
-            http=FerryProtocol,
+            http=FerryProtocol,  # app/transfer/protocol.py
             loop="auto",
             server_header=False,
             headers=[("server", "ferry")],
@@ -65,50 +59,6 @@ def _log_config() -> dict[str, Any]:
     }
     config["loggers"]["ferry.access"] = {"handlers": ["access_line"], "level": "INFO", "propagate": False}
     return config
-
-
-class FerryProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus FERRY_WRITE_BUFFER and the zero-copy extension."""
-
-    zero_copy = False
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        settings = self._settings()
-        # WRITE_BUFFER: past this many queued bytes, send() waits for the client to read.
-        transport.set_write_buffer_limits(high=settings.write_buffer)
-        # sendfile cannot go through TLS: such connections keep the chunked-read path.
-        self.zero_copy = (
-            settings.zero_copy != "off"
-            and zero_copy_available()
-            and transport.get_extra_info("sslcontext") is None
-        )
-
-    def _settings(self) -> Settings:
-        config = self.config
-        assert isinstance(config, FerryConfig)
-        return config.settings
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self.zero_copy:
-            self.scope["extensions"] = {EXTENSION: {}}
-
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
-        if self.zero_copy:
-            app = _with_zero_copy(app, ZeroCopySender(cycle, self.transport, self._settings().chunk_size))
-        super()._start_asgi_task(cycle, app)
-
-
-def _with_zero_copy(app: ASGI3Application, sender: ZeroCopySender) -> ASGI3Application:
-    async def app_with_zero_copy(scope: Any, receive: Any, send: Any) -> None:
-        zero_copy_send: Any = sender.send
-        try:
-            await app(scope, receive, zero_copy_send)
-        finally:
-            sender.close()
-
-    return app_with_zero_copy
 
 
 def serve(settings: Settings) -> int:

@@ -224,6 +224,11 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         "write_token": "t0ken",
         "max_upload_size": "1GiB",
         "shutdown_timeout": "10",
+        "header_timeout": "5",
+        "body_timeout": "20",
+        "max_url_length": "4KiB",
+        "max_headers": "50",
+        "max_header_size": "32KiB",
         "log_format": "json",
     }
     argv = [arg for name, value in values.items() for arg in ("--" + name.replace("_", "-"), value)]

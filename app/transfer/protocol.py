@@ -1,0 +1,176 @@
+"""The HTTP/1.1 protocol Ferry runs on: uvicorn's httptools protocol plus Ferry's limits.
+
+httptools (llhttp) already refuses malformed framing: conflicting Content-Length and
+Transfer-Encoding, NUL or bare CR in headers, bad chunked encoding (all 400, connection closed).
+On top of that this subclass enforces what uvicorn leaves open:
+
+- a request line (URL) longer than FERRY_MAX_URL_LENGTH → 414; more than FERRY_MAX_HEADERS
+  header fields or FERRY_MAX_HEADER_SIZE bytes of them → 431;
+- an HTTP/1.1 request without exactly one Host → 400;
+- the whole header block within FERRY_HEADER_TIMEOUT of its first byte (and of the connection
+  opening) → else 408 and close: one byte at a time (slowloris) does not keep a connection;
+- a body that stalls for FERRY_BODY_TIMEOUT while Ferry is reading it → the connection closes
+  (the upload is aborted and cleaned up);
+- FERRY_WRITE_BUFFER as the transport's high-water mark, and the zero-copy extension
+  (zero_copy.py) on plain-HTTP connections.
+
+Written against `HttpToolsProtocol` in the uvicorn range pinned in pyproject.toml
+(tests/unit/test_transfer.py checks the hooks it overrides).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+
+from app.transfer.zero_copy import EXTENSION, ZeroCopySender, zero_copy_available
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing a request Ferry has answered already."""
+
+
+class FerryProtocol(HttpToolsProtocol):
+    zero_copy = False
+    _refused = False
+    _header_bytes = 0
+    _header_count = 0
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        settings = self._settings()
+        # WRITE_BUFFER: past this many queued bytes, send() waits for the client to read.
+        transport.set_write_buffer_limits(high=settings.write_buffer)
+        # sendfile cannot go through TLS: such connections keep the chunked-read path.
+        self.zero_copy = (
+            settings.zero_copy != "off"
+            and zero_copy_available()
+            and transport.get_extra_info("sslcontext") is None
+        )
+        self._arm(settings.header_timeout, self._header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _settings(self) -> Settings:
+        settings: Settings = self.config.settings  # type: ignore[attr-defined]  # FerryConfig
+        return settings
+
+    # -- deadlines ---------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, callback: Any) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _header_timeout(self) -> None:
+        self._deadline = None
+        self._refuse(408, "the request headers took too long")
+
+    def _body_timeout(self) -> None:
+        self._deadline = None
+        if self.flow.read_paused:  # Ferry is the slow side (disk): not the client's stall
+            self._arm(self._settings().body_timeout, self._body_timeout)
+            return
+        self.logger.warning("request body stalled; connection closed")
+        self.transport.close()
+
+    # -- refusals ----------------------------------------------------------------------------
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` and close: the request is not passed on to the app."""
+        if self._refused or self.transport.is_closing():
+            return
+        self._refused = True
+        body = message.encode()
+        self.transport.write(
+            b"".join(
+                [
+                    STATUS_LINE[status],
+                    b"content-type: text/plain; charset=utf-8\r\n",
+                    b"content-length: %d\r\n" % len(body),
+                    b"connection: close\r\n\r\n",
+                    body,
+                ]
+            )
+        )
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:  # a refusal of Ferry's own already answered this request
+            super().send_400_response(msg)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    # -- parser callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = self._header_count = 0
+        self._arm(self._settings().header_timeout, self._header_timeout)
+        if self.zero_copy:
+            self.scope["extensions"] = {EXTENSION: {}}
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self._settings().max_url_length:
+            self._refuse(414, "the request target is too long")
+            raise _Refused()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        settings = self._settings()
+        self._header_count += 1
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_count > settings.max_headers or self._header_bytes > settings.max_header_size:
+            self._refuse(431, "too many or too large request header fields")
+            raise _Refused()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        # RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without exactly one Host.
+        if self.parser.get_http_version() == "1.1" and sum(1 for n, _ in self.headers if n == b"host") != 1:
+            self._refuse(400, "HTTP/1.1 requests need exactly one Host header")
+            raise _Refused()
+        super().on_headers_complete()
+        if self.parser.get_method() in (b"PUT", b"POST", b"PATCH") and not self._refused:
+            self._arm(self._settings().body_timeout, self._body_timeout)
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        if self._deadline is not None:
+            self._arm(self._settings().body_timeout, self._body_timeout)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        if self.zero_copy:
+            app = _with_zero_copy(app, ZeroCopySender(cycle, self.transport, self._settings().chunk_size))
+        super()._start_asgi_task(cycle, app)
+
+
+def _with_zero_copy(app: ASGI3Application, sender: ZeroCopySender) -> ASGI3Application:
+    async def app_with_zero_copy(scope: Any, receive: Any, send: Any) -> None:
+        zero_copy_send: Any = sender.send
+        try:
+            await app(scope, receive, zero_copy_send)
+        finally:
+            sender.close()
+
+    return app_with_zero_copy
