@@ -69,6 +69,22 @@ class UnsupportedMediaType(FerryError):
     default_detail = "expected multipart/form-data"
 
 
+class TooManyRequests(FerryError):
+    status = 429
+    default_detail = "too many concurrent downloads from this address"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, {"retry-after": "5"})
+
+
+class ServiceUnavailable(FerryError):
+    status = 503
+    default_detail = "temporarily out of resources; try again"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, {"retry-after": "1"})
+
+
 class InsufficientStorage(FerryError):
     status = 507
     default_detail = "not enough space to store the upload"

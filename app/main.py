@@ -12,6 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from app import __version__, metrics
 from app.access import Observed
+from app.cors import Cors
 from app.errors import FerryError, handle_ferry_error
 from app.routes import api, ops, static
 from app.routes.files import Downloads, is_download
@@ -38,19 +39,28 @@ class FerryApp(FastAPI):
         self.downloads = Downloads(self.state)
         self.writes = Writes(self.state)
         self.log_format = settings.log_format
+        self.cors = (
+            Cors(settings.cors_origins, writes=settings.write_token is not None)
+            if settings.cors_origins
+            else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)  # lifespan
             return
         observed = Observed(scope, send)
+        send_out = observed if self.cors is None else self.cors.wrap(scope, observed)
         try:
-            if is_download(scope):
-                await self.downloads(scope, receive, observed)
+            preflight = None if self.cors is None else self.cors.preflight(scope)
+            if preflight is not None:
+                await preflight(scope, receive, observed)
+            elif is_download(scope):
+                await self.downloads(scope, receive, send_out)
             elif is_write(scope):
-                await self.writes(scope, receive, observed)
+                await self.writes(scope, receive, send_out)
             else:
-                await super().__call__(scope, receive, observed)
+                await super().__call__(scope, receive, send_out)
         finally:
             observed.finish(self.log_format)
 

@@ -48,6 +48,17 @@ def parse_mime_types(value: Any) -> Any:
     return pairs
 
 
+def parse_origins(value: Any) -> Any:
+    """``https://a.example, https://b.example`` or ``*`` → a list of origins."""
+    if not isinstance(value, str):
+        return value
+    origins = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ValueError(f"{origin!r} is not an origin (example: https://app.example)")
+    return origins
+
+
 def _absolute(path: Path) -> Path:
     return path.expanduser().resolve()
 
@@ -133,6 +144,19 @@ class Settings(BaseSettings):
     max_headers: int = Field(100, ge=8, le=10_000, description="most request header fields (else 431)")
     max_header_size: Size = Field(
         64 * 1024, ge=1024, le=16 * 1024**2, description="most bytes of request header fields (else 431)"
+    )
+    max_connections_per_ip: int = Field(
+        0, ge=0, description="most concurrent downloads per client address and worker (else 429); 0: no limit"
+    )
+    rate_limit: Size = Field(
+        0, ge=0, description="bytes per second per download after RATE_LIMIT_AFTER; 0: no limit"
+    )
+    rate_limit_after: Size = Field(
+        0, ge=0, description="bytes each download gets at full speed before RATE_LIMIT"
+    )
+    cors_origins: Annotated[list[str], NoDecode, BeforeValidator(parse_origins)] = Field(
+        default_factory=list,
+        description="origins allowed to fetch cross-site (comma-separated, or *); empty: CORS off",
     )
     shutdown_timeout: float = Field(
         30, ge=0, description="seconds in-flight transfers get to finish after SIGTERM before they are closed"

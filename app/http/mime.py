@@ -7,6 +7,11 @@ from collections.abc import Mapping
 
 DEFAULT_TYPE = "application/octet-stream"
 
+# Types a browser would run as a document of the serving origin: always sent as attachments.
+ACTIVE_TYPES = frozenset(
+    {"text/html", "application/xhtml+xml", "image/svg+xml", "text/xml", "application/xml", "text/xsl"}
+)
+
 # Built-in table only, so every machine answers the same.
 _TABLE = mimetypes.MimeTypes(filenames=())
 

@@ -20,12 +20,13 @@ from starlette.types import Receive, Scope, Send
 from app.errors import FerryError, NotFound, error_response
 from app.http.conditional import make_validators
 from app.http.headers import content_disposition
-from app.http.mime import content_type_for
+from app.http.mime import ACTIVE_TYPES, content_type_for
 from app.http.plan import DownloadRequest, FileFacts, plan_download
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields, query_params
 from app.settings import Settings
 from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve
-from app.transfer.download import FileResponse
+from app.transfer.download import FileResponse, TransferOptions
+from app.transfer.slots import DownloadSlots
 from app.views.listing import DirectoryResponse
 
 _WANTED = frozenset({b"range", b"if-range"}) | CONDITION_FIELDS
@@ -42,6 +43,14 @@ class Downloads:
         self.state = state
         self.settings: Settings = state.settings
         self.policy: PathPolicy = state.policy
+        self.slots = DownloadSlots(self.settings.max_connections_per_ip)
+        self.options = TransferOptions(
+            chunk_size=self.settings.chunk_size,
+            write_buffer=self.settings.write_buffer,
+            zero_copy=self.settings.zero_copy,
+            rate_limit=self.settings.rate_limit,
+            rate_limit_after=self.settings.rate_limit_after,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -77,24 +86,21 @@ class Downloads:
 
     def _file(self, safe: SafePath, fd: int, st: os.stat_result, scope: Scope) -> FileResponse:
         settings = self.settings
+        content_type = content_type_for(safe.name, settings.mime_types)
         facts = FileFacts(
             size=st.st_size,
             validators=make_validators(
                 dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns
             ),
-            content_type=content_type_for(safe.name, settings.mime_types),
-            content_disposition=content_disposition(_disposition(scope, settings), safe.name),
+            content_type=content_type,
+            content_disposition=content_disposition(_disposition(scope, settings, content_type), safe.name),
         )
         request = _download_request(scope)
         plan = plan_download(request, facts, max_ranges=settings.max_ranges, now=int(time.time()))
-        return FileResponse(
-            plan,
-            fd,
-            st,
-            chunk_size=settings.chunk_size,
-            write_buffer=settings.write_buffer,
-            zero_copy=settings.zero_copy,
-        )
+        release = None
+        if plan.body and scope["method"] == "GET":
+            release = self.slots.acquire(scope)  # 429 past FERRY_MAX_CONNECTIONS_PER_IP
+        return FileResponse(plan, fd, st, self.options, on_close=release)
 
     def _directory(self, safe: SafePath, path: str) -> Response:
         if path and not path.endswith("/"):
@@ -103,9 +109,10 @@ class Downloads:
         return DirectoryResponse(relative(safe, self.policy), self.state)
 
 
-def _disposition(scope: Scope, settings: Settings) -> str:
+def _disposition(scope: Scope, settings: Settings, content_type: str) -> str:
     params = query_params(scope)
-    if params.get("download") == "1":
+    # Stored HTML, SVG or XML never renders as a page of this origin (stored XSS).
+    if params.get("download") == "1" or content_type.partition(";")[0] in ACTIVE_TYPES:
         return "attachment"
     if params.get("inline") == "1":
         return "inline"

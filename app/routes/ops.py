@@ -1,16 +1,23 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
-from starlette.responses import RedirectResponse, Response
+import os
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from app import metrics
 
 router = APIRouter()
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", responses={503: {"description": "the storage root is missing"}})
+async def healthz(request: Request) -> JSONResponse:
+    """200 once ready to serve; 503 while the storage root is not there (an unmounted volume)."""
+    if not os.path.isdir(request.app.state.settings.root):
+        return JSONResponse(
+            {"status": "unavailable", "detail": "the storage root is missing"}, status_code=503
+        )
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NewType
 
-from app.errors import BadRequest, NotFound
+from app.errors import BadRequest, NotFound, ServiceUnavailable
 
 SafePath = NewType("SafePath", Path)
 
@@ -131,6 +131,8 @@ def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_resul
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENAMETOOLONG, errno.ENXIO):
             raise NotFound() from exc
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise ServiceUnavailable("out of file descriptors") from exc
         raise
     try:
         st = os.fstat(fd)

@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -24,6 +27,17 @@ from app.transfer.zero_copy import EXTENSION, FileChanged, can_zero_copy, read_c
 logger = logging.getLogger("ferry.transfer")
 
 SMALL_BODY = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TransferOptions:
+    """How file bytes are sent (from Settings)."""
+
+    chunk_size: int
+    write_buffer: int
+    zero_copy: str
+    rate_limit: int = 0
+    rate_limit_after: int = 0
 
 
 def _check_unchanged(fd: int, expect: os.stat_result) -> None:
@@ -94,20 +108,24 @@ class FileResponse(Response):
         plan: ResponsePlan,
         fd: int,
         st: os.stat_result,
-        *,
-        chunk_size: int,
-        write_buffer: int,
-        zero_copy: str,
+        options: TransferOptions,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.status_code = plan.status
         self.plan = plan
         self.fd = fd
         self.st = st
-        self.chunk_size = chunk_size
-        self.slice_size = min(write_buffer, chunk_size)
-        self.zero_copy = zero_copy
+        self.options = options
+        self.on_close = on_close
+        self.chunk_size = options.chunk_size
+        if options.rate_limit:
+            # Paced downloads send smaller pieces, so the pace is smooth rather than bursty.
+            self.chunk_size = max(16 * 1024, min(self.chunk_size, options.rate_limit // 4))
+        self.slice_size = min(options.write_buffer, self.chunk_size)
         self.background = None
         self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]
+        self._sent = 0
+        self._paced_from: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -119,11 +137,13 @@ class FileResponse(Response):
             await self._send_body(scope, receive, send)
         finally:
             os.close(self.fd)
+            if self.on_close is not None:
+                self.on_close()
 
     async def _send_body(self, scope: Scope, receive: Receive, send: Send) -> None:
         disconnect = _Disconnect(receive)
         # A small body costs less as one cached read and one write than as corked sendfile calls.
-        zero_copy = can_zero_copy(scope, self.zero_copy) and self.plan.content_length > SMALL_BODY
+        zero_copy = can_zero_copy(scope, self.options.zero_copy) and self.plan.content_length > SMALL_BODY
         last = len(self.plan.body) - 1
         try:
             for i, segment in enumerate(self.plan.body):
@@ -144,6 +164,19 @@ class FileResponse(Response):
         finally:
             disconnect.close()
 
+    async def _pace(self, size: int) -> None:
+        """Yield between chunks and, past FERRY_RATE_LIMIT_AFTER bytes, keep to FERRY_RATE_LIMIT."""
+        self._sent += size
+        rate, after = self.options.rate_limit, self.options.rate_limit_after
+        if not rate or self._sent <= after:
+            await _yield()
+            return
+        now = time.monotonic()
+        if self._paced_from is None:
+            self._paced_from = now - (self._sent - after) / rate  # the bytes past `after` count too
+        delay = self._paced_from + (self._sent - after) / rate - now
+        await asyncio.sleep(max(0.0, delay))
+
     async def _send_range(self, r: ByteRange, send: Send, disconnect: _Disconnect) -> bool:
         offset = r.start
         while offset < r.stop:
@@ -157,7 +190,7 @@ class FileResponse(Response):
                     {"type": "http.response.body", "body": view[i : i + self.slice_size], "more_body": True}
                 )
             offset += size
-            await _yield()
+            await self._pace(size)
         return True
 
     async def _sendfile_range(self, r: ByteRange, send: Send, disconnect: _Disconnect, *, last: bool) -> bool:
@@ -174,5 +207,5 @@ class FileResponse(Response):
             )
             _check_unchanged(self.fd, self.st)
             offset += size
-            await _yield()
+            await self._pace(size)
         return await self._send_range(ByteRange(stop, r.stop), send, disconnect) if last else True

@@ -229,6 +229,10 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         "max_url_length": "4KiB",
         "max_headers": "50",
         "max_header_size": "32KiB",
+        "max_connections_per_ip": "4",
+        "rate_limit": "1MiB",
+        "rate_limit_after": "10MiB",
+        "cors_origins": "https://app.example",
         "log_format": "json",
     }
     argv = [arg for name, value in values.items() for arg in ("--" + name.replace("_", "-"), value)]

@@ -1,0 +1,67 @@
+"""Cross-origin access, off unless FERRY_CORS_ORIGINS names the origins allowed (or ``*``).
+
+Downloads need more than Access-Control-Allow-Origin to be useful from a page: the Range and
+If-* request headers must pass a preflight, and Content-Range, Content-Disposition and ETag must
+be readable by the script.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import Response
+from starlette.types import Message, Scope, Send
+
+_EXPOSE = b"Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified, Accept-Ranges"
+_ALLOW_HEADERS = "Range, If-Range, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since, "
+_ALLOW_HEADERS += "Authorization, Content-Type"
+
+
+class Cors:
+    def __init__(self, origins: list[str], *, writes: bool) -> None:
+        self.any = "*" in origins
+        self.origins = frozenset(o.encode() for o in origins)
+        self.methods = "GET, HEAD, PUT, POST, DELETE" if writes else "GET, HEAD"
+
+    def origin(self, scope: Scope) -> bytes | None:
+        """The request's Origin if it is allowed, else None."""
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                return bytes(value) if self.any or value in self.origins else None
+        return None
+
+    def preflight(self, scope: Scope) -> Response | None:
+        """The answer to a CORS preflight (OPTIONS with Access-Control-Request-Method), if it is one."""
+        if scope["method"] != "OPTIONS":
+            return None
+        origin = self.origin(scope)
+        if origin is None or not any(n == b"access-control-request-method" for n, _ in scope["headers"]):
+            return None
+        return Response(
+            status_code=204,
+            headers={
+                "access-control-allow-origin": "*" if self.any else origin.decode("latin-1"),
+                "access-control-allow-methods": self.methods,
+                "access-control-allow-headers": _ALLOW_HEADERS,
+                "access-control-max-age": "600",
+                "vary": "Origin",
+            },
+        )
+
+    def wrap(self, scope: Scope, send: Send) -> Send:
+        """`send` with the CORS response headers added for an allowed origin."""
+        origin = self.origin(scope)
+        if origin is None:
+            return send
+        allow = b"*" if self.any else origin
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [
+                    (b"access-control-allow-origin", allow),
+                    (b"access-control-expose-headers", _EXPOSE),
+                    (b"vary", b"Origin"),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return send_with_cors

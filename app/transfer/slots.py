@@ -1,0 +1,34 @@
+"""FERRY_MAX_CONNECTIONS_PER_IP: concurrent downloads per client address, in this worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.types import Scope
+
+from app.errors import TooManyRequests
+
+
+class DownloadSlots:
+    def __init__(self, per_address: int) -> None:
+        self.per_address = per_address
+        self.active: dict[str, int] = {}
+
+    def acquire(self, scope: Scope) -> Callable[[], None] | None:
+        """Take a slot for the client's address, or raise 429; returns the release callback."""
+        if not self.per_address:
+            return None
+        client = scope.get("client")
+        address = client[0] if client else ""
+        count = self.active.get(address, 0)
+        if count >= self.per_address:
+            raise TooManyRequests()
+        self.active[address] = count + 1
+        return lambda: self._release(address)
+
+    def _release(self, address: str) -> None:
+        remaining = self.active[address] - 1
+        if remaining:
+            self.active[address] = remaining
+        else:
+            del self.active[address]
