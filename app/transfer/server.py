@@ -6,6 +6,7 @@ import copy
 import functools
 import math
 import os
+import resource
 import signal
 import tempfile
 from typing import Any
@@ -61,8 +62,18 @@ def _log_config() -> dict[str, Any]:
     return config
 
 
+def _raise_open_file_limit() -> None:
+    """Each download holds a socket and a file: lift the soft descriptor limit to the hard one
+    (as nginx's worker_rlimit_nofile does), so a busy server is not capped at 1,024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def serve(settings: Settings) -> int:
     """Run Ferry until it is stopped; returns the process exit status."""
+    _raise_open_file_limit()
     if settings.zero_copy == "on" and not zero_copy_available():
         raise SystemExit(
             "ferry: invalid setting FERRY_ZERO_COPY: 'on' needs os.sendfile, which this platform lacks"
