@@ -404,3 +404,12 @@ def test_index_file_moves_to_the_user_cache_when_the_default_is_inside_root(
     index_file = make_settings(root).index_file
     assert index_file.parent == (tmp_path / "cache" / "ferry").resolve()
     assert not index_file.is_relative_to(root.resolve())
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("## Settings") : readme.index("## Downloading")]
+    missing = [
+        f"FERRY_{name.upper()}" for name in Settings.model_fields if f"FERRY_{name.upper()}" not in table
+    ]
+    assert not missing, f"README's settings table lacks {missing}"
