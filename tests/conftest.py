@@ -204,7 +204,11 @@ class ServerPool:
         key = (zero_copy, *flags)
         server = self.servers.get(key)
         if server is None or server.process.poll() is not None:
-            server = start_server(self.root, self.cwd, *flags, "--zero-copy", zero_copy)
+            # Each server keeps its own index: one started with other settings must not reset it.
+            index = self.cwd / f"index-{len(self.servers)}.sqlite3"
+            server = start_server(
+                self.root, self.cwd, *flags, "--zero-copy", zero_copy, "--index-path", str(index)
+            )
             self.servers[key] = server
         return server
 

@@ -37,12 +37,18 @@ def directory_listing(request: Request, path: str, limit: int, cursor: str | Non
 
 
 # Sync handlers: FastAPI runs them in its thread pool, so SQLite never blocks the event loop.
-@router.get("/files/{path:path}", response_model=EntryModel | Listing)
+_ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"description": "a malformed path or cursor"},
+    404: {"description": "nothing servable at this path"},
+}
+
+
+@router.get("/files/{path:path}", response_model=EntryModel | Listing, responses=_ERRORS)
 def api_files(request: Request, path: str, limit: Limit = 100, cursor: Cursor = None) -> EntryModel | Listing:
     return directory_listing(request, path, limit, cursor)
 
 
-@router.get("/search", response_model=SearchResults)
+@router.get("/search", response_model=SearchResults, responses={400: _ERRORS[400]})
 def api_search(
     request: Request,
     q: Annotated[str, Query(min_length=1, max_length=255, description="part of a name, any case")],

@@ -28,7 +28,7 @@ from typing import Literal
 from app.errors import BadRequest, FerryError
 from app.storage.paths import PathPolicy, SafePath, child, relative, resolve
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SortKey = Literal["name", "size", "mtime"]
 _SORT_COLUMNS: dict[str, str] = {"name": "name", "size": "size", "mtime": "mtime_ns"}
 
@@ -38,6 +38,7 @@ _SCHEMA = (
     id INTEGER PRIMARY KEY,
     parent TEXT NOT NULL,
     name TEXT NOT NULL,
+    folded TEXT NOT NULL,
     is_dir INTEGER NOT NULL,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
@@ -106,12 +107,16 @@ def encode_cursor(values: list[object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, length: int) -> list[object]:
+def decode_cursor(cursor: str, types: tuple[type, ...]) -> list[object]:
+    """The values of a cursor made by `encode_cursor`, each of the given type, or 400."""
     try:
         values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("invalid cursor") from exc
-    if not isinstance(values, list) or len(values) != length:
+    if not isinstance(values, list) or len(values) != len(types):
+        raise BadRequest("invalid cursor")
+    # bool is an int to isinstance; a cursor never holds one.
+    if not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(values, types, strict=True)):
         raise BadRequest("invalid cursor")
     return values
 
@@ -244,7 +249,7 @@ class Index:
         op, order = ("<", "DESC") if descending else (">", "ASC")
         where, args = "parent = ?", list[object]([directory])
         if cursor is not None:
-            values = decode_cursor(cursor, len(keys))
+            values = decode_cursor(cursor, tuple(str if k == "name" else int for k in keys))
             where += f" AND ({', '.join(keys)}) {op} ({', '.join('?' * len(keys))})"
             args += values
         query = (
@@ -260,7 +265,7 @@ class Index:
 
     def search(self, query: str, *, limit: int, cursor: str | None = None) -> Page:
         """Entries whose name contains `query`, ignoring case, anywhere under ROOT."""
-        after = int(decode_cursor(cursor, 1)[0]) if cursor is not None else 0  # type: ignore[call-overload]
+        after = decode_cursor(cursor, (int,))[0] if cursor is not None else 0
         conn = self._connection()
         if len(query) >= 3:
             # The trigram tokenizer matches a quoted phrase as a substring, case-insensitively.
@@ -271,10 +276,12 @@ class Index:
                 (phrase, after, limit + 1),
             ).fetchall()
         else:
-            # Shorter than a trigram: a LIKE over the names, stopped at the page size.
-            pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            # Shorter than a trigram: a LIKE over the case-folded names (LIKE itself folds ASCII
+            # only), stopped at the page size.
+            folded = query.casefold()
+            pattern = "%" + folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             rows = conn.execute(
-                "SELECT * FROM entries WHERE id > ? AND name LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
+                "SELECT * FROM entries WHERE id > ? AND folded LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
                 (after, pattern, limit + 1),
             ).fetchall()
         entries = [_entry_from_row(r) for r in rows[:limit]]
@@ -302,11 +309,11 @@ class Index:
     @staticmethod
     def _upsert(w: sqlite3.Connection, parent: str, e: Entry) -> None:
         w.execute(
-            "INSERT INTO entries (parent, name, is_dir, size, mtime_ns, dev, ino) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "INSERT INTO entries (parent, name, folded, is_dir, size, mtime_ns, dev, ino) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (parent, name) DO UPDATE SET is_dir = excluded.is_dir, size = excluded.size, "
             "mtime_ns = excluded.mtime_ns, dev = excluded.dev, ino = excluded.ino",
-            (parent, e.name, int(e.is_dir), e.size, e.mtime_ns, e.dev, e.ino),
+            (parent, e.name, e.name.casefold(), int(e.is_dir), e.size, e.mtime_ns, e.dev, e.ino),
         )
 
     @staticmethod
@@ -349,11 +356,11 @@ class Index:
             self.remove(path)
             return
         entry = entry_from_stat(path, st)
-        known = self.get(path)
         self.put(entry)
-        # A directory new to the index (created, copied or moved in) is read whole.
-        if entry.is_dir and not (known and known.is_dir) and not os.path.islink(safe):
-            self.scan(start=path, incremental=False)
+        # A directory is walked: those never read (created, copied or moved in, or only seen in
+        # a listing of their parent) or changed since are read; the rest cost one stat each.
+        if entry.is_dir and not os.path.islink(safe):
+            self.scan(start=path, incremental=True)
 
     def refresh_if_changed(self, directory: str) -> None:
         """Rescan a directory's own entries if its mtime differs from the indexed one."""

@@ -91,7 +91,8 @@ def child(directory: SafePath, name: str, policy: PathPolicy, *, is_symlink: boo
 
 def relative(path: SafePath, policy: PathPolicy) -> str:
     """The '/'-separated path of a gated path below ROOT ('' for ROOT itself)."""
-    return path.relative_to(policy.root).as_posix().removeprefix(".")
+    rel = path.relative_to(policy.root).as_posix()
+    return "" if rel == "." else rel
 
 
 def _allowed(real: Path, policy: PathPolicy) -> bool:

@@ -57,6 +57,7 @@ class IndexKeeper:
         self._tasks: list[asyncio.Task[None]] = []
         self._lock: int | None = None
         self._stop = asyncio.Event()
+        self._watching = False
 
     async def start(self) -> None:
         self._lock = _owner_lock(self.index)
@@ -87,7 +88,9 @@ class IndexKeeper:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.rescan_interval)
                 return
             except TimeoutError:
-                await self._scan()
+                # While inotify works it reports changes inside files; without it (turned off,
+                # failed, a network filesystem) only a full rescan sees a file changed in place.
+                await self._scan(incremental=self._watching)
 
     def _remove_orphaned_uploads(self) -> None:
         """Temporary files of uploads whose process died (a crash, a kill) are removed."""
@@ -107,9 +110,9 @@ class IndexKeeper:
                 logger.info("removed an interrupted upload: %s", temp_path)
             self.index.end_upload(temp_path)
 
-    async def _scan(self) -> None:
+    async def _scan(self, *, incremental: bool = True) -> None:
         try:
-            stats = await asyncio.to_thread(self.index.scan, incremental=True)
+            stats = await asyncio.to_thread(self.index.scan, incremental=incremental)
             entries = await asyncio.to_thread(self.index.count)
         except Exception:
             logger.exception("index scan failed")
@@ -126,12 +129,15 @@ class IndexKeeper:
 
     async def _watch(self) -> None:
         root = self.index.policy.root
+        self._watching = True
         try:
             async for changes in self._changes(root):
                 paths = {p for _, changed in changes if (p := _relative(root, changed))}
                 await asyncio.to_thread(self._apply, paths)
         except Exception:
             logger.exception("file watching stopped; the periodic rescan keeps the index current")
+        finally:
+            self._watching = False
 
     def _changes(self, root: Path) -> AsyncIterator[set[tuple[watchfiles.Change, str]]]:
         return watchfiles.awatch(
