@@ -4,6 +4,9 @@ Every name is escaped: `html.escape` for text and attributes, `urllib.parse.quot
 link is relative to the page (always a directory URL ending in '/'), so `wget -r -np` mirrors the
 tree and the pages work behind a path prefix. Sorting is a GET form per column, never a link, so a
 crawler does not fetch every sort order; only "Next page" is a link, so a crawler sees every entry.
+
+When writes are enabled a listing carries an upload panel that ferry.js brings to life; the page
+never holds the write token (the reader types it, and the tab keeps it in sessionStorage).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class HtmlPage:
     descending: bool
     limit: int | None = None  # as the request gave it; kept in links and forms
     cursor: str | None = None  # the request's cursor: this is not the first page
+    upload_limit: int | None = None  # writes enabled: the largest upload (bytes); None: no upload panel
 
 
 def human_size(size: int) -> str:
@@ -157,6 +161,39 @@ def _summary(count: int, more: bool, nouns: tuple[str, str], extra: str = "") ->
     return f'<p class="summary">{text}{" on this page" if more else ""}{extra}</p>'
 
 
+# -- the upload panel -----------------------------------------------------------------------
+
+
+def _upload_panel(directory: str, limit: int) -> str:
+    """Inert markup until ferry.js shows it: a plain form could not send the Authorization header."""
+    folder = escape(f"“{_folder_name(directory)}”")
+    return f"""<section class="upload" aria-label="Upload files" data-max-size="{limit}">
+<noscript><p class="upload-off">Uploading from this page needs JavaScript. From a shell: \
+<code>curl -T FILE -H "Authorization: Bearer $TOKEN" URL</code> \
+with this page’s address as URL.</p></noscript>
+<div class="upload-ui" hidden>
+<form class="token" hidden>
+<label for="ferry-token">Write token</label>
+<div class="token-row"><input id="ferry-token" type="password" autocomplete="off" spellcheck="false" \
+autocapitalize="off" aria-describedby="ferry-token-note"><button type="submit">Use token</button></div>
+<p class="token-note" id="ferry-token-note">Uploads need the server’s write token. \
+This tab keeps it until it is closed.</p>
+<p class="token-error" role="alert" hidden></p>
+</form>
+<div class="dropzone">
+{_icon("upload")}
+<div class="drop-text"><p><span class="drop-hint"><strong>Drop files here</strong> \
+<span class="muted">or</span> </span><label class="pick">Choose files<input type="file" multiple></label></p>
+<p class="drop-note">They go into {folder}. \
+<button type="button" class="forget" hidden>Forget token</button></p></div>
+</div>
+<ul class="uploads" aria-label="Uploads"></ul>
+<div class="drop-overlay" aria-hidden="true"><p>{_icon("upload")}\
+<span>Drop to upload into <strong>{folder}</strong></span></p></div>
+</div>
+</section>"""
+
+
 # -- listings --------------------------------------------------------------------------------
 
 
@@ -202,9 +239,10 @@ def render_listing(page: HtmlPage) -> str:
         rows.append('<tr class="empty"><td colspan="4">This folder is empty.</td></tr>')
     head = "".join(_sort_header(label, key, page) for label, key in _COLUMNS) + _ACTIONS_HEAD
     name = _folder_name(page.directory)
+    upload = "" if page.upload_limit is None else _upload_panel(page.directory, page.upload_limit) + "\n"
     main = (
         f"<h1>{escape(name)}</h1>\n{_summary(len(entries), bool(page.data.next_cursor), ('item', 'items'))}\n"
-        f"{_table(head, [_parent_row(page.directory), *rows])}\n"
+        f"{upload}{_table(head, [_parent_row(page.directory), *rows])}\n"
         f"{_pager(page, _listing_params(page))}"
     )
     return _page(page, title=f"Index of /{page.directory}", main=main)

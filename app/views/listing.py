@@ -69,15 +69,23 @@ class DirectoryResponse(Response):
         sort = _SORTS.get(params.get("sort", "name"), "name")
         descending = params.get("order") == "desc"
         page = index.list_dir(self.directory, limit=limit, cursor=cursor, sort=sort, descending=descending)
+        settings = self.state.settings
         view = HtmlPage(
-            self.directory, listing_model(self.directory, page, mime_types), sort, descending, given, cursor
+            self.directory,
+            listing_model(self.directory, page, mime_types),
+            sort,
+            descending,
+            given,
+            cursor,
+            upload_limit=None if settings.write_token is None else settings.max_upload_size,
         )
         return _html(render_listing(view))
 
 
-# The pages need nothing but their own CSS, JS and icon; a name can never become a script.
+# The pages need nothing but their own CSS, JS and icon (and, for the upload panel, requests back to
+# this server); a name can never become a script.
 _CSP = (
-    "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
+    "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 

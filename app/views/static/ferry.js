@@ -1,5 +1,7 @@
-// Ferry's listing pages work without this file; it adds the "copy curl command" buttons and
-// shows modification times in the reader's own time zone.
+// Ferry's listing pages work without this file; it adds the "copy curl command" buttons, shows
+// modification times in the reader's own time zone and, when the server takes writes, runs the
+// upload panel: pick or drop files, one POST per file with a progress bar, the write token kept in
+// this tab's sessionStorage.
 "use strict";
 
 (function () {
@@ -65,8 +67,8 @@
     return (n < 10 ? "0" : "") + n;
   }
 
-  function localTimes() {
-    document.querySelectorAll("time[datetime]").forEach(function (el) {
+  function localTimes(root) {
+    root.querySelectorAll("time[datetime]").forEach(function (el) {
       var d = new Date(el.getAttribute("datetime"));
       if (isNaN(d.getTime())) return;
       el.textContent =
@@ -75,12 +77,372 @@
     });
   }
 
-  function init() {
-    document.querySelectorAll("button.copy[data-href]").forEach(function (button) {
+  function enhance(root) {
+    root.querySelectorAll("button.copy[data-href]").forEach(function (button) {
       button.addEventListener("click", onCopy);
       button.hidden = false;
     });
-    localTimes();
+    localTimes(root);
+  }
+
+  // -- uploads ---------------------------------------------------------------------------------
+
+  var TOKEN_KEY = "ferry.writeToken";
+  var UNITS = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+
+  function humanSize(size) {
+    if (size < 1024) return size + " B";
+    var value = size;
+    for (var i = 0; i < UNITS.length; i++) {
+      value /= 1024;
+      if (value < 1023.5 || i === UNITS.length - 1) {
+        return (value < 99.95 ? value.toFixed(1) : value.toFixed(0)) + " " + UNITS[i];
+      }
+    }
+  }
+
+  // sessionStorage can be switched off; the token then lives as long as the page.
+  var tokenStore = {
+    memory: null,
+    get: function () {
+      try {
+        return window.sessionStorage.getItem(TOKEN_KEY) || this.memory;
+      } catch (e) {
+        return this.memory;
+      }
+    },
+    set: function (token) {
+      this.memory = token;
+      try {
+        window.sessionStorage.setItem(TOKEN_KEY, token);
+      } catch (e) {
+        /* kept in memory only */
+      }
+    },
+    clear: function () {
+      this.memory = null;
+      try {
+        window.sessionStorage.removeItem(TOKEN_KEY);
+      } catch (e) {
+        /* nothing stored */
+      }
+    },
+  };
+
+  function errorDetail(xhr) {
+    try {
+      var body = JSON.parse(xhr.responseText);
+      if (body && typeof body.detail === "string") return body.detail;
+    } catch (e) {
+      /* not JSON */
+    }
+    return "failed (HTTP " + xhr.status + ")";
+  }
+
+  function Uploader(panel) {
+    this.panel = panel;
+    this.ui = panel.querySelector(".upload-ui");
+    this.form = panel.querySelector("form.token");
+    this.input = panel.querySelector("#ferry-token");
+    this.error = panel.querySelector(".token-error");
+    this.picker = panel.querySelector("input[type=file]");
+    this.forget = panel.querySelector("button.forget");
+    this.list = panel.querySelector("ul.uploads");
+    this.maxSize = Number(panel.getAttribute("data-max-size")) || Infinity;
+    this.target = new URL("./", window.location.href).href; // this folder, without the query
+    this.queue = [];
+    this.active = null;
+    this.uploaded = [];
+    this.dragDepth = 0;
+  }
+
+  Uploader.prototype.start = function () {
+    var self = this;
+    this.form.addEventListener("submit", function (event) {
+      event.preventDefault(); // never submitted: the token must not end up in a URL
+      self.useToken(self.input.value.trim());
+    });
+    this.forget.addEventListener("click", function () {
+      tokenStore.clear();
+      self.askToken("");
+    });
+    this.picker.addEventListener("change", function () {
+      self.add(self.picker.files);
+      self.picker.value = "";
+    });
+    document.addEventListener("dragenter", function (e) { self.onDrag(e, 1); });
+    document.addEventListener("dragleave", function (e) { self.onDrag(e, -1); });
+    document.addEventListener("dragover", function (e) { self.onDrag(e, 0); });
+    document.addEventListener("drop", function (e) { self.onDrop(e); });
+    window.addEventListener("beforeunload", function (event) {
+      if (self.active || self.queue.length) event.preventDefault(); // leaving would stop the uploads
+    });
+    this.showToken();
+    this.ui.hidden = false;
+  };
+
+  Uploader.prototype.showToken = function () {
+    var stored = Boolean(tokenStore.get());
+    this.form.hidden = stored;
+    this.forget.hidden = !stored;
+  };
+
+  Uploader.prototype.askToken = function (message) {
+    this.error.textContent = message;
+    this.error.hidden = !message;
+    this.showToken();
+    this.input.value = "";
+    this.input.focus();
+  };
+
+  Uploader.prototype.useToken = function (token) {
+    if (!token) {
+      this.askToken("Enter the write token.");
+      return;
+    }
+    tokenStore.set(token);
+    this.error.hidden = true;
+    this.input.value = "";
+    this.showToken();
+    this.pump();
+  };
+
+  // -- dragging files over the page ----------------------------------------------------------
+
+  function carriesFiles(event) {
+    var types = event.dataTransfer && event.dataTransfer.types;
+    return Boolean(types) && Array.prototype.indexOf.call(types, "Files") !== -1;
+  }
+
+  Uploader.prototype.onDrag = function (event, step) {
+    if (!carriesFiles(event)) return;
+    event.preventDefault(); // this page takes the drop instead of the browser opening the file
+    if (step === 0) {
+      event.dataTransfer.dropEffect = "copy";
+      return;
+    }
+    this.dragDepth = Math.max(0, this.dragDepth + step);
+    document.body.classList.toggle("dragging", this.dragDepth > 0);
+  };
+
+  Uploader.prototype.onDrop = function (event) {
+    this.dragDepth = 0;
+    document.body.classList.remove("dragging");
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    this.drop(event.dataTransfer);
+  };
+
+  // What a drop hands over: its files, folders marked so they can be refused (a folder arrives as a
+  // File that cannot be read).
+  Uploader.prototype.drop = function (transfer) {
+    var files = Array.prototype.slice.call(transfer.files);
+    var items = transfer.items ? Array.prototype.slice.call(transfer.items) : [];
+    var fileItems = items.filter(function (item) { return item.kind === "file"; });
+    if (fileItems.length === files.length) {
+      fileItems.forEach(function (item, i) {
+        var entry = item.webkitGetAsEntry ? item.webkitGetAsEntry() : null;
+        if (entry && entry.isDirectory) files[i] = { name: files[i].name, folder: true };
+      });
+    }
+    this.add(files);
+  };
+
+  // -- the queue: one file at a time, each its own POST ----------------------------------------
+
+  Uploader.prototype.add = function (files) {
+    for (var i = 0; i < files.length; i++) {
+      var item = this.row(files[i]);
+      if (files[i].folder) {
+        this.finish(item, "error", "Folders cannot be uploaded; drop the files inside it");
+      } else if (files[i].size > this.maxSize) {
+        this.finish(item, "error", "Larger than this server accepts (" + humanSize(this.maxSize) + ")");
+      } else {
+        this.queue.push(item);
+      }
+    }
+    this.pump();
+  };
+
+  Uploader.prototype.row = function (file) {
+    var li = document.createElement("li");
+    li.className = "queued";
+    var head = document.createElement("div");
+    head.className = "head";
+    var name = document.createElement("span");
+    name.className = "fname";
+    name.textContent = file.name;
+    name.title = file.name;
+    var status = document.createElement("span");
+    status.className = "status";
+    var cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "cancel";
+    cancel.textContent = "×";
+    cancel.title = "Cancel";
+    cancel.setAttribute("aria-label", "Cancel " + file.name);
+    var bar = document.createElement("progress");
+    bar.max = file.size || 1;
+    bar.value = 0;
+    bar.setAttribute("aria-label", file.name);
+    head.appendChild(name);
+    head.appendChild(status);
+    head.appendChild(cancel);
+    li.appendChild(head);
+    li.appendChild(bar);
+    this.list.appendChild(li);
+    var item = { file: file, li: li, status: status, bar: bar, cancel: cancel, xhr: null };
+    var self = this;
+    cancel.addEventListener("click", function () { self.cancel(item); });
+    this.setStatus(item, "Waiting");
+    return item;
+  };
+
+  Uploader.prototype.setStatus = function (item, text) {
+    item.status.textContent = text;
+  };
+
+  Uploader.prototype.finish = function (item, state, text) {
+    item.li.className = state;
+    item.cancel.hidden = true;
+    item.xhr = null;
+    if (state === "done") item.bar.value = item.bar.max;
+    this.setStatus(item, text);
+  };
+
+  Uploader.prototype.cancel = function (item) {
+    if (item.xhr) {
+      item.xhr.abort(); // the server drops the partial file
+      return;
+    }
+    var at = this.queue.indexOf(item);
+    if (at !== -1) this.queue.splice(at, 1);
+    this.finish(item, "cancelled", "Cancelled");
+  };
+
+  Uploader.prototype.pump = function () {
+    if (this.active) return;
+    if (!this.queue.length) {
+      if (this.uploaded.length) this.refresh(this.uploaded.splice(0));
+      return;
+    }
+    var token = tokenStore.get();
+    if (!token) {
+      var self = this;
+      this.queue.forEach(function (item) { self.setStatus(item, "Waiting for the token"); });
+      this.askToken(this.error.hidden ? "" : this.error.textContent);
+      return;
+    }
+    this.send(this.queue.shift(), token);
+  };
+
+  Uploader.prototype.send = function (item, token) {
+    var self = this;
+    var xhr = new XMLHttpRequest();
+    var body = new FormData();
+    body.append("file", item.file, item.file.name);
+    xhr.open("POST", this.target);
+    try {
+      xhr.setRequestHeader("Authorization", "Bearer " + token);
+    } catch (e) {
+      tokenStore.clear();
+      this.queue.unshift(item);
+      this.askToken("That token has characters a browser cannot send.");
+      return;
+    }
+    xhr.setRequestHeader("Accept", "application/json");
+    item.xhr = xhr;
+    this.active = item;
+    item.li.className = "active";
+    this.setStatus(item, "Starting");
+    xhr.upload.addEventListener("progress", function (event) {
+      if (!event.lengthComputable) return;
+      var sent = Math.min(item.file.size, Math.round((event.loaded / event.total) * item.file.size));
+      item.bar.value = sent;
+      if (event.loaded >= event.total) {
+        self.setStatus(item, "Saving…");
+      } else {
+        self.setStatus(item, Math.floor((100 * event.loaded) / event.total) + "% · " +
+          humanSize(sent) + " of " + humanSize(item.file.size));
+      }
+    });
+    xhr.addEventListener("load", function () { self.answered(item, xhr); });
+    xhr.addEventListener("error", function () { self.ended(item, "error", "Connection failed"); });
+    xhr.addEventListener("abort", function () { self.ended(item, "cancelled", "Cancelled"); });
+    xhr.send(body);
+  };
+
+  Uploader.prototype.answered = function (item, xhr) {
+    if (xhr.status === 201) {
+      try {
+        JSON.parse(xhr.responseText).entries.forEach(function (e) { this.uploaded.push(e.name); }, this);
+      } catch (e) {
+        this.uploaded.push(item.file.name);
+      }
+      this.ended(item, "done", "Uploaded · " + humanSize(item.file.size));
+    } else if (xhr.status === 401) {
+      tokenStore.clear();
+      item.xhr = null;
+      item.bar.value = 0;
+      item.li.className = "queued";
+      this.queue.unshift(item);
+      this.active = null;
+      this.error.textContent = "The server refused that token. Enter it again.";
+      this.error.hidden = false;
+      this.pump();
+    } else if (xhr.status === 405) {
+      this.ended(item, "error", "This server no longer accepts uploads");
+    } else {
+      this.ended(item, "error", errorDetail(xhr));
+    }
+  };
+
+  Uploader.prototype.ended = function (item, state, text) {
+    this.finish(item, state, text);
+    this.active = null;
+    this.pump();
+  };
+
+  // -- the listing after uploads: the same page fetched again, its table swapped in ------------
+
+  Uploader.prototype.refresh = function (names) {
+    fetch(window.location.href, { headers: { Accept: "text/html" }, cache: "no-store" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.text();
+      })
+      .then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        var table = fresh.querySelector("table.listing");
+        var oldTable = document.querySelector("table.listing");
+        if (!table || !oldTable) throw new Error("no listing");
+        ["p.summary", "nav.pager"].forEach(function (selector) {
+          var old = document.querySelector(selector);
+          if (old) old.remove();
+        });
+        var summary = fresh.querySelector("p.summary");
+        if (summary) document.querySelector("main h1").after(document.adoptNode(summary));
+        table = document.adoptNode(table);
+        oldTable.replaceWith(table);
+        var pager = fresh.querySelector("nav.pager");
+        if (pager) table.after(document.adoptNode(pager));
+        enhance(table);
+        table.querySelectorAll("tr.file").forEach(function (row) {
+          var label = row.querySelector("td.name .label");
+          if (label && names.indexOf(label.textContent) !== -1) row.classList.add("fresh");
+        });
+      })
+      .catch(function () {
+        window.location.reload();
+      });
+  };
+
+  function init() {
+    enhance(document);
+    var panel = document.querySelector("section.upload[data-max-size]");
+    if (panel && window.FormData && window.XMLHttpRequest) {
+      new Uploader(panel).start();
+    }
   }
 
   if (document.readyState === "loading") {
