@@ -162,7 +162,7 @@ class Writes:
             raise Conflict("the root cannot be deleted")
         target = open_write_target(path.rstrip("/"), self.policy, create_parents=False)
         try:
-            delete(target, _checker(request))
+            delete(target, _checker(request), directory=path.endswith("/"))
         finally:
             target.close()
         self.index.remove(target.path)

@@ -114,6 +114,8 @@ class AtomicWrite:
             before = current(self.target)
             if before is not None and stat.S_ISDIR(before.st_mode):
                 raise Conflict("a directory is in the way")
+            if before is not None and stat.S_ISLNK(before.st_mode):
+                raise Conflict("a symbolic link is in the way")  # reads may refuse it: so do writes
             check(before)
             os.replace(
                 self.temp_name, self.target.name, src_dir_fd=self.target.dir_fd, dst_dir_fd=self.target.dir_fd
@@ -139,11 +141,14 @@ class AtomicWrite:
             self.temp_name = ""
 
 
-def delete(target: WriteTarget, check: Check) -> bool:
-    """Remove a file (or an empty directory); returns whether it was a directory."""
+def delete(target: WriteTarget, check: Check, *, directory: bool = False) -> bool:
+    """Remove a file (or an empty directory); returns whether it was a directory.
+
+    With `directory` (a URL ending in '/'), only a directory is removed, as only one is served.
+    """
     with _DirectoryLock(target.dir_fd):
         before = current(target)
-        if before is None:
+        if before is None or (directory and not stat.S_ISDIR(before.st_mode)):
             raise NotFound()
         check(before)
         if not stat.S_ISDIR(before.st_mode):
