@@ -1,16 +1,21 @@
-"""The load generators: curl for single transfers and time to first byte, wrk for concurrent load,
-and a sampler of the servers' resident memory while wrk runs.
+"""The load generators: curl for single transfers, uploads and time to first byte, wrk for
+concurrent load, http.client for the latency of JSON requests, and a sampler of the servers'
+resident memory while they work.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from tests.bench.system import BenchError, rss_kib
+from tests.bench.system import HOST, BenchError, rss_kib
 
 RANGE_SPAN = 64 * 1024
 WRK_THREADS = 2
@@ -76,6 +81,83 @@ def curl(
     if (transfer.status, transfer.size) != expect:
         raise BenchError(f"curl {url} {headers}: got {transfer.status}/{transfer.size} bytes, want {expect}")
     return transfer
+
+
+@dataclass(frozen=True)
+class Upload:
+    status: int
+    size: int
+    speed: float  # bytes per second over the whole request, response included
+
+
+def upload(curl_bin: str, url: str, source: Path, *, token: str | None, timeout: float) -> Upload:
+    """One PUT of `source` (curl -T: Expect: 100-continue, then the body from the file)."""
+    command = [curl_bin, "-sS", "--noproxy", "*", "-o", "/dev/null", "--max-time", f"{timeout:.0f}"]
+    command += ["-T", str(source), "-w", "%{http_code} %{size_upload} %{speed_upload}"]
+    if token is not None:
+        command += ["-H", f"Authorization: Bearer {token}"]
+    result = subprocess.run(
+        [*command, url], capture_output=True, text=True, timeout=timeout + 15, check=False
+    )
+    if result.returncode != 0:
+        raise BenchError(f"curl -T {url} exited {result.returncode}: {result.stderr.strip()}")
+    status, size, speed = result.stdout.split()
+    sent = Upload(int(status), int(size), float(speed))
+    expected = source.stat().st_size
+    if sent.status not in (200, 201, 204) or sent.size != expected:
+        raise BenchError(
+            f"curl -T {url}: got {sent.status} after {sent.size} bytes, want 2xx after {expected}"
+        )
+    return sent
+
+
+# --- http.client -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall times of one GET repeated on one keep-alive connection, and the last JSON answer."""
+
+    milliseconds: list[float]
+    body: dict[str, Any]
+
+
+def timed_gets(port: int, path: str, *, requests: int, timeout: float = 60.0) -> Timings:
+    """`requests` GETs of `path`, each timed from sending the request to the last body byte."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    times: list[float] = []
+    body = b""
+    try:
+        for _ in range(requests):
+            began = time.perf_counter()
+            connection.request("GET", path)
+            response = connection.getresponse()
+            body = response.read()
+            times.append((time.perf_counter() - began) * 1000)
+            if response.status != 200:
+                raise BenchError(f"GET {path}: {response.status} {body[:200]!r}")
+    except OSError as exc:
+        raise BenchError(f"GET {path}: {exc}") from exc
+    finally:
+        connection.close()
+    decoded: dict[str, Any] = json.loads(body)
+    return Timings(times, decoded)
+
+
+def fetch_text(port: int, path: str, *, timeout: float = 10.0) -> str:
+    """One GET's body as text (/metrics, for instance)."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read().decode(errors="replace")
+    except OSError as exc:
+        raise BenchError(f"GET {path}: {exc}") from exc
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise BenchError(f"GET {path}: {response.status} {body[:200]!r}")
+    return body
 
 
 # --- wrk ---------------------------------------------------------------------------------------

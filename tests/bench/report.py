@@ -1,10 +1,12 @@
-"""Results over runs and the markdown report: the comparison table, the chunk-size table, details."""
+"""Results over runs and the markdown report: the comparison tables, the chunk-size table, the
+table of single figures (the index at scale), details."""
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from tests.bench.measures import Measure, Sample
 
@@ -63,10 +65,17 @@ def _nginx_variant(name: str) -> str:
     return name.removeprefix("nginx ").strip()
 
 
-def comparison_row(results: Results, measure: Measure, ferry: str, nginx: list[str]) -> str:
+def comparison_row(
+    results: Results, measure: Measure, ferry: str, nginx: list[str], *, absent: str = "n/a"
+) -> str:
+    """`absent`: the nginx cell when no nginx could take this measure (Ferry's figure stands alone)."""
     ferry_value, best = results.figure(ferry, measure), results.best(nginx, measure)
-    if ferry_value is None or best is None:
+    if ferry_value is None:
         return _row([measure.title, "n/a", "n/a", "n/a", measure.target.text])
+    if best is None:
+        return _row(
+            [measure.title, format_value(ferry_value, measure.unit), absent, "n/a", measure.target.text]
+        )
     nginx_value, winner = best
     ratio = ferry_value / nginx_value if nginx_value else 0.0
     verdict = measure.target.verdict(ferry_value, ratio)
@@ -81,12 +90,14 @@ def comparison_row(results: Results, measure: Measure, ferry: str, nginx: list[s
     )
 
 
-def comparison_table(results: Results, measures: list[Measure], ferry: str, nginx: list[str]) -> str:
+def comparison_table(
+    results: Results, measures: list[Measure], ferry: str, nginx: list[str], *, absent: str = "n/a"
+) -> str:
     lines = [
         _row(["measure", "Ferry", "nginx (best)", "Ferry/nginx ratio", "target"]),
         _row(["---"] * 5),
     ]
-    lines += [comparison_row(results, measure, ferry, nginx) for measure in measures]
+    lines += [comparison_row(results, measure, ferry, nginx, absent=absent) for measure in measures]
     return "\n".join(lines)
 
 
@@ -108,6 +119,47 @@ def chunk_table(results: Results, measures: list[Measure], ferries: list[str], n
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Figure:
+    """One figure taken once (no nginx counterpart): a row of the index table."""
+
+    label: str
+    unit: str
+    value: float
+    detail: str = ""
+
+    @property
+    def title(self) -> str:
+        return f"{self.label} ({self.unit})"
+
+
+def figure_table(figures: list[Figure]) -> str:
+    lines = [_row(["measure", "Ferry", "detail"]), _row(["---"] * 3)]
+    lines += [
+        _row([figure.title, format_value(figure.value, figure.unit), figure.detail]) for figure in figures
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Section:
+    """A titled table of its own, with its context and notes as bullet lists."""
+
+    title: str
+    table: str
+    context: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def markdown(self) -> list[str]:
+        parts = [f"## {self.title}", ""]
+        if self.context:
+            parts += [*(f"- {line}" for line in self.context), ""]
+        parts += [self.table, ""]
+        if self.notes:
+            parts += [*(f"- {note}" for note in self.notes), ""]
+        return parts
+
+
 def details(results: Results, measures: list[Measure], servers: list[str]) -> str:
     """Every run's figure per server, with what wrk and the samplers saw."""
     lines: list[str] = []
@@ -123,9 +175,18 @@ def details(results: Results, measures: list[Measure], servers: list[str]) -> st
     return "\n".join(lines)
 
 
-def document(title: str, context: list[str], table: str, notes: list[str], detail: str) -> str:
+def document(
+    title: str,
+    context: list[str],
+    table: str,
+    notes: list[str],
+    detail: str,
+    sections: Iterable[Section] = (),
+) -> str:
     parts = [f"# {title}", "", *(f"- {line}" for line in context), "", table, ""]
     if notes:
         parts += [*(f"- {note}" for note in notes), ""]
+    for section in sections:
+        parts += section.markdown()
     parts += ["## Every run", "", detail, ""]
     return "\n".join(parts)

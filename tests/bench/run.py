@@ -4,12 +4,16 @@ Starts Ferry (FERRY_WORKERS=2 by default) and two nginx instances (sendfile on; 
 off) on free 127.0.0.1 ports, serves random-byte files from a temp dir (1 GiB, 100 MiB, 64 KiB,
 1 MiB), and measures issue 3's figures with curl and wrk: each run goes measure by measure, every
 server in turn (the order rotated each run); the report gives medians over the runs, nginx's better
-variant per measure, and the Ferry/nginx ratio against issue 3's targets. The markdown goes to
+variant per measure, and the Ferry/nginx ratio against issue 3's targets. Then the uploads (issue
+5: a 1 GiB PUT with curl -T into Ferry, fsync on and off, and into nginx's WebDAV PUT; uploads.py)
+and the index at scale (issue 4: a tree of a million empty files, Ferry's scan, index size, memory,
+listing and search latency; index_scale.py), each in a table of its own. The markdown goes to
 stdout and to bench-results/latest.md; progress goes to stderr.
 
-    .venv/bin/python -m tests.bench.run                  # the full run (~6 minutes on 2 cores)
+    .venv/bin/python -m tests.bench.run                  # the full run (~10 minutes on 2 cores)
     .venv/bin/python -m tests.bench.run --quick          # tiny sizes, one run: a smoke test
     .venv/bin/python -m tests.bench.run --chunk-sizes 256KiB,1MiB,4MiB   # Ferry's chunked path
+    .venv/bin/python -m tests.bench.run --index-files 0 --upload-size 0  # downloads only
 
 Every server is stopped at the end, on Ctrl-C, on SIGTERM and when the run passes --time-limit.
 """
@@ -28,9 +32,20 @@ from pathlib import Path
 from types import FrameType
 
 from app.settings import Settings, parse_size
+from tests.bench import index_scale
 from tests.bench import measures as m
+from tests.bench import uploads as up
 from tests.bench.clients import curl, write_scripts, wrk
-from tests.bench.report import Results, chunk_table, comparison_table, details, document, format_value
+from tests.bench.report import (
+    Results,
+    Section,
+    chunk_table,
+    comparison_table,
+    details,
+    document,
+    figure_table,
+    format_value,
+)
 from tests.bench.servers import REPO, FerryOptions, Server, start_ferry, start_nginx
 from tests.bench.system import (
     BenchError,
@@ -56,10 +71,19 @@ class Defaults:
     connections: int
     ttfb: int
     time_limit: int
+    upload: str
+    index_files: int
+    index_requests: int
 
 
-FULL = Defaults("1GiB", "100MiB", runs=3, duration=8, connections=64, ttfb=50, time_limit=1800)
-QUICK = Defaults("8MiB", "4MiB", runs=1, duration=1, connections=8, ttfb=10, time_limit=100)
+FULL = Defaults(
+    "1GiB", "100MiB", runs=3, duration=8, connections=64, ttfb=50, time_limit=1800,
+    upload="1GiB", index_files=1_000_000, index_requests=50,
+)  # fmt: skip
+QUICK = Defaults(
+    "8MiB", "4MiB", runs=1, duration=1, connections=8, ttfb=10, time_limit=100,
+    upload="32MiB", index_files=2_000, index_requests=10,
+)  # fmt: skip
 
 
 class TimeLimitReached(Exception):
@@ -83,6 +107,9 @@ class Plan:
     data_dir: Path | None
     time_limit: int
     quick: bool
+    upload_size: int  # 0: no uploads
+    index_files: int  # 0: no index at scale
+    index_requests: int
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -106,7 +133,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--aggregate-size", help="each concurrent download (default 100MiB)")
     add("--small-size", default="64KiB", help="the small file (default 64KiB)")
     add("--medium-size", default="1MiB", help="the medium file (default 1MiB)")
-    add("--data-dir", type=Path, help="where the temp dir goes (default: the system temp dir)")
+    add("--upload-size", help="the PUT (default 1GiB; quick 32MiB; 0 skips the uploads)")
+    add("--index-files", type=int, help="files in the index tree (default 1000000; quick 2000; 0 skips)")
+    add(
+        "--data-dir",
+        type=Path,
+        help="where the temp dir and the kept index tree go (default: the system temp dir)",
+    )
     add("--output", type=Path, help="the markdown file (default bench-results/latest.md)")
     add("--time-limit", type=int, help="seconds before the run is abandoned (default 1800; quick 100)")
     return parser.parse_args(argv)
@@ -118,6 +151,9 @@ def plan_from(args: argparse.Namespace) -> Plan:
     for size in [*chunk_sizes, *([args.chunk_size] if args.chunk_size else [])]:
         parse_size(size)  # a bad size stops here, not after the data is written
     default_output = "chunk-sizes.md" if chunk_sizes else "latest.md"
+    index_files = base.index_files if args.index_files is None else args.index_files
+    if not 0 <= index_files <= index_scale.MAX_FILES:
+        raise SystemExit(f"--index-files {index_files}: from 0 (none) to {index_scale.MAX_FILES:,}")
     return Plan(
         sizes=m.Sizes(
             stream=parse_size(args.stream_size or base.stream),
@@ -137,6 +173,9 @@ def plan_from(args: argparse.Namespace) -> Plan:
         data_dir=args.data_dir,
         time_limit=args.time_limit or base.time_limit,
         quick=args.quick,
+        upload_size=parse_size(args.upload_size or base.upload),
+        index_files=index_files,
+        index_requests=base.index_requests,
     )
 
 
@@ -272,8 +311,67 @@ def context_lines(plan: Plan, info: dict[str, str], data: m.DataSet, load_before
     ]
 
 
+# --- uploads and the index at scale ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A table after the downloads' one, and what its measures add to the details."""
+
+    section: Section
+    measures: list[m.Measure]
+    servers: list[str]
+
+
+def measure_uploads(plan: Plan, tools: Tools, workdir: Path, results: Results) -> Extra:
+    catalog = up.catalog(plan.upload_size)
+    with ExitStack() as stack:
+        targets, missing = up.start_upload_servers(plan.ferry, plan.nginx_workers, tools, workdir, stack)
+        source = up.write_source(workdir, plan.upload_size)
+        timeout = max(120.0, plan.upload_size / 20e6)  # 20 MB/s would be a broken server
+        up.measure_uploads(tools, targets, source, runs=plan.runs, timeout=timeout, results=results)
+    absent = f"— (nginx: {missing})" if missing else "n/a"
+    table = comparison_table(results, catalog, "Ferry", [up.NGINX_NAME], absent=absent)
+    size = m.format_size(plan.upload_size)
+    nginx = (
+        f"nginx: {missing}"
+        if missing
+        else f"nginx: worker_processes {plan.nginx_workers}, dav_methods PUT, client_max_body_size 0; the "
+        "body goes to a temp file in its prefix (the same filesystem) and is renamed into place, no fsync"
+    )
+    context = (
+        f"Ferry: FERRY_WORKERS={plan.ferry.workers}, --write-token, one server with fsync on (its "
+        "default) and one with --no-fsync; each writes a temp file in the target's directory and "
+        "renames it into place",
+        nginx,
+        f"method: curl -T (Expect: 100-continue) of a {size} random-byte file from the page cache, "
+        f"speed_upload; {plan.runs} run(s), the servers in turn (order rotated per run), medians; each "
+        "upload makes a new file, removed and written back (os.sync) before the next, untimed",
+        f"data: on {filesystem_of(workdir)}; peak RSS sampled every 50 ms",
+    )
+    notes = (
+        () if missing else ("nginx has no fsync to turn off: its one figure stands in both (10) and (11)",)
+    )
+    section = Section(f"Uploads: one {size} PUT", table, context, notes)
+    return Extra(section, catalog, [] if missing else [up.NGINX_NAME])
+
+
+def measure_index(plan: Plan, workdir: Path) -> Extra:
+    base = plan.data_dir or Path(tempfile.gettempdir())
+    tree = index_scale.tree_for(base, plan.index_files)
+    outcome = index_scale.measure_index(plan.ferry, tree, workdir, requests=plan.index_requests)
+    context = (*outcome.context, f"data: on {filesystem_of(tree.root)}; nginx has no index: no ratios")
+    section = Section(f"Index at {plan.index_files:,} files", figure_table(outcome.figures), context)
+    return Extra(section, [], [])
+
+
 def render(
-    plan: Plan, results: Results, catalog: list[m.Measure], servers: list[Server], context: list[str]
+    plan: Plan,
+    results: Results,
+    catalog: list[m.Measure],
+    servers: list[Server],
+    context: list[str],
+    extras: list[Extra],
 ) -> str:
     names = [server.name for server in servers]
     nginx = [name for name in names if name.startswith("nginx")]
@@ -288,7 +386,11 @@ def render(
     else:
         shown, table = catalog, comparison_table(results, catalog, ferries[0], nginx)
         title, notes = "Ferry against nginx — `make bench`", []
-    return document(title, context, table, notes, details(results, shown, names))
+    for extra in extras:
+        shown = shown + extra.measures
+        names += [name for name in extra.servers if name not in names]
+    sections = [extra.section for extra in extras]
+    return document(title, context, table, notes, details(results, shown, names), sections)
 
 
 def run(plan: Plan, tools: Tools) -> str:
@@ -318,11 +420,17 @@ def run(plan: Plan, tools: Tools) -> str:
             ttfb_requests=plan.ttfb_requests,
             stream_timeout=120.0,
         )
-        servers = start_servers(plan, tools, data, workdir, stack)
-        warm_up(bench, servers, plan.quick)
-        results = measure_all(plan, bench, servers, steps, {measure.key: measure for measure in catalog})
+        with ExitStack() as downloads:  # stopped before the uploads and the index start
+            servers = start_servers(plan, tools, data, workdir, downloads)
+            warm_up(bench, servers, plan.quick)
+            results = measure_all(plan, bench, servers, steps, {measure.key: measure for measure in catalog})
+        extras: list[Extra] = []
+        if not plan.chunk_sizes and plan.upload_size:
+            extras.append(measure_uploads(plan, tools, workdir, results))
+        if not plan.chunk_sizes and plan.index_files:
+            extras.append(measure_index(plan, workdir))
         context = context_lines(plan, info, data, load_before)
-        return render(plan, results, catalog, servers, context)
+        return render(plan, results, catalog, servers, context, extras)
 
 
 def main(argv: list[str] | None = None) -> int:

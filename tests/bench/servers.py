@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.bench.system import HOST, BenchError, child_pids, command_line, free_port, kill_group
@@ -30,6 +30,7 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     log: Path
+    started_at: float = field(default_factory=time.monotonic)  # just after the process was spawned
 
     def url(self, path: str) -> str:
         return f"http://{HOST}:{self.port}{path}"
@@ -99,11 +100,21 @@ class FerryOptions:
         return flags + (["--chunk-size", self.chunk_size] if self.chunk_size else [])
 
 
-def start_ferry(name: str, options: FerryOptions, root: Path, workdir: Path) -> Server:
-    """`ferry serve` with its access log (on by default) going to a file in `workdir`."""
+def start_ferry(
+    name: str,
+    options: FerryOptions,
+    root: Path,
+    workdir: Path,
+    *,
+    index_path: Path | None = None,
+    extra: tuple[str, ...] = (),
+) -> Server:
+    """`ferry serve` with its access log (on by default) going to a file in `workdir`, and its own
+    index (default: a fresh file in `workdir`, so no two servers of a run share one)."""
     port = free_port()
+    index = index_path or workdir / f"ferry-{port}-index.sqlite3"
     command = [sys.executable, "-m", "app", "serve", "--root", str(root), "--host", HOST]
-    command += ["--port", str(port), *options.flags()]
+    command += ["--port", str(port), "--index-path", str(index), *options.flags(), *extra]
     env = {key: value for key, value in os.environ.items() if not key.startswith("FERRY_")}
     env["PYTHONPATH"] = str(REPO)
     log = workdir / f"ferry-{port}.log"
@@ -125,8 +136,26 @@ def _temp_path_directives(nginx: str, prefix: Path) -> str:
     return "\n    ".join(lines)
 
 
-def nginx_config(*, nginx: str, port: int, root: Path, prefix: Path, nopush: bool, workers: int) -> str:
-    """sendfile on, tcp_nopush on or off, logs and pid in `prefix`; /files/NAME serves root/NAME."""
+def has_dav(nginx: str) -> bool:
+    """Whether this nginx was built with ngx_http_dav_module (PUT)."""
+    build = subprocess.run([nginx, "-V"], capture_output=True, text=True, timeout=10, check=False).stderr
+    return "http_dav_module" in build
+
+
+# WebDAV PUT into the served directory: bodies of any size, written to a temp file in the prefix
+# (client_body_temp_path, the same filesystem) and renamed into place — nginx does not fsync them.
+_DAV_PUT = """
+            dav_methods PUT;
+            dav_access user:rw group:r all:r;
+            create_full_put_path on;
+            client_max_body_size 0;"""
+
+
+def nginx_config(
+    *, nginx: str, port: int, root: Path, prefix: Path, nopush: bool, workers: int, dav: bool = False
+) -> str:
+    """sendfile on, tcp_nopush on or off, logs and pid in `prefix`; /files/NAME serves root/NAME
+    (and, with `dav`, PUT /files/NAME writes it)."""
     # As root, nginx's workers would drop to `nobody`, who may not read the temp dir.
     user = "user root;\n" if os.geteuid() == 0 else ""
     return f"""{user}worker_processes {workers};
@@ -150,20 +179,24 @@ http {{
             return 200 "ok\\n";
         }}
         location /files/ {{
-            alias {root}/;
+            alias {root}/;{_DAV_PUT if dav else ""}
         }}
     }}
 }}
 """
 
 
-def start_nginx(name: str, *, nginx: str, nopush: bool, workers: int, root: Path, workdir: Path) -> Server:
+def start_nginx(
+    name: str, *, nginx: str, nopush: bool, workers: int, root: Path, workdir: Path, dav: bool = False
+) -> Server:
     port = free_port()
     prefix = workdir / f"nginx-{port}"
     prefix.mkdir()
     config = prefix / "nginx.conf"
     config.write_text(
-        nginx_config(nginx=nginx, port=port, root=root, prefix=prefix, nopush=nopush, workers=workers)
+        nginx_config(
+            nginx=nginx, port=port, root=root, prefix=prefix, nopush=nopush, workers=workers, dav=dav
+        )
     )
     # -e: errors before the config is read go to the prefix, not /var/log/nginx.
     command = [nginx, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(config)]

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +168,28 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time the process has used so far."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def wait_idle(pid: int, *, window: float = 0.5, busy: float = 0.1, timeout: float = 120.0) -> bool:
+    """Wait until the process uses less than `busy` of a CPU over `window` seconds; False if it
+    never did within `timeout` (or is gone)."""
+    deadline = time.monotonic() + timeout
+    before = cpu_seconds(pid)
+    while before is not None and time.monotonic() < deadline:
+        time.sleep(window)
+        after = cpu_seconds(pid)
+        if after is not None and after - before < busy * window:
+            return True
+        before = after
+    return False
+
+
 def kill_group(pgid: int) -> None:
     """SIGKILL whatever is left of a process group this harness started."""
     if group_pids(pgid):
@@ -189,6 +212,18 @@ def write_random_file(path: Path, size: int) -> None:
             remaining -= len(block)
         out.flush()
         os.fsync(out.fileno())
+
+
+def create_empty_files(directory: Path, names: list[str]) -> None:
+    """Empty files, one open and close each, relative to one directory descriptor (no path walk)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in names:
+            os.close(os.open(name, flags, 0o644, dir_fd=dir_fd))
+    finally:
+        os.close(dir_fd)
 
 
 def warm(path: Path) -> None:

@@ -1,6 +1,7 @@
 """`python -m tests.bench.run --quick` end to end: one table row per measure, with numeric Ferry
-and nginx figures, on stdout and in the --output file. Marked `clients` (not `bench`): it runs
-in `make test`.
+and nginx figures, on stdout and in the --output file; the uploads' rows (nginx's WebDAV PUT, or
+Ferry alone where nginx has no dav module); the index table at 2,000 files. Marked `clients` (not
+`bench`): it runs in `make test`.
 """
 
 from __future__ import annotations
@@ -17,19 +18,50 @@ from tests.bench.system import find_tool
 pytestmark = pytest.mark.clients
 
 REPO = Path(__file__).resolve().parents[2]
-MEASURE_KEYS = [str(key) for key in range(1, 10)]
+DOWNLOAD_KEYS = [str(key) for key in range(1, 10)]
+UPLOAD_KEYS = ["10", "11", "12"]
+INDEX_FILES = 2_000  # --quick
+# The index table's rows, by the start of their label.
+INDEX_ROWS = [
+    "start-up scan, as Ferry logs it (s)",
+    "start-up scan, wall time",
+    "restart with that index: scan",
+    "restart: wall time",
+    "index on disk",
+    "server RSS after the scan",
+    "listing: first page",
+    "listing: its last page",
+    'search "0001086"',
+    'search "f00"',
+    'search "99"',
+    'search "zq"',
+    "server peak RSS",
+    "for context: `find DIR -type f \\| wc -l`",
+    "for context: `find DIR -type f -printf",
+]
 _NUMBER = re.compile(r"^\d[\d,]*(\.\d+)?")
 _MISSING = [tool for tool in ("nginx", "wrk", "curl") if find_tool(tool) is None]
 
 
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+
+
 def table_rows(markdown: str) -> dict[str, list[str]]:
-    """The comparison table's rows by measure key: "(3) ..." → its cells."""
+    """The comparison tables' rows by measure key: "(3) ..." → its cells."""
     rows: dict[str, list[str]] = {}
     for line in markdown.splitlines():
-        match = re.match(r"^\| \((\d)\) ", line)
+        match = re.match(r"^\| \((\d+)\) ", line)
         if match:
-            rows[match.group(1)] = [cell.strip() for cell in line.strip("|").split(" | ")]
+            rows[match.group(1)] = cells(line)
     return rows
+
+
+def section_rows(markdown: str, title: str) -> list[list[str]]:
+    """The rows of the table under `## title`, header and rule left out."""
+    lines = markdown.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0].splitlines()
+    table = [line for line in lines if line.startswith("| ")]
+    return [cells(line) for line in table[2:]]
 
 
 def number(cell: str) -> float:
@@ -45,14 +77,40 @@ def test_quick_bench_reports_every_measure_for_ferry_and_nginx(tmp_path: Path) -
     command += ["--data-dir", str(tmp_path)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
+    report = result.stdout
 
-    rows = table_rows(result.stdout)
-    assert sorted(rows) == MEASURE_KEYS, result.stdout
-    for cells in rows.values():
-        measure, ferry, nginx, ratio, _target = cells
+    rows = table_rows(report)
+    assert sorted(rows, key=int) == DOWNLOAD_KEYS + UPLOAD_KEYS, report
+    for key in DOWNLOAD_KEYS:
+        measure, ferry, nginx, ratio, _target = rows[key]
         assert number(ferry) > 0, measure
         assert number(nginx) > 0, measure
         assert re.search(r"\(tcp_nopush (on|off)\)", nginx), measure
         assert number(ratio) > 0, measure
-    assert output.read_text() in result.stdout
+    for key in UPLOAD_KEYS:
+        measure, ferry, nginx, ratio, _target = rows[key]
+        assert number(ferry) > 0, measure
+        if nginx == "— (nginx: no dav module in nginx-light)":
+            assert ratio == "n/a", measure
+        else:
+            assert number(nginx) > 0 and nginx.endswith("(dav)"), measure
+            assert number(ratio) > 0, measure
+
+    index = section_rows(report, f"Index at {INDEX_FILES:,} files")
+    assert len(index) == len(INDEX_ROWS), index
+    for row, label in zip(index, INDEX_ROWS, strict=True):
+        measure, ferry, detail = row
+        assert measure.startswith(label), (measure, label)
+        assert number(ferry) >= 0, measure
+        if measure.endswith("(ms)") or measure.endswith("(MiB)"):
+            assert number(ferry) > 0, measure
+    by_label = {row[0]: row[2] for row in index}
+    scan = next(detail for label, detail in by_label.items() if label.startswith(INDEX_ROWS[0]))
+    # ROOT, d000, d000/e00 and d000/e01; the entries are the files and the three below ROOT.
+    assert scan == "4 directories, 4 read from disk; 2,003 entries indexed", scan
+    restart = next(detail for label, detail in by_label.items() if label.startswith(INDEX_ROWS[2]))
+    assert restart == "4 directories, 0 read from disk", restart
+
+    assert output.read_text() in report
     assert not list(tmp_path.glob("ferry-bench-*")), "the temp dir outlived the run"
+    assert (tmp_path / f"ferry-index-tree-{INDEX_FILES}" / "complete").exists(), "the tree is kept"
