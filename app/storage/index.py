@@ -15,9 +15,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import queue
 import sqlite3
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Literal
 
 from app.errors import BadRequest, FerryError
-from app.storage.paths import PathPolicy, SafePath, child, relative, resolve
+from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve, servable_name, stat_child
 
 SCHEMA_VERSION = 3
+_POOL_SIZE = 4
 SortKey = Literal["name", "size", "mtime"]
 _SORT_COLUMNS: dict[str, str] = {"name": "name", "size": "size", "mtime": "mtime_ns"}
 
@@ -154,32 +155,48 @@ class Index:
     def __init__(self, db_path: Path, policy: PathPolicy) -> None:
         self.db_path = db_path
         self.policy = policy
-        self._local = threading.local()
+        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self._prepare()
 
+    def _fill(self) -> None:
+        while self._idle.qsize() < _POOL_SIZE:
+            self._idle.put(self._open())
+
     # -- connections -------------------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one statement or transaction, from a fixed pool opened at start-up:
+        worker threads come and go, and a connection per thread would keep descriptors (SQLite
+        holds a closed connection's files open while others use the database) for every thread
+        that ever ran. Callers never hold two at once, so the pool cannot deadlock."""
+        try:
+            conn = self._idle.get(timeout=60)  # a fixed pool: a busy moment waits, it never opens more
+        except queue.Empty:
+            raise RuntimeError("no index connection came free within 60 s") from None
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        finally:
+            self._idle.put(conn)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def _prepare(self) -> None:
         """Create the schema; start afresh if it belongs to another ROOT, policy or version."""
@@ -187,6 +204,7 @@ class Index:
             [SCHEMA_VERSION, str(self.policy.root), self.policy.show_hidden, self.policy.follow_symlinks]
         )
         try:
+            self._fill()
             self._migrate(identity)
         except sqlite3.DatabaseError:
             self._reset_file()
@@ -211,26 +229,29 @@ class Index:
         self.close()
         for suffix in ("", "-wal", "-shm"):
             Path(str(self.db_path) + suffix).unlink(missing_ok=True)
+        self._fill()
 
     def close(self) -> None:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Close the idle connections (those in use close when returned to a full pool)."""
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
     # -- reads -------------------------------------------------------------------------------
 
     def count(self) -> int:
-        row = self._connection().execute("SELECT count(*) AS n FROM entries").fetchone()
+        with self._connection() as conn:
+            row = conn.execute("SELECT count(*) AS n FROM entries").fetchone()
         return int(row["n"])
 
     def get(self, path: str) -> Entry | None:
         parent, name = _split(path)
-        row = (
-            self._connection()
-            .execute("SELECT * FROM entries WHERE parent = ? AND name = ?", (parent, name))
-            .fetchone()
-        )
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT * FROM entries WHERE parent = ? AND name = ?", (parent, name)
+            ).fetchone()
         return None if row is None else _entry_from_row(row)
 
     def list_dir(
@@ -255,7 +276,8 @@ class Index:
         query = (
             f"SELECT * FROM entries WHERE {where} ORDER BY {', '.join(f'{k} {order}' for k in keys)} LIMIT ?"
         )
-        rows = self._connection().execute(query, (*args, limit + 1)).fetchall()
+        with self._connection() as conn:
+            rows = conn.execute(query, (*args, limit + 1)).fetchall()
         entries = [_entry_from_row(r) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
@@ -265,28 +287,37 @@ class Index:
 
     def search(self, query: str, *, limit: int, cursor: str | None = None) -> Page:
         """Entries whose name contains `query`, ignoring case, anywhere under ROOT."""
-        after = decode_cursor(cursor, (int,))[0] if cursor is not None else 0
-        conn = self._connection()
+        if any(ord(c) < 0x20 or c == "\x7f" for c in query):
+            raise BadRequest("control characters cannot be part of a name")
+        after = 0
+        if cursor is not None:
+            (last_id,) = decode_cursor(cursor, (int,))
+            assert isinstance(last_id, int)
+            after = last_id
+        with self._connection() as conn:
+            rows = self._search_rows(conn, query, after, limit)
+        entries = [_entry_from_row(r) for r in rows[:limit]]
+        next_cursor = encode_cursor([rows[limit - 1]["id"]]) if len(rows) > limit else None
+        return Page(entries, next_cursor)
+
+    @staticmethod
+    def _search_rows(conn: sqlite3.Connection, query: str, after: int, limit: int) -> list[sqlite3.Row]:
         if len(query) >= 3:
             # The trigram tokenizer matches a quoted phrase as a substring, case-insensitively.
             phrase = '"' + query.replace('"', '""') + '"'
-            rows = conn.execute(
+            return conn.execute(
                 "SELECT e.* FROM names JOIN entries e ON e.id = names.rowid "
                 "WHERE names MATCH ? AND names.rowid > ? ORDER BY names.rowid LIMIT ?",
                 (phrase, after, limit + 1),
             ).fetchall()
-        else:
-            # Shorter than a trigram: a LIKE over the case-folded names (LIKE itself folds ASCII
-            # only), stopped at the page size.
-            folded = query.casefold()
-            pattern = "%" + folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            rows = conn.execute(
-                "SELECT * FROM entries WHERE id > ? AND folded LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
-                (after, pattern, limit + 1),
-            ).fetchall()
-        entries = [_entry_from_row(r) for r in rows[:limit]]
-        next_cursor = encode_cursor([rows[limit - 1]["id"]]) if len(rows) > limit else None
-        return Page(entries, next_cursor)
+        # Shorter than a trigram: a LIKE over the case-folded names (LIKE itself folds ASCII
+        # only), stopped at the page size.
+        folded = query.casefold()
+        pattern = "%" + folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        return conn.execute(
+            "SELECT * FROM entries WHERE id > ? AND folded LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
+            (after, pattern, limit + 1),
+        ).fetchall()
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -298,7 +329,8 @@ class Index:
     def forget(self, path: str) -> None:
         """Drop an entry found missing on disk, if the index still has it (a read first: a flood
         of 404s must not turn into a flood of write transactions)."""
-        if self.get(path) is not None:
+        # With ROOT itself gone (an unmounted volume), nothing is known to be deleted: keep it all.
+        if os.path.isdir(self.policy.root) and self.get(path) is not None:
             self.remove(path)
 
     def remove(self, path: str) -> None:
@@ -338,7 +370,8 @@ class Index:
 
     def orphaned_uploads(self) -> list[str]:
         """Temporary upload files whose writing process is gone."""
-        rows = self._connection().execute("SELECT path, owner FROM uploads").fetchall()
+        with self._connection() as conn:
+            rows = conn.execute("SELECT path, owner FROM uploads").fetchall()
         return [r["path"] for r in rows if _process_key(int(r["owner"].partition(":")[0])) != r["owner"]]
 
     # -- scanning ----------------------------------------------------------------------------
@@ -346,6 +379,8 @@ class Index:
     def sync_path(self, path: str) -> None:
         """Bring one path up to date with the disk: add, update or drop it (a new directory is
         scanned whole)."""
+        if not os.path.isdir(self.policy.root):
+            return  # ROOT itself is gone (an unmounted volume): nothing is known to be deleted
         try:
             safe = resolve(path, self.policy)
             st = os.stat(safe)
@@ -369,7 +404,8 @@ class Index:
             mtime_ns = os.stat(safe).st_mtime_ns
         except (OSError, ValueError, FerryError):
             return
-        row = self._connection().execute("SELECT mtime_ns FROM dirs WHERE path = ?", (directory,)).fetchone()
+        with self._connection() as conn:
+            row = conn.execute("SELECT mtime_ns FROM dirs WHERE path = ?", (directory,)).fetchone()
         if row is None or row["mtime_ns"] != mtime_ns:
             self._rescan_dir(directory, safe)
 
@@ -379,7 +415,6 @@ class Index:
         began = time.monotonic()
         stack = [start]
         directories = rescanned = 0
-        conn = self._connection()
         while stack:
             directory = stack.pop()
             directories += 1
@@ -390,46 +425,51 @@ class Index:
                 if directory:
                     self.remove(directory)  # gone, or no longer allowed by the policy
                 continue
-            row = conn.execute("SELECT mtime_ns FROM dirs WHERE path = ?", (directory,)).fetchone()
-            if incremental and row is not None and row["mtime_ns"] == mtime_ns:
-                subdirs = [
-                    r["name"]
-                    for r in conn.execute(
-                        "SELECT name FROM entries WHERE parent = ? AND is_dir = 1", (directory,)
-                    )
-                ]
-            else:
-                subdirs = self._rescan_dir(directory, safe, mtime_ns)
+            subdirs = self._known_subdirs(directory, mtime_ns) if incremental else None
+            if subdirs is None:
+                subdirs = self._rescan_dir(directory, safe)
                 rescanned += 1
             stack.extend(_join(directory, name) for name in subdirs)
         return ScanStats(directories, rescanned, time.monotonic() - began)
 
-    def _rescan_dir(self, directory: str, safe: SafePath, mtime_ns: int | None = None) -> list[str]:
+    def _known_subdirs(self, directory: str, mtime_ns: int) -> list[str] | None:
+        """The indexed subdirectories of a directory whose mtime is unchanged; None if it changed."""
+        with self._connection() as conn:
+            row = conn.execute("SELECT mtime_ns FROM dirs WHERE path = ?", (directory,)).fetchone()
+            if row is None or row["mtime_ns"] != mtime_ns:
+                return None
+            rows = conn.execute("SELECT name FROM entries WHERE parent = ? AND is_dir = 1", (directory,))
+            return [r["name"] for r in rows]
+
+    def _rescan_dir(self, directory: str, safe: SafePath) -> list[str]:
         """Read one directory from disk into the index; returns the subdirectories to descend into
-        (real directories only: a symlinked directory is listed but not walked, so no loops)."""
+        (real directories only: a symlinked directory is listed but not walked, so no loops).
+
+        The directory is opened through the gate and read by descriptor, so a path swapped for a
+        symlink after the check cannot make the index list another directory.
+        """
         found: dict[str, Entry] = {}
         walk: list[str] = []
         try:
-            if mtime_ns is None:
-                mtime_ns = os.stat(safe).st_mtime_ns
-            with os.scandir(safe) as it:
+            fd, st_dir = open_beneath(safe, self.policy)
+        except (OSError, FerryError):
+            if directory:
+                self.remove(directory)
+            return []
+        try:
+            mtime_ns = st_dir.st_mtime_ns
+            with os.scandir(fd) as it:
                 for d in it:
-                    target = child(safe, d.name, self.policy, is_symlink=d.is_symlink())
-                    if target is None:
-                        continue
-                    try:
-                        st = d.stat()  # follows a symlink the gate allowed
-                    except OSError:
-                        continue
-                    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                    st = self._entry_stat(fd, d)
+                    if st is None or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
                         continue
                     found[d.name] = entry_from_stat(_join(directory, d.name), st)
                     if stat.S_ISDIR(st.st_mode) and not d.is_symlink():
                         walk.append(d.name)
         except OSError:
-            if directory:
-                self.remove(directory)
             return []
+        finally:
+            os.close(fd)
         with self._write() as w:
             known = {
                 r["name"]: r
@@ -457,6 +497,16 @@ class Index:
             )
         return walk
 
+    def _entry_stat(self, dir_fd: int, d: os.DirEntry[str]) -> os.stat_result | None:
+        if d.is_symlink():
+            return stat_child(dir_fd, d.name, self.policy)  # followed only where the gate allows
+        if not servable_name(d.name, self.policy):
+            return None
+        try:
+            return d.stat(follow_symlinks=False)
+        except OSError:
+            return None
+
     def entry_for(self, safe: SafePath) -> Entry | None:
         """A live entry for a gated path (stat now), keeping the index in step with what it saw."""
         path = relative(safe, self.policy)
@@ -464,7 +514,7 @@ class Index:
             st = os.stat(safe)
         except OSError:
             if path:
-                self.remove(path)
+                self.forget(path)
             return None
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             return None

@@ -76,17 +76,24 @@ def servable_name(name: str, policy: PathPolicy) -> bool:
     return True
 
 
-def child(directory: SafePath, name: str, policy: PathPolicy, *, is_symlink: bool) -> SafePath | None:
-    """The gated path of an entry found in a gated directory, or None if it may not be served.
-
-    A plain entry of an allowed directory is allowed by construction; a symlink is resolved.
-    """
+def stat_child(dir_fd: int, name: str, policy: PathPolicy) -> os.stat_result | None:
+    """The stat of what a symlink in an opened directory leads to, if the policy allows it:
+    the target is opened and its descriptor's own location checked, so no swap can redirect it."""
     if not servable_name(name, policy):
         return None
-    path = directory / name
-    if is_symlink and not _allowed(Path(os.path.realpath(path)), policy):
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
         return None
-    return SafePath(path)
+    try:
+        location = _fd_location(fd)
+        if location is None:
+            location = Path(os.path.realpath(_PROC_FD / str(dir_fd) / name))
+        return os.fstat(fd) if _allowed(location, policy) else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def relative(path: SafePath, policy: PathPolicy) -> str:
@@ -107,7 +114,11 @@ def resolve(url_path: str, policy: PathPolicy) -> SafePath:
     """Map a decoded URL path (relative to ROOT) to a path that is safe to open, or raise."""
     segments = split_url_path(url_path, policy)
     joined = policy.root.joinpath(*segments)
-    if not _allowed(Path(os.path.realpath(joined)), policy):
+    try:
+        real = Path(os.path.realpath(joined))
+    except OSError as exc:
+        raise NotFound() from exc  # e.g. a component swapped between lstat and readlink
+    if not _allowed(real, policy):
         raise NotFound()
     return SafePath(joined)
 

@@ -1,0 +1,1 @@
+"""`make load`: many concurrent connections against a real `ferry serve` (tests/load/run.py)."""
