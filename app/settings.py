@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     body_timeout: float = Field(
         60, gt=0, description="seconds an upload body may stall before the connection closes"
     )
+    keepalive_timeout: float = Field(
+        20, gt=0, description="seconds an idle keep-alive connection stays open after a response"
+    )
     max_url_length: Size = Field(8192, ge=256, le=1024**2, description="longest request target (else 414)")
     max_headers: int = Field(100, ge=8, le=10_000, description="most request header fields (else 431)")
     max_header_size: Size = Field(

@@ -39,6 +39,9 @@ class FerryConfig(uvicorn.Config):
             log_config=_log_config(),
             access_log=False,  # Ferry writes its own (app/access.py)
             timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
+            # Counted from when the last byte is queued, not read: a short one closes connections
+            # under clients still reading a response that sat in the socket buffers.
+            timeout_keep_alive=math.ceil(settings.keepalive_timeout),
             **kwargs,
         )
 

@@ -225,6 +225,7 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         "max_upload_size": "1GiB",
         "shutdown_timeout": "10",
         "header_timeout": "5",
+        "keepalive_timeout": "30",
         "body_timeout": "20",
         "max_url_length": "4KiB",
         "max_headers": "50",
