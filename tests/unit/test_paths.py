@@ -10,6 +10,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.errors import BadRequest, NotFound
 from app.storage.paths import PathPolicy, SafePath, open_beneath, resolve, split_url_path
@@ -306,3 +308,46 @@ def test_open_beneath_catches_a_directory_swapped_for_a_symlink_after_resolve(
     (tree.outside / "root_secret" / "x.txt").write_bytes(b"OUTSIDE")
     with pytest.raises(NotFound):
         open_beneath(safe, policy)
+
+
+# Text built from what path attacks are made of, plus anything at all.
+_PATH_TEXT = st.one_of(
+    st.text(max_size=60),
+    st.lists(
+        st.sampled_from(["..", ".", "", "a", ".h", "\\", "%2e", "..\\", "\x00", "\r", "é", "b.txt"]),
+        max_size=8,
+    ).map("/".join),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(url_path=_PATH_TEXT, show_hidden=st.booleans())
+def test_split_url_path_accepts_only_plain_names(url_path: str, show_hidden: bool) -> None:
+    policy = PathPolicy(root=Path("/srv/root"), show_hidden=show_hidden)
+    try:
+        segments = split_url_path(url_path, policy)
+    except (BadRequest, NotFound):
+        return
+    for segment in segments:
+        assert segment not in ("", ".", "..")
+        assert "/" not in segment and "\\" not in segment
+        assert all(ord(c) >= 0x20 and c != "\x7f" for c in segment)
+        assert show_hidden or not segment.startswith(".")
+    assert policy.root.joinpath(*segments).resolve().is_relative_to(policy.root)
+
+
+@settings(max_examples=300, deadline=None)
+@given(url_path=_PATH_TEXT)
+def test_resolve_never_leaves_root(tmp_path_factory: pytest.TempPathFactory, url_path: str) -> None:
+    base = tmp_path_factory.getbasetemp() / "resolve-property"
+    root = base / "root"
+    if not root.exists():
+        (root / "a").mkdir(parents=True)
+        (base / "outside").mkdir()
+        (root / "link").symlink_to(base / "outside")
+    policy = PathPolicy(root=root.resolve())
+    try:
+        safe = resolve(url_path, policy)
+    except (BadRequest, NotFound):
+        return
+    assert Path(os.path.realpath(safe)).is_relative_to(policy.root)
