@@ -24,7 +24,7 @@ from app.http.mime import ACTIVE_TYPES, content_type_for
 from app.http.plan import DownloadRequest, FileFacts, plan_download
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields, query_params
 from app.settings import Settings
-from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve
+from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve_to_open
 from app.transfer.download import FileResponse, TransferOptions
 from app.transfer.slots import DownloadSlots
 from app.views.listing import DirectoryResponse
@@ -61,7 +61,7 @@ class Downloads:
 
     def respond(self, scope: Scope) -> Response:
         path: str = scope["path"][len(PREFIX) :]
-        safe = resolve(path, self.policy)
+        safe = resolve_to_open(path, self.policy)
         try:
             fd, st = open_beneath(safe, self.policy)
         except NotFound:

@@ -29,6 +29,7 @@ from app.errors import BadRequest, NotFound, ServiceUnavailable
 SafePath = NewType("SafePath", Path)
 
 _PROC_FD = Path("/proc/self/fd")
+_HAS_PROC = _PROC_FD.is_dir()  # Linux: an opened descriptor's real location can be read back
 # Uploads are written to "<TEMP_PREFIX><random>.part" beside their target, then renamed into place.
 TEMP_PREFIX = ".ferry-upload-"
 
@@ -123,6 +124,15 @@ def resolve(url_path: str, policy: PathPolicy) -> SafePath:
     return SafePath(joined)
 
 
+def resolve_to_open(url_path: str, policy: PathPolicy) -> SafePath:
+    """`resolve` for a path that is about to go through `open_beneath`: where /proc lets
+    `open_beneath` check the opened descriptor itself (the authoritative check), the realpath
+    walk before it would only repeat that check, racily; so only the lexical pass runs here."""
+    if not _HAS_PROC:
+        return resolve(url_path, policy)
+    return SafePath(policy.root.joinpath(*split_url_path(url_path, policy)))
+
+
 def _fd_location(fd: int) -> Path | None:
     try:
         return Path(os.readlink(_PROC_FD / str(fd)))
@@ -188,7 +198,7 @@ def _writable_location(fd: int, policy: PathPolicy) -> bool:
 
 def _open_dir(name: str, dir_fd: int | None, policy: PathPolicy) -> int:
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-    if not _PROC_FD.is_dir():
+    if not _HAS_PROC:
         flags |= os.O_NOFOLLOW
     try:
         fd = os.open(name, flags, dir_fd=dir_fd)
