@@ -15,24 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
+from tests.clients.browser import screenshot
 from tests.conftest import FerryServer, start_server
 
 pytestmark = pytest.mark.clients
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 UNICODE_NAME = "résumé 数据.bin"
 # name -> size; the name order, the size order and the modification order all differ.
 FILES = {
@@ -81,15 +70,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerryServer]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert os.access(CHROMIUM, os.X_OK), "chromium is missing: `make tools` installs it"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def open_page(browser: Browser) -> Iterator[Any]:
     contexts = []
@@ -108,14 +88,6 @@ def open_page(browser: Browser) -> Iterator[Any]:
 
 def names(page: Page) -> list[str]:
     return page.locator("tr:is(.file, .dir) > td.name > a .label").all_inner_texts()
-
-
-def screenshot(page: Page, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / name
-    page.screenshot(path=path, full_page=True)
-    print(f"screenshot: {path}")
-    return path
 
 
 def test_sort_by_size_with_a_click(site: FerryServer, open_page: Any) -> None:

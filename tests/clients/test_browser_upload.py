@@ -19,9 +19,9 @@ from urllib.parse import urljoin
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
-from tests.clients.test_browser import ARGS, ARTIFACTS, CHROMIUM, screenshot
+from tests.clients.browser import ARTIFACTS, screenshot
 from tests.conftest import FerryServer, start_server
 
 pytestmark = pytest.mark.clients
@@ -56,15 +56,6 @@ def readonly(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerryServer]:
     server = start_server(base / "root", base / "cwd")
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert os.access(CHROMIUM, os.X_OK), "chromium is missing: `make tools` installs it"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
