@@ -21,15 +21,12 @@ Every server is stopped at the end, on Ctrl-C, on SIGTERM and when the run passe
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 from app.settings import Settings, parse_size
 from tests.bench import index_scale
@@ -57,6 +54,7 @@ from tests.bench.system import (
     machine_info,
     warm,
 )
+from tests.bounds import TimeLimitReached, bounded
 
 RESULTS_DIR = REPO / "bench-results"
 SETTLE_SECONDS = 0.3  # between measurements: let closed connections drain
@@ -84,10 +82,6 @@ QUICK = Defaults(
     "8MiB", "4MiB", runs=1, duration=1, connections=8, ttfb=10, time_limit=100,
     upload="32MiB", index_files=2_000, index_requests=10,
 )  # fmt: skip
-
-
-class TimeLimitReached(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -180,30 +174,6 @@ def plan_from(args: argparse.Namespace) -> Plan:
 
 
 # --- bounds ------------------------------------------------------------------------------------
-
-
-@contextmanager
-def bounded(seconds: int) -> Iterator[None]:
-    """SIGALRM after `seconds`, SIGTERM and SIGHUP all unwind the stack, so servers get stopped."""
-
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise TimeLimitReached(f"the run passed its {seconds} s time limit")
-
-    def on_terminate(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = {
-        signal.SIGALRM: signal.signal(signal.SIGALRM, on_alarm),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, on_terminate),
-        signal.SIGHUP: signal.signal(signal.SIGHUP, on_terminate),
-    }
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 # --- servers -----------------------------------------------------------------------------------

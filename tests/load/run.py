@@ -24,17 +24,14 @@ import argparse
 import asyncio
 import random
 import resource
-import signal
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 from app.settings import parse_size
+from tests.bounds import TimeLimitReached, bounded
 from tests.load import monitor as mon
 from tests.load.data import FULL_SIZES, QUICK_SIZES, DataTree, create_tree, size_name
 from tests.load.mix import Client, MixOptions, watchdog
@@ -48,10 +45,6 @@ from tests.load.wire import Connection
 FD_TIMEOUT = 10.0  # seconds the descriptors get to return to the baseline
 SAMPLE_INTERVAL = 0.5
 SPARE_FDS = 256  # the client's own files, beyond one per connection
-
-
-class TimeLimitReached(SystemExit):
-    """Raised by SIGALRM: a SystemExit, so that it unwinds an event loop too."""
 
 
 @dataclass(frozen=True)
@@ -122,30 +115,6 @@ def raise_open_file_limit(connections: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < needed:
         wanted = hard if hard != resource.RLIM_INFINITY else max(needed, 65536)
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
-@contextmanager
-def bounded(seconds: int) -> Iterator[None]:
-    """SIGALRM after `seconds`; SIGTERM and SIGHUP exit too; either way the stack unwinds."""
-
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise TimeLimitReached(f"the run passed its {seconds} s time limit")
-
-    def on_terminate(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = {
-        signal.SIGALRM: signal.signal(signal.SIGALRM, on_alarm),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, on_terminate),
-        signal.SIGHUP: signal.signal(signal.SIGHUP, on_terminate),
-    }
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 # --- the load ----------------------------------------------------------------------------------
