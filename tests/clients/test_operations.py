@@ -165,3 +165,25 @@ def test_sigterm_lets_a_download_finish_and_refuses_new_connections(
     assert refused
     assert total == 1024**3 and received.hexdigest() == expected.hexdigest()
     assert server.process.wait(timeout=30) == 0
+
+
+def test_sigterm_during_an_upload_leaves_nothing_behind(ferry: ServerFactory, tmp_path: Path) -> None:
+    """An upload still streaming when the shutdown timeout runs out is cut: its temporary file is
+    removed, the target untouched, and the process still exits 0."""
+    root = tmp_path / "root"
+    root.mkdir()
+    server = ferry(root, "--write-token", TOKEN, "--shutdown-timeout", "1", "--no-fsync")
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    head = (
+        f"PUT /files/cut.bin HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Length: {64 * 1024**2}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b"x" * (4 * 1024**2))
+    deadline = time.monotonic() + 10
+    while not list(root.glob(".ferry-upload-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(root.glob(".ferry-upload-*")), "the upload never started"
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=30) == 0
+    sock.close()
+    assert not list(root.iterdir()), list(root.iterdir())
