@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -121,9 +122,11 @@ def hash_open_file(
     *,
     extra: tuple[str, ...] = (),
     before_read: Callable[[int], bool] | None = None,
+    after_read: Callable[[int], None] | None = None,
 ) -> DigestBuilder | None:
     """Hash an opened regular file from offset 0; None if it changed while being read (or if
-    `before_read`, told the next read's size, returns False: stop)."""
+    `before_read`, told the next read's size, returns False: stop). `after_read` is told each
+    read's size."""
     builder = DigestBuilder(st.st_size, extra)
     offset = 0
     while offset < st.st_size:
@@ -135,6 +138,8 @@ def hash_open_file(
             return None
         builder.update(data)
         offset += size
+        if after_read is not None:
+            after_read(size)
     if identity(os.fstat(fd)) != identity(st):
         return None
     return builder
@@ -214,51 +219,66 @@ class DigestWorker:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        cursor, worked = 0, False
         while not self._stop.is_set():
             try:
-                worked = self._round()
+                cursor, hashed = self._round(cursor)
+                worked = worked or hashed
             except Exception:
                 logger.exception("hashing failed; trying again shortly")
+                cursor = 0
+            if cursor == 0:  # a pass over the queue is done
+                if not worked:
+                    self._stop.wait(self.idle_poll)
                 worked = False
-            if not worked:
-                self._stop.wait(self.idle_poll)
 
-    def _round(self) -> bool:
-        now = time.monotonic()
-        work = [(i, e) for i, e in self.index.pending_digests(64) if self._later.get(i, 0) <= now]
-        for entry_id, entry in work:
+    def _round(self, cursor: int) -> tuple[int, bool]:
+        """One batch of the queue after `cursor` (files still changing are passed over, so they
+        never hold up the rest); returns the next cursor (0: the pass is over) and whether any
+        file was hashed."""
+        batch = self.index.pending_digests(64, after=cursor)
+        if not batch:
+            return 0, False
+        now, hashed = time.monotonic(), False
+        for entry_id, entry in batch:
             if self._stop.is_set():
-                return True
-            self._hash_entry(entry_id, entry)
-        return bool(work)
+                break
+            if self._later.get(entry_id, 0.0) <= now:
+                hashed = self._hash_entry(entry_id, entry) or hashed
+        return batch[-1][0], hashed
 
-    def _hash_entry(self, entry_id: int, entry: Entry) -> None:
+    def _hash_entry(self, entry_id: int, entry: Entry) -> bool:
         known = self.index.digest((entry.dev, entry.ino, entry.size, entry.mtime_ns))
         if known is not None:
             self.index.done_digest(entry_id)  # an upload or a hard link already hashed it
-            return
+            return False
         try:
             fd, st = open_beneath(resolve(entry.path, self.index.policy), self.index.policy)
         except (OSError, ValueError, FerryError):
             self.index.done_digest(entry_id)  # gone or refused: a scan brings it back if it returns
-            return
+            return False
         try:
+            if not stat.S_ISREG(st.st_mode):
+                self.index.done_digest(entry_id)
+                return False
             if not settled(st):
+                if len(self._later) > 100_000:
+                    self._later.clear()  # entries deleted while waiting leave theirs behind
                 self._later[entry_id] = time.monotonic() + SETTLE_SECONDS
-                return
-            built = hash_open_file(fd, st, before_read=self._before_read)
+                return False
+            built = hash_open_file(fd, st, before_read=self._before_read, after_read=metrics.HASHED_BYTES.inc)
         finally:
             os.close(fd)
         if built is None:
             self._later[entry_id] = time.monotonic() + SETTLE_SECONDS  # changed, or stopping
-            return
+            return False
         self._later.pop(entry_id, None)
         self.index.put_digest(identity(st), built.result())
         self.index.done_digest(entry_id)
         self.hashed_files += 1
         self.hashed_bytes += st.st_size
         metrics.HASHED_FILES.inc()
-        metrics.HASHED_BYTES.inc(st.st_size)
+        return True
 
     def _before_read(self, size: int) -> bool:
         """Wait while transfers are in flight and while over the rate; False when stopping."""

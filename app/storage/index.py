@@ -21,7 +21,7 @@ import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +29,7 @@ from app.errors import BadRequest, FerryError
 from app.storage.digests import FileDigest, Identity
 from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve, servable_name, stat_child
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _POOL_SIZE = 4
 SortKey = Literal["name", "size", "mtime"]
 _SORT_COLUMNS: dict[str, str] = {"name": "name", "size": "size", "mtime": "mtime_ns"}
@@ -63,13 +63,14 @@ _SCHEMA = (
     PRIMARY KEY (dev, ino)
 )""",
     # Files whose bytes are new or changed since they were hashed: the digest worker's queue.
+    # (Not INSERT OR IGNORE: the UPSERT that fires these triggers would override its policy.)
     """CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY)""",
     """CREATE TRIGGER IF NOT EXISTS entries_pending_ai AFTER INSERT ON entries WHEN NOT new.is_dir BEGIN
-    INSERT OR IGNORE INTO pending (id) VALUES (new.id);
+    INSERT INTO pending (id) SELECT new.id WHERE NOT EXISTS (SELECT 1 FROM pending WHERE id = new.id);
 END""",
     """CREATE TRIGGER IF NOT EXISTS entries_pending_au AFTER UPDATE OF size, mtime_ns, dev, ino ON entries
 WHEN NOT new.is_dir BEGIN
-    INSERT OR IGNORE INTO pending (id) VALUES (new.id);
+    INSERT INTO pending (id) SELECT new.id WHERE NOT EXISTS (SELECT 1 FROM pending WHERE id = new.id);
 END""",
     """CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS uploads (path TEXT PRIMARY KEY, owner TEXT NOT NULL)""",
@@ -407,11 +408,13 @@ class Index:
                 (*ident, digest.sha256, digest.piece_length, digest.pieces),
             )
 
-    def pending_digests(self, limit: int) -> list[tuple[int, Entry]]:
-        """Files whose bytes are new or changed since last hashed, oldest first."""
+    def pending_digests(self, limit: int, after: int = 0) -> list[tuple[int, Entry]]:
+        """Files whose bytes are new or changed since last hashed, in entry order after `after`."""
         with self._connection() as conn:
             rows = conn.execute(
-                "SELECT e.* FROM pending p JOIN entries e ON e.id = p.id ORDER BY p.id LIMIT ?", (limit,)
+                "SELECT e.* FROM pending p JOIN entries e ON e.id = p.id "
+                "WHERE p.id > ? ORDER BY p.id LIMIT ?",
+                (after, limit),
             ).fetchall()
         return [(r["id"], _entry_from_row(r)) for r in rows]
 
@@ -609,6 +612,10 @@ class Index:
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             return None
         entry = entry_from_stat(path, st)
-        if path and self.get(path) != entry:
+        known = self.get(path) if path else None
+        if known == entry:
+            return known  # with its digest, if known
+        if path:
             self.put(entry)
-        return entry
+        digest = self.digest((entry.dev, entry.ino, entry.size, entry.mtime_ns))
+        return entry if digest is None else replace(entry, sha256=digest.sha256)

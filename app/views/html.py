@@ -101,9 +101,19 @@ def _copy_cell(entry: EntryModel, href: str) -> str:
     )
 
 
+def _digest(entry: EntryModel) -> str:
+    """The file's SHA-256, shortened; the whole digest on hover and for copying."""
+    if entry.sha256 is None:
+        return ""
+    return (
+        f'<div class="sha256" title="SHA-256 {entry.sha256}"><span class="sr-only">SHA-256 </span>'
+        f'<code>{entry.sha256[:16]}</code><span class="rest">{entry.sha256[16:]}</span></div>'
+    )
+
+
 def _row(entry: EntryModel, href: str, where: str = "") -> str:
     return (
-        f'<tr class="{entry.type}"><td class="name">{_name_link(entry, href)}{where}</td>'
+        f'<tr class="{entry.type}"><td class="name">{_name_link(entry, href)}{where}{_digest(entry)}</td>'
         f"{_size_cell(entry)}{_mtime_cell(entry)}{_copy_cell(entry, href)}</tr>"
     )
 
@@ -240,10 +250,17 @@ def render_listing(page: HtmlPage) -> str:
     head = "".join(_sort_header(label, key, page) for label, key in _COLUMNS) + _ACTIONS_HEAD
     name = _folder_name(page.directory)
     upload = "" if page.upload_limit is None else _upload_panel(page.directory, page.upload_limit) + "\n"
+    # A GET form, not a link: a crawler mirroring the tree does not fetch it.
+    sums = (
+        '<form class="checksums" method="get"><button type="submit" name="checksums" value="all" '
+        'title="Checksums of every file below this folder, for sha256sum -c">'
+        "Download SHA256SUMS</button></form>"
+    )
+    summary = _summary(len(entries), bool(page.data.next_cursor), ("item", "items"))
     main = (
-        f"<h1>{escape(name)}</h1>\n{_summary(len(entries), bool(page.data.next_cursor), ('item', 'items'))}\n"
+        f"<h1>{escape(name)}</h1>\n{summary}\n"
         f"{upload}{_table(head, [_parent_row(page.directory), *rows])}\n"
-        f"{_pager(page, _listing_params(page))}"
+        f"{_pager(page, _listing_params(page))}{sums if entries else ''}"
     )
     return _page(page, title=f"Index of /{page.directory}", main=main)
 

@@ -6,9 +6,10 @@ off) on free 127.0.0.1 ports, serves random-byte files from a temp dir (1 GiB, 1
 server in turn (the order rotated each run); the report gives medians over the runs, nginx's better
 variant per measure, and the Ferry/nginx ratio against issue 3's targets. Then the uploads (issue
 5: a 1 GiB PUT with curl -T into Ferry, fsync on and off, and into nginx's WebDAV PUT; uploads.py)
-and the index at scale (issue 4: a tree of a million empty files, Ferry's scan, index size, memory,
-listing and search latency; index_scale.py), each in a table of its own. The markdown goes to
-stdout and to bench-results/latest.md; progress goes to stderr.
+the index at scale (issue 4: a tree of a million empty files, Ferry's scan, index size, memory,
+listing and search latency; index_scale.py) and background hashing (issue 8: its rate, and serving
+with the hasher busy against serving without it and nginx; integrity.py), each in a table of its
+own. The markdown goes to stdout and to bench-results/latest.md; progress goes to stderr.
 
     .venv/bin/python -m tests.bench.run                  # the full run (~10 minutes on 2 cores)
     .venv/bin/python -m tests.bench.run --quick          # tiny sizes, one run: a smoke test
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from app.settings import Settings, parse_size
 from tests.bench import index_scale
+from tests.bench import integrity as hashing
 from tests.bench import measures as m
 from tests.bench import uploads as up
 from tests.bench.clients import curl, write_scripts, wrk
@@ -79,7 +81,7 @@ FULL = Defaults(
     upload="1GiB", index_files=1_000_000, index_requests=50,
 )  # fmt: skip
 QUICK = Defaults(
-    "8MiB", "4MiB", runs=1, duration=1, connections=8, ttfb=10, time_limit=100,
+    "8MiB", "4MiB", runs=1, duration=1, connections=8, ttfb=10, time_limit=200,
     upload="32MiB", index_files=2_000, index_requests=10,
 )  # fmt: skip
 
@@ -104,6 +106,7 @@ class Plan:
     upload_size: int  # 0: no uploads
     index_files: int  # 0: no index at scale
     index_requests: int
+    hashing: bool  # the background hashing section
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -128,6 +131,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--small-size", default="64KiB", help="the small file (default 64KiB)")
     add("--medium-size", default="1MiB", help="the medium file (default 1MiB)")
     add("--upload-size", help="the PUT (default 1GiB; quick 32MiB; 0 skips the uploads)")
+    add("--no-hashing", action="store_true", help="skip the background hashing section (issue 8)")
     add("--index-files", type=int, help="files in the index tree (default 1000000; quick 2000; 0 skips)")
     add(
         "--data-dir",
@@ -170,6 +174,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         upload_size=parse_size(args.upload_size or base.upload),
         index_files=index_files,
         index_requests=base.index_requests,
+        hashing=not args.no_hashing,
     )
 
 
@@ -326,6 +331,27 @@ def measure_uploads(plan: Plan, tools: Tools, workdir: Path, results: Results) -
     return Extra(section, catalog, [] if missing else [up.NGINX_NAME])
 
 
+def measure_hashing(plan: Plan, bench: m.Bench, workdir: Path, results: Results) -> Extra:
+    timeout = max(120.0, (plan.sizes.stream + plan.sizes.aggregate) / 50e6)  # 50 MB/s: broken
+    default_rate = str(int(Settings.model_fields["hash_rate"].default))
+    for run in range(plan.runs):
+        for rate, key in (("0", "13"), (default_rate, "14")):
+            sample = hashing.hashing_rate(
+                plan.ferry, bench.data, workdir, rate=rate, run=run, timeout=timeout
+            )
+            results.add("Ferry", {key: sample})
+            log(f"run {run + 1}/{plan.runs} hashing rate {rate:<12} ({key}) {sample.value:.2f} GB/s")
+    with ExitStack() as stack:
+        servers = hashing.serving_servers(
+            plan.ferry, bench.tools, bench.data, workdir, plan.nginx_workers, stack
+        )
+        hashing.measure_serving(bench, servers, runs=plan.runs, results=results)
+    rows = hashing.rows(plan.sizes, plan.connections, plan.small_connections)
+    section = hashing.section(results, rows, runs=plan.runs, ferry=plan.ferry)
+    measures = [m.Measure(row.key, row.label, row.unit, True, m.Target("—")) for row in rows]
+    return Extra(section, measures, [hashing.BUSY, hashing.OFF, hashing.NGINX])
+
+
 def measure_index(plan: Plan, workdir: Path) -> Extra:
     base = plan.data_dir or Path(tempfile.gettempdir())
     tree = index_scale.tree_for(base, plan.index_files)
@@ -395,6 +421,8 @@ def run(plan: Plan, tools: Tools) -> str:
             warm_up(bench, servers, plan.quick)
             results = measure_all(plan, bench, servers, steps, {measure.key: measure for measure in catalog})
         extras: list[Extra] = []
+        if not plan.chunk_sizes and plan.hashing:
+            extras.append(measure_hashing(plan, bench, workdir, results))
         if not plan.chunk_sizes and plan.upload_size:
             extras.append(measure_uploads(plan, tools, workdir, results))
         if not plan.chunk_sizes and plan.index_files:

@@ -20,6 +20,8 @@ pytestmark = pytest.mark.clients
 REPO = Path(__file__).resolve().parents[2]
 DOWNLOAD_KEYS = [str(key) for key in range(1, 10)]
 UPLOAD_KEYS = ["10", "11", "12"]
+HASH_RATE_KEYS = ["13", "14"]
+HASH_SERVING_KEYS = ["15", "16", "17"]
 INDEX_FILES = 2_000  # --quick
 # The index table's rows, by the start of their label.
 INDEX_ROWS = [
@@ -75,12 +77,12 @@ def test_quick_bench_reports_every_measure_for_ferry_and_nginx(tmp_path: Path) -
     output = tmp_path / "latest.md"
     command = [sys.executable, "-m", "tests.bench.run", "--quick", "--output", str(output)]
     command += ["--data-dir", str(tmp_path)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     report = result.stdout
 
     rows = table_rows(report)
-    assert sorted(rows, key=int) == DOWNLOAD_KEYS + UPLOAD_KEYS, report
+    assert sorted(rows, key=int) == DOWNLOAD_KEYS + UPLOAD_KEYS + HASH_RATE_KEYS + HASH_SERVING_KEYS, report
     for key in DOWNLOAD_KEYS:
         measure, ferry, nginx, ratio, _target = rows[key]
         assert number(ferry) > 0, measure
@@ -95,6 +97,20 @@ def test_quick_bench_reports_every_measure_for_ferry_and_nginx(tmp_path: Path) -
         else:
             assert number(nginx) > 0 and nginx.endswith("(dav)"), measure
             assert number(ratio) > 0, measure
+
+    for key in HASH_RATE_KEYS:
+        measure, ferry, *rest = rows[key]
+        assert number(ferry) > 0 and rest == ["—"] * 5, measure
+    for key in HASH_SERVING_KEYS:
+        measure, busy, off, ratio, target, nginx, versus = rows[key]
+        assert min(number(busy), number(off), number(nginx), number(ratio), number(versus)) > 0, measure
+        assert target.startswith("≥ 0.90 ") and target.endswith(("met", "MISSED")), measure
+    hashing = section_rows(report, "Integrity: background hashing")
+    assert [row[0].split(")")[0] + ")" for row in hashing] == [
+        f"({k})" for k in HASH_RATE_KEYS + HASH_SERVING_KEYS
+    ]
+    # The hasher pauses while transfers are in flight: what it read during each measure is shown.
+    assert "hashed during it:" in report
 
     index = section_rows(report, f"Index at {INDEX_FILES:,} files")
     assert len(index) == len(INDEX_ROWS), index

@@ -44,7 +44,7 @@ from tests.conftest import FerryServer, build_storage_tree, start_server
 
 pytestmark = pytest.mark.clients
 
-FIELDS = {"name", "path", "type", "size", "mtime", "content_type", "etag", "url"}
+FIELDS = {"name", "path", "type", "size", "mtime", "content_type", "etag", "url", "sha256"}
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]00:00)$")
 SCAN_LINE = re.compile(r"index scan: (\d+) directories, (\d+) read from disk, (\d+\.\d+)s")
 POLL = 0.1

@@ -1,0 +1,133 @@
+"""The background hasher and the digest store, on a temp directory (no server): digests keyed by
+identity, files still changing passed over without holding up the rest, a file changed during the
+read never stored, and no hashing while another process has a transfer in flight."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.storage.digests import Activity, DigestWorker, hash_open_file, identity
+from app.storage.index import Index
+from app.storage.paths import PathPolicy
+
+PAST = time.time() - 3600
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Index, Activity]:
+    root = tmp_path / "root"
+    root.mkdir()
+    index = Index(tmp_path / "index.sqlite3", PathPolicy(root=root.resolve()))
+    return root, index, Activity(tmp_path / "index.sqlite3.busy")
+
+
+def _write(path: Path, data: bytes, *, old: bool = True) -> None:
+    path.write_bytes(data)
+    if old:
+        os.utime(path, (PAST, PAST))
+
+
+def _drain(worker: DigestWorker) -> None:
+    cursor = None
+    while cursor != 0:
+        cursor, _ = worker._round(cursor or 0)
+
+
+def test_settled_files_are_hashed_and_keyed_by_identity(setup: tuple[Path, Index, Activity]) -> None:
+    root, index, activity = setup
+    _write(root / "a.bin", b"a" * 5000)
+    _write(root / "b.bin", b"b")
+    index.scan()
+    worker = DigestWorker(index, activity, rate=0)
+    _drain(worker)
+    assert worker.hashed_files == 2 and index.pending_count() == 0
+    entry = index.get("a.bin")
+    assert entry is not None and entry.sha256 == hashlib.sha256(b"a" * 5000).digest()
+    # Rewritten in place: a new identity, no digest until hashed again, and queued again.
+    _write(root / "a.bin", b"c" * 5000)
+    os.utime(root / "a.bin", (PAST + 1, PAST + 1))
+    index.sync_path("a.bin")
+    changed = index.get("a.bin")
+    assert changed is not None and changed.sha256 is None and index.pending_count() == 1
+    _drain(worker)
+    again = index.get("a.bin")
+    assert again is not None and again.sha256 == hashlib.sha256(b"c" * 5000).digest()
+
+
+def test_files_still_changing_do_not_hold_up_the_rest(setup: tuple[Path, Index, Activity]) -> None:
+    root, index, activity = setup
+    for i in range(150):  # more than one batch of files written just now
+        _write(root / f"fresh-{i:03}.log", b"x", old=False)
+    index.scan()
+    _write(root / "zz-settled.bin", b"settled")
+    index.sync_path("zz-settled.bin")  # queued after all the fresh ones
+    worker = DigestWorker(index, activity, rate=0)
+    _drain(worker)  # one pass
+    settled = index.get("zz-settled.bin")
+    assert settled is not None and settled.sha256 == hashlib.sha256(b"settled").digest()
+    assert worker.hashed_files == 1 and index.pending_count() == 150
+
+
+def test_a_file_changed_during_the_read_is_not_hashed(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    _write(path, b"z" * (3 * 1024**2))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+
+        def append(size: int) -> bool:
+            with path.open("ab") as f:
+                f.write(b"more")
+            return True
+
+        assert hash_open_file(fd, st, before_read=append) is None
+        assert hash_open_file(fd, os.fstat(fd)) is not None
+    finally:
+        os.close(fd)
+
+
+def test_no_hashing_while_a_transfer_is_in_flight(
+    setup: tuple[Path, Index, Activity], tmp_path: Path
+) -> None:
+    root, index, activity = setup
+    _write(root / "a.bin", b"a" * 100)
+    index.scan()
+    serving = Activity(tmp_path / "index.sqlite3.busy")  # as another worker process would hold it
+    serving.begin()
+    worker = DigestWorker(index, activity, rate=0, idle_poll=0.05)
+    worker.start()
+    try:
+        time.sleep(1.0)
+        assert worker.hashed_files == 0 and activity.busy()
+        serving.end()
+        deadline = time.monotonic() + 10
+        while worker.hashed_files == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.hashed_files == 1
+    finally:
+        worker.stop()
+    assert not any(t.name == "ferry-digests" for t in threading.enumerate())
+
+
+def test_the_rate_limit_paces_reads(setup: tuple[Path, Index, Activity]) -> None:
+    root, index, activity = setup
+    _write(root / "a.bin", b"a" * (4 * 1024**2))
+    index.scan()
+    worker = DigestWorker(index, activity, rate=8 * 1024**2)  # 4 MiB at 8 MiB/s: at least ~0.4 s
+    began = time.monotonic()
+    _drain(worker)
+    assert worker.hashed_files == 1
+    assert time.monotonic() - began >= 0.3
+
+
+def test_identity_is_what_the_etag_is_made_of(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"1")
+    st = os.stat(path)
+    assert identity(st) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
