@@ -4,8 +4,8 @@ Downloads bypass FastAPI's routing and dependency machinery (which costs more pe
 the rest of a small download together); `FerryApp` hands every GET/HEAD under /files/ straight to
 `Downloads`. Everything else about the request still goes through the same gate and planner.
 
-Besides the file itself: `?meta4` answers the file's Metalink document, and a directory's
-`?checksums` its SHA256SUMS (app/views/checksums.py).
+Besides the file itself: `?meta4` answers the file's Metalink document, `?checksums` its line of
+a SHA256SUMS file, and a directory's `?checksums` its SHA256SUMS (app/views/checksums.py).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from starlette.datastructures import State
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from app import __version__
 from app.errors import FerryError, NotFound, ServiceUnavailable, error_response
 from app.http.conditional import make_validators
-from app.http.digests import ALGORITHMS, parse_want_field, wanted_algorithm
+from app.http.digests import ALGORITHMS, checksum_line, parse_want_field, wanted_algorithm
 from app.http.headers import content_disposition
 from app.http.metalink import METALINK_TYPE, Mirror, Pieces, link_field, metalink_document
 from app.http.mime import ACTIVE_TYPES, content_type_for
@@ -133,6 +133,8 @@ class Downloads:
         params = query_params(scope) if scope["query_string"] else {}
         if "meta4" in params:
             return self._metalink(safe, path, fd, st, scope)
+        if "checksums" in params:
+            return self._checksum_file(safe, fd, st)
         fields = header_fields(scope, _WANTED)
         ident = identity(st)
         digest = self.digests.get(ident)
@@ -223,20 +225,36 @@ class Downloads:
 
         return _Deferred(make, lambda: os.close(fd))
 
-    def _metalink(self, safe: SafePath, path: str, fd: int, st: os.stat_result, scope: Scope) -> Response:
-        known = self.digests.get(identity(st))
+    async def _known_or_hashed(self, fd: int, st: os.stat_result) -> FileDigest:
+        """The file's digest, hashed now if unknown and small enough, else 503; closes `fd`."""
+        try:
+            digest = self.digests.get(identity(st))
+            if digest is None:
+                if st.st_size > self.settings.hash_on_demand_max:
+                    raise ServiceUnavailable(
+                        "this file's checksum is not computed yet; try again later", retry_after=60
+                    )
+                digest, _ = await self._hash(fd, st, "sha-256")
+            return digest
+        finally:
+            os.close(fd)
+
+    def _checksum_file(self, safe: SafePath, fd: int, st: os.stat_result) -> Response:
+        """`?checksums` on a file: its one SHA256SUMS line, for `sha256sum -c`."""
 
         async def make() -> Response:
-            try:
-                digest = known
-                if digest is None:
-                    if st.st_size > self.settings.hash_on_demand_max:
-                        raise ServiceUnavailable(
-                            "this file's checksum is not computed yet; try again later", retry_after=60
-                        )
-                    digest, _ = await self._hash(fd, st, "sha-256")
-            finally:
-                os.close(fd)
+            digest = await self._known_or_hashed(fd, st)
+            headers = {
+                "content-disposition": content_disposition("attachment", safe.name + ".sha256"),
+                "x-content-type-options": "nosniff",
+            }
+            return PlainTextResponse(checksum_line(digest.hex, safe.name), headers=headers)
+
+        return _Deferred(make, lambda: None)
+
+    def _metalink(self, safe: SafePath, path: str, fd: int, st: os.stat_result, scope: Scope) -> Response:
+        async def make() -> Response:
+            digest = await self._known_or_hashed(fd, st)
             quoted = quote(path)
             urls = [Mirror(f"{base_url(scope, self.settings)}{PREFIX}{quoted}", 1)]
             urls += [Mirror(f"{b}/{quoted}", i) for i, b in enumerate(self.settings.mirrors, start=2)]

@@ -295,6 +295,19 @@ def test_sha256sum_checks_a_wget_mirror_with_the_served_sha256sums(ferry: Server
 
 
 @ONCE
+def test_a_file_checksum_line_checks_a_curl_download(ferry: ServerFactory, tree: Path) -> None:
+    server = ferry(tree)
+    out = tree.parent / "out"
+    out.mkdir()
+    name = "docs/ünï cödé ✓.md"
+    url = f"{server.url}/files/{quote(name)}"
+    run("curl", "-sS", "-o", "ünï cödé ✓.md", url, cwd=out)
+    run("curl", "-sS", "-o", "file.sha256", url + "?checksums", cwd=out)  # hashed now if not yet
+    result = run("sha256sum", "--strict", "-c", "file.sha256", cwd=out)
+    assert result.stdout == "ünï cödé ✓.md: OK\n"
+
+
+@ONCE
 def test_sha256sums_waits_rather_than_leaving_files_out(ferry: ServerFactory, tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
