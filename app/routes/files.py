@@ -54,6 +54,7 @@ class Downloads:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
+            self.state.gate.download(scope)  # FERRY_DOWNLOAD_AUTH, before any file is looked at
             response = self.respond(scope)
         except FerryError as exc:
             response = error_response(exc)
@@ -69,7 +70,7 @@ class Downloads:
             raise
         if stat.S_ISDIR(st.st_mode):
             os.close(fd)
-            return self._directory(safe, path)
+            return self._directory(safe, path, scope)
         try:
             if path.endswith("/"):
                 raise NotFound()
@@ -102,10 +103,13 @@ class Downloads:
             release = self.slots.acquire(scope)  # 429 past FERRY_MAX_CONNECTIONS_PER_IP
         return FileResponse(plan, fd, st, self.options, on_close=release)
 
-    def _directory(self, safe: SafePath, path: str) -> Response:
+    def _directory(self, safe: SafePath, path: str, scope: Scope) -> Response:
         if path and not path.endswith("/"):
-            # Same-origin by construction: the Location is always a path under /files/.
-            return RedirectResponse(PREFIX + quote(path) + "/", status_code=301)
+            # Same-origin by construction: the Location is always a path under /files/. The query
+            # goes along: it may hold a signed link's parameters, or ?format=json.
+            query = scope.get("query_string", b"").decode("latin-1")
+            location = PREFIX + quote(path) + "/" + ("?" + quote(query, safe="=&;%+/") if query else "")
+            return RedirectResponse(location, status_code=301)
         return DirectoryResponse(relative(safe, self.policy), self.state)
 
 

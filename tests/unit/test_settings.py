@@ -235,11 +235,23 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         "rate_limit_after": "10MiB",
         "cors_origins": "https://app.example",
         "log_format": "json",
+        "download_auth": "signed",
+        "read_tokens": "reader-1, reader-2",
+        "signing_keys": "new-key-0123456789,old-key-0123456789",
+        "public_url": "https://files.example/ferry/",
     }
     argv = [arg for name, value in values.items() for arg in ("--" + name.replace("_", "-"), value)]
     argv += ["--follow-symlinks", "--show-hidden", "--no-watch", "--no-fsync"]
     assert set(values) | {"follow_symlinks", "show_hidden", "watch", "fsync"} == set(Settings.model_fields)
-    check_env_values(load_settings(serve_args(*argv)), tmp_path)
+    settings = load_settings(serve_args(*argv))
+    check_env_values(settings, tmp_path)
+    assert settings.download_auth == "signed"
+    assert [t.get_secret_value() for t in settings.read_tokens] == ["reader-1", "reader-2"]
+    assert [k.get_secret_value() for k in settings.signing_keys] == [
+        "new-key-0123456789",
+        "old-key-0123456789",
+    ]
+    assert settings.public_url == "https://files.example/ferry"
 
 
 def test_cli_flags_beat_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -324,6 +336,18 @@ def run_ferry(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> subpr
         ),
         pytest.param(["--root", "{root}", "--zero-copy", "maybe"], {}, "FERRY_ZERO_COPY", id="bad-choice"),
         pytest.param(["--root", "{root}"], {"FERRY_WORKERS": "many"}, "FERRY_WORKERS", id="bad-workers"),
+        pytest.param(
+            ["--root", "{root}", "--download-auth", "signed"], {}, "FERRY_SIGNING_KEYS", id="signed-no-keys"
+        ),
+        pytest.param(
+            ["--root", "{root}", "--download-auth", "token"], {}, "FERRY_READ_TOKENS", id="token-no-tokens"
+        ),
+        pytest.param(
+            ["--root", "{root}"], {"FERRY_SIGNING_KEYS": "short"}, "FERRY_SIGNING_KEYS", id="short-key"
+        ),
+        pytest.param(
+            ["--root", "{root}", "--public-url", "files.example"], {}, "FERRY_PUBLIC_URL", id="bad-url"
+        ),
     ],
 )
 def test_ferry_serve_bad_setting_exits_2_with_one_line_and_no_traceback(
