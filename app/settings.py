@@ -100,6 +100,8 @@ def _existing_directory(path: Path) -> Path:
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 Secrets = Annotated[list[SecretStr], NoDecode, BeforeValidator(parse_secrets)]
+SigningKeys = Annotated[Secrets, AfterValidator(_long_enough)]
+PublicUrl = Annotated[str | None, BeforeValidator(parse_public_url)]
 
 
 class Settings(BaseSettings):
@@ -164,14 +166,12 @@ class Settings(BaseSettings):
     read_tokens: Secrets = Field(
         default_factory=list, description="bearer tokens that may read (comma-separated)"
     )
-    signing_keys: Annotated[Secrets, AfterValidator(_long_enough)] = Field(
+    signing_keys: SigningKeys = Field(
         default_factory=list,
         description="keys for signed links, comma-separated, newest first (links are signed with the "
         "first; any listed key verifies)",
     )
-    public_url: Annotated[str | None, BeforeValidator(parse_public_url)] = Field(
-        None, description="base URL of signed links (default http://HOST:PORT)"
-    )
+    public_url: PublicUrl = Field(None, description="base URL of signed links (default http://HOST:PORT)")
     max_upload_size: Size = Field(100 * 1024**3, ge=1, description="larger bodies get 413, nothing kept")
     fsync: bool = Field(True, description="fsync uploads before they are renamed into place")
 
