@@ -17,6 +17,7 @@ from urllib.parse import quote, urljoin
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, expect
 
 from app.http.signing import link_target, new_link
 from tests.clients.test_real_clients import run
@@ -361,3 +362,33 @@ def test_access_log_holds_neither_signatures_nor_tokens(servers: dict[str, Ferry
         for line in log.splitlines():
             if line.startswith("{"):
                 json.loads(line)
+
+
+# -- the listing's share button -------------------------------------------------------------------
+
+
+def test_share_button_copies_a_signed_link_once_the_tab_holds_the_write_token(
+    signed: FerryServer, browser: Browser
+) -> None:
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
+    try:
+        page = context.new_page()
+        page.goto(mint(signed, "tree", prefix=True))
+        share = page.locator("tr.file button.share").first
+        expect(share).to_be_hidden()  # no token in this tab: nothing half-working
+        page.evaluate("token => sessionStorage.setItem('ferry.writeToken', token)", WRITE)
+        page.reload()
+        expect(share).to_be_visible()
+        share.click()
+        expect(share).to_have_text("copied")
+        url = page.evaluate("navigator.clipboard.readText()")
+        assert url.startswith(f"{signed.url}/files/tree/a.txt?expires=")
+        assert httpx.get(url).content == b"alpha\n"
+        folder = page.locator("tr.dir button.share").first
+        folder.click()
+        expect(folder).to_have_text("copied")
+        url = page.evaluate("navigator.clipboard.readText()")
+        assert "&prefix=/tree/sub/&" in url
+        assert httpx.get(url.replace("/sub/?", "/sub/b.txt?")).content == b"bravo\n"
+    finally:
+        context.close()
