@@ -112,12 +112,12 @@ def link_access(scope: Scope) -> LinkAccess | None:
     return found if isinstance(found, LinkAccess) else None
 
 
-def api_reader(request: Request) -> None:
+async def api_reader(request: Request) -> None:
     """FastAPI dependency for /api/files and /api/search."""
     request.app.state.gate.api(request.headers.get("authorization"))
 
 
-def write_token_holder(request: Request) -> None:
+async def write_token_holder(request: Request) -> None:
     """FastAPI dependency for routes that need the write token (minting links)."""
     token = request.app.state.settings.write_token
     if token is None or not token_matches(bearer(request.headers.get("authorization")), [token]):

@@ -16,16 +16,28 @@ from app.settings import Settings
 
 router = APIRouter(prefix="/api", tags=["links"])
 
+_TTL = r"^[1-9][0-9]{0,4}[smhdSMHD]?$"
+_NETWORK = r"^([0-9]{1,3}\.){3}[0-9]{1,3}(/[0-9]{1,2})?$|^[0-9A-Fa-f:]{2,39}(/[0-9]{1,3})?$"
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 class SignRequest(BaseModel):
     """What to share, for how long, and optionally only with one network."""
 
-    path: str = Field(max_length=4096, description="path below the storage root, e.g. docs/report.pdf")
-    ttl: Annotated[int | str, Field(description="lifetime: seconds, or 90s, 30m, 1h, 7d (at most 366d)")]
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        pattern=r"^[^\x00-\x1f\x7f\\]+$",
+        description="path below the storage root, e.g. docs/report.pdf",
+    )
+    ttl: Annotated[
+        Annotated[int, Field(ge=1, le=signing.MAX_TTL)] | Annotated[str, Field(pattern=_TTL)],
+        Field(description="lifetime: seconds, or 90s, 30m, 1h, 7d (at most 366d)"),
+    ]
     prefix: bool = Field(False, description="sign the directory PATH/: every file and listing under it")
-    ip: str | None = Field(None, description="only clients in this address or CIDR network may use it")
+    ip: str | None = Field(
+        None, pattern=_NETWORK, description="only clients in this address or CIDR network may use it"
+    )
 
     @field_validator("ttl")
     @classmethod
