@@ -94,8 +94,8 @@ class ServiceUnavailable(FerryError):
     status = 503
     default_detail = "temporarily out of resources; try again"
 
-    def __init__(self, detail: str | None = None) -> None:
-        super().__init__(detail, {"retry-after": "1"})
+    def __init__(self, detail: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(detail, {"retry-after": str(retry_after)})
 
 
 class InsufficientStorage(FerryError):

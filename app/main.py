@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -19,6 +20,7 @@ from app.routes import api, links, ops, static
 from app.routes.files import Downloads, is_download
 from app.routes.writes import Writes, is_write
 from app.settings import Settings
+from app.storage.digests import Activity, DigestWorker
 from app.storage.index import Index
 from app.storage.paths import PathPolicy
 from app.storage.watch import IndexKeeper
@@ -34,8 +36,13 @@ class FerryApp(FastAPI):
             root=settings.root, show_hidden=settings.show_hidden, follow_symlinks=settings.follow_symlinks
         )
         self.state.index = Index(settings.index_file, self.state.policy)
+        # Every process marks its transfers on the index's activity file; the hasher yields to them.
+        self.state.activity = Activity(Path(str(settings.index_file) + ".busy"))
+        hasher = None
+        if settings.checksums:
+            hasher = DigestWorker(self.state.index, self.state.activity, rate=settings.hash_rate)
         self.state.keeper = IndexKeeper(
-            self.state.index, watch=settings.watch, rescan_interval=settings.rescan_interval
+            self.state.index, watch=settings.watch, rescan_interval=settings.rescan_interval, hasher=hasher
         )
         self.state.gate = Gate(settings)
         self.downloads = Downloads(self.state)

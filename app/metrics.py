@@ -45,6 +45,8 @@ DURATION = Histogram("ferry_transfer_duration_seconds", "From request to last bo
 UPLOADS = Counter("ferry_uploads_total", "Uploaded files, by result (created, replaced, failed)", ["result"])
 UPLOAD_BYTES = Counter("ferry_upload_bytes_total", "Bytes of uploads stored")
 INDEX_ENTRIES = Gauge("ferry_index_entries", "Entries in the storage index", multiprocess_mode="max")
+HASHED_BYTES = Counter("ferry_hashed_bytes_total", "Bytes read by the background hasher")
+HASHED_FILES = Counter("ferry_hashed_files_total", "Files whose SHA-256 the background hasher computed")
 INDEX_SCAN_SECONDS = Gauge(
     "ferry_index_last_scan_seconds", "Duration of the last index scan", multiprocess_mode="mostrecent"
 )

@@ -73,14 +73,24 @@ def _long_enough(keys: list[SecretStr]) -> list[SecretStr]:
     return keys
 
 
+_BASE_URL = re.compile(r"https?://[^/\s?#<>\"]+(/[^\s?#<>\"]*)?")
+
+
+def parse_base_urls(value: Any) -> Any:
+    """``https://a.example/ferry, https://b.example`` → a list of base URLs without a final '/'."""
+    if not isinstance(value, str):
+        return value
+    return [parse_public_url(u.strip()) for u in value.split(",") if u.strip()]
+
+
 def parse_public_url(value: Any) -> Any:
-    """``https://files.example/ferry/`` → ``https://files.example/ferry`` (no trailing slash)."""
-    if not isinstance(value, str) or not value.strip():
-        return None if isinstance(value, str) else value
-    url = value.strip().rstrip("/")
-    if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", url):
-        raise ValueError(f"{value!r} is not a base URL (example: https://files.example)")
-    return url
+    if not isinstance(value, str):
+        return value
+    if value.strip() == "":
+        return None
+    if not _BASE_URL.fullmatch(value.strip()):
+        raise ValueError(f"{value!r} is not a base URL (example: https://files.example/ferry)")
+    return value.strip().rstrip("/")
 
 
 def _absolute(path: Path) -> Path:
@@ -171,7 +181,6 @@ class Settings(BaseSettings):
         description="keys for signed links, comma-separated, newest first (links are signed with the "
         "first; any listed key verifies)",
     )
-    public_url: PublicUrl = Field(None, description="base URL of signed links (default http://HOST:PORT)")
     max_upload_size: Size = Field(100 * 1024**3, ge=1, description="larger bodies get 413, nothing kept")
     fsync: bool = Field(True, description="fsync uploads before they are renamed into place")
 
@@ -207,6 +216,25 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="access and server log lines: text or json"
+    )
+
+    checksums: bool = Field(
+        True, description="hash files in the background (SHA-256) for Repr-Digest, SHA256SUMS and .meta4"
+    )
+    hash_rate: Size = Field(
+        256 * 1024**2, ge=0, description="bytes per second the background hasher reads; 0: no limit"
+    )
+    hash_on_demand_max: Size = Field(
+        256 * 1024**2,
+        ge=0,
+        description="largest file (or SHA256SUMS total) hashed during a request that asks for a digest",
+    )
+    mirrors: Annotated[list[str], NoDecode, BeforeValidator(parse_base_urls)] = Field(
+        default_factory=list,
+        description="base URLs of mirrors of ROOT (comma-separated): Link rel=duplicate and .meta4 sources",
+    )
+    public_url: Annotated[str | None, BeforeValidator(parse_public_url)] = Field(
+        None, description="this server's external base URL for absolute links (default: from the request)"
     )
 
     @model_validator(mode="after")

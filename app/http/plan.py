@@ -15,6 +15,7 @@ from app.http.conditional import (
     evaluate,
     if_range_matches,
 )
+from app.http.digests import format_digest_field, format_legacy_digest
 from app.http.ranges import (
     ByteRange,
     Ignore,
@@ -34,6 +35,10 @@ class FileFacts:
     validators: Validators
     content_type: str
     content_disposition: str
+    # Known digests of the whole file by RFC 9530 name, and an RFC 6249 Link field (mirrors,
+    # the .meta4): sent on 200, 206 and 304, as they describe the representation, not the body.
+    digests: dict[str, bytes] = field(default_factory=dict)
+    link: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +74,17 @@ def plan_download(
     v = facts.validators
     common = [("accept-ranges", "bytes"), *_validator_headers(v), ("x-content-type-options", "nosniff")]
     outcome = evaluate(request.method, request.conditions, v)
-    if outcome is Precondition.NOT_MODIFIED:
-        return ResponsePlan(304, common, [])
     if outcome is Precondition.FAILED:
         return ResponsePlan(412, [*common, _length(0)], [])
+    described = _integrity_headers(facts)
+    if outcome is Precondition.NOT_MODIFIED:
+        return ResponsePlan(304, [*common, *described], [])
 
-    entity = [("content-type", facts.content_type), ("content-disposition", facts.content_disposition)]
+    entity = [
+        ("content-type", facts.content_type),
+        ("content-disposition", facts.content_disposition),
+        *described,
+    ]
     whole = ByteRange(0, facts.size)
     # RFC 9110 §14.2: Range is defined for GET only; HEAD (and an If-Range that does not match,
     # §13.1.5) gets the whole representation.
@@ -101,9 +111,20 @@ def plan_download(
                 *common,
                 ("content-type", f"multipart/byteranges; boundary={b}"),
                 ("content-disposition", facts.content_disposition),
+                *described,
             ]
             return ResponsePlan(206, [*headers, _length(segments_length(body))], body)
     raise AssertionError(plan)  # pragma: no cover
+
+
+def _integrity_headers(facts: FileFacts) -> list[tuple[str, str]]:
+    headers = []
+    if facts.digests:
+        headers.append(("repr-digest", format_digest_field(facts.digests)))
+        headers.append(("digest", format_legacy_digest(facts.digests)))
+    if facts.link:
+        headers.append(("link", facts.link))
+    return headers
 
 
 def _length(n: int) -> tuple[str, str]:

@@ -23,7 +23,8 @@ def header_fields(scope: Scope, wanted: frozenset[bytes]) -> dict[bytes, str]:
 
 def query_params(scope: Scope) -> dict[str, str]:
     query: bytes = scope.get("query_string", b"")
-    return dict(parse_qsl(query.decode("latin-1"))) if query else {}
+    # Blank values kept: `?meta4` and `?checksums` are flags.
+    return dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)) if query else {}
 
 
 CONDITION_FIELDS = frozenset({b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since"})

@@ -3,37 +3,78 @@
 Downloads bypass FastAPI's routing and dependency machinery (which costs more per request than
 the rest of a small download together); `FerryApp` hands every GET/HEAD under /files/ straight to
 `Downloads`. Everything else about the request still goes through the same gate and planner.
+
+Besides the file itself: `?meta4` answers the file's Metalink document, and a directory's
+`?checksums` its SHA256SUMS (app/views/checksums.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from starlette.datastructures import State
 from starlette.responses import RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from app.errors import FerryError, NotFound, error_response
+from app import __version__
+from app.errors import FerryError, NotFound, ServiceUnavailable, error_response
 from app.http.conditional import make_validators
+from app.http.digests import ALGORITHMS, parse_want_field, wanted_algorithm
 from app.http.headers import content_disposition
+from app.http.metalink import METALINK_TYPE, Mirror, Pieces, link_field, metalink_document
 from app.http.mime import ACTIVE_TYPES, content_type_for
 from app.http.plan import DownloadRequest, FileFacts, plan_download
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields, query_params
 from app.settings import Settings
+from app.storage.digests import Activity, DigestCache, FileDigest, hash_open_file, identity, settled
 from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve_to_open
 from app.transfer.download import FileResponse, TransferOptions
 from app.transfer.slots import DownloadSlots
+from app.views.checksums import ChecksumsResponse
 from app.views.listing import DirectoryResponse
 
-_WANTED = frozenset({b"range", b"if-range"}) | CONDITION_FIELDS
+_WANTED = frozenset({b"range", b"if-range", b"want-repr-digest"}) | CONDITION_FIELDS
+_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 
 
 def is_download(scope: Scope) -> bool:
     return scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and scope["path"].startswith(PREFIX)
+
+
+def base_url(scope: Scope, settings: Settings) -> str:
+    """This server as the client reached it (FERRY_PUBLIC_URL when set), for absolute links."""
+    if settings.public_url:
+        return settings.public_url
+    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+    if not _HOST.fullmatch(host):
+        address, port = scope.get("server") or ("127.0.0.1", 80)
+        host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    return f"{scope.get('scheme', 'http')}://{host}"
+
+
+class _Deferred(Response):
+    """A response decided after blocking work (hashing a file) done off the event loop."""
+
+    def __init__(self, make: Callable[[], Awaitable[Response]], cleanup: Callable[[], None]) -> None:
+        self.make = make
+        self.cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            response = await self.make()
+        except FerryError as exc:
+            self.cleanup()
+            response = error_response(exc)
+        except BaseException:
+            self.cleanup()
+            raise
+        await response(scope, receive, send)
 
 
 class Downloads:
@@ -43,6 +84,8 @@ class Downloads:
         self.state = state
         self.settings: Settings = state.settings
         self.policy: PathPolicy = state.policy
+        self.activity: Activity = state.activity
+        self.digests = DigestCache(state.index)
         self.slots = DownloadSlots(self.settings.max_connections_per_ip)
         self.options = TransferOptions(
             chunk_size=self.settings.chunk_size,
@@ -74,7 +117,7 @@ class Downloads:
         try:
             if path.endswith("/"):
                 raise NotFound()
-            return self._file(safe, fd, st, scope)
+            return self._file(safe, path, fd, st, scope)
         except BaseException:
             os.close(fd)
             raise
@@ -85,49 +128,153 @@ class Downloads:
         if path:
             asyncio.get_running_loop().run_in_executor(None, self.state.index.forget, path)
 
-    def _file(self, safe: SafePath, fd: int, st: os.stat_result, scope: Scope) -> FileResponse:
+    # -- a file ---------------------------------------------------------------------------------
+
+    def _file(self, safe: SafePath, path: str, fd: int, st: os.stat_result, scope: Scope) -> Response:
+        params = query_params(scope) if scope["query_string"] else {}
+        if "meta4" in params:
+            return self._metalink(safe, path, fd, st, scope)
+        fields = header_fields(scope, _WANTED)
+        ident = identity(st)
+        digest = self.digests.get(ident)
+        want = fields.get(b"want-repr-digest")
+        if want is not None:
+            algorithm = wanted_algorithm(parse_want_field(want))
+            if algorithm is not None and (digest is None or algorithm != "sha-256"):
+                if st.st_size <= self.settings.hash_on_demand_max:
+                    return self._hashed_first(safe, path, fd, st, scope, params, fields, algorithm)
+        return self._file_response(safe, path, fd, st, scope, params, fields, digest, {})
+
+    def _file_response(
+        self,
+        safe: SafePath,
+        path: str,
+        fd: int,
+        st: os.stat_result,
+        scope: Scope,
+        params: dict[str, str],
+        fields: dict[bytes, str],
+        digest: FileDigest | None,
+        extra: dict[str, bytes],
+    ) -> FileResponse:
         settings = self.settings
         content_type = content_type_for(safe.name, settings.mime_types)
+        digests = {"sha-256": digest.sha256, **extra} if digest is not None else extra
         facts = FileFacts(
             size=st.st_size,
             validators=make_validators(
                 dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns
             ),
             content_type=content_type,
-            content_disposition=content_disposition(_disposition(scope, settings, content_type), safe.name),
+            content_disposition=content_disposition(_disposition(params, settings, content_type), safe.name),
+            digests=digests,
+            link=self._links(path, digest is not None) if digest is not None or settings.mirrors else None,
         )
-        request = _download_request(scope)
+        request = DownloadRequest(
+            method=scope["method"],
+            range=fields.get(b"range"),
+            if_range=fields.get(b"if-range"),
+            conditions=conditions(fields),
+        )
         plan = plan_download(request, facts, max_ranges=settings.max_ranges, now=int(time.time()))
-        release = None
+        on_close = None
         if plan.body and scope["method"] == "GET":
             release = self.slots.acquire(scope)  # 429 past FERRY_MAX_CONNECTIONS_PER_IP
-        return FileResponse(plan, fd, st, self.options, on_close=release)
+            self.activity.begin()  # the background hasher waits while bytes are moving
+
+            def on_close() -> None:
+                self.activity.end()
+                if release is not None:
+                    release()
+
+        return FileResponse(plan, fd, st, self.options, on_close=on_close)
+
+    def _links(self, path: str, described: bool) -> str:
+        quoted = quote(path)
+        mirrors = [Mirror(f"{base}/{quoted}", i) for i, base in enumerate(self.settings.mirrors, start=1)]
+        return link_field(describedby=PREFIX + quoted + "?meta4" if described else None, duplicates=mirrors)
+
+    async def _hash(self, fd: int, st: os.stat_result, algorithm: str) -> tuple[FileDigest, dict[str, bytes]]:
+        """Hash an opened file now (a request insists on a digest); remember a settled result."""
+        extra = () if algorithm == "sha-256" else (ALGORITHMS[algorithm],)
+        built = await asyncio.to_thread(hash_open_file, fd, st, extra=extra)
+        if built is None:
+            raise ServiceUnavailable("the file is changing; try again")
+        digest = built.result()
+        if settled(st):
+            await asyncio.to_thread(self.state.index.put_digest, identity(st), digest)
+            self.digests.remember(identity(st), digest)
+        others = {algorithm: built.digest(ALGORITHMS[algorithm])} if extra else {}
+        return digest, others
+
+    def _hashed_first(
+        self,
+        safe: SafePath,
+        path: str,
+        fd: int,
+        st: os.stat_result,
+        scope: Scope,
+        params: dict[str, str],
+        fields: dict[bytes, str],
+        algorithm: str,
+    ) -> Response:
+        async def make() -> Response:
+            digest, extra = await self._hash(fd, st, algorithm)
+            return self._file_response(safe, path, fd, st, scope, params, fields, digest, extra)
+
+        return _Deferred(make, lambda: os.close(fd))
+
+    def _metalink(self, safe: SafePath, path: str, fd: int, st: os.stat_result, scope: Scope) -> Response:
+        known = self.digests.get(identity(st))
+
+        async def make() -> Response:
+            try:
+                digest = known
+                if digest is None:
+                    if st.st_size > self.settings.hash_on_demand_max:
+                        raise ServiceUnavailable(
+                            "this file's checksum is not computed yet; try again later", retry_after=60
+                        )
+                    digest, _ = await self._hash(fd, st, "sha-256")
+            finally:
+                os.close(fd)
+            quoted = quote(path)
+            urls = [Mirror(f"{base_url(scope, self.settings)}{PREFIX}{quoted}", 1)]
+            urls += [Mirror(f"{b}/{quoted}", i) for i, b in enumerate(self.settings.mirrors, start=2)]
+            pieces = Pieces(digest.piece_length, digest.piece_hexes()) if digest.pieces else None
+            document = metalink_document(
+                name=safe.name,
+                size=st.st_size,
+                sha256=digest.hex,
+                urls=urls,
+                pieces=pieces,
+                generator=f"Ferry/{__version__}",
+            )
+            disposition = content_disposition("attachment", safe.name + ".meta4")
+            headers = {"content-disposition": disposition, "x-content-type-options": "nosniff"}
+            return Response(document, media_type=METALINK_TYPE, headers=headers)
+
+        return _Deferred(make, lambda: None)
+
+    # -- a directory ------------------------------------------------------------------------------
 
     def _directory(self, safe: SafePath, path: str, scope: Scope) -> Response:
         if path and not path.endswith("/"):
-            # Same-origin by construction: the Location is always a path under /files/. The query
-            # goes along: it may hold a signed link's parameters, or ?format=json.
-            query = scope.get("query_string", b"").decode("latin-1")
-            location = PREFIX + quote(path) + "/" + ("?" + quote(query, safe="=&;%+/") if query else "")
-            return RedirectResponse(location, status_code=301)
+            # Same-origin by construction: the Location is always a path under /files/.
+            query = scope["query_string"].decode("latin-1")
+            return RedirectResponse(PREFIX + quote(path) + "/" + ("?" + query if query else ""), 301)
+        params = query_params(scope) if scope["query_string"] else {}
+        if "checksums" in params:
+            return ChecksumsResponse(
+                relative(safe, self.policy), self.state, recursive=params["checksums"] == "all"
+            )
         return DirectoryResponse(relative(safe, self.policy), self.state)
 
 
-def _disposition(scope: Scope, settings: Settings, content_type: str) -> str:
-    params = query_params(scope)
+def _disposition(params: dict[str, str], settings: Settings, content_type: str) -> str:
     # Stored HTML, SVG or XML never renders as a page of this origin (stored XSS).
     if params.get("download") == "1" or content_type.partition(";")[0] in ACTIVE_TYPES:
         return "attachment"
     if params.get("inline") == "1":
         return "inline"
     return settings.disposition
-
-
-def _download_request(scope: Scope) -> DownloadRequest:
-    fields = header_fields(scope, _WANTED)
-    return DownloadRequest(
-        method=scope["method"],
-        range=fields.get(b"range"),
-        if_range=fields.get(b"if-range"),
-        conditions=conditions(fields),
-    )

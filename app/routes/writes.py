@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import os
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 from starlette.datastructures import State
 from starlette.responses import JSONResponse, Response
@@ -28,16 +29,34 @@ from app.errors import (
     error_response,
 )
 from app.http.conditional import RequestConditions, make_validators, write_allowed
+from app.http.digests import format_digest_field
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields
 from app.settings import Settings
+from app.storage.digests import Activity, DigestBuilder, identity
 from app.storage.index import Entry, Index, entry_from_stat
 from app.storage.paths import PathPolicy, WriteTarget, child_target, open_write_target
 from app.storage.writes import AtomicWrite, current, delete
-from app.transfer.upload import ClientGone, MultipartUpload, body_chunks, multipart_boundary, stream_body
+from app.transfer.upload import (
+    ClientGone,
+    MultipartUpload,
+    body_chunks,
+    expected_digests,
+    extra_algorithms,
+    hashed,
+    multipart_boundary,
+    stream_body,
+    verify,
+)
 from app.views.entries import entry_model
 
 WRITE_METHODS = ("PUT", "POST", "DELETE")
-_FIELDS = CONDITION_FIELDS | {b"authorization", b"content-length", b"content-type"}
+_FIELDS = CONDITION_FIELDS | {
+    b"authorization",
+    b"content-length",
+    b"content-type",
+    b"content-digest",
+    b"repr-digest",
+}
 
 
 def is_write(scope: Scope) -> bool:
@@ -64,6 +83,7 @@ class Writes:
         self.settings: Settings = state.settings
         self.policy: PathPolicy = state.policy
         self.index: Index = state.index
+        self.activity: Activity = state.activity
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         fields = header_fields(scope, _FIELDS)
@@ -99,48 +119,75 @@ class Writes:
         declared = fields.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.settings.max_upload_size:
             raise PayloadTooLarge()
+        expected = expected_digests({k.decode(): v for k, v in fields.items()})
         chunks = body_chunks(receive, self.settings.max_upload_size)
-        if method == "PUT":
-            return await self._put(path, chunks, conditions(fields))
-        return await self._post(path, chunks, fields.get(b"content-type"))
+        self.activity.begin()  # the background hasher waits while bytes are moving
+        try:
+            if method == "PUT":
+                size = int(declared) if declared is not None and declared.isdigit() else None
+                return await self._put(path, chunks, conditions(fields), expected, size)
+            return await self._post(path, chunks, fields.get(b"content-type"), expected)
+        finally:
+            self.activity.end()
 
-    async def _put(self, path: str, chunks: AsyncIterator[bytes], request: RequestConditions) -> Response:
+    async def _put(
+        self,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        request: RequestConditions,
+        expected: dict[str, bytes],
+        size: int | None,
+    ) -> Response:
         if path.endswith("/") or not path:
             raise BadRequest("PUT needs a file path")
         target = await asyncio.to_thread(open_write_target, path, self.policy, create_parents=True)
         check = _checker(request)
         try:
             check(await asyncio.to_thread(current, target))  # refuse before reading the body
-            write = await asyncio.to_thread(self._begin, target)
+            write = await asyncio.to_thread(self._begin, target, extra_algorithms(expected), size)
             try:
                 await stream_body(chunks, write, self.settings.chunk_size)
+                verify(write.builder, expected, "the body")
                 created, st = await asyncio.to_thread(write.commit, check)
             finally:
                 self._end(write)  # not awaited: it must run even when shutdown cancels the task
-            entry = await asyncio.to_thread(self._indexed, target, st, created)
+            entry = await asyncio.to_thread(self._indexed, write, st, created)
         finally:
             target.close()
         model = entry_model(entry, self.settings.mime_types)
         headers = {"etag": model.etag or "", "location": model.url}
+        if entry.sha256 is not None:
+            headers["repr-digest"] = format_digest_field({"sha-256": entry.sha256})
         if created:
             return JSONResponse(model.model_dump(mode="json"), status_code=201, headers=headers)
         return Response(status_code=204, headers=headers)
 
-    async def _post(self, path: str, chunks: AsyncIterator[bytes], content_type: str | None) -> Response:
+    async def _post(
+        self,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        content_type: str | None,
+        expected: dict[str, bytes],
+    ) -> Response:
         if path and not path.endswith("/"):
             raise BadRequest("POST uploads go to a directory URL ending with '/'")
         boundary = multipart_boundary(content_type)
         directory = await asyncio.to_thread(open_write_target, path, self.policy, create_parents=True)
         upload = MultipartUpload(
             boundary,
-            lambda name: self._begin(child_target(directory, name, self.policy)),
+            lambda name, extra: self._begin(child_target(directory, name, self.policy), extra),
             self.settings.chunk_size,
         )
+        whole = DigestBuilder(extra=extra_algorithms(expected)) if expected else None
         try:
             try:
-                await upload.feed(chunks)
+                await upload.feed(chunks if whole is None else hashed(chunks, whole))
                 if not upload.files:
                     raise BadRequest("no file parts in the form")
+                if whole is not None:
+                    verify(whole, expected, "the form data")
+                for write, part_expected in zip(upload.files, upload.expected, strict=True):
+                    verify(write.builder, part_expected, f"the file part {write.target.name!r}")
                 # All parts arrived: only now does any of them replace what was there.
                 results = [
                     await asyncio.to_thread(w.commit, _checker(RequestConditions())) for w in upload.files
@@ -149,7 +196,7 @@ class Writes:
                 for write in upload.files:
                     self._end(write)  # not awaited: it must run even when shutdown cancels the task
             entries = [
-                await asyncio.to_thread(self._indexed, w.target, st, created)
+                await asyncio.to_thread(self._indexed, w, st, created)
                 for w, (created, st) in zip(upload.files, results, strict=True)
             ]
         finally:
@@ -170,8 +217,10 @@ class Writes:
 
     # -- blocking steps, run in worker threads ------------------------------------------------
 
-    def _begin(self, target: WriteTarget) -> AtomicWrite:
-        write = AtomicWrite(target, fsync=self.settings.fsync)
+    def _begin(
+        self, target: WriteTarget, extra: tuple[str, ...] = (), size: int | None = None
+    ) -> AtomicWrite:
+        write = AtomicWrite(target, fsync=self.settings.fsync, builder=DigestBuilder(size, extra))
         write.open()
         self.index.begin_upload(write.temp_path)
         return write
@@ -180,11 +229,14 @@ class Writes:
         write.abort()  # a no-op after a commit
         self.index.end_upload(write.temp_path)
 
-    def _indexed(self, target: WriteTarget, st: os.stat_result, created: bool) -> Entry:
+    def _indexed(self, write: AtomicWrite, st: os.stat_result, created: bool) -> Entry:
         metrics.UPLOADS.labels("created" if created else "replaced").inc()
         metrics.UPLOAD_BYTES.inc(st.st_size)
+        target = write.target
         for directory in target.created:
             self.index.sync_path(directory)
-        entry = entry_from_stat(target.path, st)
+        digest = write.builder.result()
+        self.index.put_digest(identity(st), digest)  # before the entry: the hasher then skips it
+        entry = replace(entry_from_stat(target.path, st), sha256=digest.sha256)
         self.index.put(entry)
         return entry

@@ -21,14 +21,15 @@ import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from app.errors import BadRequest, FerryError
+from app.storage.digests import FileDigest, Identity
 from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve, servable_name, stat_child
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _POOL_SIZE = 4
 SortKey = Literal["name", "size", "mtime"]
 _SORT_COLUMNS: dict[str, str] = {"name": "name", "size": "size", "mtime": "mtime_ns"}
@@ -49,6 +50,27 @@ _SCHEMA = (
 )""",
     """CREATE INDEX IF NOT EXISTS entries_by_size ON entries (parent, size, name)""",
     """CREATE INDEX IF NOT EXISTS entries_by_mtime ON entries (parent, mtime_ns, name)""",
+    """CREATE INDEX IF NOT EXISTS entries_by_inode ON entries (dev, ino)""",
+    # One digest per inode, valid only for the identity it was computed from (digests.py).
+    """CREATE TABLE IF NOT EXISTS digests (
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 BLOB NOT NULL,
+    piece_length INTEGER NOT NULL,
+    pieces BLOB NOT NULL,
+    PRIMARY KEY (dev, ino)
+)""",
+    # Files whose bytes are new or changed since they were hashed: the digest worker's queue.
+    """CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY)""",
+    """CREATE TRIGGER IF NOT EXISTS entries_pending_ai AFTER INSERT ON entries WHEN NOT new.is_dir BEGIN
+    INSERT OR IGNORE INTO pending (id) VALUES (new.id);
+END""",
+    """CREATE TRIGGER IF NOT EXISTS entries_pending_au AFTER UPDATE OF size, mtime_ns, dev, ino ON entries
+WHEN NOT new.is_dir BEGIN
+    INSERT OR IGNORE INTO pending (id) VALUES (new.id);
+END""",
     """CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS uploads (path TEXT PRIMARY KEY, owner TEXT NOT NULL)""",
     """CREATE VIRTUAL TABLE IF NOT EXISTS names USING fts5(
@@ -59,9 +81,15 @@ _SCHEMA = (
 END""",
     """CREATE TRIGGER IF NOT EXISTS entries_ad AFTER DELETE ON entries BEGIN
     INSERT INTO names (names, rowid, name) VALUES ('delete', old.id, old.name);
+    DELETE FROM pending WHERE id = old.id;
 END""",
 )
-_TABLES = ("names", "entries", "dirs", "uploads", "meta")
+_TABLES = ("names", "pending", "digests", "entries", "dirs", "uploads", "meta")
+# An entry with the digest of its identity, if one is known.
+_WITH_DIGEST = (
+    "SELECT e.*, d.sha256 AS sha256 FROM entries e LEFT JOIN digests d "
+    "ON d.dev = e.dev AND d.ino = e.ino AND d.size = e.size AND d.mtime_ns = e.mtime_ns"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +103,7 @@ class Entry:
     mtime_ns: int
     dev: int
     ino: int
+    sha256: bytes | None = field(default=None, compare=False)  # known digest of this identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +160,7 @@ def _entry_from_row(row: sqlite3.Row) -> Entry:
         mtime_ns=row["mtime_ns"],
         dev=row["dev"],
         ino=row["ino"],
+        sha256=row["sha256"] if "sha256" in row.keys() else None,
     )
 
 
@@ -249,9 +279,7 @@ class Index:
     def get(self, path: str) -> Entry | None:
         parent, name = _split(path)
         with self._connection() as conn:
-            row = conn.execute(
-                "SELECT * FROM entries WHERE parent = ? AND name = ?", (parent, name)
-            ).fetchone()
+            row = conn.execute(f"{_WITH_DIGEST} WHERE e.parent = ? AND e.name = ?", (parent, name)).fetchone()
         return None if row is None else _entry_from_row(row)
 
     def list_dir(
@@ -268,14 +296,13 @@ class Index:
         column = _SORT_COLUMNS[sort]
         keys = [column] if column == "name" else [column, "name"]
         op, order = ("<", "DESC") if descending else (">", "ASC")
-        where, args = "parent = ?", list[object]([directory])
+        where, args = "e.parent = ?", list[object]([directory])
+        columns = [f"e.{k}" for k in keys]
         if cursor is not None:
             values = decode_cursor(cursor, tuple(str if k == "name" else int for k in keys))
-            where += f" AND ({', '.join(keys)}) {op} ({', '.join('?' * len(keys))})"
+            where += f" AND ({', '.join(columns)}) {op} ({', '.join('?' * len(keys))})"
             args += values
-        query = (
-            f"SELECT * FROM entries WHERE {where} ORDER BY {', '.join(f'{k} {order}' for k in keys)} LIMIT ?"
-        )
+        query = f"{_WITH_DIGEST} WHERE {where} ORDER BY {', '.join(f'{c} {order}' for c in columns)} LIMIT ?"
         with self._connection() as conn:
             rows = conn.execute(query, (*args, limit + 1)).fetchall()
         entries = [_entry_from_row(r) for r in rows[:limit]]
@@ -306,7 +333,9 @@ class Index:
             # The trigram tokenizer matches a quoted phrase as a substring, case-insensitively.
             phrase = '"' + query.replace('"', '""') + '"'
             return conn.execute(
-                "SELECT e.* FROM names JOIN entries e ON e.id = names.rowid "
+                "SELECT e.*, d.sha256 AS sha256 FROM names JOIN entries e ON e.id = names.rowid "
+                "LEFT JOIN digests d "
+                "ON d.dev = e.dev AND d.ino = e.ino AND d.size = e.size AND d.mtime_ns = e.mtime_ns "
                 "WHERE names MATCH ? AND names.rowid > ? ORDER BY names.rowid LIMIT ?",
                 (phrase, after, limit + 1),
             ).fetchall()
@@ -315,7 +344,7 @@ class Index:
         folded = query.casefold()
         pattern = "%" + folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         return conn.execute(
-            "SELECT * FROM entries WHERE id > ? AND folded LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
+            f"{_WITH_DIGEST} WHERE e.id > ? AND e.folded LIKE ? ESCAPE '\\' ORDER BY e.id LIMIT ?",
             (after, pattern, limit + 1),
         ).fetchall()
 
@@ -355,6 +384,67 @@ class Index:
         w.execute("DELETE FROM entries WHERE parent = ? AND name = ?", (parent, name))
         w.execute("DELETE FROM entries WHERE parent = ? OR (parent >= ? AND parent < ?)", (path, low, high))
         w.execute("DELETE FROM dirs WHERE path = ? OR (path >= ? AND path < ?)", (path, low, high))
+
+    # -- digests -----------------------------------------------------------------------------
+
+    def digest(self, ident: Identity) -> FileDigest | None:
+        """The digest of exactly this file identity, if known."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT sha256, piece_length, pieces FROM digests "
+                "WHERE dev = ? AND ino = ? AND size = ? AND mtime_ns = ?",
+                ident,
+            ).fetchone()
+        return None if row is None else FileDigest(row["sha256"], row["piece_length"], row["pieces"])
+
+    def put_digest(self, ident: Identity, digest: FileDigest) -> None:
+        with self._write() as w:
+            w.execute(
+                "INSERT INTO digests (dev, ino, size, mtime_ns, sha256, piece_length, pieces) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dev, ino) DO UPDATE SET size = excluded.size, "
+                "mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, "
+                "piece_length = excluded.piece_length, pieces = excluded.pieces",
+                (*ident, digest.sha256, digest.piece_length, digest.pieces),
+            )
+
+    def pending_digests(self, limit: int) -> list[tuple[int, Entry]]:
+        """Files whose bytes are new or changed since last hashed, oldest first."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT e.* FROM pending p JOIN entries e ON e.id = p.id ORDER BY p.id LIMIT ?", (limit,)
+            ).fetchall()
+        return [(r["id"], _entry_from_row(r)) for r in rows]
+
+    def pending_count(self) -> int:
+        with self._connection() as conn:
+            return int(conn.execute("SELECT count(*) AS n FROM pending").fetchone()["n"])
+
+    def done_digest(self, entry_id: int) -> None:
+        with self._write() as w:
+            w.execute("DELETE FROM pending WHERE id = ?", (entry_id,))
+
+    def prune_digests(self) -> int:
+        """Forget the digests of inodes no entry has any more; returns how many."""
+        with self._write() as w:
+            cursor = w.execute(
+                "DELETE FROM digests WHERE NOT EXISTS "
+                "(SELECT 1 FROM entries e WHERE e.dev = digests.dev AND e.ino = digests.ino)"
+            )
+            return cursor.rowcount
+
+    def files_with_digests(self, directory: str, *, recursive: bool, limit: int) -> list[Entry]:
+        """The files in a directory (or its whole subtree), by path, each with its digest if known;
+        at most `limit` (a caller asks for one more than it accepts to notice a larger tree)."""
+        self.refresh_if_changed(directory)
+        low, high = _subtree_bounds(directory) if directory else ("", "\U0010ffff")
+        where = "e.parent = ?" if not recursive else "(e.parent = ? OR (e.parent >= ? AND e.parent < ?))"
+        args: tuple[object, ...] = (directory,) if not recursive else (directory, low, high)
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"{_WITH_DIGEST} WHERE NOT e.is_dir AND {where} ORDER BY e.parent, e.name LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [_entry_from_row(r) for r in rows]
 
     # -- uploads in progress ------------------------------------------------------------------
 

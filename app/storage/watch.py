@@ -20,6 +20,7 @@ import watchfiles
 
 from app import metrics
 from app.errors import FerryError
+from app.storage.digests import DigestWorker
 from app.storage.index import Index
 from app.storage.paths import open_write_target
 from app.storage.writes import remove_stale
@@ -48,8 +49,11 @@ def _relative(root: Path, changed: str) -> str | None:
 class IndexKeeper:
     """Runs the scan, the watcher and the rescan loop for one index, if this process owns it."""
 
-    def __init__(self, index: Index, *, watch: bool, rescan_interval: float) -> None:
+    def __init__(
+        self, index: Index, *, watch: bool, rescan_interval: float, hasher: DigestWorker | None = None
+    ) -> None:
         self.index = index
+        self.hasher = hasher
         self.watch = watch
         self.rescan_interval = rescan_interval
         self.last_scan_seconds: float | None = None
@@ -68,6 +72,8 @@ class IndexKeeper:
 
     async def stop(self) -> None:
         self._stop.set()
+        if self.hasher is not None:
+            await asyncio.to_thread(self.hasher.stop)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -81,6 +87,8 @@ class IndexKeeper:
         await asyncio.to_thread(self._remove_orphaned_uploads)
         await self._scan()
         self.ready.set()
+        if self.hasher is not None:
+            self.hasher.start()
         if self.watch:
             self._tasks.append(asyncio.create_task(self._watch(), name="ferry-index-watch"))
         while self.rescan_interval > 0:
@@ -114,6 +122,8 @@ class IndexKeeper:
         try:
             stats = await asyncio.to_thread(self.index.scan, incremental=incremental)
             entries = await asyncio.to_thread(self.index.count)
+            if self.hasher is not None:
+                await asyncio.to_thread(self.index.prune_digests)
         except Exception:
             logger.exception("index scan failed")
             return

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.errors import Conflict, InsufficientStorage, NotFound
+from app.storage.digests import DigestBuilder
 from app.storage.paths import TEMP_PREFIX, WriteTarget
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -65,6 +66,8 @@ class AtomicWrite:
     temp_path: str = ""  # '/'-separated below ROOT, kept after commit or abort for bookkeeping
     fd: int = -1
     size: int = 0
+    # Hashes the bytes as they are written: the stored file's digest costs no extra read.
+    builder: DigestBuilder = field(default_factory=DigestBuilder)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def open(self) -> None:
@@ -85,6 +88,7 @@ class AtomicWrite:
         if self.fd < 0:
             raise OSError(errno.ECANCELED, "the upload was aborted")
         view = memoryview(data)
+        self.builder.update(view)
         try:
             while view:
                 written = os.write(self.fd, view)

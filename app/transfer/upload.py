@@ -9,6 +9,7 @@ memory stays near one chunk per file being written, whatever the body size.
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.types import Receive
 
 from app.errors import BadRequest, PayloadTooLarge
+from app.http.digests import ALGORITHMS, WANT_CONTENT_DIGEST, DigestFieldError, parse_digest_field
+from app.storage.digests import DigestBuilder
 from app.storage.writes import AtomicWrite
 
 MAX_PARTS = 1000
@@ -87,20 +90,67 @@ def base_name(raw: bytes) -> str:
     return name.replace("\\", "/").rsplit("/", 1)[-1].strip()
 
 
+def expected_digests(fields: dict[str, str]) -> dict[str, bytes]:
+    """The digests a client sent to have its upload verified, from `Content-Digest` and
+    `Repr-Digest` (RFC 9530; the two describe the same bytes for an upload that is not
+    content-coded), by algorithm. A malformed field, or one with no algorithm Ferry computes, is
+    refused (400) rather than ignored: the client asked for a check Ferry could not make."""
+    found: dict[str, bytes] = {}
+    for name in ("content-digest", "repr-digest"):
+        value = fields.get(name)
+        if value is None:
+            continue
+        try:
+            parsed = parse_digest_field(value)
+        except DigestFieldError as exc:
+            raise BadRequest(f"{name}: {exc}") from exc
+        if not parsed:
+            raise BadRequest(
+                f"{name}: no supported algorithm (sha-256, sha-512)",
+                {"want-content-digest": WANT_CONTENT_DIGEST},
+            )
+        for algorithm, digest in parsed.items():
+            if found.setdefault(algorithm, digest) != digest:
+                raise BadRequest("Content-Digest and Repr-Digest disagree")
+    return found
+
+
+def extra_algorithms(expected: dict[str, bytes]) -> tuple[str, ...]:
+    """The hashlib names to compute beside SHA-256 to check `expected`."""
+    return tuple(ALGORITHMS[a] for a in expected if a != "sha-256")
+
+
+def verify(builder: DigestBuilder, expected: dict[str, bytes], what: str) -> None:
+    for algorithm, digest in expected.items():
+        if not hmac.compare_digest(builder.digest(ALGORITHMS[algorithm]), digest):
+            raise BadRequest(f"{what} does not match its {algorithm} digest; nothing was stored")
+
+
+async def hashed(chunks: AsyncIterator[bytes], builder: DigestBuilder) -> AsyncIterator[bytes]:
+    """The chunks unchanged, each hashed on its way (the raw body of a multipart request)."""
+    async for chunk in chunks:
+        builder.update(chunk)
+        yield chunk
+
+
 @dataclass
 class _Part:
     headers: dict[bytes, bytes] = field(default_factory=dict)
     filename: str | None = None
     buffered: _Buffered | None = None
+    expected: dict[str, bytes] = field(default_factory=dict)
 
 
 class MultipartUpload:
     """Parses a multipart/form-data body as it streams in; `open_file(name)` starts each file."""
 
-    def __init__(self, boundary: bytes, open_file: Callable[[str], AtomicWrite], chunk_size: int) -> None:
+    def __init__(
+        self, boundary: bytes, open_file: Callable[[str, tuple[str, ...]], AtomicWrite], chunk_size: int
+    ) -> None:
         self.open_file = open_file
         self.chunk_size = chunk_size
         self.files: list[AtomicWrite] = []
+        self.expected: list[dict[str, bytes]] = []  # per file: digests its part's headers gave
         self._ops: list[tuple[str, _Part, bytes]] = []
         self._part = _Part()
         self._field: bytes = b""
@@ -130,8 +180,11 @@ class MultipartUpload:
         for op, part, data in ops:
             if op == "open":
                 assert part.filename is not None
-                write = await asyncio.to_thread(self.open_file, part.filename)
+                write = await asyncio.to_thread(
+                    self.open_file, part.filename, extra_algorithms(part.expected)
+                )
                 self.files.append(write)
+                self.expected.append(part.expected)
                 part.buffered = _Buffered(write, self.chunk_size)
             elif op == "data" and part.buffered is not None:
                 await part.buffered.add(data)
@@ -163,6 +216,8 @@ class MultipartUpload:
         name = None if raw is None else base_name(raw)
         if name:  # a browser sends filename="" for an empty file input: nothing to store
             self._part.filename = name
+            fields = {k.decode("latin-1"): v.decode("latin-1") for k, v in self._part.headers.items()}
+            self._part.expected = expected_digests(fields)
             self._ops.append(("open", self._part, b""))
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:

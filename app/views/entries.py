@@ -25,6 +25,9 @@ class EntryModel(BaseModel):
     content_type: str | None = Field(description="what a download answers with; null for a directory")
     etag: str | None = Field(description="the strong ETag a download answers with; null for a directory")
     url: str = Field(description="where to download it (a listing for a directory)")
+    sha256: str | None = Field(
+        None, description="hex SHA-256 of the file's bytes; null while not computed yet, and for a directory"
+    )
 
 
 class Listing(BaseModel):
@@ -67,6 +70,7 @@ def entry_model(entry: Entry, mime_types: Mapping[str, str]) -> EntryModel:
         content_type=content_type_for(entry.name, mime_types),
         etag=etag,
         url=url,
+        sha256=None if entry.sha256 is None else entry.sha256.hex(),
     )
 
 

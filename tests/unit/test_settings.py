@@ -171,6 +171,11 @@ def test_settings_config_file_is_read_from_the_working_directory(
         ("mime_types", "log"),
         ("write_buffer", "1"),
         ("host", ""),
+        ("hash_rate", "fast"),
+        ("mirrors", "ftp://mirror.example"),
+        ("mirrors", "https://m.example/a b"),
+        ("public_url", "files.example"),
+        ("public_url", "https://files.example/?x=1"),
     ],
 )
 def test_settings_bad_values_name_the_field(tmp_path: Path, field: str, value: str) -> None:
@@ -235,23 +240,26 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         "rate_limit_after": "10MiB",
         "cors_origins": "https://app.example",
         "log_format": "json",
+        "hash_rate": "64MiB",
+        "hash_on_demand_max": "1GiB",
+        "mirrors": "https://m1.example/pub/, http://m2.example:8080",
+        "public_url": "https://files.example/ferry/",
         "download_auth": "signed",
         "read_tokens": "reader-1, reader-2",
         "signing_keys": "new-key-0123456789,old-key-0123456789",
-        "public_url": "https://files.example/ferry/",
     }
     argv = [arg for name, value in values.items() for arg in ("--" + name.replace("_", "-"), value)]
-    argv += ["--follow-symlinks", "--show-hidden", "--no-watch", "--no-fsync"]
-    assert set(values) | {"follow_symlinks", "show_hidden", "watch", "fsync"} == set(Settings.model_fields)
-    settings = load_settings(serve_args(*argv))
-    check_env_values(settings, tmp_path)
-    assert settings.download_auth == "signed"
-    assert [t.get_secret_value() for t in settings.read_tokens] == ["reader-1", "reader-2"]
-    assert [k.get_secret_value() for k in settings.signing_keys] == [
-        "new-key-0123456789",
-        "old-key-0123456789",
-    ]
-    assert settings.public_url == "https://files.example/ferry"
+    argv += ["--follow-symlinks", "--show-hidden", "--no-watch", "--no-fsync", "--no-checksums"]
+    flags = {"follow_symlinks", "show_hidden", "watch", "fsync", "checksums"}
+    assert set(values) | flags == set(Settings.model_fields)
+    s = load_settings(serve_args(*argv))
+    check_env_values(s, tmp_path)
+    assert (s.checksums, s.hash_rate, s.hash_on_demand_max) == (False, 64 * MiB, 1024 * MiB)
+    assert s.mirrors == ["https://m1.example/pub", "http://m2.example:8080"]
+    assert s.public_url == "https://files.example/ferry"
+    assert s.download_auth == "signed"
+    assert [t.get_secret_value() for t in s.read_tokens] == ["reader-1", "reader-2"]
+    assert [k.get_secret_value() for k in s.signing_keys] == ["new-key-0123456789", "old-key-0123456789"]
 
 
 def test_cli_flags_beat_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

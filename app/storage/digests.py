@@ -1,0 +1,314 @@
+"""SHA-256 digests of stored files: computed once, keyed by the file's identity, never stale.
+
+A digest belongs to a file's identity, (device, inode, size, mtime_ns), the same facts its ETag is
+made from: a file replaced, appended or rewritten has a new identity, so an old digest can never
+be paired with new bytes. Digests come from three places, all through `DigestBuilder`:
+- an upload hashes its body while it streams to disk (no extra read);
+- the background `DigestWorker` hashes files the index lists without one, one file at a time, at
+  FERRY_HASH_RATE, pausing while any worker is sending or receiving a file (`Activity`);
+- a request that insists (`Want-Repr-Digest`, a `.meta4`) hashes a small enough file on demand.
+
+A file is hashed only if its identity is the same before and after the read, and only once its
+mtime is a little in the past: a write within the same timestamp tick as the read would leave the
+mtime unchanged (as git's "racy" index entries), so a file still being written waits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from app import metrics
+from app.errors import FerryError
+from app.storage.paths import open_beneath, resolve
+
+if TYPE_CHECKING:
+    from app.storage.index import Entry, Index
+
+logger = logging.getLogger("ferry.digests")
+
+Identity = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
+MIN_PIECE = 4 * 1024**2
+MAX_PIECES = 1024
+READ_SIZE = 1024**2
+SETTLE_SECONDS = 2.0  # a file modified more recently than this is hashed later
+
+
+def identity(st: os.stat_result) -> Identity:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def piece_length(size: int) -> int:
+    """4 MiB, doubled until the file has at most 1,024 pieces."""
+    length = MIN_PIECE
+    while length * MAX_PIECES < size:
+        length *= 2
+    return length
+
+
+@dataclass(frozen=True, slots=True)
+class FileDigest:
+    """The SHA-256 of a whole file and, for a file of more than one piece, of each piece."""
+
+    sha256: bytes
+    piece_length: int = 0
+    pieces: bytes = b""  # the 32-byte SHA-256 of each piece, concatenated
+
+    @property
+    def hex(self) -> str:
+        return self.sha256.hex()
+
+    def piece_hexes(self) -> tuple[str, ...]:
+        return tuple(self.pieces[i : i + 32].hex() for i in range(0, len(self.pieces), 32))
+
+
+class DigestBuilder:
+    """Hashes bytes as they pass: the whole-file SHA-256, piece SHA-256s, and any extra algorithms
+    a client asked to verify (sha-512)."""
+
+    def __init__(self, expected_size: int | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.whole = hashlib.sha256()
+        self.extra = {name: hashlib.new(name) for name in extra if name != "sha256"}
+        self.piece_length = piece_length(expected_size) if expected_size is not None else 0
+        self._piece = hashlib.sha256() if self.piece_length else None
+        self._in_piece = 0
+        self._pieces: list[bytes] = []
+        self.size = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        self.whole.update(view)
+        for h in self.extra.values():
+            h.update(view)
+        self.size += len(view)
+        if self._piece is None:
+            return
+        while view:
+            take = min(len(view), self.piece_length - self._in_piece)
+            self._piece.update(view[:take])
+            self._in_piece += take
+            view = view[take:]
+            if self._in_piece == self.piece_length:
+                self._pieces.append(self._piece.digest())
+                self._piece, self._in_piece = hashlib.sha256(), 0
+
+    def hexdigest(self, name: str) -> str:
+        return self.whole.hexdigest() if name == "sha256" else self.extra[name].hexdigest()
+
+    def digest(self, name: str = "sha256") -> bytes:
+        return self.whole.digest() if name == "sha256" else self.extra[name].digest()
+
+    def result(self) -> FileDigest:
+        pieces = list(self._pieces)
+        if self._piece is not None and self._in_piece:
+            pieces.append(self._piece.digest())
+        if len(pieces) <= 1:
+            return FileDigest(self.whole.digest())
+        return FileDigest(self.whole.digest(), self.piece_length, b"".join(pieces))
+
+
+def hash_open_file(
+    fd: int,
+    st: os.stat_result,
+    *,
+    extra: tuple[str, ...] = (),
+    before_read: Callable[[int], bool] | None = None,
+) -> DigestBuilder | None:
+    """Hash an opened regular file from offset 0; None if it changed while being read (or if
+    `before_read`, told the next read's size, returns False: stop)."""
+    builder = DigestBuilder(st.st_size, extra)
+    offset = 0
+    while offset < st.st_size:
+        size = min(READ_SIZE, st.st_size - offset)
+        if before_read is not None and not before_read(size):
+            return None
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            return None
+        builder.update(data)
+        offset += size
+    if identity(os.fstat(fd)) != identity(st):
+        return None
+    return builder
+
+
+def settled(st: os.stat_result, now: float | None = None) -> bool:
+    """Whether the file's mtime is far enough in the past for its identity to be trusted."""
+    return st.st_mtime_ns / 1e9 <= (time.time() if now is None else now) - SETTLE_SECONDS
+
+
+class Activity:
+    """Whether any Ferry process sharing this index is moving file bytes right now.
+
+    Every process holds a shared flock on `<index>.busy` while it has a transfer in flight; the
+    digest worker probes with a non-blocking exclusive lock on its own descriptor. Only the
+    transitions idle→busy→idle cost a system call.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._probe_fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self._active = 0
+
+    def begin(self) -> None:
+        self._active += 1
+        if self._active == 1:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # a probe holds it this instant: the hasher does one more read, no harm
+
+    def end(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def busy(self) -> bool:
+        try:
+            fcntl.flock(self._probe_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self._probe_fd, fcntl.LOCK_UN)
+        return False
+
+    def close(self) -> None:
+        for fd in (self._fd, self._probe_fd):
+            os.close(fd)
+
+
+class DigestWorker:
+    """The background hasher: a thread that hashes the files the index lists without a digest.
+
+    One file at a time, `READ_SIZE` per read, at most `rate` bytes per second (0: as fast as the
+    disk and one core allow), and nothing while `activity` says a transfer is in flight.
+    """
+
+    def __init__(self, index: Index, activity: Activity, *, rate: int, idle_poll: float = 1.0) -> None:
+        self.index = index
+        self.activity = activity
+        self.rate = rate
+        self.idle_poll = idle_poll
+        self.hashed_files = 0
+        self.hashed_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ferry-digests", daemon=True)
+        self._later: dict[int, float] = {}  # entry id → when to try again (a file still changing)
+        self._window_start = time.monotonic()
+        self._window_bytes = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self._round()
+            except Exception:
+                logger.exception("hashing failed; trying again shortly")
+                worked = False
+            if not worked:
+                self._stop.wait(self.idle_poll)
+
+    def _round(self) -> bool:
+        now = time.monotonic()
+        work = [(i, e) for i, e in self.index.pending_digests(64) if self._later.get(i, 0) <= now]
+        for entry_id, entry in work:
+            if self._stop.is_set():
+                return True
+            self._hash_entry(entry_id, entry)
+        return bool(work)
+
+    def _hash_entry(self, entry_id: int, entry: Entry) -> None:
+        known = self.index.digest((entry.dev, entry.ino, entry.size, entry.mtime_ns))
+        if known is not None:
+            self.index.done_digest(entry_id)  # an upload or a hard link already hashed it
+            return
+        try:
+            fd, st = open_beneath(resolve(entry.path, self.index.policy), self.index.policy)
+        except (OSError, ValueError, FerryError):
+            self.index.done_digest(entry_id)  # gone or refused: a scan brings it back if it returns
+            return
+        try:
+            if not settled(st):
+                self._later[entry_id] = time.monotonic() + SETTLE_SECONDS
+                return
+            built = hash_open_file(fd, st, before_read=self._before_read)
+        finally:
+            os.close(fd)
+        if built is None:
+            self._later[entry_id] = time.monotonic() + SETTLE_SECONDS  # changed, or stopping
+            return
+        self._later.pop(entry_id, None)
+        self.index.put_digest(identity(st), built.result())
+        self.index.done_digest(entry_id)
+        self.hashed_files += 1
+        self.hashed_bytes += st.st_size
+        metrics.HASHED_FILES.inc()
+        metrics.HASHED_BYTES.inc(st.st_size)
+
+    def _before_read(self, size: int) -> bool:
+        """Wait while transfers are in flight and while over the rate; False when stopping."""
+        while self.activity.busy():
+            if self._stop.wait(0.25):
+                return False
+            self._window_start, self._window_bytes = time.monotonic(), 0
+        if self.rate:
+            self._window_bytes += size
+            ahead = self._window_start + self._window_bytes / self.rate - time.monotonic()
+            if ahead > 0 and self._stop.wait(ahead):
+                return False
+            if ahead < -1:  # idle for a while: do not burst to catch up
+                self._window_start, self._window_bytes = time.monotonic(), size
+        return not self._stop.is_set()
+
+
+class DigestCache:
+    """A worker's memory of digests by identity, in front of the index.
+
+    A known digest never goes stale (its identity says which bytes it describes), so hits are kept
+    (up to `size`); a miss is remembered for `miss_ttl` seconds, so a file not hashed yet costs
+    one index read per second, not one per request.
+    """
+
+    def __init__(self, index: Index, *, size: int = 8192, miss_ttl: float = 1.0) -> None:
+        self.index = index
+        self.size = size
+        self.miss_ttl = miss_ttl
+        self._known: dict[Identity, FileDigest] = {}
+        self._missing: dict[Identity, float] = {}
+
+    def get(self, ident: Identity) -> FileDigest | None:
+        found = self._known.get(ident)
+        if found is not None:
+            return found
+        now = time.monotonic()
+        if self._missing.get(ident, 0.0) > now:
+            return None
+        found = self.index.digest(ident)
+        if found is None:
+            if len(self._missing) >= self.size:
+                self._missing.clear()
+            self._missing[ident] = now + self.miss_ttl
+            return None
+        self.remember(ident, found)
+        return found
+
+    def remember(self, ident: Identity, digest: FileDigest) -> None:
+        if len(self._known) >= self.size:
+            self._known.pop(next(iter(self._known)))  # the oldest
+        self._known[ident] = digest
+        self._missing.pop(ident, None)
