@@ -9,24 +9,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import typing
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import __version__
-from app.settings import ENV_FILE, ENV_PREFIX, Settings, env_name
+from app.http import signing
+from app.settings import ENV_FILE, ENV_PREFIX, PublicUrl, Settings, SigningKeys, env_name
 
 EXIT_BAD_SETTINGS = 2
 EXIT_UNHEALTHY = 1
+_S = TypeVar("_S", bound=BaseSettings)
 
 
-def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+def _add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
     for name, field in Settings.model_fields.items():
+        if names is not None and name not in names:
+            continue
         flag = "--" + name.replace("_", "-")
         default = field.get_default(call_default_factory=True)
         help_text = f"{field.description} [env {env_name(name)}, default {default!s}]"
@@ -58,13 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="the server's base URL [default: http://FERRY_HOST:FERRY_PORT, 0.0.0.0 and :: as 127.0.0.1]",
     )
     check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer [5]")
+    sign = commands.add_parser(
+        "sign",
+        help="print a signed link that reads PATH until it expires",
+        description="Print one full URL that reads PATH (a path below ROOT, as listings show it) for "
+        "TTL, signed with the first of FERRY_SIGNING_KEYS; the base is FERRY_PUBLIC_URL, else "
+        "http://HOST:PORT. Reads the same settings as `serve` (environment, config/ferry.env, flags).",
+    )
+    sign.add_argument("path", metavar="PATH", help="e.g. isos/big.iso, or a directory with --prefix")
+    sign.add_argument("--ttl", default="1h", help="lifetime: 90s, 30m, 1h, 7d (at most 366d) [1h]")
+    sign.add_argument(
+        "--prefix", action="store_true", help="sign the directory PATH/: every file and listing below it"
+    )
+    sign.add_argument("--ip", metavar="CIDR", help="only clients in this address or network may use it")
+    _add_setting_flags(sign, SIGN_SETTINGS)
     return parser
 
 
-def load_settings(given: dict[str, Any]) -> Settings:
+def load_settings(given: dict[str, Any], kind: type[_S] = Settings) -> _S:  # type: ignore[assignment]
     """Settings from env and config/ferry.env, with the given flags on top; exits 2 if invalid."""
     try:
-        return Settings(**given)
+        return kind(**given)
     except ValidationError as exc:
         error = exc.errors()[0]
         message = str(error["msg"]).removeprefix("Value error, ")
@@ -79,6 +98,37 @@ def load_settings(given: dict[str, Any]) -> Settings:
         raise SystemExit(EXIT_BAD_SETTINGS) from None
 
 
+SIGN_SETTINGS = ("signing_keys", "public_url", "host", "port")
+
+
+class _Signing(BaseSettings):
+    """What `ferry sign` reads, as `serve` reads it, without needing ROOT to exist."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=ENV_FILE, extra="ignore")
+
+    signing_keys: SigningKeys = Settings.model_fields["signing_keys"].get_default(call_default_factory=True)
+    public_url: PublicUrl = None
+    host: str = Settings.model_fields["host"].default
+    port: int = Settings.model_fields["port"].default
+
+
+def sign(args: dict[str, Any]) -> int:
+    """Print the URL of a new signed link; exit 2 with one line if it cannot be made."""
+    path, ttl, prefix, ip = (args.pop(name) for name in ("path", "ttl", "prefix", "ip"))
+    settings = load_settings(args, _Signing)
+    try:
+        if not settings.signing_keys:
+            raise ValueError("FERRY_SIGNING_KEYS is not set")
+        seconds = signing.parse_duration(ttl)
+        link = signing.new_link(path, ttl=seconds, now=int(time.time()), prefix=prefix, ip=ip)
+    except ValueError as exc:
+        print(f"ferry sign: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_BAD_SETTINGS
+    base = settings.public_url or base_url(settings.host, settings.port)
+    print(base + signing.link_target(settings.signing_keys[0].get_secret_value().encode(), link))  # noqa: T201
+    return 0
+
+
 class _Address(BaseSettings):
     """FERRY_HOST and FERRY_PORT read as `serve` reads them (env, then config/ferry.env), without
     the rest of Settings: the healthcheck must not depend on ROOT existing."""
@@ -89,12 +139,17 @@ class _Address(BaseSettings):
     port: int = Settings.model_fields["port"].default
 
 
-def default_url() -> str:
-    address = _Address()
-    host = "127.0.0.1" if address.host in ("0.0.0.0", "::", "") else address.host
+def base_url(host: str, port: int) -> str:
+    """http://HOST:PORT, with a wildcard bind address as the loopback one."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     if ":" in host:
         host = f"[{host}]"  # an IPv6 literal
-    return f"http://{host}:{address.port}"
+    return f"http://{host}:{port}"
+
+
+def default_url() -> str:
+    address = _Address()
+    return base_url(address.host, address.port)
 
 
 def healthcheck(url: str | None, timeout: float) -> int:
@@ -130,4 +185,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(load_settings(args))
     if command == "healthcheck":
         return healthcheck(args["url"], args["timeout"])
+    if command == "sign":
+        return sign(args)
     raise AssertionError(command)  # pragma: no cover

@@ -2,6 +2,9 @@
 
 FerryError               base: carries status, a short detail and extra headers
 ├── BadRequest           400: a request Ferry cannot make sense of
+├── Unauthorized         401: no valid bearer token (with WWW-Authenticate)
+├── Forbidden            403: credentials given, but they do not allow this (a bad signed link)
+├── Gone                 410: a genuine signed link past its expiry
 └── NotFound             404: nothing servable here (including everything the path gate refuses)
 """
 
@@ -36,6 +39,11 @@ class Unauthorized(FerryError):
         super().__init__(detail, {"www-authenticate": 'Bearer realm="ferry"'})
 
 
+class Forbidden(FerryError):
+    status = 403
+    default_detail = "Forbidden"
+
+
 class NotFound(FerryError):
     status = 404
     default_detail = "Not Found"
@@ -52,6 +60,11 @@ class MethodNotAllowed(FerryError):
 class Conflict(FerryError):
     status = 409
     default_detail = "Conflict"
+
+
+class Gone(FerryError):
+    status = 410
+    default_detail = "Gone"
 
 
 class PreconditionFailed(FerryError):

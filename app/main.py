@@ -8,14 +8,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.types import Receive, Scope, Send
 
 from app import __version__, metrics
 from app.access import Observed
+from app.auth import Gate, api_reader
 from app.cors import Cors
 from app.errors import FerryError, handle_ferry_error
-from app.routes import api, ops, static
+from app.routes import api, links, ops, static
 from app.routes.files import Downloads, is_download
 from app.routes.writes import Writes, is_write
 from app.settings import Settings
@@ -43,6 +44,7 @@ class FerryApp(FastAPI):
         self.state.keeper = IndexKeeper(
             self.state.index, watch=settings.watch, rescan_interval=settings.rescan_interval, hasher=hasher
         )
+        self.state.gate = Gate(settings)
         self.downloads = Downloads(self.state)
         self.writes = Writes(self.state)
         self.log_format = settings.log_format
@@ -95,6 +97,12 @@ def create_app(settings: Settings | None = None) -> FerryApp:
     )
     app.add_exception_handler(FerryError, handle_ferry_error)
     app.include_router(ops.router)
-    app.include_router(api.router)
+    # FERRY_DOWNLOAD_AUTH=token or signed: the JSON API and search need a read token.
+    app.include_router(
+        api.router,
+        dependencies=[Depends(api_reader)],
+        responses={401: {"description": "a read token is required (FERRY_DOWNLOAD_AUTH)"}},
+    )
+    app.include_router(links.router)
     app.include_router(static.router)
     return app

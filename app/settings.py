@@ -59,6 +59,20 @@ def parse_origins(value: Any) -> Any:
     return origins
 
 
+def parse_secrets(value: Any) -> Any:
+    """``a,b,c`` → ["a", "b", "c"] (blank items dropped); secrets are compared, never printed."""
+    if not isinstance(value, str):
+        return value
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _long_enough(keys: list[SecretStr]) -> list[SecretStr]:
+    for key in keys:
+        if len(key.get_secret_value().encode()) < 16:
+            raise ValueError("each signing key needs at least 16 characters (32 random bytes is best)")
+    return keys
+
+
 _BASE_URL = re.compile(r"https?://[^/\s?#<>\"]+(/[^\s?#<>\"]*)?")
 
 
@@ -95,6 +109,9 @@ def _existing_directory(path: Path) -> Path:
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
+Secrets = Annotated[list[SecretStr], NoDecode, BeforeValidator(parse_secrets)]
+SigningKeys = Annotated[Secrets, AfterValidator(_long_enough)]
+PublicUrl = Annotated[str | None, BeforeValidator(parse_public_url)]
 
 
 class Settings(BaseSettings):
@@ -150,6 +167,19 @@ class Settings(BaseSettings):
 
     write_token: SecretStr | None = Field(
         None, description="uploads and deletes are enabled only when set (Authorization: Bearer <token>)"
+    )
+    download_auth: Literal["public", "token", "signed"] = Field(
+        "public",
+        description="who may read: public; token (Authorization: Bearer, a READ_TOKENS or the write "
+        "token); signed (a signed link, or a token)",
+    )
+    read_tokens: Secrets = Field(
+        default_factory=list, description="bearer tokens that may read (comma-separated)"
+    )
+    signing_keys: SigningKeys = Field(
+        default_factory=list,
+        description="keys for signed links, comma-separated, newest first (links are signed with the "
+        "first; any listed key verifies)",
     )
     max_upload_size: Size = Field(100 * 1024**3, ge=1, description="larger bodies get 413, nothing kept")
     fsync: bool = Field(True, description="fsync uploads before they are renamed into place")
@@ -211,6 +241,14 @@ class Settings(BaseSettings):
     def _index_outside_root(self) -> Settings:
         if self.index_path is not None and self.index_path.is_relative_to(self.root):
             raise ValueError(f"FERRY_INDEX_PATH {str(self.index_path)!r} must be outside FERRY_ROOT")
+        return self
+
+    @model_validator(mode="after")
+    def _auth_has_secrets(self) -> Settings:
+        if self.download_auth == "signed" and not self.signing_keys:
+            raise ValueError("FERRY_DOWNLOAD_AUTH=signed needs FERRY_SIGNING_KEYS")
+        if self.download_auth == "token" and not self.read_tokens and self.write_token is None:
+            raise ValueError("FERRY_DOWNLOAD_AUTH=token needs FERRY_READ_TOKENS or FERRY_WRITE_TOKEN")
         return self
 
     @property

@@ -23,6 +23,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from app import __version__
+from app.auth import link_access
 from app.errors import FerryError, NotFound, ServiceUnavailable, error_response
 from app.http.conditional import make_validators
 from app.http.digests import ALGORITHMS, checksum_line, parse_want_field, wanted_algorithm
@@ -97,6 +98,7 @@ class Downloads:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
+            self.state.gate.download(scope)  # FERRY_DOWNLOAD_AUTH, before any file is looked at
             response = self.respond(scope)
         except FerryError as exc:
             response = error_response(exc)
@@ -169,7 +171,9 @@ class Downloads:
             content_type=content_type,
             content_disposition=content_disposition(_disposition(params, settings, content_type), safe.name),
             digests=digests,
-            link=self._links(path, digest is not None) if digest is not None or settings.mirrors else None,
+            link=self._links(path, scope, digest is not None)
+            if digest is not None or settings.mirrors
+            else None,
         )
         request = DownloadRequest(
             method=scope["method"],
@@ -190,10 +194,12 @@ class Downloads:
 
         return FileResponse(plan, fd, st, self.options, on_close=on_close)
 
-    def _links(self, path: str, described: bool) -> str:
+    def _links(self, path: str, scope: Scope, described: bool) -> str:
         quoted = quote(path)
         mirrors = [Mirror(f"{base}/{quoted}", i) for i, base in enumerate(self.settings.mirrors, start=1)]
-        return link_field(describedby=PREFIX + quoted + "?meta4" if described else None, duplicates=mirrors)
+        access = link_access(scope)  # a signed link: the .meta4 is reached with the same signature
+        meta4 = PREFIX + quoted + "?meta4" + (f"&{access.query}" if access else "")
+        return link_field(describedby=meta4 if described else None, duplicates=mirrors)
 
     async def _hash(self, fd: int, st: os.stat_result, algorithm: str) -> tuple[FileDigest, dict[str, bytes]]:
         """Hash an opened file now (a request insists on a digest); remember a settled result."""
@@ -256,7 +262,9 @@ class Downloads:
         async def make() -> Response:
             digest = await self._known_or_hashed(fd, st)
             quoted = quote(path)
-            urls = [Mirror(f"{base_url(scope, self.settings)}{PREFIX}{quoted}", 1)]
+            access = link_access(scope)  # the file's URL with the signature this request carried
+            signed = f"?{access.query}" if access else ""
+            urls = [Mirror(f"{base_url(scope, self.settings)}{PREFIX}{quoted}{signed}", 1)]
             urls += [Mirror(f"{b}/{quoted}", i) for i, b in enumerate(self.settings.mirrors, start=2)]
             pieces = Pieces(digest.piece_length, digest.piece_hexes()) if digest.pieces else None
             document = metalink_document(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from html import escape
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from app.storage.index import SortKey
 from app.views.assets import static_href, template
@@ -33,6 +33,10 @@ class HtmlPage:
     limit: int | None = None  # as the request gave it; kept in links and forms
     cursor: str | None = None  # the request's cursor: this is not the first page
     upload_limit: int | None = None  # writes enabled: the largest upload (bytes); None: no upload panel
+    # Shown through a signed prefix link: its query, carried on every link that stays below
+    # `link_root` (the signed directory below ROOT, '' for ROOT itself).
+    link_query: str = ""
+    link_root: str | None = None
 
 
 def human_size(size: int) -> str:
@@ -64,6 +68,19 @@ def _query(params: dict[str, str]) -> str:
     return "?" + urlencode(params) if params else "./"
 
 
+def _linked(href: str, page: HtmlPage) -> str:
+    """A link of the page with the signed link's parameters, so it works for the link's holder."""
+    if not page.link_query:
+        return href
+    return href + ("&" if "?" in href else "?") + page.link_query
+
+
+def _reachable(directory: str, page: HtmlPage) -> bool:
+    """Whether the page of `directory` can be shown to this reader (a link covers only its subtree)."""
+    root = page.link_root
+    return root is None or not root or directory == root or directory.startswith(root + "/")
+
+
 # -- pieces of a row -------------------------------------------------------------------------
 
 
@@ -91,13 +108,14 @@ def _mtime_cell(entry: EntryModel) -> str:
     )
 
 
-def _copy_cell(entry: EntryModel, href: str) -> str:
-    if entry.type != "file":
-        return '<td class="actions"></td>'
-    label = escape(f"Copy a curl command that downloads {entry.name}")
+def _share_button(entry: EntryModel) -> str:
+    """Shown by ferry.js once the tab holds the write token: mints a signed link (POST /api/sign)."""
+    what = "everything in " if entry.type == "dir" else ""
+    label = escape(f"Copy a link to {what}{entry.name} that works for a day")
+    prefix = ' data-prefix="1"' if entry.type == "dir" else ""
     return (
-        f'<td class="actions"><button type="button" class="copy" data-href="{escape(href)}" hidden '
-        f'title="{label}" aria-label="{label}">curl</button></td>'
+        f'<button type="button" class="share" data-path="{escape(entry.path)}"{prefix} hidden '
+        f'title="{label}" aria-label="{label}">share</button>'
     )
 
 
@@ -111,26 +129,41 @@ def _digest(entry: EntryModel) -> str:
     )
 
 
-def _row(entry: EntryModel, href: str, where: str = "") -> str:
+def _copy_cell(entry: EntryModel, href: str, share: bool = False) -> str:
+    shared = _share_button(entry) if share else ""
+    if entry.type != "file":
+        return f'<td class="actions">{shared}</td>'
+    label = escape(f"Copy a curl command that downloads {entry.name}")
+    return (
+        f'<td class="actions"><button type="button" class="copy" data-href="{escape(href)}" hidden '
+        f'title="{label}" aria-label="{label}">curl</button>{shared}</td>'
+    )
+
+
+def _row(entry: EntryModel, href: str, where: str = "", share: bool = False) -> str:
     return (
         f'<tr class="{entry.type}"><td class="name">{_name_link(entry, href)}{where}{_digest(entry)}</td>'
-        f"{_size_cell(entry)}{_mtime_cell(entry)}{_copy_cell(entry, href)}</tr>"
+        f"{_size_cell(entry)}{_mtime_cell(entry)}{_copy_cell(entry, href, share)}</tr>"
     )
 
 
 # -- the page around the rows ----------------------------------------------------------------
 
 
-def _crumbs(directory: str) -> str:
-    """Files / a / b: every ancestor a link, the current directory plain text."""
+def _crumbs(page: HtmlPage) -> str:
+    """Files / a / b: every ancestor the reader may open a link, the current directory plain text."""
+    directory = page.directory
     parts = directory.split("/") if directory else []
     names = ["Files", *parts]
     items = []
     for depth, name in enumerate(names):
         if depth == len(parts):
             items.append(f'<li><span aria-current="page">{escape(name)}</span></li>')
+        elif not _reachable("/".join(parts[:depth]), page):
+            items.append(f"<li><span>{escape(name)}</span></li>")
         else:
-            items.append(f'<li><a href="{"../" * (len(parts) - depth)}">{escape(name)}</a></li>')
+            href = _linked("../" * (len(parts) - depth), page)
+            items.append(f'<li><a href="{escape(href)}">{escape(name)}</a></li>')
     return "".join(items)
 
 
@@ -141,8 +174,9 @@ def _page(page: HtmlPage, *, title: str, main: str, query: str = "") -> str:
         css=escape(static_href("ferry.css", up=up)),
         js=escape(static_href("ferry.js", up=up)),
         icon=escape(static_href("favicon.svg", up=up)),
-        crumbs=_crumbs(page.directory),
+        crumbs=_crumbs(page),
         query=escape(query),
+        search_hidden=" hidden" if page.link_root is not None else "",  # search needs a token
         main=main,
     )
 
@@ -150,9 +184,9 @@ def _page(page: HtmlPage, *, title: str, main: str, query: str = "") -> str:
 def _pager(page: HtmlPage, params: dict[str, str]) -> str:
     links = []
     if page.cursor:
-        links.append(f'<a class="first" href="{escape(_query(params))}">First page</a>')
+        links.append(f'<a class="first" href="{escape(_linked(_query(params), page))}">First page</a>')
     if page.data.next_cursor:
-        href = _query({**params, "cursor": page.data.next_cursor})
+        href = _linked(_query({**params, "cursor": page.data.next_cursor}), page)
         links.append(f'<a rel="next" href="{escape(href)}">Next page →</a>')
     return f'<nav class="pager" aria-label="Pages">{"".join(links)}</nav>' if links else ""
 
@@ -214,6 +248,8 @@ def _sort_header(label: str, key: SortKey, page: HtmlPage) -> str:
     arrow = ("↓" if page.descending else "↑") if active else ""
     aria = f' aria-sort="{"descending" if page.descending else "ascending"}"' if active else ""
     limit = f'<input type="hidden" name="limit" value="{page.limit}">' if page.limit else ""
+    for name, value in parse_qsl(page.link_query):
+        limit += f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">'
     return (
         f'<th class="{key}" scope="col"{aria}><form method="get">{limit}'
         f'<input type="hidden" name="order" value="{order}">'
@@ -231,11 +267,12 @@ def _listing_params(page: HtmlPage) -> dict[str, str]:
     return params
 
 
-def _parent_row(directory: str) -> str:
-    if not directory:
+def _parent_row(page: HtmlPage) -> str:
+    directory = page.directory
+    if not directory or not _reachable(directory.rpartition("/")[0], page):
         return ""
     return (
-        f'<tr class="parent"><td class="name"><a href="../" rel="up">{_icon("up")}'
+        f'<tr class="parent"><td class="name"><a href="{escape(_linked("../", page))}" rel="up">{_icon("up")}'
         '<span class="label">Parent folder</span></a></td><td class="size"></td>'
         '<td class="mtime"></td><td class="actions"></td></tr>'
     )
@@ -244,22 +281,27 @@ def _parent_row(directory: str) -> str:
 def render_listing(page: HtmlPage) -> str:
     assert isinstance(page.data, Listing)
     entries = page.data.entries
-    rows = [_row(e, _href(e.name, is_dir=e.type == "dir")) for e in entries]
+    share = page.upload_limit is not None  # writes enabled: the write token can mint links
+    rows = [_row(e, _linked(_href(e.name, is_dir=e.type == "dir"), page), share=share) for e in entries]
     if not entries:
         rows.append('<tr class="empty"><td colspan="4">This folder is empty.</td></tr>')
     head = "".join(_sort_header(label, key, page) for label, key in _COLUMNS) + _ACTIONS_HEAD
     name = _folder_name(page.directory)
     upload = "" if page.upload_limit is None else _upload_panel(page.directory, page.upload_limit) + "\n"
     # A GET form, not a link: a crawler mirroring the tree does not fetch it.
+    carried = "".join(
+        f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">'
+        for name, value in parse_qsl(page.link_query)
+    )
     sums = (
-        '<form class="checksums" method="get"><button type="submit" name="checksums" value="all" '
+        f'<form class="checksums" method="get">{carried}<button type="submit" name="checksums" value="all" '
         'title="Checksums of every file below this folder, for sha256sum -c">'
         "Download SHA256SUMS</button></form>"
     )
     summary = _summary(len(entries), bool(page.data.next_cursor), ("item", "items"))
     main = (
         f"<h1>{escape(name)}</h1>\n{summary}\n"
-        f"{upload}{_table(head, [_parent_row(page.directory), *rows])}\n"
+        f"{upload}{_table(head, [_parent_row(page), *rows])}\n"
         f"{_pager(page, _listing_params(page))}{sums if entries else ''}"
     )
     return _page(page, title=f"Index of /{page.directory}", main=main)

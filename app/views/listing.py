@@ -12,6 +12,7 @@ from starlette.datastructures import State
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from app.auth import link_access
 from app.errors import BadRequest, FerryError, error_response
 from app.storage.index import SortKey
 from app.views.entries import listing_model, search_model
@@ -56,9 +57,15 @@ class DirectoryResponse(Response):
         params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         index, mime_types = self.state.index, self.state.settings.mime_types
         cursor = params.get("cursor") or None
+        link = link_access(scope)
+        # Only a prefix link reaches further than this page: then every link on it carries it along.
+        link_query = link.query if link is not None and link.prefix is not None else ""
         if _wants_json(params, scope):
             page = index.list_dir(self.directory, limit=_limit(params, 100), cursor=cursor)
-            return JSONResponse(listing_model(self.directory, page, mime_types).model_dump(mode="json"))
+            listing = listing_model(self.directory, page, mime_types)
+            for entry in listing.entries if link_query else ():
+                entry.url += "?" + link_query
+            return JSONResponse(listing.model_dump(mode="json"))
         given = _limit(params, 0) or None  # kept in the page's links and forms
         limit = given or HTML_PAGE
         query = params.get("q", "").strip()
@@ -78,6 +85,8 @@ class DirectoryResponse(Response):
             given,
             cursor,
             upload_limit=None if settings.write_token is None else settings.max_upload_size,
+            link_query=link_query,
+            link_root=None if link is None else (link.prefix or "/" + self.directory + "/").strip("/"),
         )
         return _html(render_listing(view))
 

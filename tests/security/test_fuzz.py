@@ -326,14 +326,22 @@ def schemathesis_cli() -> Iterator[list[str]]:
     yield [program]
 
 
+FUZZ_TOKEN = "fuzz-write-token-0123"
+
+
 def test_schemathesis_finds_no_server_error(
-    server: FerryServer, schemathesis_cli: list[str], tmp_path: Path
+    pool: ServerPool, schemathesis_cli: list[str], tmp_path: Path
 ) -> None:
+    # Writes and signing on, and the token given, so POST /api/sign is fuzzed past its auth check.
+    keys = "fuzz-signing-key-0123456789"
+    server = pool.get("auto", "--write-token", FUZZ_TOKEN, "--signing-keys", keys)
     result = subprocess.run(
         [
             *schemathesis_cli,
             "run",
             f"{server.url}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {FUZZ_TOKEN}",
             "--checks",
             "not_a_server_error",
             "--max-examples",

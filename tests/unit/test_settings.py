@@ -244,6 +244,9 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         "hash_on_demand_max": "1GiB",
         "mirrors": "https://m1.example/pub/, http://m2.example:8080",
         "public_url": "https://files.example/ferry/",
+        "download_auth": "signed",
+        "read_tokens": "reader-1, reader-2",
+        "signing_keys": "new-key-0123456789,old-key-0123456789",
     }
     argv = [arg for name, value in values.items() for arg in ("--" + name.replace("_", "-"), value)]
     argv += ["--follow-symlinks", "--show-hidden", "--no-watch", "--no-fsync", "--no-checksums"]
@@ -254,6 +257,9 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
     assert (s.checksums, s.hash_rate, s.hash_on_demand_max) == (False, 64 * MiB, 1024 * MiB)
     assert s.mirrors == ["https://m1.example/pub", "http://m2.example:8080"]
     assert s.public_url == "https://files.example/ferry"
+    assert s.download_auth == "signed"
+    assert [t.get_secret_value() for t in s.read_tokens] == ["reader-1", "reader-2"]
+    assert [k.get_secret_value() for k in s.signing_keys] == ["new-key-0123456789", "old-key-0123456789"]
 
 
 def test_cli_flags_beat_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -338,6 +344,18 @@ def run_ferry(cwd: Path, *argv: str, env: dict[str, str] | None = None) -> subpr
         ),
         pytest.param(["--root", "{root}", "--zero-copy", "maybe"], {}, "FERRY_ZERO_COPY", id="bad-choice"),
         pytest.param(["--root", "{root}"], {"FERRY_WORKERS": "many"}, "FERRY_WORKERS", id="bad-workers"),
+        pytest.param(
+            ["--root", "{root}", "--download-auth", "signed"], {}, "FERRY_SIGNING_KEYS", id="signed-no-keys"
+        ),
+        pytest.param(
+            ["--root", "{root}", "--download-auth", "token"], {}, "FERRY_READ_TOKENS", id="token-no-tokens"
+        ),
+        pytest.param(
+            ["--root", "{root}"], {"FERRY_SIGNING_KEYS": "short"}, "FERRY_SIGNING_KEYS", id="short-key"
+        ),
+        pytest.param(
+            ["--root", "{root}", "--public-url", "files.example"], {}, "FERRY_PUBLIC_URL", id="bad-url"
+        ),
     ],
 )
 def test_ferry_serve_bad_setting_exits_2_with_one_line_and_no_traceback(

@@ -1,10 +1,16 @@
 // Ferry's listing pages work without this file; it adds the "copy curl command" buttons, shows
 // modification times in the reader's own time zone and, when the server takes writes, runs the
 // upload panel: pick or drop files, one POST per file with a progress bar, the write token kept in
-// this tab's sessionStorage.
+// this tab's sessionStorage. With that token in the tab, a "share" button per row copies a signed
+// link (POST /api/sign) that reads the file, or everything in the folder, for a day.
 "use strict";
 
 (function () {
+  // The site root, from this script's own address (<root>/_ferry/static/ferry.js): right behind
+  // a path prefix too.
+  var SITE = new URL("../../", (document.currentScript && document.currentScript.src) || window.location.href).href;
+  var SHARE_TTL = "1d";
+
   function shellQuote(text) {
     return "'" + text.replace(/'/g, "'\\''") + "'";
   }
@@ -82,7 +88,63 @@
       button.addEventListener("click", onCopy);
       button.hidden = false;
     });
+    root.querySelectorAll("button.share[data-path]").forEach(function (button) {
+      button.addEventListener("click", onShare);
+    });
+    showShares(root);
     localTimes(root);
+  }
+
+  // -- share links -----------------------------------------------------------------------------
+
+  function showShares(root) {
+    var token = tokenStore.get();
+    root.querySelectorAll("button.share[data-path]").forEach(function (button) {
+      button.hidden = !token;
+    });
+  }
+
+  function flashShare(button, label, className) {
+    button.textContent = label;
+    button.classList.add(className);
+    window.setTimeout(function () {
+      button.textContent = "share";
+      button.classList.remove(className);
+    }, 1500);
+  }
+
+  function onShare(event) {
+    var button = event.currentTarget;
+    var token = tokenStore.get();
+    if (!token) return;
+    var request = {
+      path: button.getAttribute("data-path"),
+      ttl: SHARE_TTL,
+      prefix: button.hasAttribute("data-prefix"),
+    };
+    fetch(SITE + "api/sign", {
+      method: "POST",
+      headers: { Authorization: "Bearer " + token, "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(request),
+      cache: "no-store",
+    })
+      .then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.json();
+      })
+      .then(function (link) {
+        return copy(link.url).then(
+          function () {
+            flashShare(button, "copied", "done");
+          },
+          function () {
+            window.prompt("Copy this link (it works for a day):", link.url);
+          }
+        );
+      })
+      .catch(function () {
+        flashShare(button, "failed", "failed");
+      });
   }
 
   // -- uploads ---------------------------------------------------------------------------------
@@ -185,6 +247,7 @@
     var stored = Boolean(tokenStore.get());
     this.form.hidden = stored;
     this.forget.hidden = !stored;
+    showShares(document);
   };
 
   Uploader.prototype.askToken = function (message) {
