@@ -124,8 +124,7 @@ class Writes:
         self.activity.begin()  # the background hasher waits while bytes are moving
         try:
             if method == "PUT":
-                size = int(declared) if declared is not None and declared.isdigit() else None
-                return await self._put(path, chunks, conditions(fields), expected, size)
+                return await self._put(path, chunks, conditions(fields), expected)
             return await self._post(path, chunks, fields.get(b"content-type"), expected)
         finally:
             self.activity.end()
@@ -136,7 +135,6 @@ class Writes:
         chunks: AsyncIterator[bytes],
         request: RequestConditions,
         expected: dict[str, bytes],
-        size: int | None,
     ) -> Response:
         if path.endswith("/") or not path:
             raise BadRequest("PUT needs a file path")
@@ -144,7 +142,7 @@ class Writes:
         check = _checker(request)
         try:
             check(await asyncio.to_thread(current, target))  # refuse before reading the body
-            write = await asyncio.to_thread(self._begin, target, extra_algorithms(expected), size)
+            write = await asyncio.to_thread(self._begin, target, extra_algorithms(expected))
             try:
                 await stream_body(chunks, write, self.settings.chunk_size)
                 verify(write.builder, expected, "the body")
@@ -217,10 +215,9 @@ class Writes:
 
     # -- blocking steps, run in worker threads ------------------------------------------------
 
-    def _begin(
-        self, target: WriteTarget, extra: tuple[str, ...] = (), size: int | None = None
-    ) -> AtomicWrite:
-        write = AtomicWrite(target, fsync=self.settings.fsync, builder=DigestBuilder(size, extra))
+    def _begin(self, target: WriteTarget, extra: tuple[str, ...] = ()) -> AtomicWrite:
+        # The whole-file digest only: piece hashes would double the hashing an upload waits for.
+        write = AtomicWrite(target, fsync=self.settings.fsync, builder=DigestBuilder(None, extra))
         write.open()
         self.index.begin_upload(write.temp_path)
         return write

@@ -66,7 +66,8 @@ class AtomicWrite:
     temp_path: str = ""  # '/'-separated below ROOT, kept after commit or abort for bookkeeping
     fd: int = -1
     size: int = 0
-    # Hashes the bytes as they are written: the stored file's digest costs no extra read.
+    # The digest of the bytes written, fed by `hash` with the same chunks as `write` (upload.py
+    # runs the two side by side): the stored file's digest costs no extra read.
     builder: DigestBuilder = field(default_factory=DigestBuilder)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -88,7 +89,6 @@ class AtomicWrite:
         if self.fd < 0:
             raise OSError(errno.ECANCELED, "the upload was aborted")
         view = memoryview(data)
-        self.builder.update(view)
         try:
             while view:
                 written = os.write(self.fd, view)
@@ -96,6 +96,10 @@ class AtomicWrite:
                 self.size += written
         except OSError as exc:
             raise _space_errors(exc) from exc
+
+    def hash(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed the digest a chunk (in order: a chunk is hashed before the next is written)."""
+        self.builder.update(data)
 
     def commit(self, check: Check) -> tuple[bool, os.stat_result]:
         """Rename into place; returns (created, stat of the new file)."""

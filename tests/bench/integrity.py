@@ -7,16 +7,20 @@ timed from /healthz answering to `ferry_hashed_bytes_total` reaching their size.
 (15)–(17) serving with the hasher busy against serving without it: one server with background
 hashing on (no rate limit) and a 1 TiB sparse file it cannot finish (so it always has work), one with
 --no-checksums, and nginx (tcp_nopush off) on the same files, measured in turn as the downloads
-are. The ratio "busy / off" is issue 8's target (≥ 0.90); the bytes hashed during each measure
-show the hasher pausing while transfers are in flight.
+are, the busy server stopped (SIGSTOP) while the others run. The ratio "busy / off" is issue 8's
+target (≥ 0.90); the bytes hashed during each measure show the hasher pausing while transfers are
+in flight.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import statistics
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +136,8 @@ def measure_serving(bench: m.Bench, servers: list[Server], *, runs: int, results
         for step, source, key in steps:
             for server in order:
                 before = hashed_bytes(busy)
-                sample = step(bench, server)[source]
+                with _paused(busy, unless=server is busy):
+                    sample = step(bench, server)[source]
                 during = hashed_bytes(busy) - before
                 detail = sample.detail
                 if server is busy:
@@ -141,6 +146,19 @@ def measure_serving(bench: m.Bench, servers: list[Server], *, runs: int, results
                 shown = f"({key}) {format_value(sample.value, 'req/s' if key == '17' else 'GB/s')}"
                 log(f"run {run + 1}/{runs} hashing {step.__name__:<20} {server.name:<22} {shown}")
                 time.sleep(SETTLE_SECONDS)
+
+
+@contextlib.contextmanager
+def _paused(server: Server, *, unless: bool) -> Iterator[None]:
+    """SIGSTOP a server's processes (its hasher would take a core from the server measured)."""
+    if unless:
+        yield
+        return
+    os.killpg(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(server.process.pid, signal.SIGCONT)
 
 
 def table(results: Results, measures: list[Row]) -> str:
@@ -184,7 +202,8 @@ def section(results: Results, measures: list[Row], *, runs: int, ferry: FerryOpt
         "(13), (14): a fresh index per run over hard links to the run's files (page cache warm), from "
         "/healthz answering to ferry_hashed_bytes_total reaching their size",
         "(15)–(17): the busy server (--hash-rate 0) has hashed the served files and works on a 1 TiB "
-        "sparse file it never finishes; "
+        "sparse file it never finishes; it is stopped (SIGSTOP) while the other two are measured, so "
+        "its hasher takes no CPU from them; "
         f"{runs} run(s), servers in turn (order rotated), medians",
     )
     return Section("Integrity: background hashing", table(results, measures), context)
