@@ -3,7 +3,9 @@
 A digest belongs to a file's identity, (device, inode, size, mtime_ns), the same facts its ETag is
 made from: a file replaced, appended or rewritten has a new identity, so an old digest can never
 be paired with new bytes. Digests come from three places, all through `DigestBuilder`:
-- an upload hashes its body while it streams to disk (no extra read);
+- an upload hashes its body while it streams to disk (no extra read; the piece hashes of a file of
+  more than one piece are added later by the background hasher, which would otherwise double the
+  hashing the upload waits for);
 - the background `DigestWorker` hashes files the index lists without one, one file at a time, at
   FERRY_HASH_RATE, pausing while any worker is sending or receiving a file (`Activity`);
 - a request that insists (`Want-Repr-Digest`, a `.meta4`) hashes a small enough file on demand.
@@ -69,6 +71,10 @@ class FileDigest:
 
     def piece_hexes(self) -> tuple[str, ...]:
         return tuple(self.pieces[i : i + 32].hex() for i in range(0, len(self.pieces), 32))
+
+
+EMPTY_SHA256 = hashlib.sha256(b"").digest()
+EMPTY_DIGEST = FileDigest(EMPTY_SHA256)
 
 
 class DigestBuilder:
@@ -249,9 +255,10 @@ class DigestWorker:
 
     def _hash_entry(self, entry_id: int, entry: Entry) -> bool:
         known = self.index.digest((entry.dev, entry.ino, entry.size, entry.mtime_ns))
-        if known is not None:
-            self.index.done_digest(entry_id)  # an upload or a hard link already hashed it
+        if known is not None and (known.pieces or entry.size <= MIN_PIECE):
+            self.index.done_digest(entry_id)  # a hard link, or an upload of at most one piece
             return False
+        # Unknown, or an upload's whole-file digest still without the .meta4's piece hashes.
         try:
             fd, st = open_beneath(resolve(entry.path, self.index.policy), self.index.policy)
         except (OSError, ValueError, FerryError):
@@ -273,8 +280,7 @@ class DigestWorker:
             self._later[entry_id] = time.monotonic() + SETTLE_SECONDS  # changed, or stopping
             return False
         self._later.pop(entry_id, None)
-        self.index.put_digest(identity(st), built.result())
-        self.index.done_digest(entry_id)
+        self.index.put_digest(identity(st), built.result(), done=entry_id)
         self.hashed_files += 1
         self.hashed_bytes += st.st_size
         metrics.HASHED_FILES.inc()

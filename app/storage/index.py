@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Literal
 
 from app.errors import BadRequest, FerryError
-from app.storage.digests import FileDigest, Identity
+from app.storage.digests import EMPTY_DIGEST, EMPTY_SHA256, FileDigest, Identity
 from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve, servable_name, stat_child
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _POOL_SIZE = 4
 SortKey = Literal["name", "size", "mtime"]
 _SORT_COLUMNS: dict[str, str] = {"name": "name", "size": "size", "mtime": "mtime_ns"}
@@ -50,7 +50,6 @@ _SCHEMA = (
 )""",
     """CREATE INDEX IF NOT EXISTS entries_by_size ON entries (parent, size, name)""",
     """CREATE INDEX IF NOT EXISTS entries_by_mtime ON entries (parent, mtime_ns, name)""",
-    """CREATE INDEX IF NOT EXISTS entries_by_inode ON entries (dev, ino)""",
     # One digest per inode, valid only for the identity it was computed from (digests.py).
     """CREATE TABLE IF NOT EXISTS digests (
     dev INTEGER NOT NULL,
@@ -65,11 +64,12 @@ _SCHEMA = (
     # Files whose bytes are new or changed since they were hashed: the digest worker's queue.
     # (Not INSERT OR IGNORE: the UPSERT that fires these triggers would override its policy.)
     """CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY)""",
-    """CREATE TRIGGER IF NOT EXISTS entries_pending_ai AFTER INSERT ON entries WHEN NOT new.is_dir BEGIN
+    """CREATE TRIGGER IF NOT EXISTS entries_pending_ai AFTER INSERT ON entries
+WHEN NOT new.is_dir AND new.size > 0 BEGIN
     INSERT INTO pending (id) SELECT new.id WHERE NOT EXISTS (SELECT 1 FROM pending WHERE id = new.id);
 END""",
     """CREATE TRIGGER IF NOT EXISTS entries_pending_au AFTER UPDATE OF size, mtime_ns, dev, ino ON entries
-WHEN NOT new.is_dir BEGIN
+WHEN NOT new.is_dir AND new.size > 0 BEGIN
     INSERT INTO pending (id) SELECT new.id WHERE NOT EXISTS (SELECT 1 FROM pending WHERE id = new.id);
 END""",
     """CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER NOT NULL)""",
@@ -86,11 +86,13 @@ END""",
 END""",
 )
 _TABLES = ("names", "pending", "digests", "entries", "dirs", "uploads", "meta")
-# An entry with the digest of its identity, if one is known.
-_WITH_DIGEST = (
-    "SELECT e.*, d.sha256 AS sha256 FROM entries e LEFT JOIN digests d "
-    "ON d.dev = e.dev AND d.ino = e.ino AND d.size = e.size AND d.mtime_ns = e.mtime_ns"
+# An entry with the digest of its identity, if one is known (an empty file's is a constant: empty
+# files are neither queued nor stored, and a million of them cost nothing).
+_SHA256 = f"CASE WHEN e.size = 0 AND NOT e.is_dir THEN x'{EMPTY_SHA256.hex()}' ELSE d.sha256 END AS sha256"
+_DIGEST_JOIN = (
+    "LEFT JOIN digests d ON d.dev = e.dev AND d.ino = e.ino AND d.size = e.size AND d.mtime_ns = e.mtime_ns"
 )
+_WITH_DIGEST = f"SELECT e.*, {_SHA256} FROM entries e {_DIGEST_JOIN}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,9 +336,7 @@ class Index:
             # The trigram tokenizer matches a quoted phrase as a substring, case-insensitively.
             phrase = '"' + query.replace('"', '""') + '"'
             return conn.execute(
-                "SELECT e.*, d.sha256 AS sha256 FROM names JOIN entries e ON e.id = names.rowid "
-                "LEFT JOIN digests d "
-                "ON d.dev = e.dev AND d.ino = e.ino AND d.size = e.size AND d.mtime_ns = e.mtime_ns "
+                f"SELECT e.*, {_SHA256} FROM names JOIN entries e ON e.id = names.rowid {_DIGEST_JOIN} "
                 "WHERE names MATCH ? AND names.rowid > ? ORDER BY names.rowid LIMIT ?",
                 (phrase, after, limit + 1),
             ).fetchall()
@@ -390,6 +390,8 @@ class Index:
 
     def digest(self, ident: Identity) -> FileDigest | None:
         """The digest of exactly this file identity, if known."""
+        if ident[2] == 0:
+            return EMPTY_DIGEST
         with self._connection() as conn:
             row = conn.execute(
                 "SELECT sha256, piece_length, pieces FROM digests "
@@ -398,8 +400,13 @@ class Index:
             ).fetchone()
         return None if row is None else FileDigest(row["sha256"], row["piece_length"], row["pieces"])
 
-    def put_digest(self, ident: Identity, digest: FileDigest) -> None:
+    def put_digest(self, ident: Identity, digest: FileDigest, *, done: int | None = None) -> None:
+        """Store a digest for an identity (and, with `done`, take that entry off the queue)."""
+        if ident[2] == 0:
+            return  # every empty file's digest is known
         with self._write() as w:
+            if done is not None:
+                w.execute("DELETE FROM pending WHERE id = ?", (done,))
             w.execute(
                 "INSERT INTO digests (dev, ino, size, mtime_ns, sha256, piece_length, pieces) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dev, ino) DO UPDATE SET size = excluded.size, "
@@ -429,10 +436,7 @@ class Index:
     def prune_digests(self) -> int:
         """Forget the digests of inodes no entry has any more; returns how many."""
         with self._write() as w:
-            cursor = w.execute(
-                "DELETE FROM digests WHERE NOT EXISTS "
-                "(SELECT 1 FROM entries e WHERE e.dev = digests.dev AND e.ino = digests.ino)"
-            )
+            cursor = w.execute("DELETE FROM digests WHERE (dev, ino) NOT IN (SELECT dev, ino FROM entries)")
             return cursor.rowcount
 
     def files_with_digests(self, directory: str, *, recursive: bool, limit: int) -> list[Entry]:
