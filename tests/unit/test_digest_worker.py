@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.storage.digests import Activity, DigestWorker, hash_open_file, identity
+from app.storage.digests import MIN_PIECE, Activity, DigestWorker, FileDigest, hash_open_file, identity
 from app.storage.index import Index
 from app.storage.paths import PathPolicy
 
@@ -131,3 +131,31 @@ def test_identity_is_what_the_etag_is_made_of(tmp_path: Path) -> None:
     path.write_bytes(b"1")
     st = os.stat(path)
     assert identity(st) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def test_empty_files_are_never_queued_and_have_the_empty_digest(setup: tuple[Path, Index, Activity]) -> None:
+    root, index, _ = setup
+    for i in range(10):
+        _write(root / f"empty-{i}", b"")
+    index.scan()
+    assert index.pending_count() == 0
+    page = index.list_dir("", limit=20)
+    assert {e.sha256 for e in page.entries} == {hashlib.sha256(b"").digest()}
+
+
+def test_a_whole_file_digest_gets_its_piece_hashes_in_the_background(
+    setup: tuple[Path, Index, Activity],
+) -> None:
+    """An upload stores the whole-file digest only; the hasher adds the pieces later."""
+    root, index, activity = setup
+    data = os.urandom(9 * 1024**2)
+    _write(root / "up.bin", data)
+    st = os.stat(root / "up.bin")
+    index.put_digest(identity(st), FileDigest(hashlib.sha256(data).digest()))
+    index.scan()
+    DigestWorker(index, activity, rate=0)._round(0)
+    stored = index.digest(identity(st))
+    assert stored is not None and stored.sha256 == hashlib.sha256(data).digest()
+    assert stored.piece_hexes() == tuple(
+        hashlib.sha256(data[i : i + MIN_PIECE]).hexdigest() for i in range(0, len(data), MIN_PIECE)
+    )
