@@ -14,13 +14,10 @@ in flight.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import statistics
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +27,7 @@ from tests.bench import measures as m
 from tests.bench.clients import fetch_text
 from tests.bench.report import Results, Section, format_value
 from tests.bench.servers import FerryOptions, Server, start_ferry, start_nginx
-from tests.bench.system import BenchError, Tools, log, warm
+from tests.bench.system import BenchError, Tools, log, stopped, warm
 
 BUSY = "Ferry, hasher busy"
 OFF = "Ferry --no-checksums"
@@ -136,7 +133,7 @@ def measure_serving(bench: m.Bench, servers: list[Server], *, runs: int, results
         for step, source, key in steps:
             for server in order:
                 before = hashed_bytes(busy)
-                with _paused(busy, unless=server is busy):
+                with stopped([] if server is busy else [busy.process.pid]):
                     sample = step(bench, server)[source]
                 during = hashed_bytes(busy) - before
                 detail = sample.detail
@@ -146,19 +143,6 @@ def measure_serving(bench: m.Bench, servers: list[Server], *, runs: int, results
                 shown = f"({key}) {format_value(sample.value, 'req/s' if key == '17' else 'GB/s')}"
                 log(f"run {run + 1}/{runs} hashing {step.__name__:<20} {server.name:<22} {shown}")
                 time.sleep(SETTLE_SECONDS)
-
-
-@contextlib.contextmanager
-def _paused(server: Server, *, unless: bool) -> Iterator[None]:
-    """SIGSTOP a server's processes (its hasher would take a core from the server measured)."""
-    if unless:
-        yield
-        return
-    os.killpg(server.process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.killpg(server.process.pid, signal.SIGCONT)
 
 
 def table(results: Results, measures: list[Row]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +199,19 @@ def kill_group(pgid: int) -> None:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+@contextlib.contextmanager
+def stopped(pgids: list[int]) -> Iterator[None]:
+    """SIGSTOP these process groups for a measurement of another server (a Ferry that is not being
+    measured may be hashing in the background and would take a core from the one that is)."""
+    for pgid in pgids:
+        os.killpg(pgid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pgid in pgids:
+            os.killpg(pgid, signal.SIGCONT)
 
 
 # --- data and the page cache -------------------------------------------------------------------

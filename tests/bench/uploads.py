@@ -5,6 +5,8 @@ fsync on (its default) and with --no-fsync, and nginx with `dav_methods PUT` whe
 dav module (nginx-light may not; then Ferry's figures stand alone). nginx does not fsync a PUT, so
 Ferry --no-fsync is the like-for-like comparison. Every upload creates a new file: the previous
 one is removed and the page cache's dirty pages written back (os.sync) before the next, untimed.
+The servers not being measured are stopped (SIGSTOP) meanwhile: a Ferry hashes the previous
+upload's pieces in the background and would take a core from the server measured.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from tests.bench.clients import RssSampler, upload
 from tests.bench.measures import GB, Measure, Sample, Target, format_size
 from tests.bench.report import Results, format_value
 from tests.bench.servers import FerryOptions, Server, has_dav, start_ferry, start_nginx
-from tests.bench.system import BenchError, Tools, log, rss_kib, warm, write_random_file
+from tests.bench.system import BenchError, Tools, log, rss_kib, stopped, warm, write_random_file
 
 TOKEN = "bench-upload-token"
 TARGET = "put.bin"
@@ -123,7 +125,9 @@ def measure_uploads(
         warm(source)
         order = targets[run % len(targets) :] + targets[: run % len(targets)]
         for target in order:
-            samples = put_once(tools, target, source, timeout)
+            others = [t.server.process.pid for t in targets if t is not target]
+            with stopped(others):
+                samples = put_once(tools, target, source, timeout)
             results.add(target.report_as, samples)
             speed = format_value(samples[target.keys[0]].value, "GB/s")
             rss = format_value(samples["12"].value, "MiB")

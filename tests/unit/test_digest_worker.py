@@ -4,6 +4,7 @@ read never stored, and no hashing while another process has a transfer in flight
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import threading
@@ -98,21 +99,44 @@ def test_no_hashing_while_a_transfer_is_in_flight(
     root, index, activity = setup
     _write(root / "a.bin", b"a" * 100)
     index.scan()
-    serving = Activity(tmp_path / "index.sqlite3.busy")  # as another worker process would hold it
-    serving.begin()
     worker = DigestWorker(index, activity, rate=0, idle_poll=0.05)
-    worker.start()
-    try:
-        time.sleep(1.0)
+
+    async def serve_then_stop() -> None:
+        serving = Activity(tmp_path / "index.sqlite3.busy", linger=0.5)  # as another worker holds it
+        serving.begin()
+        worker.start()
+        await asyncio.sleep(1.0)
         assert worker.hashed_files == 0 and activity.busy()
         serving.end()
+        await asyncio.sleep(0.2)
+        assert worker.hashed_files == 0 and activity.busy()  # still lingering after the transfer
         deadline = time.monotonic() + 10
         while worker.hashed_files == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert worker.hashed_files == 1
+            await asyncio.sleep(0.05)
+        assert worker.hashed_files == 1 and not activity.busy()
+
+    try:
+        asyncio.run(serve_then_stop())
     finally:
         worker.stop()
     assert not any(t.name == "ferry-digests" for t in threading.enumerate())
+
+
+def test_many_short_transfers_keep_the_server_busy(tmp_path: Path) -> None:
+    """Small downloads end between requests; the linger keeps the lock (and costs no flock each)."""
+    probe = Activity(tmp_path / "busy", linger=0.3)
+
+    async def short_transfers() -> None:
+        serving = Activity(tmp_path / "busy", linger=0.3)
+        for _ in range(20):
+            serving.begin()
+            serving.end()
+            await asyncio.sleep(0.02)
+            assert probe.busy()
+        await asyncio.sleep(0.5)
+        assert not probe.busy()
+
+    asyncio.run(short_transfers())
 
 
 def test_the_rate_limit_paces_reads(setup: tuple[Path, Index, Activity]) -> None:
