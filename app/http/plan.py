@@ -39,6 +39,8 @@ class FileFacts:
     # the .meta4): sent on 200, 206 and 304, as they describe the representation, not the body.
     digests: dict[str, bytes] = field(default_factory=dict)
     link: str | None = None
+    # The same two as ready header fields (`integrity_headers`), when the caller keeps them.
+    integrity: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +119,21 @@ def plan_download(
     raise AssertionError(plan)  # pragma: no cover
 
 
-def _integrity_headers(facts: FileFacts) -> list[tuple[str, str]]:
+def integrity_headers(digests: dict[str, bytes], link: str | None) -> tuple[tuple[str, str], ...]:
+    """Repr-Digest and Digest for the known digests, and the Link field."""
     headers = []
-    if facts.digests:
-        headers.append(("repr-digest", format_digest_field(facts.digests)))
-        headers.append(("digest", format_legacy_digest(facts.digests)))
-    if facts.link:
-        headers.append(("link", facts.link))
-    return headers
+    if digests:
+        headers.append(("repr-digest", format_digest_field(digests)))
+        headers.append(("digest", format_legacy_digest(digests)))
+    if link:
+        headers.append(("link", link))
+    return tuple(headers)
+
+
+def _integrity_headers(facts: FileFacts) -> tuple[tuple[str, str], ...]:
+    if facts.integrity is not None:
+        return facts.integrity
+    return integrity_headers(facts.digests, facts.link)
 
 
 def _length(n: int) -> tuple[str, str]:

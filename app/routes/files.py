@@ -30,7 +30,7 @@ from app.http.digests import ALGORITHMS, checksum_line, parse_want_field, wanted
 from app.http.headers import content_disposition
 from app.http.metalink import METALINK_TYPE, Mirror, Pieces, link_field, metalink_document
 from app.http.mime import ACTIVE_TYPES, content_type_for
-from app.http.plan import DownloadRequest, FileFacts, plan_download
+from app.http.plan import DownloadRequest, FileFacts, integrity_headers, plan_download
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields, query_params
 from app.settings import Settings
 from app.storage.digests import Activity, DigestCache, FileDigest, hash_open_file, identity, settled
@@ -87,6 +87,9 @@ class Downloads:
         self.policy: PathPolicy = state.policy
         self.activity: Activity = state.activity
         self.digests = DigestCache(state.index)
+        self._integrity_cache: dict[
+            tuple[tuple[int, int, int, int], str, bool], tuple[tuple[str, str], ...]
+        ] = {}
         self.slots = DownloadSlots(self.settings.max_connections_per_ip)
         self.options = TransferOptions(
             chunk_size=self.settings.chunk_size,
@@ -162,7 +165,6 @@ class Downloads:
     ) -> FileResponse:
         settings = self.settings
         content_type = content_type_for(safe.name, settings.mime_types)
-        digests = {"sha-256": digest.sha256, **extra} if digest is not None else extra
         facts = FileFacts(
             size=st.st_size,
             validators=make_validators(
@@ -170,10 +172,7 @@ class Downloads:
             ),
             content_type=content_type,
             content_disposition=content_disposition(_disposition(params, settings, content_type), safe.name),
-            digests=digests,
-            link=self._links(path, scope, digest is not None)
-            if digest is not None or settings.mirrors
-            else None,
+            integrity=self._integrity(path, scope, st, digest, extra),
         )
         request = DownloadRequest(
             method=scope["method"],
@@ -193,6 +192,26 @@ class Downloads:
                     release()
 
         return FileResponse(plan, fd, st, self.options, on_close=on_close)
+
+    def _integrity(
+        self, path: str, scope: Scope, st: os.stat_result, digest: FileDigest | None, extra: dict[str, bytes]
+    ) -> tuple[tuple[str, str], ...]:
+        """Repr-Digest, Digest and Link for this response; the common case (a known digest, no
+        extra algorithm, no signed link) is formatted once per file version, not per request."""
+        plain = not extra and link_access(scope) is None
+        key = (identity(st), path, digest is not None)
+        if plain and (cached := self._integrity_cache.get(key)) is not None:
+            return cached
+        digests = {"sha-256": digest.sha256, **extra} if digest is not None else extra
+        wants_link = digest is not None or self.settings.mirrors
+        headers = integrity_headers(
+            digests, self._links(path, scope, digest is not None) if wants_link else None
+        )
+        if plain:
+            if len(self._integrity_cache) >= 8192:
+                self._integrity_cache.clear()
+            self._integrity_cache[key] = headers
+        return headers
 
     def _links(self, path: str, scope: Scope, described: bool) -> str:
         quoted = quote(path)

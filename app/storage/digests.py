@@ -286,6 +286,8 @@ class DigestWorker:
             self.index.done_digest(entry_id)  # gone or refused: a scan brings it back if it returns
             return False
         try:
+            # Read once and not again: these pages must not push out what downloads keep hot.
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_NOREUSE)
             if not stat.S_ISREG(st.st_mode):
                 self.index.done_digest(entry_id)
                 return False
