@@ -477,8 +477,18 @@ def test_json_listing_matches_the_disk(shared: Servers, client: httpx.Client, re
         r = client.get(server.url + files_dir(rel), params=params, headers={"accept": "application/json"})
         assert r.status_code == 200
         assert r.headers["content-type"].split(";")[0] == "application/json"
-        assert api == by_format == r.json(), (rel, params)
-    assert walk_listing(client, server, rel, limit=2, via="files") == entries
+        assert undigested(api) == undigested(by_format) == undigested(r.json()), (rel, params)
+    assert undigested(walk_listing(client, server, rel, limit=2, via="files")) == undigested(entries)
+
+
+def undigested(value: Any) -> Any:
+    """JSON with every `sha256` blanked: the background hasher may fill one in between two reads
+    (check_entries checks each digest against the file)."""
+    if isinstance(value, dict):
+        return {k: None if k == "sha256" else undigested(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [undigested(v) for v in value]
+    return value
 
 
 def test_root_listing_shows_awkward_names_and_no_hidden_or_escaping_links(
