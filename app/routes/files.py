@@ -148,7 +148,12 @@ class Downloads:
             algorithm = wanted_algorithm(parse_want_field(want))
             if algorithm is not None and (digest is None or algorithm != "sha-256"):
                 if st.st_size <= self.settings.hash_on_demand_max:
-                    return self._hashed_first(safe, path, fd, st, scope, params, fields, algorithm)
+
+                    async def hashed_first(algorithm: str = algorithm) -> Response:
+                        digest, extra = await self._hash(fd, st, algorithm)
+                        return self._file_response(safe, path, fd, st, scope, params, fields, digest, extra)
+
+                    return _Deferred(hashed_first, lambda: os.close(fd))
         return self._file_response(safe, path, fd, st, scope, params, fields, digest, {})
 
     def _file_response(
@@ -232,23 +237,6 @@ class Downloads:
             self.digests.remember(identity(st), digest)
         others = {algorithm: built.digest(ALGORITHMS[algorithm])} if extra else {}
         return digest, others
-
-    def _hashed_first(
-        self,
-        safe: SafePath,
-        path: str,
-        fd: int,
-        st: os.stat_result,
-        scope: Scope,
-        params: dict[str, str],
-        fields: dict[bytes, str],
-        algorithm: str,
-    ) -> Response:
-        async def make() -> Response:
-            digest, extra = await self._hash(fd, st, algorithm)
-            return self._file_response(safe, path, fd, st, scope, params, fields, digest, extra)
-
-        return _Deferred(make, lambda: os.close(fd))
 
     async def _known_or_hashed(self, fd: int, st: os.stat_result) -> FileDigest:
         """The file's digest, hashed now if unknown and small enough, else 503; closes `fd`."""
