@@ -69,6 +69,16 @@ def build_storage_tree(base: Path) -> Path:
     return root
 
 
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll `condition` every 50 ms until it holds or `timeout` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -27,7 +26,7 @@ import httpx
 import pytest
 
 from tests.clients.test_real_clients import run, tool
-from tests.conftest import FerryServer, ServerFactory
+from tests.conftest import FerryServer, ServerFactory, wait_for
 
 pytestmark = pytest.mark.clients
 
@@ -52,15 +51,6 @@ def write_old(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     os.utime(path, (PAST, PAST))
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def hashed(server: FerryServer, path: str) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import FerryServer, ServerFactory
+from tests.conftest import FerryServer, ServerFactory, wait_for
 
 pytestmark = pytest.mark.clients
 
@@ -55,15 +55,6 @@ def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
     return head, rest
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def settled_fds(server: FerryServer) -> int:

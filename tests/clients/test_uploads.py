@@ -17,7 +17,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.conftest import CANARY, FerryServer, ServerFactory
+from tests.conftest import CANARY, FerryServer, ServerFactory, wait_for
 
 pytestmark = pytest.mark.clients
 
@@ -47,15 +47,6 @@ def zero_copy() -> str:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def temp_files(root: Path) -> list[Path]:
