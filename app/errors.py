@@ -6,10 +6,13 @@ FerryError               base: carries status, a short detail and extra headers
 ├── Forbidden            403: credentials given, but they do not allow this (a bad signed link)
 ├── Gone                 410: a genuine signed link past its expiry
 └── NotFound             404: nothing servable here (including everything the path gate refuses)
+
+`write_refusal` maps the file system's refusals of a write (by errno class) to these, once.
 """
 
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
 
 from starlette.requests import Request
@@ -77,6 +80,11 @@ class PayloadTooLarge(FerryError):
     default_detail = "the body is larger than FERRY_MAX_UPLOAD_SIZE"
 
 
+class UriTooLong(FerryError):
+    status = 414
+    default_detail = "the path is too long for the file system"
+
+
 class UnsupportedMediaType(FerryError):
     status = 415
     default_detail = "expected multipart/form-data"
@@ -101,6 +109,25 @@ class ServiceUnavailable(FerryError):
 class InsufficientStorage(FerryError):
     status = 507
     default_detail = "not enough space to store the upload"
+
+
+# errno classes of a write the file system refused, and what the client is told. A folder or
+# volume Ferry may not write to is 403: the request cannot succeed there, whoever retries it.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_NOT_ALLOWED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def write_refusal(exc: OSError) -> FerryError | None:
+    """The answer to a write the file system refused; None for a failure Ferry did not expect (500)."""
+    if exc.errno in _NO_SPACE:
+        return InsufficientStorage()
+    if exc.errno in _NOT_ALLOWED:
+        return Forbidden("the storage does not allow writing here")
+    if exc.errno == errno.ENAMETOOLONG:
+        return UriTooLong()
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return ServiceUnavailable("out of file descriptors")
+    return None
 
 
 def error_response(exc: FerryError) -> Response:

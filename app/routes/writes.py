@@ -26,7 +26,9 @@ from app.errors import (
     PayloadTooLarge,
     PreconditionFailed,
     Unauthorized,
+    UriTooLong,
     error_response,
+    write_refusal,
 )
 from app.http.conditional import RequestConditions, make_validators, write_allowed
 from app.http.digests import format_digest_field
@@ -35,7 +37,7 @@ from app.settings import Settings
 from app.storage.digests import Activity, DigestBuilder, identity
 from app.storage.index import Entry, Index, entry_from_stat
 from app.storage.paths import PathPolicy, WriteTarget, child_target, open_write_target
-from app.storage.writes import AtomicWrite, current, delete
+from app.storage.writes import AtomicWrite, commit_all, current, delete, too_long
 from app.transfer.upload import (
     ClientGone,
     MultipartUpload,
@@ -88,8 +90,14 @@ class Writes:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         fields = header_fields(scope, _FIELDS)
         try:
-            self._authorize(fields)
-            response = await self._handle(scope, receive, fields)
+            try:
+                self._authorize(fields)
+                response = await self._handle(scope, receive, fields)
+            except OSError as exc:
+                refusal = write_refusal(exc)
+                if refusal is None:
+                    raise
+                raise refusal from exc
         except ClientGone:
             metrics.UPLOADS.labels("failed").inc()
             return  # nobody left to answer
@@ -114,6 +122,9 @@ class Writes:
     async def _handle(self, scope: Scope, receive: Receive, fields: dict[bytes, str]) -> Response:
         path = scope["path"][len(PREFIX) :]
         method = scope["method"]
+        reason = too_long(self.policy.root, path)
+        if reason is not None:
+            raise UriTooLong(reason)  # before a directory is made or a body byte read
         if method == "DELETE":
             return await asyncio.to_thread(self._delete, path, conditions(fields))
         declared = fields.get(b"content-length")
@@ -173,7 +184,7 @@ class Writes:
         directory = await asyncio.to_thread(open_write_target, path, self.policy, create_parents=True)
         upload = MultipartUpload(
             boundary,
-            lambda name, extra: self._begin(child_target(directory, name, self.policy), extra),
+            lambda name, extra: self._begin(self._child(directory, name), extra),
             self.settings.chunk_size,
         )
         whole = DigestBuilder(extra=extra_algorithms(expected)) if expected else None
@@ -186,10 +197,8 @@ class Writes:
                     verify(whole, expected, "the form data")
                 for write, part_expected in zip(upload.files, upload.expected, strict=True):
                     verify(write.builder, part_expected, f"the file part {write.target.name!r}")
-                # All parts arrived: only now does any of them replace what was there.
-                results = [
-                    await asyncio.to_thread(w.commit, _checker(RequestConditions())) for w in upload.files
-                ]
+                # All parts arrived: only now do they replace what was there, all or none.
+                results = await asyncio.to_thread(commit_all, upload.files, _checker(RequestConditions()))
             finally:
                 for write in upload.files:
                     self._end(write)  # not awaited: it must run even when shutdown cancels the task
@@ -214,6 +223,14 @@ class Writes:
         return Response(status_code=204)
 
     # -- blocking steps, run in worker threads ------------------------------------------------
+
+    def _child(self, directory: WriteTarget, name: str) -> WriteTarget:
+        """The target of a form's file part, refused before its bytes are read if unstorable."""
+        target = child_target(directory, name, self.policy)
+        reason = too_long(self.policy.root, target.path)
+        if reason is not None:
+            raise BadRequest(f"a file part's name: {reason}")
+        return target
 
     def _begin(self, target: WriteTarget, extra: tuple[str, ...] = ()) -> AtomicWrite:
         # The whole-file digest only: piece hashes would double the hashing an upload waits for.

@@ -15,20 +15,34 @@ import secrets
 import stat
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from app.errors import Conflict, InsufficientStorage, NotFound
+from app.errors import Conflict, NotFound
 from app.storage.digests import DigestBuilder
 from app.storage.paths import TEMP_PREFIX, WriteTarget
-
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 # Called with the target's current stat (None if absent) under the directory lock; raises to refuse.
 Check = Callable[[os.stat_result | None], None]
 
+NAME_MAX = 255  # bytes in one name (ext4, XFS, Btrfs, tmpfs)
+PATH_MAX = 4096  # bytes in a path the kernel takes, its final NUL included
 
-def _space_errors(exc: OSError) -> Exception:
-    return InsufficientStorage() if exc.errno in _NO_SPACE else exc
+
+def too_long(root: Path, path: str) -> str | None:
+    """Why a file at `path` ('/'-separated below ROOT) cannot be stored, or None.
+
+    A name over NAME_MAX cannot be created at all; a path over PATH_MAX can (Ferry writes relative
+    to directory descriptors), but could then never be opened, listed or searched by its path.
+    Checked before a body is read, rather than failing after it arrived.
+    """
+    relative = os.fsencode(path.strip("/"))
+    if any(len(name) > NAME_MAX for name in relative.split(b"/")):
+        return f"a name is longer than {NAME_MAX} bytes"
+    if len(os.fsencode(root)) + 1 + len(relative) >= PATH_MAX:
+        return f"the path is longer than {PATH_MAX - 1} bytes"
+    return None
 
 
 def current(target: WriteTarget) -> os.stat_result | None:
@@ -76,10 +90,7 @@ class AtomicWrite:
         parent = self.target.path.rpartition("/")[0]
         self.temp_path = f"{parent}/{self.temp_name}" if parent else self.temp_name
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        try:
-            self.fd = os.open(self.temp_name, flags, 0o644, dir_fd=self.target.dir_fd)
-        except OSError as exc:
-            raise _space_errors(exc) from exc
+        self.fd = os.open(self.temp_name, flags, 0o644, dir_fd=self.target.dir_fd)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
@@ -89,13 +100,10 @@ class AtomicWrite:
         if self.fd < 0:
             raise OSError(errno.ECANCELED, "the upload was aborted")
         view = memoryview(data)
-        try:
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
-                self.size += written
-        except OSError as exc:
-            raise _space_errors(exc) from exc
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+            self.size += written
 
     def hash(self, data: bytes | bytearray | memoryview) -> None:
         """Feed the digest a chunk (in order: a chunk is hashed before the next is written)."""
@@ -107,6 +115,16 @@ class AtomicWrite:
             return self._commit(check)
 
     def _commit(self, check: Check) -> tuple[bool, os.stat_result]:
+        st = self._seal()
+        with _DirectoryLock(self.target.dir_fd):
+            self._check(check)
+            created = self._place()
+        if self.fsync:
+            os.fsync(self.target.dir_fd)  # the rename itself survives a crash
+        return created, st
+
+    def _seal(self) -> os.stat_result:
+        """Flush (when asked) and close the temporary file; its stat."""
         if self.fd < 0:
             raise OSError(errno.ECANCELED, "the upload was aborted")
         try:
@@ -114,24 +132,28 @@ class AtomicWrite:
                 os.fsync(self.fd)
             st = os.fstat(self.fd)
             os.close(self.fd)
-        except OSError as exc:
-            raise _space_errors(exc) from exc
         finally:
             self.fd = -1
-        with _DirectoryLock(self.target.dir_fd):
-            before = current(self.target)
-            if before is not None and stat.S_ISDIR(before.st_mode):
-                raise Conflict("a directory is in the way")
-            if before is not None and stat.S_ISLNK(before.st_mode):
-                raise Conflict("a symbolic link is in the way")  # reads may refuse it: so do writes
-            check(before)
-            os.replace(
-                self.temp_name, self.target.name, src_dir_fd=self.target.dir_fd, dst_dir_fd=self.target.dir_fd
-            )
-            self.temp_name = ""
-        if self.fsync:
-            os.fsync(self.target.dir_fd)  # the rename itself survives a crash
-        return before is None, st
+        return st
+
+    def _check(self, check: Check) -> None:
+        """Refuse (under the directory lock) what may not be replaced."""
+        before = current(self.target)
+        if before is not None and stat.S_ISDIR(before.st_mode):
+            raise Conflict(f"a directory is in the way of {self.target.name!r}")
+        if before is not None and stat.S_ISLNK(before.st_mode):
+            # Reads may refuse it: so do writes.
+            raise Conflict(f"a symbolic link is in the way of {self.target.name!r}")
+        check(before)
+
+    def _place(self) -> bool:
+        """Rename into place (under the directory lock); whether the target is new."""
+        created = current(self.target) is None
+        os.replace(
+            self.temp_name, self.target.name, src_dir_fd=self.target.dir_fd, dst_dir_fd=self.target.dir_fd
+        )
+        self.temp_name = ""
+        return created
 
     def abort(self) -> None:
         with self._lock:
@@ -147,6 +169,26 @@ class AtomicWrite:
             except FileNotFoundError:
                 pass
             self.temp_name = ""
+
+
+def commit_all(writes: list[AtomicWrite], check: Check) -> list[tuple[bool, os.stat_result]]:
+    """Rename the files of one form (one directory) into place all or none: every one is checked
+    under the directory lock before the first is renamed, so a conflict on a later file keeps
+    the earlier ones from being stored too."""
+    dir_fd = writes[0].target.dir_fd
+    if any(w.target.dir_fd != dir_fd for w in writes):
+        raise ValueError("commit_all takes the files of one directory")
+    with ExitStack() as held:
+        for write in writes:
+            held.enter_context(write._lock)
+        stats = [write._seal() for write in writes]
+        with _DirectoryLock(dir_fd):
+            for write in writes:
+                write._check(check)
+            created = [write._place() for write in writes]
+    if writes[0].fsync:
+        os.fsync(dir_fd)
+    return list(zip(created, stats, strict=True))
 
 
 def delete(target: WriteTarget, check: Check, *, directory: bool = False) -> bool:
