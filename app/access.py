@@ -1,8 +1,14 @@
 """One access-log line and the transfer metrics per request, observed from the ASGI messages.
 
-`Observed` wraps a request's ``send``: it sees the status and headers, counts body bytes (plain
-and zero-copy), notes the first byte, and whether the response was completed. When the app
-returns, one line is logged (text or JSON) and the metrics in app/metrics.py move.
+`Observed` wraps a request's ``send`` and ``receive``: it sees the status and headers, counts body
+bytes (plain and zero-copy), notes the first byte, and whether the response was completed. When the
+app returns, one line is logged (text or JSON) and the metrics in app/metrics.py move.
+
+The status recorded is the one the client got: the response's own once its head went out (a body
+cut short is then marked aborted); an answer the protocol gave itself (400 for a malformed body,
+408 for a stalled one); CLIENT_CLOSED (499, as nginx logs it) when the client went away before
+any answer was sent, during an upload's body or while the response was being prepared; and 500
+only when Ferry failed to answer.
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ import logging
 import time
 from typing import Any
 
-from starlette.types import Message, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app import metrics
+from app.transfer.protocol import connection_of
 from app.transfer.zero_copy import EXTENSION
 
 logger = logging.getLogger("ferry.access")
+CLIENT_CLOSED = 499  # the client closed the connection before any answer was sent
 _MAX_FIELD = 512
 # Control characters from paths and headers never reach a log line raw (log injection).
 _ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)} | {ord('"'): '\\"', ord("\\"): "\\\\"}
@@ -40,6 +48,10 @@ class Observed:
     __slots__ = (
         "scope",
         "send",
+        "_receive",
+        "connection",
+        "client_gone",
+        "in_flight",
         "started",
         "status",
         "length",
@@ -50,10 +62,14 @@ class Observed:
         "download",
     )
 
-    def __init__(self, scope: Scope, send: Send) -> None:
+    def __init__(self, scope: Scope, send: Send, receive: Receive) -> None:
         self.scope = scope
         self.download = scope["method"] == "GET" and scope_is_file(scope)
         self.send = send
+        self._receive = receive
+        self.connection = connection_of(scope)
+        self.client_gone = False  # before any answer was sent
+        self.in_flight = False
         self.started = time.perf_counter()
         self.status = 0
         self.length: int | None = None
@@ -62,18 +78,23 @@ class Observed:
         self.complete = False
         self.multipart = False
 
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.disconnect" and not self.status:
+            self.client_gone = True
+        return message
+
+    def _gone(self) -> bool:
+        return self.client_gone or (self.connection is not None and self.connection.gone)
+
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            self.status = message["status"]
-            for name, value in message.get("headers", ()):
-                if name == b"content-length":
-                    self.length = int(value)
-                elif name == b"content-type" and value.startswith(b"multipart/byteranges"):
-                    self.multipart = True
-            if self.download and self.status in (200, 206):
-                metrics.IN_FLIGHT.inc()
-        elif kind == "http.response.body" or kind == EXTENSION:
+            if self._gone():
+                self.client_gone = True  # nobody is left to receive this answer
+            else:
+                self._start(message)
+        elif (kind == "http.response.body" or kind == EXTENSION) and not self._gone():
             size = message["count"] if kind == EXTENSION else len(message.get("body", b""))
             if size and self.first_byte is None:
                 self.first_byte = time.perf_counter()
@@ -82,13 +103,34 @@ class Observed:
                 self.complete = True
         await self.send(message)
 
+    def _start(self, message: Message) -> None:
+        self.status = message["status"]
+        for name, value in message.get("headers", ()):
+            if name == b"content-length":
+                self.length = int(value)
+            elif name == b"content-type" and value.startswith(b"multipart/byteranges"):
+                self.multipart = True
+        if self.download and self.status in (200, 206):
+            self.in_flight = True
+            metrics.IN_FLIGHT.inc()
+
+    def sent_status(self) -> int:
+        """The status the client got (see the module's docstring)."""
+        if self.status:
+            return self.status
+        if self.connection is not None and self.connection.answered:
+            return self.connection.answered
+        if self._gone():
+            return CLIENT_CLOSED
+        return 500  # the app answered nothing: the server sends 500
+
     def finish(self, log_format: str) -> None:
         """Log the request and move the metrics; called once the app has returned."""
         duration = time.perf_counter() - self.started
         scope = self.scope
-        method, status = scope["method"], self.status or 500  # not started: the server answers 500
+        method, status = scope["method"], self.sent_status()
         body_expected = method != "HEAD" and status not in (204, 304) and self.length is not None
-        aborted = body_expected and not self.complete
+        aborted = status == CLIENT_CLOSED or (body_expected and not self.complete)
         self._metrics(method, status, duration, aborted)
         line: dict[str, Any] = {
             "client": f"{scope['client'][0]}:{scope['client'][1]}" if scope.get("client") else "-",
@@ -119,7 +161,7 @@ class Observed:
 
     def _metrics(self, method: str, status: int, duration: float, aborted: bool) -> None:
         metrics.REQUESTS.labels(method, str(status)).inc()
-        if not self.download or status not in (200, 206):
+        if not self.in_flight:
             return
         metrics.IN_FLIGHT.dec()
         metrics.BYTES_SENT.labels(str(status)).inc(self.sent)

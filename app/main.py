@@ -58,8 +58,9 @@ class FerryApp(FastAPI):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)  # lifespan
             return
-        observed = Observed(scope, send)
+        observed = Observed(scope, send, receive)
         send_out = observed if self.cors is None else self.cors.wrap(scope, observed)
+        receive = observed.receive
         try:
             preflight = None if self.cors is None else self.cors.preflight(scope)
             if preflight is not None:

@@ -12,7 +12,9 @@ On top of that this subclass enforces what uvicorn leaves open:
 - a body that stalls for FERRY_BODY_TIMEOUT while Ferry is reading it → the connection closes
   (the upload is aborted and cleaned up);
 - FERRY_WRITE_BUFFER as the transport's high-water mark, and the zero-copy extension
-  (zero_copy.py) on plain-HTTP connections.
+  (zero_copy.py) on plain-HTTP connections;
+- a `Connection` in each request's scope (extension CONNECTION), so the access log records what
+  the client really got: nothing (it went away first) or an answer of the protocol's own.
 
 Written against `HttpToolsProtocol` in the uvicorn range pinned in pyproject.toml
 (tests/unit/test_transfer.py checks the hooks it overrides).
@@ -30,6 +32,32 @@ from app.transfer.zero_copy import EXTENSION, ZeroCopySender, zero_copy_availabl
 
 if TYPE_CHECKING:
     from app.settings import Settings
+
+
+CONNECTION = "ferry.connection"
+
+
+class Connection:
+    """What became of one request's connection while the app handled it (read by app/access.py)."""
+
+    __slots__ = ("_cycle", "answered")
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+        # A status the protocol answered itself while the app had not (400: a malformed body),
+        # or 408 for an upload body it closed the connection on because it stalled.
+        self.answered = 0
+
+    @property
+    def gone(self) -> bool:
+        """Whether the connection closed before the response was complete."""
+        return bool(self._cycle.disconnected)
+
+
+def connection_of(scope: Any) -> Connection | None:
+    """The request's `Connection`, when it runs on FerryProtocol."""
+    found = scope.get("extensions", {}).get(CONNECTION, {}).get("state")
+    return found if isinstance(found, Connection) else None
 
 
 class _Refused(Exception):
@@ -85,6 +113,7 @@ class FerryProtocol(HttpToolsProtocol):
             self._arm(self._settings().body_timeout, self._body_timeout)
             return
         self.logger.warning("request body stalled; connection closed")
+        self._answered(408)
         self.transport.close()
 
     # -- refusals ----------------------------------------------------------------------------
@@ -110,7 +139,16 @@ class FerryProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:  # a refusal of Ferry's own already answered this request
+            self._answered(400)
             super().send_400_response(msg)
+
+    def _answered(self, status: int) -> None:
+        """Note an answer of the protocol's own to the request the app is still handling."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            connection = connection_of(cycle.scope)
+            if connection is not None and not connection.answered:
+                connection.answered = status
 
     def data_received(self, data: bytes) -> None:
         if not self._refused:
@@ -160,6 +198,7 @@ class FerryProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        cycle.scope.setdefault("extensions", {})[CONNECTION] = {"state": Connection(cycle)}
         if self.zero_copy:
             app = _with_zero_copy(app, ZeroCopySender(cycle, self.transport, self._settings().chunk_size))
         super()._start_asgi_task(cycle, app)

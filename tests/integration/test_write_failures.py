@@ -168,8 +168,8 @@ async def test_a_form_whose_later_file_conflicts_stores_none_of_its_files(
     body, headers = form([("a.txt", b"new a"), ("kept.txt", b"new kept"), ("b.txt", b"new b")])
     response = await client.post("/files/in/", content=body, headers=headers)
     assert response.status_code == 409, response.text
-    assert "b.txt" in response.json()["detail"]
     assert everything(root) == before  # no a.txt, no temporary file
+    assert "b.txt" in response.json()["detail"]
     assert (root / "in" / "kept.txt").read_bytes() == b"old"
 
     # Without the obstacle, the same form is stored whole.

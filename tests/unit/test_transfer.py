@@ -31,12 +31,12 @@ def test_installed_uvicorn_is_inside_the_pinned_range() -> None:
 
 def test_uvicorn_internals_the_protocol_subclass_relies_on_exist() -> None:
     # FerryProtocol overrides these hooks ...
-    for hook in ("connection_made", "on_message_begin", "_start_asgi_task"):
+    for hook in ("connection_made", "on_message_begin", "_start_asgi_task", "send_400_response"):
         assert callable(getattr(HttpToolsProtocol, hook))
     assert list(inspect.signature(HttpToolsProtocol._start_asgi_task).parameters) == ["self", "cycle", "app"]
     # ... and ZeroCopySender keeps this request-cycle state exact.
     init = inspect.getsource(RequestResponseCycle.__init__)
-    for attribute in ("disconnected", "response_started", "response_complete", "chunked_encoding"):
+    for attribute in ("scope", "disconnected", "response_started", "response_complete", "chunked_encoding"):
         assert f"self.{attribute}" in init
     assert "self.expected_content_length" in init and "self.flow" in init
 

@@ -1,0 +1,132 @@
+"""The status the access log and /metrics record (app/access.py): the one the client got."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from app.access import CLIENT_CLOSED, Observed
+from app.transfer.protocol import CONNECTION, Connection
+
+Message = dict[str, Any]
+
+
+class Exchange:
+    """One request through `Observed`, with the connection state a FerryProtocol would give it."""
+
+    def __init__(self, method: str = "GET", path: str = "/files/f.bin") -> None:
+        self.cycle = SimpleNamespace(disconnected=False)
+        self.connection = Connection(self.cycle)  # type: ignore[arg-type]
+        self.incoming: list[Message] = []
+        self.delivered: list[Message] = []
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "raw_path": path.encode(),
+            "headers": [],
+            "client": ("127.0.0.1", 50000),
+            "extensions": {CONNECTION: {"state": self.connection}},
+        }
+        self.observed = Observed(scope, self._send, self._receive)
+
+    async def _receive(self) -> Message:
+        return self.incoming.pop(0)
+
+    async def _send(self, message: Message) -> None:
+        if not self.cycle.disconnected:
+            self.delivered.append(message)
+
+    def run(self, *steps: Message | str) -> dict[str, Any]:
+        """Play the steps ('receive', 'gone' or a message to send); the logged line."""
+
+        async def play() -> None:
+            for step in steps:
+                if step == "receive":
+                    await self.observed.receive()
+                elif step == "gone":
+                    self.cycle.disconnected = True
+                elif isinstance(step, dict):
+                    await self.observed(step)
+
+        asyncio.run(play())
+        return self.observed_line()
+
+    def observed_line(self) -> dict[str, Any]:
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append  # type: ignore[method-assign]
+        logger = logging.getLogger("ferry.access")
+        logger.addHandler(handler)
+        level, logger.level = logger.level, logging.INFO
+        try:
+            self.observed.finish("json")
+        finally:
+            logger.removeHandler(handler)
+            logger.level = level
+        (record,) = records
+        line: dict[str, Any] = json.loads(record.getMessage())
+        return line
+
+
+START = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]}
+PART = {"type": "http.response.body", "body": b"01234", "more_body": True}
+END = {"type": "http.response.body", "body": b"56789", "more_body": False}
+
+
+def requests_total(method: str, status: int) -> float:
+    labels = {"method": method, "status": str(status)}
+    return REGISTRY.get_sample_value("ferry_http_requests_total", labels) or 0.0
+
+
+def test_a_complete_response_is_recorded_as_sent() -> None:
+    line = Exchange().run(START, PART, END)
+    assert (line["status"], line["bytes"], line["aborted"]) == (200, 10, False)
+
+
+def test_a_body_cut_short_keeps_its_status_and_is_marked_aborted() -> None:
+    exchange = Exchange()
+    line = exchange.run(START, PART, "gone", END)
+    assert (line["status"], line["bytes"], line["aborted"]) == (200, 5, True)  # the last 5 never left
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        pytest.param(("gone", START, PART, END), id="answer-prepared-after-the-client-left"),
+        pytest.param(("gone",), id="no-answer-after-the-client-left"),
+    ],
+)
+def test_a_client_gone_before_any_answer_is_499(steps: tuple[Message | str, ...]) -> None:
+    before = requests_total("GET", CLIENT_CLOSED)
+    line = Exchange().run(*steps)
+    assert (line["status"], line["bytes"], line["aborted"]) == (CLIENT_CLOSED, 0, True)
+    assert requests_total("GET", CLIENT_CLOSED) == before + 1
+
+
+def test_a_disconnect_seen_while_reading_the_body_is_499_without_the_protocol() -> None:
+    exchange = Exchange("PUT", "/files/up.bin")
+    exchange.observed.connection = None  # another ASGI server: only `receive` tells
+    exchange.incoming = [
+        {"type": "http.request", "body": b"x", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    assert exchange.run("receive", "receive")["status"] == CLIENT_CLOSED
+
+
+def test_an_answer_of_the_protocol_is_recorded_as_that_answer() -> None:
+    exchange = Exchange("PUT", "/files/up.bin")
+    exchange.connection.answered = 400  # a malformed body: the parser answered and closed
+    before = requests_total("PUT", 400)
+    assert exchange.run("gone")["status"] == 400
+    assert requests_total("PUT", 400) == before + 1
+
+
+def test_no_answer_from_the_app_to_a_present_client_is_500() -> None:
+    assert Exchange().run()["status"] == 500
