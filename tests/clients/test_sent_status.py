@@ -1,6 +1,7 @@
 """The access log and /metrics record the status the client got, against a real `ferry serve`:
-an answer of the protocol's own (400 for a malformed upload body) is 400, a client gone before
-any answer is 499, a download cut short keeps its 200 (marked aborted), and none of them is 500."""
+an answer of the protocol's own (400 for a malformed upload body) is 400, a stalled body Ferry
+closed is 408, a client gone before any answer is 499, a download cut short keeps its 200 (marked
+aborted), and none of them is 500."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def server(ferry: ServerFactory, tmp_path: Path) -> FerryServer:
     with (root / "big.bin").open("wb") as f:  # sparse: hashing it takes a moment, storing it nothing
         f.truncate(256 * MIB)
     # No background hashing: `?checksums` on big.bin hashes it during the request.
-    return ferry(root, "--write-token", TOKEN, "--log-format", "json", "--no-checksums")
+    flags = ("--write-token", TOKEN, "--log-format", "json", "--no-checksums", "--body-timeout", "1")
+    return ferry(root, *flags)
 
 
 def logged(server: FerryServer, path: str) -> dict[str, object]:
@@ -59,7 +61,7 @@ def raw(server: FerryServer, head: str) -> socket.socket:
     return sock
 
 
-def test_an_answer_of_400_is_recorded_as_400(server: FerryServer) -> None:
+def test_an_answer_of_the_protocol_is_recorded_as_that_answer(server: FerryServer) -> None:
     before = scrape(server)
     # A malformed chunked body: the HTTP parser answers 400 while Ferry is reading the upload.
     with raw(
@@ -72,9 +74,19 @@ def test_an_answer_of_400_is_recorded_as_400(server: FerryServer) -> None:
     # A bad cursor: Ferry's own 400.
     assert httpx.get(f"{server.url}/api/search", params={"q": "s", "cursor": "@@"}).status_code == 400
 
+    # A body that stalls: Ferry closes the connection (FERRY_BODY_TIMEOUT) and records 408.
+    with raw(
+        server,
+        f"PUT /files/stalled.bin HTTP/1.1\nHost: t\nAuthorization: Bearer {TOKEN}\nContent-Length: 10\n",
+    ) as sock:
+        sock.sendall(b"12345")
+        assert sock.recv(100) == b""  # closed, nothing answered
+
     assert logged(server, "/files/chunked.bin")["status"] == 400
     assert logged(server, "/api/search")["status"] == 400
+    assert logged(server, "/files/stalled.bin")["status"] == 408
     after = scrape(server)
+    assert delta(before, after, 'ferry_http_requests_total{method="PUT",status="408"}') == 1
     assert delta(before, after, 'ferry_http_requests_total{method="PUT",status="400"}') == 1
     assert delta(before, after, 'ferry_http_requests_total{method="GET",status="400"}') == 1
     assert not any(key.endswith('status="500"}') for key in after), after
