@@ -37,7 +37,7 @@ from app.storage.digests import Activity, DigestCache, FileDigest, HashBusy, OnD
 from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve_to_open
 from app.transfer.download import FileResponse, TransferOptions
 from app.transfer.slots import DownloadSlots
-from app.views.checksums import ChecksumsResponse
+from app.views.checksums import ChecksumsResponse, Generations
 from app.views.listing import DirectoryResponse
 
 _WANTED = frozenset({b"range", b"if-range", b"want-repr-digest"}) | CONDITION_FIELDS
@@ -88,6 +88,7 @@ class Downloads:
         self.activity: Activity = state.activity
         self.digests = DigestCache(state.index)
         self.on_demand: OnDemandHasher = state.on_demand
+        self.checksum_generations = Generations()
         self._integrity_cache: dict[
             tuple[tuple[int, int, int, int], str, bool], tuple[tuple[str, str], ...]
         ] = {}
@@ -318,7 +319,10 @@ class Downloads:
         params = query_params(scope) if scope["query_string"] else {}
         if "checksums" in params:
             return ChecksumsResponse(
-                relative(safe, self.policy), self.state, recursive=params["checksums"] == "all"
+                relative(safe, self.policy),
+                self.state,
+                self.checksum_generations,
+                recursive=params["checksums"] == "all",
             )
         return DirectoryResponse(relative(safe, self.policy), self.state)
 

@@ -11,12 +11,13 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import FerryServer, ServerFactory
+from tests.conftest import FerryServer, ServerFactory, wait_for
 
 pytestmark = pytest.mark.clients
 
@@ -128,3 +129,94 @@ def test_a_flood_of_sha512_requests_hashes_once_and_spares_uploads(
     # Remembered: a HEAD now answers with it, without hashing again.
     assert wanted in httpx.head(url, headers=SHA512).headers["repr-digest"]
     assert on_demand_bytes(server) == after_hashed
+
+
+# -- SHA256SUMS of a large tree ------------------------------------------------------------------
+
+FOLDERS, PER_FOLDER = 100, 1000  # 100,000 empty files: their digest is a constant
+EMPTY = hashlib.sha256(b"").hexdigest()
+PARALLEL = 16
+
+
+@pytest.fixture
+def many_root(tmp_path: Path) -> Path:
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(FOLDERS):
+        folder = root / f"d{i:03d}"
+        folder.mkdir()
+        for j in range(PER_FOLDER):
+            os.close(os.open(folder / f"f{j:04d}", os.O_CREAT | os.O_WRONLY, 0o644))
+    return root
+
+
+def expected_sums() -> str:
+    return "".join(f"{EMPTY}  d{i:03d}/f{j:04d}\n" for i in range(FOLDERS) for j in range(PER_FOLDER))
+
+
+class PeakRss:
+    """The largest RSS of a process seen while running, sampled every 10 ms."""
+
+    def __init__(self, sample: Callable[[], int]) -> None:
+        self.sample = sample
+        self.peak = sample()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self.sample())
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def sums_server(ferry: ServerFactory, many_root: Path) -> Iterator[FerryServer]:
+    server = ferry(many_root)
+    url = f"{server.url}/files/?checksums=all"
+    expected = expected_sums()
+    # The start-up scan indexes the tree in the background: wait until the list is whole.
+    assert wait_for(lambda: httpx.get(url, timeout=120).text == expected, 180)
+    yield server
+
+
+@ONCE
+def test_parallel_sha256sums_stream_within_bounded_memory(sums_server: FerryServer) -> None:
+    server = sums_server
+    url = f"{server.url}/files/?checksums=all"
+    expected = expected_sums()
+    baseline = max(server.rss_bytes() for _ in range(3))
+    results: list[tuple[int, str, str | None]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(PARALLEL)
+
+    def client() -> None:
+        try:
+            start.wait(30)
+            r = httpx.get(url, timeout=300)
+            results.append((r.status_code, r.text, r.headers.get("retry-after")))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(PARALLEL)]
+    with PeakRss(server.rss_bytes) as rss:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+    assert not errors, errors
+    growth = rss.peak - baseline
+    assert growth < 64 * MiB, f"RSS grew by {growth / MiB:.0f} MiB"  # was ~450 MiB
+    statuses = sorted(status for status, _, _ in results)
+    assert len(results) == PARALLEL and set(statuses) <= {200, 503}, statuses
+    assert all(text == expected for status, text, _ in results if status == 200)  # whole, in order
+    refused = [after for status, _, after in results if status == 503]
+    assert refused and all(after is not None and int(after) >= 1 for after in refused), statuses
+    assert 200 in statuses
+    assert httpx.get(url, timeout=120).text == expected  # and it serves on
