@@ -115,7 +115,7 @@ def test_a_flood_of_sha512_requests_hashes_once_and_spares_uploads(
     for t in threads:
         t.join(300)
     assert not errors, errors
-    assert loaded < 10 * baseline + 2.0, (loaded, baseline)  # was 0.03 s → 13 s
+    assert loaded < 10 * baseline + 4.0, (loaded, baseline)  # was 0.03 s → 13 s (17 s here)
     # Hashed once: what the process read says at most one file's worth, and so does the metric.
     assert read_bytes(server) - before_read < 2 * BIG
     after_hashed = on_demand_bytes(server)
