@@ -20,7 +20,7 @@ from app.routes import api, links, ops, static
 from app.routes.files import Downloads, is_download
 from app.routes.writes import Writes, is_write
 from app.settings import Settings
-from app.storage.digests import Activity, DigestWorker
+from app.storage.digests import Activity, DigestWorker, OnDemandHasher
 from app.storage.index import Index
 from app.storage.paths import PathPolicy
 from app.storage.watch import IndexKeeper
@@ -45,6 +45,7 @@ class FerryApp(FastAPI):
             self.state.index, watch=settings.watch, rescan_interval=settings.rescan_interval, hasher=hasher
         )
         self.state.gate = Gate(settings)
+        self.state.on_demand = OnDemandHasher(self.state.index, max_backlog=settings.hash_on_demand_max)
         self.downloads = Downloads(self.state)
         self.writes = Writes(self.state)
         self.log_format = settings.log_format
@@ -82,6 +83,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        app.state.on_demand.close()
         await keeper.stop()
         metrics.process_exited(os.getpid())
 

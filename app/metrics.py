@@ -47,6 +47,13 @@ UPLOAD_BYTES = Counter("ferry_upload_bytes_total", "Bytes of uploads stored")
 INDEX_ENTRIES = Gauge("ferry_index_entries", "Entries in the storage index", multiprocess_mode="max")
 HASHED_BYTES = Counter("ferry_hashed_bytes_total", "Bytes the background hasher has read and hashed")
 HASHED_FILES = Counter("ferry_hashed_files_total", "Files whose SHA-256 the background hasher computed")
+ON_DEMAND_HASH_BYTES = Counter(
+    "ferry_on_demand_hash_bytes_total", "Bytes read and hashed because a request asked for a digest"
+)
+ON_DEMAND_HASH_SKIPPED = Counter(
+    "ferry_on_demand_hash_skipped_total",
+    "Requests that asked for a digest and were answered without it (or 503) rather than wait",
+)
 INDEX_SCAN_SECONDS = Gauge(
     "ferry_index_last_scan_seconds", "Duration of the last index scan", multiprocess_mode="mostrecent"
 )

@@ -22,7 +22,7 @@ from starlette.datastructures import State
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from app import __version__
+from app import __version__, metrics
 from app.auth import link_access
 from app.errors import FerryError, NotFound, ServiceUnavailable, error_response
 from app.http.conditional import make_validators
@@ -33,11 +33,11 @@ from app.http.mime import ACTIVE_TYPES, content_type_for
 from app.http.plan import DownloadRequest, FileFacts, integrity_headers, plan_download
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields, query_params
 from app.settings import Settings
-from app.storage.digests import Activity, DigestCache, FileDigest, hash_open_file, identity, settled
+from app.storage.digests import Activity, DigestCache, FileDigest, HashBusy, OnDemandHasher, identity
 from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve_to_open
 from app.transfer.download import FileResponse, TransferOptions
 from app.transfer.slots import DownloadSlots
-from app.views.checksums import ChecksumsResponse
+from app.views.checksums import ChecksumsResponse, Generations
 from app.views.listing import DirectoryResponse
 
 _WANTED = frozenset({b"range", b"if-range", b"want-repr-digest"}) | CONDITION_FIELDS
@@ -87,6 +87,8 @@ class Downloads:
         self.policy: PathPolicy = state.policy
         self.activity: Activity = state.activity
         self.digests = DigestCache(state.index)
+        self.on_demand: OnDemandHasher = state.on_demand
+        self.checksum_generations = Generations()
         self._integrity_cache: dict[
             tuple[tuple[int, int, int, int], str, bool], tuple[tuple[str, str], ...]
         ] = {}
@@ -144,17 +146,23 @@ class Downloads:
         ident = identity(st)
         digest = self.digests.get(ident)
         want = fields.get(b"want-repr-digest")
-        if want is not None:
-            algorithm = wanted_algorithm(parse_want_field(want))
-            if algorithm is not None and (digest is None or algorithm != "sha-256"):
-                if st.st_size <= self.settings.hash_on_demand_max:
+        algorithm = wanted_algorithm(parse_want_field(want)) if want is not None else None
+        if algorithm is None:
+            return self._file_response(safe, path, fd, st, scope, params, fields, digest, {})
+        known = None if algorithm == "sha-256" else self.on_demand.known(ident, ALGORITHMS[algorithm])
+        extra = {algorithm: known} if known is not None else {}
+        if digest is not None and (algorithm == "sha-256" or known is not None):
+            return self._file_response(safe, path, fd, st, scope, params, fields, digest, extra)
+        # A digest not known yet: only a GET waits for it, and only within the on-demand bound; a
+        # HEAD never hashes (it answers with what is known).
+        if scope["method"] != "GET" or st.st_size > self.settings.hash_on_demand_max:
+            return self._file_response(safe, path, fd, st, scope, params, fields, digest, extra)
 
-                    async def hashed_first(algorithm: str = algorithm) -> Response:
-                        digest, extra = await self._hash(fd, st, algorithm)
-                        return self._file_response(safe, path, fd, st, scope, params, fields, digest, extra)
+        async def hashed_first(algorithm: str = algorithm) -> Response:
+            found, more = await self._hash(fd, st, algorithm)
+            return self._file_response(safe, path, fd, st, scope, params, fields, found or digest, more)
 
-                    return _Deferred(hashed_first, lambda: os.close(fd))
-        return self._file_response(safe, path, fd, st, scope, params, fields, digest, {})
+        return _Deferred(hashed_first, lambda: os.close(fd))
 
     def _file_response(
         self,
@@ -225,30 +233,43 @@ class Downloads:
         meta4 = PREFIX + quoted + "?meta4" + (f"&{access.query}" if access else "")
         return link_field(describedby=meta4 if described else None, duplicates=mirrors)
 
-    async def _hash(self, fd: int, st: os.stat_result, algorithm: str) -> tuple[FileDigest, dict[str, bytes]]:
-        """Hash an opened file now (a request insists on a digest); remember a settled result."""
-        extra = () if algorithm == "sha-256" else (ALGORITHMS[algorithm],)
-        built = await asyncio.to_thread(hash_open_file, fd, st, extra=extra)
-        if built is None:
+    async def _hash(
+        self, fd: int, st: os.stat_result, algorithm: str
+    ) -> tuple[FileDigest | None, dict[str, bytes]]:
+        """A GET that wants a digest: hash the file on the on-demand pool if that does not mean
+        waiting behind more than FERRY_HASH_ON_DEMAND_MAX of hashing; else go without it."""
+        try:
+            hashed = await self.on_demand.hash(fd, st, ALGORITHMS[algorithm])
+        except HashBusy:
+            metrics.ON_DEMAND_HASH_SKIPPED.inc()
+            return None, {}
+        if hashed is None:
             raise ServiceUnavailable("the file is changing; try again")
-        digest = built.result()
-        if settled(st):
-            await asyncio.to_thread(self.state.index.put_digest, identity(st), digest)
-            self.digests.remember(identity(st), digest)
-        others = {algorithm: built.digest(ALGORITHMS[algorithm])} if extra else {}
-        return digest, others
+        if hashed.settled:
+            self.digests.remember(identity(st), hashed.digest)
+        return hashed.digest, {a: d for a, n in ALGORITHMS.items() if (d := hashed.extra.get(n)) is not None}
 
     async def _known_or_hashed(self, fd: int, st: os.stat_result) -> FileDigest:
         """The file's digest, hashed now if unknown and small enough, else 503; closes `fd`."""
         try:
             digest = self.digests.get(identity(st))
-            if digest is None:
-                if st.st_size > self.settings.hash_on_demand_max:
-                    raise ServiceUnavailable(
-                        "this file's checksum is not computed yet; try again later", retry_after=60
-                    )
-                digest, _ = await self._hash(fd, st, "sha-256")
-            return digest
+            if digest is not None:
+                return digest
+            if st.st_size > self.settings.hash_on_demand_max:
+                raise ServiceUnavailable(
+                    "this file's checksum is not computed yet; try again later", retry_after=60
+                )
+            try:
+                hashed = await self.on_demand.hash(fd, st)
+            except HashBusy:
+                metrics.ON_DEMAND_HASH_SKIPPED.inc()
+                busy = "other checksums are being computed; try again"
+                raise ServiceUnavailable(busy, retry_after=5) from None
+            if hashed is None:
+                raise ServiceUnavailable("the file is changing; try again")
+            if hashed.settled:
+                self.digests.remember(identity(st), hashed.digest)
+            return hashed.digest
         finally:
             os.close(fd)
 
@@ -298,7 +319,10 @@ class Downloads:
         params = query_params(scope) if scope["query_string"] else {}
         if "checksums" in params:
             return ChecksumsResponse(
-                relative(safe, self.policy), self.state, recursive=params["checksums"] == "all"
+                relative(safe, self.policy),
+                self.state,
+                self.checksum_generations,
+                recursive=params["checksums"] == "all",
             )
         return DirectoryResponse(relative(safe, self.policy), self.state)
 

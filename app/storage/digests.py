@@ -8,7 +8,8 @@ be paired with new bytes. Digests come from three places, all through `DigestBui
   hashing the upload waits for);
 - the background `DigestWorker` hashes files the index lists without one, one file at a time, at
   FERRY_HASH_RATE, pausing while any worker is sending or receiving a file (`Activity`);
-- a request that insists (`Want-Repr-Digest`, a `.meta4`) hashes a small enough file on demand.
+- a request that insists (`Want-Repr-Digest`, a `.meta4`, SHA256SUMS) has a small enough file
+  hashed on demand by `OnDemandHasher`, once per file version, on its own thread.
 
 A file is hashed only if its identity is the same before and after the read, and only once its
 mtime is a little in the past: a write within the same timestamp tick as the read would leave the
@@ -25,7 +26,9 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -361,3 +364,107 @@ class DigestCache:
             self._known.pop(next(iter(self._known)))  # the oldest
         self._known[ident] = digest
         self._missing.pop(ident, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Hashed:
+    """What an on-demand hash found: the file's digest, the extra algorithm's digest if one was
+    asked for (by hashlib name), and whether the file had settled (then the result is kept)."""
+
+    digest: FileDigest
+    extra: dict[str, bytes]
+    settled: bool
+
+
+class HashBusy(Exception):
+    """An on-demand hash refused: the hashing already waiting plus this file is over the bound."""
+
+
+class OnDemandHasher:
+    """Hashing that a request waits for (`Want-Repr-Digest`, a `.meta4`, SHA256SUMS), bounded per
+    file version and overall, and apart from the threads that move file bytes.
+
+    - Once per file version: a settled result is remembered under its identity (SHA-256 in the
+      index, another algorithm in a small LRU), and requests for a file version being hashed share
+      that one computation (single-flight).
+    - Overall: jobs run on `threads` dedicated threads, never on the thread pool that uploads and
+      downloads use, and a new job is admitted only while the bytes of the jobs queued or running
+      plus its own stay within `max_backlog` (FERRY_HASH_ON_DEMAND_MAX), so a request never waits
+      behind more hashing than that. Each worker process has its own.
+
+    `hash` runs on the event loop. A job reads through a duplicate of the request's descriptor: a
+    request that ends early does not close the file under a job other requests wait for.
+    """
+
+    def __init__(self, index: Index, *, max_backlog: int, threads: int = 1, memo_size: int = 1024) -> None:
+        self.index = index
+        self.max_backlog = max_backlog
+        self.memo_size = memo_size
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ferry-hash-on-demand")
+        self._jobs: dict[tuple[Identity, str], asyncio.Future[Hashed | None]] = {}
+        self._memo: OrderedDict[tuple[Identity, str], bytes] = OrderedDict()
+        self._backlog = 0
+        self._closed = False
+
+    def known(self, ident: Identity, name: str) -> bytes | None:
+        """A remembered digest by hashlib name, other than SHA-256 (the index keeps those)."""
+        found = self._memo.get((ident, name))
+        if found is not None:
+            self._memo.move_to_end((ident, name))
+        return found
+
+    async def hash(self, fd: int, st: os.stat_result, name: str = "sha256") -> Hashed | None:
+        """The file's digests (SHA-256, and `name` if another), computed once for all concurrent
+        requests; None if the file changed while being read. HashBusy: over the backlog bound."""
+        key = (identity(st), name)
+        job = self._jobs.get(key)
+        if job is None:
+            size = st.st_size
+            if self._closed or self._backlog + size > self.max_backlog:
+                raise HashBusy()
+            own = os.dup(fd)
+            try:
+                job = asyncio.wrap_future(self._pool.submit(self._run, own, st, name))
+            except BaseException:
+                os.close(own)
+                raise
+            self._backlog += size
+            self._jobs[key] = job
+            job.add_done_callback(lambda _: self._finished(key, size))
+        return await asyncio.shield(job)  # one request going away never cancels the others' job
+
+    def _finished(self, key: tuple[Identity, str], size: int) -> None:
+        self._backlog -= size
+        job = self._jobs.pop(key)
+        if job.cancelled() or job.exception() is not None:
+            return
+        hashed = job.result()
+        if hashed is not None and hashed.settled and key[1] in hashed.extra:
+            self._memo[key] = hashed.extra[key[1]]
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)  # the least recently used
+
+    def _run(self, fd: int, st: os.stat_result, name: str) -> Hashed | None:
+        """In a pool thread: hash the file, and store a settled SHA-256 in the index."""
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_NOREUSE)
+            built = hash_open_file(
+                fd,
+                st,
+                extra=(name,),
+                before_read=lambda _: not self._closed,
+                after_read=metrics.ON_DEMAND_HASH_BYTES.inc,
+            )
+        finally:
+            os.close(fd)
+        if built is None:
+            return None
+        digest, ok = built.result(), settled(st)
+        if ok:  # else a write within the same mtime tick could follow: used now, not kept
+            self.index.put_digest(identity(st), digest)
+        return Hashed(digest, {name: built.digest(name)} if name != "sha256" else {}, ok)
+
+    def close(self) -> None:
+        """Stop hashing (a job in progress stops at its next read); the threads then end."""
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)

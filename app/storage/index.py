@@ -136,6 +136,16 @@ def _subtree_bounds(path: str) -> tuple[str, str]:
     return path + "/", path + "0"
 
 
+def _scope(directory: str, recursive: bool) -> tuple[str, tuple[str, ...]]:
+    """The SQL condition (on entries `e`) for a directory's own entries or its whole subtree."""
+    if not recursive:
+        return "e.parent = ?", (directory,)
+    if not directory:
+        return "1", ()
+    low, high = _subtree_bounds(directory)
+    return "(e.parent = ? OR (e.parent >= ? AND e.parent < ?))", (directory, low, high)
+
+
 def encode_cursor(values: list[object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
 
@@ -439,19 +449,54 @@ class Index:
             cursor = w.execute("DELETE FROM digests WHERE (dev, ino) NOT IN (SELECT dev, ino FROM entries)")
             return cursor.rowcount
 
-    def files_with_digests(self, directory: str, *, recursive: bool, limit: int) -> list[Entry]:
-        """The files in a directory (or its whole subtree), by path, each with its digest if known;
-        at most `limit` (a caller asks for one more than it accepts to notice a larger tree)."""
-        self.refresh_if_changed(directory)
-        low, high = _subtree_bounds(directory) if directory else ("", "\U0010ffff")
-        where = "e.parent = ?" if not recursive else "(e.parent = ? OR (e.parent >= ? AND e.parent < ?))"
-        args: tuple[object, ...] = (directory,) if not recursive else (directory, low, high)
+    def files_with_digests(
+        self,
+        directory: str,
+        *,
+        recursive: bool,
+        limit: int,
+        after: tuple[str, str] = ("", ""),
+        missing_only: bool = False,
+    ) -> list[Entry]:
+        """The files in a directory (or its whole subtree), by (parent, name), each with its digest
+        if known: one page of at most `limit` after the file `after` (its parent and name), so a
+        caller walks a large tree a page at a time (keyset pagination: each page is an index seek).
+        `missing_only`: only the files whose digest is not known yet."""
+        # Each form below is one range of the (parent, name) index, walked in order.
+        after = max(after, (directory, ""))
+        args: tuple[str, ...]
+        if not recursive:
+            if after[0] != directory:
+                return []  # past the directory's own files
+            where, args = "e.parent = ? AND e.name > ?", after
+        elif not directory:
+            where, args = "(e.parent, e.name) > (?, ?)", after
+        else:
+            low, high = _subtree_bounds(directory)
+            where = "(e.parent, e.name) > (?, ?) AND e.parent < ? AND (e.parent = ? OR e.parent >= ?)"
+            args = (*after, high, directory, low)
+        if missing_only:
+            where += " AND d.sha256 IS NULL AND e.size > 0"
         with self._connection() as conn:
             rows = conn.execute(
                 f"{_WITH_DIGEST} WHERE NOT e.is_dir AND {where} ORDER BY e.parent, e.name LIMIT ?",
                 (*args, limit),
             ).fetchall()
         return [_entry_from_row(r) for r in rows]
+
+    def digest_coverage(self, directory: str, *, recursive: bool, limit: int) -> tuple[int, int, int]:
+        """(files, files without a known digest, their bytes) in a directory or its subtree, after
+        bringing a directory that changed on disk up to date; counts stop past `limit` files."""
+        self.refresh_if_changed(directory)
+        where, args = _scope(directory, recursive)
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) AS files, count(*) - count(sha256) AS missing, "
+                "coalesce(sum(CASE WHEN sha256 IS NULL THEN size END), 0) AS missing_bytes "
+                f"FROM ({_WITH_DIGEST} WHERE NOT e.is_dir AND {where} LIMIT ?)",
+                (*args, limit),
+            ).fetchone()
+        return int(row["files"]), int(row["missing"]), int(row["missing_bytes"])
 
     # -- uploads in progress ------------------------------------------------------------------
 

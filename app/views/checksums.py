@@ -4,78 +4,182 @@
 relative to the directory, as `wget -r` or `rsync` lay them out). Files the background hasher
 has not reached yet are hashed now when their total is within FERRY_HASH_ON_DEMAND_MAX; beyond
 that the answer is 503 with Retry-After, never a list that silently leaves files out.
+
+A large tree costs neither memory nor a burst of CPU: whether every file has a digest is one SQL
+count, decided before the headers go out; the body then streams from the index a page at a time;
+and each worker generates at most `GENERATIONS` bodies at once, answering more with 503.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import AsyncIterator
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from app import metrics
 from app.errors import BadRequest, FerryError, ServiceUnavailable, error_response
 from app.http.digests import checksum_line
 from app.http.headers import content_disposition
-from app.storage.digests import hash_open_file, identity, settled
+from app.storage.digests import HashBusy, Hashed, Identity, OnDemandHasher, identity
 from app.storage.index import Entry, Index
 from app.storage.paths import open_beneath, resolve
 
+logger = logging.getLogger("ferry.checksums")
+
 MAX_FILES = 100_000
+GENERATIONS = 2  # SHA256SUMS bodies one worker generates at once
+PAGE = 1000  # files per index query
+RETRY_BUSY = 2  # seconds a client refused for too many generations waits
+
+
+class Generations:
+    """How many SHA256SUMS bodies are being generated in this worker (event loop only)."""
+
+    def __init__(self, limit: int = GENERATIONS) -> None:
+        self.limit = limit
+        self.running = 0
+
+    def try_begin(self) -> bool:
+        if self.running >= self.limit:
+            return False
+        self.running += 1
+        return True
+
+    def end(self) -> None:
+        self.running -= 1
 
 
 class ChecksumsResponse(Response):
-    def __init__(self, directory: str, state: State, *, recursive: bool) -> None:
+    def __init__(self, directory: str, state: State, generations: Generations, *, recursive: bool) -> None:
         self.directory = directory
         self.state = state
+        self.generations = generations
         self.recursive = recursive
+        # Digests of files hashed for this list but too fresh for the index to keep (by path).
+        self.fresh: dict[str, tuple[Identity, bytes]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.generations.try_begin():
+            busy = ServiceUnavailable("other checksum lists are being generated; try again", RETRY_BUSY)
+            await error_response(busy)(scope, receive, send)
+            return
         try:
-            response = await run_in_threadpool(self._build)
-        except FerryError as exc:
-            response = error_response(exc)
-        await response(scope, receive, send)
+            try:
+                await self._complete()
+                response: Response = self._stream(head=scope["method"] == "HEAD")
+            except FerryError as exc:
+                response = error_response(exc)
+            await response(scope, receive, send)
+        finally:
+            self.generations.end()
 
-    def _build(self) -> Response:
+    async def _complete(self) -> None:
+        """Make sure every file in scope has a digest (hashing what is missing within the on-demand
+        bound), or raise: once the headers are sent the list can no longer be refused."""
         index: Index = self.state.index
-        files = index.files_with_digests(self.directory, recursive=self.recursive, limit=MAX_FILES + 1)
-        if len(files) > MAX_FILES:
+        files, missing, unknown_bytes = await run_in_threadpool(
+            index.digest_coverage, self.directory, recursive=self.recursive, limit=MAX_FILES + 1
+        )
+        if files > MAX_FILES:
             raise BadRequest(f"more than {MAX_FILES:,} files; ask for a subdirectory's checksums")
-        missing = [e for e in files if e.sha256 is None]
-        unknown_bytes = sum(e.size for e in missing)
         if unknown_bytes > self.state.settings.hash_on_demand_max:
             rate = self.state.settings.hash_rate or 512 * 1024**2
             wait = max(1, min(3600, unknown_bytes // rate))
-            raise ServiceUnavailable(
-                f"{len(missing)} checksums are still being computed; try again later", retry_after=wait
+            raise ServiceUnavailable(f"{missing} checksums are still being computed; try again later", wait)
+        after = ("", "")
+        while missing:
+            page = await run_in_threadpool(
+                index.files_with_digests,
+                self.directory,
+                recursive=self.recursive,
+                limit=PAGE,
+                after=after,
+                missing_only=True,
             )
-        digests = {e.path: e.sha256 for e in files if e.sha256 is not None}
-        for entry in missing:
-            digests[entry.path] = _hash_now(index, entry)
-        start = len(self.directory) + 1 if self.directory else 0
-        body = "".join(checksum_line(digests[e.path].hex(), e.path[start:]) for e in files)
+            if not page:
+                break
+            for entry in page:
+                hashed, ident = await _hash_now(index, self.state.on_demand, entry)
+                if not hashed.settled:
+                    self.fresh[entry.path] = (ident, hashed.digest.sha256)
+            after = _key(page[-1])
+
+    def _stream(self, *, head: bool) -> Response:
         headers = {
             "content-disposition": content_disposition("attachment", "SHA256SUMS"),
             "cache-control": "no-cache",
             "x-content-type-options": "nosniff",
         }
-        return PlainTextResponse(body, headers=headers)
+        body = _nothing() if head else self._lines()  # a HEAD: the same headers, no list generated
+        return StreamingResponse(body, media_type="text/plain; charset=utf-8", headers=headers)
+
+    async def _lines(self) -> AsyncIterator[str]:
+        """The body, one page of the index at a time (a page in memory, never the whole list)."""
+        index: Index = self.state.index
+        start = len(self.directory) + 1 if self.directory else 0
+        after = ("", "")
+        while True:
+            page = await run_in_threadpool(
+                index.files_with_digests, self.directory, recursive=self.recursive, limit=PAGE, after=after
+            )
+            if not page:
+                return
+            lines = []
+            for entry in page:
+                sha256 = entry.sha256 or self._fresh(entry) or await self._late(entry)
+                if sha256 is None:
+                    # Changed since the check and not hashable now: end the body short (the client
+                    # sees an incomplete transfer) rather than send a list that leaves a file out.
+                    logger.warning("%s changed during a SHA256SUMS; the response is cut short", entry.path)
+                    raise ConnectionAbortedError("a file changed while its SHA256SUMS was being sent")
+                lines.append(checksum_line(sha256.hex(), entry.path[start:]))
+            yield "".join(lines)
+            after = _key(page[-1])
+
+    async def _late(self, entry: Entry) -> bytes | None:
+        """A file written since the check: hashed now if the on-demand bound allows."""
+        if entry.size > self.state.settings.hash_on_demand_max:
+            return None
+        try:
+            hashed, _ = await _hash_now(self.state.index, self.state.on_demand, entry)
+        except FerryError:
+            return None
+        return hashed.digest.sha256
+
+    def _fresh(self, entry: Entry) -> bytes | None:
+        ident, sha256 = self.fresh.get(entry.path, (None, None))
+        return sha256 if ident == (entry.dev, entry.ino, entry.size, entry.mtime_ns) else None
 
 
-def _hash_now(index: Index, entry: Entry) -> bytes:
+async def _nothing() -> AsyncIterator[str]:
+    return
+    yield
+
+
+def _key(entry: Entry) -> tuple[str, str]:
+    parent, _, name = entry.path.rpartition("/")
+    return parent, name
+
+
+async def _hash_now(index: Index, on_demand: OnDemandHasher, entry: Entry) -> tuple[Hashed, Identity]:
     try:
-        fd, st = open_beneath(resolve(entry.path, index.policy), index.policy)
+        fd, st = await run_in_threadpool(
+            lambda: open_beneath(resolve(entry.path, index.policy), index.policy)
+        )
     except (OSError, FerryError) as exc:
         raise ServiceUnavailable("the directory is changing; try again") from exc
     try:
-        built = hash_open_file(fd, st)
+        hashed = await on_demand.hash(fd, st)
+    except HashBusy:
+        metrics.ON_DEMAND_HASH_SKIPPED.inc()
+        raise ServiceUnavailable("other checksums are being computed; try again", retry_after=5) from None
     finally:
         os.close(fd)
-    if built is None:
+    if hashed is None:
         raise ServiceUnavailable("the directory is changing; try again")
-    digest = built.result()
-    if settled(st):
-        index.put_digest(identity(st), digest)
-    return digest.sha256
+    return hashed, identity(st)

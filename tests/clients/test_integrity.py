@@ -167,22 +167,27 @@ def test_want_repr_digest_computes_on_demand_within_the_limit(ferry: ServerFacto
     root = tmp_path / "root"
     root.mkdir()
     fresh = random.Random(1).randbytes(2 * MiB)
-    (root / "fresh.bin").write_bytes(fresh)  # just written: the background hasher waits for it
+    (root / "fresh.bin").write_bytes(fresh)
     (root / "large.bin").write_bytes(fresh * 2)
+    future = time.time() + 3600  # modified "just now" for the whole test: the background hasher waits
+    for name in ("fresh.bin", "large.bin"):
+        os.utime(root / name, (future, future))
     server = ferry(root, "--hash-on-demand-max", "3MiB")
     url = f"{server.url}/files/fresh.bin"
     assert "repr-digest" not in httpx.head(url).headers
     wanted = httpx.get(url, headers={"Want-Repr-Digest": "sha-256=10"})
     assert wanted.content == fresh and wanted.headers["repr-digest"] == repr_digest(fresh)
-    sha512 = httpx.head(url, headers={"Want-Repr-Digest": "sha-512=10, sha-256=1"})
-    assert repr_digest(fresh, "sha-512") in sha512.headers["repr-digest"]
+    sha512 = httpx.get(url, headers={"Want-Repr-Digest": "sha-512=10, sha-256=1"})
+    assert sha512.content == fresh and repr_digest(fresh, "sha-512") in sha512.headers["repr-digest"]
+    head = httpx.head(url, headers={"Want-Repr-Digest": "sha-512=10"})  # a HEAD never hashes
+    assert "sha-512" not in head.headers.get("repr-digest", "")
     not_wanted = httpx.get(url, headers={"Want-Repr-Digest": "sha-256=0"})
     assert not_wanted.status_code == 200
     over = httpx.get(f"{server.url}/files/large.bin", headers={"Want-Repr-Digest": "sha-256=10"})
     assert over.status_code == 200 and "repr-digest" not in over.headers  # answered without
-    # Settled, the background hasher catches up with both.
-    assert wait_for(lambda: hashed(server, "large.bin"), 20)
-    assert httpx.head(f"{server.url}/files/large.bin").headers["repr-digest"] == repr_digest(fresh * 2)
+    # Only fresh.bin was read, once per GET that wanted a digest: a file this fresh is not kept.
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert "ferry_on_demand_hash_bytes_total 4.194304e+06" in metrics.splitlines()
 
 
 # -- uploads ---------------------------------------------------------------------------------
