@@ -136,12 +136,14 @@ class IndexKeeper:
             directory = None  # its directory is gone too
         if directory is not None:
             try:
-                if not remove_stale(directory.dir_fd, name, min_age=min_age):
+                there = _exists(directory.dir_fd, name)
+                if there and not remove_stale(directory.dir_fd, name, min_age=min_age):
                     return  # still written to, or not stale yet: the next sweep looks again
             finally:
                 directory.close()
-            metrics.STALE_UPLOADS_REMOVED.inc()
-            logger.info("removed an interrupted upload: %s", temp_path)
+            if there:
+                metrics.STALE_UPLOADS_REMOVED.inc()
+                logger.info("removed an interrupted upload: %s", temp_path)
         self.index.end_upload(temp_path)
 
     async def _scan(self, *, incremental: bool = True) -> None:
@@ -214,6 +216,14 @@ class IndexKeeper:
                 self.index.sync_path(path)
             except Exception:
                 logger.exception("index: bringing %r up to date failed; the next rescan retries", path)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _reason(exc: BaseException) -> str:
