@@ -250,7 +250,7 @@ def test_abandoned_temporary_files_are_swept_at_start_up_and_on_rescans(
 # --------------------------------------------------------------------------- shutdown and start-up
 
 
-def wide_tree(base: Path, top: int = 80, below: int = 50) -> Path:
+def wide_tree(base: Path, top: int = 120, below: int = 50) -> Path:
     """top × below empty directories: a scan that takes seconds, not a quick one."""
     root = base / "wide"
     for i in range(top):
