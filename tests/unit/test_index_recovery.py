@@ -10,6 +10,8 @@ tests/clients/test_index_recovery.py.
 from __future__ import annotations
 
 import asyncio
+import http.server
+import json
 import os
 import sqlite3
 import threading
@@ -22,6 +24,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from app import cli
 from app.main import create_app
 from app.storage import watch
 from app.storage.index import Index
@@ -292,3 +295,42 @@ def test_an_upload_whose_index_record_fails_leaves_no_temporary_file(
     assert asyncio.run(run()) >= 500
     assert [p.name for p in (root / "d00").iterdir()] == ["file-00-0.txt"]
     app.state.index.close()
+
+
+# --------------------------------------------------------------------------- the healthcheck command
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "exit_code"),
+    [
+        (200, {"status": "ok"}, 0),
+        (200, {"status": "degraded", "index": "rebuilding"}, 0),  # downloads work: healthy
+        (200, {"status": "starting"}, 1),
+        (503, {"status": "unavailable", "detail": "the storage root is missing"}, 1),
+    ],
+)
+def test_the_healthcheck_counts_a_rebuilding_index_as_healthy(
+    status: int, body: dict[str, str], exit_code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    payload = json.dumps(body).encode()
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.HTTPServer(("127.0.0.1", 0), Answer) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}"
+            assert cli.healthcheck(url, timeout=10) == exit_code
+        finally:
+            server.shutdown()
+    assert (capsys.readouterr().err == "") == (exit_code == 0)
