@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "healthcheck",
         help="exit 0 if the server answers /healthz, else 1 (the container's HEALTHCHECK)",
-        description='GET <url>/healthz: exit 0 on 200 {"status": "ok"}, else exit 1 with one line on stderr.',
+        description='GET <url>/healthz: exit 0 on 200 {"status": "ok"} (or "degraded": the index is being '
+        "rebuilt, downloads work), else exit 1 with one line on stderr.",
     )
     check.add_argument(
         "--url",
@@ -161,7 +162,9 @@ def healthcheck(url: str | None, timeout: float) -> int:
             raise ValueError("the URL must start with http:// or https://")
         with urllib.request.urlopen(target, timeout=timeout) as response:
             status, body = response.status, response.read(4096)
-        if status == 200 and json.loads(body) == {"status": "ok"}:
+        answer = json.loads(body)
+        # "degraded": the index is being rebuilt; downloads work, so the container is healthy.
+        if status == 200 and isinstance(answer, dict) and answer.get("status") in ("ok", "degraded"):
             return 0
         problem = f"HTTP {status}: {body[:200]!r}"
     except ValidationError as exc:  # a bad FERRY_HOST/FERRY_PORT
@@ -176,13 +179,27 @@ def healthcheck(url: str | None, timeout: float) -> int:
     return EXIT_UNHEALTHY
 
 
+def check_index(settings: Settings) -> int:
+    """0 if the index database can be written where the settings put it, else exit status 2 with
+    one line (as for any bad setting), before a server starts and fails in each worker."""
+    from app.storage.index import IndexLocationError, check_location
+
+    try:
+        check_location(settings.index_file)
+    except IndexLocationError as exc:
+        print(f"ferry: invalid setting {env_name('index_path')}: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_BAD_SETTINGS
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     if command == "serve":
         from app.transfer.server import serve
 
-        return serve(load_settings(args))
+        settings: Settings = load_settings(args)
+        return check_index(settings) or serve(settings)
     if command == "healthcheck":
         return healthcheck(args["url"], args["timeout"])
     if command == "sign":

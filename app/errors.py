@@ -106,6 +106,15 @@ class ServiceUnavailable(FerryError):
         super().__init__(detail, {"retry-after": str(retry_after)})
 
 
+class IndexRebuilding(ServiceUnavailable):
+    """The index was found damaged and is being rebuilt from the disk (downloads are unaffected)."""
+
+    default_detail = "the index is being rebuilt from the disk; try again shortly"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, retry_after=5)
+
+
 class InsufficientStorage(FerryError):
     status = 507
     default_detail = "not enough space to store the upload"

@@ -58,6 +58,20 @@ INDEX_SCAN_SECONDS = Gauge(
     "ferry_index_last_scan_seconds", "Duration of the last index scan", multiprocess_mode="mostrecent"
 )
 
+INDEX_SKIPPED_NAMES = Counter(
+    "ferry_index_skipped_names_total",
+    "Names under ROOT the index skipped: not valid UTF-8, so no URL names them",
+)
+INDEX_WATCH_RESTARTS = Counter(
+    "ferry_index_watch_restarts_total", "Times file watching (inotify) failed and was started again"
+)
+INDEX_REBUILDS = Counter(
+    "ferry_index_rebuilds_total", "Times a damaged index was replaced and rebuilt from disk"
+)
+STALE_UPLOADS_REMOVED = Counter(
+    "ferry_stale_uploads_removed_total", "Temporary files of abandoned uploads removed by the sweep"
+)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text for a scrape, summed over every worker when there are several."""

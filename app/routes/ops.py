@@ -10,13 +10,24 @@ from app import metrics
 router = APIRouter()
 
 
-@router.get("/healthz", responses={503: {"description": "the storage root is missing"}})
+@router.get(
+    "/healthz",
+    responses={
+        200: {"description": 'ready: {"status": "ok"}; or {"status": "degraded", "index": "rebuilding"}'},
+        503: {"description": "the storage root is missing"},
+    },
+)
 async def healthz(request: Request) -> JSONResponse:
-    """200 once ready to serve; 503 while the storage root is not there (an unmounted volume)."""
+    """200 once ready to serve; 503 while the storage root is not there (an unmounted volume).
+
+    While a damaged index is rebuilt, downloads, listings and writes work and search answers 503:
+    still 200 (a restart would only rebuild again), but "degraded", so a look tells the truth."""
     if not os.path.isdir(request.app.state.settings.root):
         return JSONResponse(
             {"status": "unavailable", "detail": "the storage root is missing"}, status_code=503
         )
+    if request.app.state.index.rebuilding:
+        return JSONResponse({"status": "degraded", "index": "rebuilding"})
     return JSONResponse({"status": "ok"})
 
 

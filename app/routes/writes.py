@@ -236,7 +236,11 @@ class Writes:
         # The whole-file digest only: piece hashes would double the hashing an upload waits for.
         write = AtomicWrite(target, fsync=self.settings.fsync, builder=DigestBuilder(None, extra))
         write.open()
-        self.index.begin_upload(write.temp_path)
+        try:
+            self.index.begin_upload(write.temp_path)
+        except BaseException:
+            write.abort()  # unrecorded, a crash would leave it behind for good
+            raise
         return write
 
     def _end(self, write: AtomicWrite) -> None:

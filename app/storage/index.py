@@ -8,29 +8,56 @@ its directory if the disk says it changed since it was indexed.
 
 Downloads never read the index. The index is written by the scanner and watcher (watch.py) and by
 Ferry's own writes; every connection is per thread, and WAL lets readers work beside one writer.
+
+The index is only a cache of the disk, so a corrupt one is replaced, never repaired: `PRAGMA
+quick_check` at start-up and SQLite's corruption errors at run time swap in an empty database and
+scan the disk into it in the background (one process at a time, under ``<index>.rebuild``). Listings
+stay right meanwhile (a directory the new index has not seen is read from disk), search answers 503
+with Retry-After until the scan ends, and writes go to the new database.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
+import logging
 import os
 import queue
+import re
 import sqlite3
 import stat
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Concatenate, Literal, ParamSpec, TypeVar
 
-from app.errors import BadRequest, FerryError
+from app import metrics
+from app.errors import BadRequest, FerryError, IndexRebuilding
 from app.storage.digests import EMPTY_DIGEST, EMPTY_SHA256, FileDigest, Identity
-from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve, servable_name, stat_child
+from app.storage.paths import (
+    TEMP_PREFIX,
+    PathPolicy,
+    SafePath,
+    open_beneath,
+    relative,
+    resolve,
+    servable_name,
+    stat_child,
+)
 
 SCHEMA_VERSION = 6
 _POOL_SIZE = 4
+# A temporary upload file untouched for this long, and locked by no writer, belongs to no live
+# upload: a live one is written to (mtime) or held open and locked (AtomicWrite) by its writer.
+STALE_UPLOAD_SECONDS = 3600
+_STOP_CHECK_ENTRIES = 1000  # a scan stopping checks between directories and every this many names
+_FOUND_OWNER = ""  # an uploads row for a temporary file seen on disk, not begun by this index
+logger = logging.getLogger("ferry.index")
 SortKey = Literal["name", "size", "mtime"]
 _SORT_COLUMNS: dict[str, str] = {"name": "name", "size": "size", "mtime": "mtime_ns"}
 
@@ -120,6 +147,77 @@ class ScanStats:
     directories: int = 0
     rescanned: int = 0
     seconds: float = 0.0
+    stopped: bool = False
+
+
+class IndexLocationError(Exception):
+    """The index database cannot be created or written where the settings put it."""
+
+
+class _Replaced(Exception):
+    """The database was replaced during this call: the call may run again, on the new one."""
+
+
+def is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """SQLITE_CORRUPT (and its extended codes, FTS5's included) or SQLITE_NOTADB."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
+def check_location(db_path: Path) -> None:
+    """Create the index's folder and make sure the database and its -wal/-shm files can be written
+    there; raises IndexLocationError with a one-line reason otherwise."""
+    where = str(db_path)
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        if db_path.exists() and not db_path.is_file():
+            raise IndexLocationError(f"{where!r} is not a file")
+        fd = os.open(db_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        os.close(fd)
+        probe = db_path.with_name(f"{db_path.name}.probe-{os.getpid()}")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise IndexLocationError(f"cannot write the index at {where!r}: {reason}") from None
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _recovering(method: Callable[Concatenate[Index, _P], _T]) -> Callable[Concatenate[Index, _P], _T]:
+    """Run an index method again when the database was replaced under it (corruption found):
+    the request that found the corruption is answered from the new database, not with an error."""
+
+    def again(self: Index, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except _Replaced:
+            try:
+                return method(self, *args, **kwargs)
+            except _Replaced:
+                raise IndexRebuilding() from None
+
+    again.__name__, again.__doc__ = method.__name__, method.__doc__
+    return again
+
+
+# The name AtomicWrite (writes.py) gives a temporary upload file; nothing else is ever swept.
+TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]{16}\.part")
+
+
+def decodable(name: str) -> bool:
+    """Whether a file name read from disk is valid UTF-8 (undecodable bytes arrive as surrogate
+    escapes, which neither a URL nor SQLite can carry)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _join(parent: str, name: str) -> str:
@@ -164,6 +262,14 @@ def decode_cursor(cursor: str, types: tuple[type, ...]) -> list[object]:
     return values
 
 
+def _create_schema(w: sqlite3.Connection, identity: str) -> None:
+    for table in _TABLES:
+        w.execute(f"DROP TABLE IF EXISTS {table}")
+    for statement in _SCHEMA:
+        w.execute(statement)
+    w.execute("INSERT INTO meta (key, value) VALUES ('identity', ?)", (identity,))
+
+
 def _entry_from_row(row: sqlite3.Row) -> Entry:
     return Entry(
         path=_join(row["parent"], row["name"]),
@@ -199,12 +305,23 @@ class Index:
         self.db_path = db_path
         self.policy = policy
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._current: set[sqlite3.Connection] = set()  # the pool's connections to today's file
+        self._inode: int | None = None  # the database file those connections opened
+        self._pool_lock = threading.Lock()
+        self._rebuild_lock = threading.Lock()
+        self._rebuild_fd: int | None = None  # held while this process rebuilds
+        self._stop_scans = threading.Event()
+        check_location(db_path)
         self._prepare()
 
     def _fill(self) -> None:
-        while self._idle.qsize() < _POOL_SIZE:
-            self._idle.put(self._open())
+        with self._pool_lock:
+            while len(self._current) < _POOL_SIZE:
+                conn = self._open()
+                self._current.add(conn)
+                self._idle.put(conn)
+            with contextlib.suppress(OSError):
+                self._inode = os.stat(self.db_path).st_ino
 
     # -- connections -------------------------------------------------------------------------
 
@@ -220,15 +337,51 @@ class Index:
         """A connection for one statement or transaction, from a fixed pool opened at start-up:
         worker threads come and go, and a connection per thread would keep descriptors (SQLite
         holds a closed connection's files open while others use the database) for every thread
-        that ever ran. Callers never hold two at once, so the pool cannot deadlock."""
+        that ever ran. Callers never hold two at once, so the pool cannot deadlock.
+
+        SQLite's corruption errors start a rebuild (`_Replaced` then lets the caller run again)."""
+        self._follow_replacement()
         try:
             conn = self._idle.get(timeout=60)  # a fixed pool: a busy moment waits, it never opens more
         except queue.Empty:
             raise RuntimeError("no index connection came free within 60 s") from None
         try:
             yield conn
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise
+            logger.error("the index is corrupt (%s): rebuilding it from the disk", exc)
+            if self.rebuild():
+                raise _Replaced() from exc
+            raise IndexRebuilding() from exc
         finally:
-            self._idle.put(conn)
+            self._release(conn)
+
+    def _release(self, conn: sqlite3.Connection) -> None:
+        with self._pool_lock:
+            if conn in self._current:
+                self._idle.put(conn)
+                return
+        conn.close()  # opened on a database that has been replaced since
+
+    def _follow_replacement(self) -> None:
+        """Reopen the pool if another process replaced the database file (a rebuild)."""
+        try:
+            inode = os.stat(self.db_path).st_ino
+        except OSError:
+            return
+        if self._inode is not None and inode != self._inode:
+            self._reopen()
+
+    def _reopen(self) -> None:
+        with self._pool_lock:
+            self._current.clear()
+            while True:
+                try:
+                    self._idle.get_nowait().close()
+                except queue.Empty:
+                    break
+        self._fill()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -237,21 +390,58 @@ class Index:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # a corrupt file may refuse even this
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 
-    def _prepare(self) -> None:
-        """Create the schema; start afresh if it belongs to another ROOT, policy or version."""
-        identity = json.dumps(
+    def _identity(self) -> str:
+        return json.dumps(
             [SCHEMA_VERSION, str(self.policy.root), self.policy.show_hidden, self.policy.follow_symlinks]
         )
+
+    def _prepare(self) -> None:
+        """Create the schema; start afresh if it belongs to another ROOT, policy or version, and
+        rebuild from the disk if SQLite finds the file damaged."""
+        identity = self._identity()
         try:
             self._fill()
+            self._check()
             self._migrate(identity)
-        except sqlite3.DatabaseError:
-            self._reset_file()
-            self._migrate(identity)
+        except _Replaced:
+            return  # found damaged by SQLite itself, and replaced
+        except IndexRebuilding:
+            self._wait_for_replacement()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF in (
+                sqlite3.SQLITE_BUSY,
+                sqlite3.SQLITE_LOCKED,
+            ):
+                raise  # in use by another process, not damaged
+            logger.error("the index is corrupt (%s): rebuilding it from the disk", exc)
+            if not self.rebuild():
+                self._wait_for_replacement()
+
+    def _check(self) -> None:
+        """PRAGMA quick_check: damage that leaves the header intact is found before serving."""
+        with self._connection() as conn:
+            problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(str(p) for p in problems))
+
+    def _wait_for_replacement(self) -> None:
+        """Another process is replacing the damaged file: use its new one once it is there."""
+        seen = self._inode
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                inode = os.stat(self.db_path).st_ino
+                if seen is None:
+                    seen = inode
+                elif inode != seen:
+                    break
+            time.sleep(0.05)
+        self._reopen()
 
     def _migrate(self, identity: str) -> None:
         with self._write() as w:
@@ -261,40 +451,132 @@ class Index:
                 row = None  # a new database
             if row is not None and row["value"] == identity:
                 return
-            for table in _TABLES:
-                w.execute(f"DROP TABLE IF EXISTS {table}")
-            for statement in _SCHEMA:
-                w.execute(statement)
-            w.execute("INSERT INTO meta (key, value) VALUES ('identity', ?)", (identity,))
+            _create_schema(w, identity)
 
-    def _reset_file(self) -> None:
-        # A corrupt database is only a cache of the disk: rebuild it.
-        self.close()
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(self.db_path) + suffix).unlink(missing_ok=True)
+    # -- rebuilding --------------------------------------------------------------------------
+
+    @property
+    def _rebuild_lock_path(self) -> str:
+        return str(self.db_path) + ".rebuild"
+
+    @property
+    def rebuilding(self) -> bool:
+        """Whether a rebuild (in this process or another) is scanning the disk into the index."""
+        if self._rebuild_fd is not None:
+            return True
+        fd = os.open(self._rebuild_lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def rebuild(self) -> bool:
+        """Replace a damaged database with an empty one and scan the disk into it in the
+        background. Returns whether the file is a new one now (False: another process is
+        replacing it, and this one reopens when it is there)."""
+        with self._rebuild_lock:
+            if self._rebuild_fd is not None:
+                return True  # already replaced by this process, still scanning
+            fd = os.open(self._rebuild_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:
+                if self._inode is not None and os.stat(self.db_path).st_ino != self._inode:
+                    os.close(fd)  # another process replaced it a moment ago
+                    self._reopen()
+                    return True
+                self._replace_file()
+            except BaseException:
+                os.close(fd)
+                raise
+            self._rebuild_fd = fd
+        metrics.INDEX_REBUILDS.inc()
+        threading.Thread(target=self._rebuild_scan, name="ferry-index-rebuild", daemon=True).start()
+        return True
+
+    def _replace_file(self) -> None:
+        """An empty database with the schema, renamed over the damaged one (its -wal and -shm
+        removed first, so no stale page reaches the new file)."""
+        fresh = Path(f"{self.db_path}.new")
+        for path in (fresh, Path(f"{fresh}-journal")):
+            path.unlink(missing_ok=True)
+        conn = sqlite3.connect(fresh, isolation_level=None)
+        try:
+            conn.execute("BEGIN")
+            _create_schema(conn, self._identity())
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        with self._pool_lock:
+            self._current.clear()
+            while True:
+                try:
+                    self._idle.get_nowait().close()
+                except queue.Empty:
+                    break
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+        os.replace(fresh, self.db_path)
         self._fill()
+
+    def _rebuild_scan(self) -> None:
+        try:
+            stats = self.scan(incremental=False)
+            if stats.stopped:
+                logger.info("index rebuild stopped; the next start reads the rest of the disk")
+                return
+            metrics.INDEX_SCAN_SECONDS.set(stats.seconds)
+            logger.info(
+                "index scan: %d directories, %d read from disk, %.2fs (the index is rebuilt: %d entries)",
+                stats.directories,
+                stats.rescanned,
+                stats.seconds,
+                self.count(),
+            )
+        except Exception:
+            logger.exception("rebuilding the index failed; the next scan continues it")
+        finally:
+            with self._rebuild_lock:
+                if self._rebuild_fd is not None:
+                    os.close(self._rebuild_fd)
+                    self._rebuild_fd = None
+
+    def stop_scans(self) -> None:
+        """Make running and future scans stop at the next directory (shutdown)."""
+        self._stop_scans.set()
 
     def close(self) -> None:
         """Close the idle connections (those in use close when returned to a full pool)."""
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        with self._pool_lock:
+            self._current.clear()
+            while True:
+                try:
+                    self._idle.get_nowait().close()
+                except queue.Empty:
+                    return
 
     # -- reads -------------------------------------------------------------------------------
 
+    @_recovering
     def count(self) -> int:
         with self._connection() as conn:
             row = conn.execute("SELECT count(*) AS n FROM entries").fetchone()
         return int(row["n"])
 
+    @_recovering
     def get(self, path: str) -> Entry | None:
         parent, name = _split(path)
         with self._connection() as conn:
             row = conn.execute(f"{_WITH_DIGEST} WHERE e.parent = ? AND e.name = ?", (parent, name)).fetchone()
         return None if row is None else _entry_from_row(row)
 
+    @_recovering
     def list_dir(
         self,
         directory: str,
@@ -325,10 +607,13 @@ class Index:
             next_cursor = encode_cursor([last[k] for k in keys])
         return Page(entries, next_cursor)
 
+    @_recovering
     def search(self, query: str, *, limit: int, cursor: str | None = None) -> Page:
         """Entries whose name contains `query`, ignoring case, anywhere under ROOT."""
         if any(ord(c) < 0x20 or c == "\x7f" for c in query):
             raise BadRequest("control characters cannot be part of a name")
+        if self.rebuilding:
+            raise IndexRebuilding()  # half an index would give half the answers, silently
         after = 0
         if cursor is not None:
             (last_id,) = decode_cursor(cursor, (int,))
@@ -361,11 +646,13 @@ class Index:
 
     # -- writes ------------------------------------------------------------------------------
 
+    @_recovering
     def put(self, entry: Entry) -> None:
         parent, name = _split(entry.path)
         with self._write() as w:
             self._upsert(w, parent, entry)
 
+    @_recovering
     def forget(self, path: str) -> None:
         """Drop an entry found missing on disk, if the index still has it (a read first: a flood
         of 404s must not turn into a flood of write transactions)."""
@@ -373,6 +660,7 @@ class Index:
         if os.path.isdir(self.policy.root) and self.get(path) is not None:
             self.remove(path)
 
+    @_recovering
     def remove(self, path: str) -> None:
         """Forget an entry and, if it was a directory, everything below it."""
         with self._write() as w:
@@ -398,6 +686,7 @@ class Index:
 
     # -- digests -----------------------------------------------------------------------------
 
+    @_recovering
     def digest(self, ident: Identity) -> FileDigest | None:
         """The digest of exactly this file identity, if known."""
         if ident[2] == 0:
@@ -410,6 +699,7 @@ class Index:
             ).fetchone()
         return None if row is None else FileDigest(row["sha256"], row["piece_length"], row["pieces"])
 
+    @_recovering
     def put_digest(self, ident: Identity, digest: FileDigest, *, done: int | None = None) -> None:
         """Store a digest for an identity (and, with `done`, take that entry off the queue)."""
         if ident[2] == 0:
@@ -425,6 +715,7 @@ class Index:
                 (*ident, digest.sha256, digest.piece_length, digest.pieces),
             )
 
+    @_recovering
     def pending_digests(self, limit: int, after: int = 0) -> list[tuple[int, Entry]]:
         """Files whose bytes are new or changed since last hashed, in entry order after `after`."""
         with self._connection() as conn:
@@ -435,20 +726,24 @@ class Index:
             ).fetchall()
         return [(r["id"], _entry_from_row(r)) for r in rows]
 
+    @_recovering
     def pending_count(self) -> int:
         with self._connection() as conn:
             return int(conn.execute("SELECT count(*) AS n FROM pending").fetchone()["n"])
 
+    @_recovering
     def done_digest(self, entry_id: int) -> None:
         with self._write() as w:
             w.execute("DELETE FROM pending WHERE id = ?", (entry_id,))
 
+    @_recovering
     def prune_digests(self) -> int:
         """Forget the digests of inodes no entry has any more; returns how many."""
         with self._write() as w:
             cursor = w.execute("DELETE FROM digests WHERE (dev, ino) NOT IN (SELECT dev, ino FROM entries)")
             return cursor.rowcount
 
+    @_recovering
     def files_with_digests(
         self,
         directory: str,
@@ -462,6 +757,8 @@ class Index:
         if known: one page of at most `limit` after the file `after` (its parent and name), so a
         caller walks a large tree a page at a time (keyset pagination: each page is an index seek).
         `missing_only`: only the files whose digest is not known yet."""
+        if recursive and self.rebuilding:
+            raise IndexRebuilding()  # subfolders the rebuild has not reached yet would be missing
         # Each form below is one range of the (parent, name) index, walked in order.
         after = max(after, (directory, ""))
         args: tuple[str, ...]
@@ -484,9 +781,12 @@ class Index:
             ).fetchall()
         return [_entry_from_row(r) for r in rows]
 
+    @_recovering
     def digest_coverage(self, directory: str, *, recursive: bool, limit: int) -> tuple[int, int, int]:
         """(files, files without a known digest, their bytes) in a directory or its subtree, after
         bringing a directory that changed on disk up to date; counts stop past `limit` files."""
+        if recursive and self.rebuilding:
+            raise IndexRebuilding()  # subfolders the rebuild has not reached yet would be missing
         self.refresh_if_changed(directory)
         where, args = _scope(directory, recursive)
         with self._connection() as conn:
@@ -500,24 +800,38 @@ class Index:
 
     # -- uploads in progress ------------------------------------------------------------------
 
+    @_recovering
     def begin_upload(self, temp_path: str) -> None:
         """Record a temporary upload file, so a crash cannot leave it behind unnoticed."""
         with self._write() as w:
             owner = _process_key(os.getpid()) or str(os.getpid())
             w.execute("INSERT OR REPLACE INTO uploads (path, owner) VALUES (?, ?)", (temp_path, owner))
 
+    @_recovering
     def end_upload(self, temp_path: str) -> None:
         with self._write() as w:
             w.execute("DELETE FROM uploads WHERE path = ?", (temp_path,))
 
+    @_recovering
     def orphaned_uploads(self) -> list[str]:
         """Temporary upload files whose writing process is gone."""
         with self._connection() as conn:
-            rows = conn.execute("SELECT path, owner FROM uploads").fetchall()
+            rows = conn.execute(
+                "SELECT path, owner FROM uploads WHERE owner != ?", (_FOUND_OWNER,)
+            ).fetchall()
         return [r["path"] for r in rows if _process_key(int(r["owner"].partition(":")[0])) != r["owner"]]
+
+    @_recovering
+    def found_uploads(self) -> list[str]:
+        """Temporary upload files a scan saw on disk that no upload of this index began: left by
+        a crash that lost the index, by a failed upload, or in progress on another replica."""
+        with self._connection() as conn:
+            rows = conn.execute("SELECT path FROM uploads WHERE owner = ?", (_FOUND_OWNER,)).fetchall()
+        return [r["path"] for r in rows]
 
     # -- scanning ----------------------------------------------------------------------------
 
+    @_recovering
     def sync_path(self, path: str) -> None:
         """Bring one path up to date with the disk: add, update or drop it (a new directory is
         scanned whole)."""
@@ -539,6 +853,7 @@ class Index:
         if entry.is_dir and not os.path.islink(safe):
             self.scan(start=path, incremental=True)
 
+    @_recovering
     def refresh_if_changed(self, directory: str) -> None:
         """Rescan a directory's own entries if its mtime differs from the indexed one."""
         try:
@@ -553,26 +868,40 @@ class Index:
 
     def scan(self, *, start: str = "", incremental: bool = True) -> ScanStats:
         """Walk ROOT (or a subtree); with `incremental`, directories whose mtime matches the index
-        are not read again, only descended through."""
+        are not read again, only descended through. A directory that cannot be read is logged and
+        passed over, never the end of the scan; `stop_scans` ends it at the next directory."""
         began = time.monotonic()
         stack = [start]
         directories = rescanned = 0
         while stack:
+            if self._stop_scans.is_set():
+                return ScanStats(directories, rescanned, time.monotonic() - began, stopped=True)
             directory = stack.pop()
             directories += 1
             try:
-                safe = resolve(directory, self.policy)
-                mtime_ns = os.stat(safe).st_mtime_ns
-            except (OSError, ValueError, FerryError):
-                if directory:
-                    self.remove(directory)  # gone, or no longer allowed by the policy
+                subdirs, read = self._scan_one(directory, incremental=incremental)
+            except (_Replaced, IndexRebuilding):
+                raise  # the index was replaced: its rebuild scans everything again
+            except Exception:
+                logger.exception("index scan: reading %r failed; going on with the rest", directory)
                 continue
-            subdirs = self._known_subdirs(directory, mtime_ns) if incremental else None
-            if subdirs is None:
-                subdirs = self._rescan_dir(directory, safe)
-                rescanned += 1
+            rescanned += read
             stack.extend(_join(directory, name) for name in subdirs)
         return ScanStats(directories, rescanned, time.monotonic() - began)
+
+    def _scan_one(self, directory: str, *, incremental: bool) -> tuple[list[str], bool]:
+        """One directory of a scan: its subdirectories, and whether it was read from disk."""
+        try:
+            safe = resolve(directory, self.policy)
+            mtime_ns = os.stat(safe).st_mtime_ns
+        except (OSError, ValueError, FerryError):
+            if directory:
+                self.remove(directory)  # gone, or no longer allowed by the policy
+            return [], False
+        subdirs = self._known_subdirs(directory, mtime_ns) if incremental else None
+        if subdirs is not None:
+            return subdirs, False
+        return self._rescan_dir(directory, safe), True
 
     def _known_subdirs(self, directory: str, mtime_ns: int) -> list[str] | None:
         """The indexed subdirectories of a directory whose mtime is unchanged; None if it changed."""
@@ -592,6 +921,7 @@ class Index:
         """
         found: dict[str, Entry] = {}
         walk: list[str] = []
+        temporary: list[str] = []
         try:
             fd, st_dir = open_beneath(safe, self.policy)
         except (OSError, FerryError):
@@ -601,7 +931,12 @@ class Index:
         try:
             mtime_ns = st_dir.st_mtime_ns
             with os.scandir(fd) as it:
-                for d in it:
+                for count, d in enumerate(it, 1):
+                    if count % _STOP_CHECK_ENTRIES == 0 and self._stop_scans.is_set():
+                        return []  # shutting down: the next start reads this directory again
+                    if TEMP_NAME.fullmatch(d.name):
+                        temporary.append(d.name)
+                        continue
                     st = self._entry_stat(fd, d)
                     if st is None or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
                         continue
@@ -632,6 +967,12 @@ class Index:
                     e.ino,
                 ):
                     self._upsert(w, directory, e)
+            # Temporary upload files are remembered, so the sweep (watch.py) finds them even in a
+            # directory no later scan reads again; an upload begun here keeps its own row.
+            w.executemany(
+                "INSERT OR IGNORE INTO uploads (path, owner) VALUES (?, ?)",
+                [(_join(directory, name), _FOUND_OWNER) for name in temporary],
+            )
             w.execute(
                 "INSERT INTO dirs (path, mtime_ns) VALUES (?, ?) "
                 "ON CONFLICT (path) DO UPDATE SET mtime_ns = excluded.mtime_ns",
@@ -640,6 +981,18 @@ class Index:
         return walk
 
     def _entry_stat(self, dir_fd: int, d: os.DirEntry[str]) -> os.stat_result | None:
+        """The stat of an entry the index may hold (None: skip it); one entry that fails in an
+        unexpected way is skipped, never the end of its directory's scan."""
+        try:
+            return self._servable_stat(dir_fd, d)
+        except Exception:
+            logger.exception("index scan: skipping %r", d.name)
+            return None
+
+    def _servable_stat(self, dir_fd: int, d: os.DirEntry[str]) -> os.stat_result | None:
+        if not decodable(d.name):
+            metrics.INDEX_SKIPPED_NAMES.inc()  # not valid UTF-8: no URL can name it
+            return None
         if d.is_symlink():
             return stat_child(dir_fd, d.name, self.policy)  # followed only where the gate allows
         if not servable_name(d.name, self.policy):
@@ -649,6 +1002,7 @@ class Index:
         except OSError:
             return None
 
+    @_recovering
     def entry_for(self, safe: SafePath) -> Entry | None:
         """A live entry for a gated path (stat now), keeping the index in step with what it saw."""
         path = relative(safe, self.policy)

@@ -4,6 +4,12 @@ Only one process per index does this (the one holding ``<index>.lock``), so seve
 scan the same tree at once; every worker reads the index, and Ferry's own writes update it directly.
 Changes made by other programs arrive through watchfiles (inotify) within about a second; the
 periodic incremental rescan is the safety net for anything inotify missed (watch limits, overflow).
+Watching survives anything: a path it cannot use is skipped, and if watchfiles itself fails (as it
+does on a name that is not valid UTF-8) it starts again, with backoff, after a rescan.
+
+Temporary upload files nobody writes any more are swept at start-up and after every rescan: those
+of uploads this index recorded whose process died, at once; any other (seen on disk by a scan) once
+untouched for an hour (index.STALE_UPLOAD_SECONDS) and locked by no writer.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,11 +28,13 @@ import watchfiles
 from app import metrics
 from app.errors import FerryError
 from app.storage.digests import DigestWorker
-from app.storage.index import Index
+from app.storage.index import STALE_UPLOAD_SECONDS, Index, decodable
 from app.storage.paths import open_write_target
 from app.storage.writes import remove_stale
 
 logger = logging.getLogger("ferry.index")
+_RESTART_DELAYS = (0.5, 60.0)  # first and longest wait before watching starts again after a failure
+_HEALTHY_RUN = 300.0  # a watcher that ran this long before failing starts again at the first delay
 
 
 def _owner_lock(index: Index) -> int | None:
@@ -72,6 +81,7 @@ class IndexKeeper:
 
     async def stop(self) -> None:
         self._stop.set()
+        self.index.stop_scans()  # a scan in a worker thread ends at its next directory
         if self.hasher is not None:
             await asyncio.to_thread(self.hasher.stop)
         for task in self._tasks:
@@ -84,8 +94,9 @@ class IndexKeeper:
             self._lock = None
 
     async def _run(self) -> None:
-        await asyncio.to_thread(self._remove_orphaned_uploads)
+        await self._sweep()
         await self._scan()
+        await self._sweep()  # and what the start-up scan found on disk
         self.ready.set()
         if self.hasher is not None:
             self.hasher.start()
@@ -99,26 +110,45 @@ class IndexKeeper:
                 # While inotify works it reports changes inside files; without it (turned off,
                 # failed, a network filesystem) only a full rescan sees a file changed in place.
                 await self._scan(incremental=self._watching)
+                await self._sweep()
 
-    def _remove_orphaned_uploads(self) -> None:
-        """Temporary files of uploads whose process died (a crash, a kill) are removed."""
+    async def _sweep(self) -> None:
+        try:
+            await asyncio.to_thread(self._sweep_uploads)
+        except Exception:
+            logger.exception("sweeping temporary upload files failed")
+
+    def _sweep_uploads(self) -> None:
+        """Temporary files of uploads whose process died (a crash, a kill) are removed, and those
+        a scan found on disk once they are stale (module docstring)."""
         for temp_path in self.index.orphaned_uploads():
-            parent, _, name = temp_path.rpartition("/")
+            self._remove_upload(temp_path, min_age=None)
+        for temp_path in self.index.found_uploads():
+            self._remove_upload(temp_path, min_age=STALE_UPLOAD_SECONDS)
+
+    def _remove_upload(self, temp_path: str, *, min_age: float | None) -> None:
+        parent, _, name = temp_path.rpartition("/")
+        try:
+            directory = open_write_target(
+                parent + "/" if parent else "", self.index.policy, create_parents=False
+            )
+        except (OSError, FerryError):
+            directory = None  # its directory is gone too
+        if directory is not None:
             try:
-                directory = open_write_target(
-                    parent + "/" if parent else "", self.index.policy, create_parents=False
-                )
-            except (OSError, FerryError):
-                directory = None  # its directory is gone too
-            if directory is not None:
-                try:
-                    remove_stale(directory.dir_fd, name)
-                finally:
-                    directory.close()
+                there = _exists(directory.dir_fd, name)
+                if there and not remove_stale(directory.dir_fd, name, min_age=min_age):
+                    return  # still written to, or not stale yet: the next sweep looks again
+            finally:
+                directory.close()
+            if there:
+                metrics.STALE_UPLOADS_REMOVED.inc()
                 logger.info("removed an interrupted upload: %s", temp_path)
-            self.index.end_upload(temp_path)
+        self.index.end_upload(temp_path)
 
     async def _scan(self, *, incremental: bool = True) -> None:
+        if self.index.rebuilding:
+            return  # the rebuild's own full scan is reading the disk into the index
         try:
             stats = await asyncio.to_thread(self.index.scan, incremental=incremental)
             entries = await asyncio.to_thread(self.index.count)
@@ -126,6 +156,8 @@ class IndexKeeper:
                 await asyncio.to_thread(self.index.prune_digests)
         except Exception:
             logger.exception("index scan failed")
+            return
+        if stats.stopped:
             return
         self.last_scan_seconds = stats.seconds
         metrics.INDEX_SCAN_SECONDS.set(stats.seconds)
@@ -138,14 +170,34 @@ class IndexKeeper:
         )
 
     async def _watch(self) -> None:
+        """Watch until stopped; a failed watcher starts again (after a rescan for what it missed),
+        waiting longer after each failure that follows a short run."""
+        delay = _RESTART_DELAYS[0]
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                await self._watch_once()
+                return  # stopped
+            except Exception as exc:
+                if "decode path" in _reason(exc):
+                    metrics.INDEX_SKIPPED_NAMES.inc()
+                logger.warning("file watching failed (%s); starting again in %.1fs", _reason(exc), delay)
+            if time.monotonic() - began > _HEALTHY_RUN:
+                delay = _RESTART_DELAYS[0]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                return
+            delay = min(delay * 2, _RESTART_DELAYS[1])
+            metrics.INDEX_WATCH_RESTARTS.inc()
+            await self._scan()  # what changed while no one watched, and the failed batch
+
+    async def _watch_once(self) -> None:
         root = self.index.policy.root
         self._watching = True
         try:
             async for changes in self._changes(root):
                 paths = {p for _, changed in changes if (p := _relative(root, changed))}
                 await asyncio.to_thread(self._apply, paths)
-        except Exception:
-            logger.exception("file watching stopped; the periodic rescan keeps the index current")
         finally:
             self._watching = False
 
@@ -157,4 +209,25 @@ class IndexKeeper:
     def _apply(self, paths: set[str]) -> None:
         # Parents first, so a new directory is scanned once, then its children are already known.
         for path in sorted(paths, key=lambda p: p.count("/")):
-            self.index.sync_path(path)
+            if not decodable(path):
+                metrics.INDEX_SKIPPED_NAMES.inc()
+                continue
+            try:
+                self.index.sync_path(path)
+            except Exception:
+                logger.exception("index: bringing %r up to date failed; the next rescan retries", path)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a failure, looking inside exception groups (watchfiles raises them)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"

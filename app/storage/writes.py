@@ -8,12 +8,14 @@ state. Anything that goes wrong removes the temporary file and leaves the target
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -91,6 +93,9 @@ class AtomicWrite:
         self.temp_path = f"{parent}/{self.temp_name}" if parent else self.temp_name
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         self.fd = os.open(self.temp_name, flags, 0o644, dir_fd=self.target.dir_fd)
+        # Held until the descriptor closes: the stale-upload sweep (of this process, another
+        # worker or another replica on a shared volume) never removes a file someone still writes.
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
@@ -213,10 +218,33 @@ def delete(target: WriteTarget, check: Check, *, directory: bool = False) -> boo
         return True
 
 
-def remove_stale(dir_fd: int, name: str) -> None:
-    """Remove a temporary upload left behind by a process that died mid-upload."""
-    if name.startswith(TEMP_PREFIX):
-        try:
+def remove_stale(dir_fd: int, name: str, *, min_age: float | None = None) -> bool:
+    """Remove a temporary upload left behind by a process that died mid-upload; returns whether
+    it is gone. With `min_age`, only a regular file untouched for that many seconds that no writer
+    holds locked (whoever wrote it is unknown: another replica's upload may be in progress)."""
+    if not name.startswith(TEMP_PREFIX):
+        return False
+    if min_age is None:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
+        return True
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < min_age:
+            return False
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return True
+    try:
+        if os.fstat(fd).st_ino != st.st_ino:
+            return False  # replaced since the stat
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a writer holds it: a live upload that is only slow
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+        return True
+    finally:
+        os.close(fd)
