@@ -5,8 +5,12 @@ Two passes, both in this module and nowhere else:
 1. lexical (pure): reject ``..``/``.``/empty segments, NUL and control characters, backslashes,
    hidden names unless allowed, and the temporary files of uploads in progress;
 2. physical: resolve symlinks and require the real location to stay under ROOT (unless
-   FOLLOW_SYMLINKS), and hidden real names too; after ``open()``, check the opened file descriptor
-   itself, so a component swapped for a symlink between the check and the open (TOCTOU) is caught.
+   FOLLOW_SYMLINKS), and hidden real names too. Nothing is opened before it is approved: the path
+   is first pinned with ``O_PATH`` (which runs no driver code: a terminal, FIFO or device sees no
+   open), the type (regular file or directory) and location are checked on that descriptor, and
+   only then is it reopened through ``/proc/self/fd`` (the same inode, whatever the path now
+   names) with ``O_NOCTTY``. A component swapped for a symlink between the checks (TOCTOU) is
+   caught because the checks are made on the pinned descriptor itself.
 
 Writes go through `open_write_target`: every directory on the way is opened by descriptor and
 checked to lie under ROOT (never through a symlink out of ROOT, whatever FOLLOW_SYMLINKS says), and
@@ -20,6 +24,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NewType
@@ -30,6 +36,11 @@ SafePath = NewType("SafePath", Path)
 
 _PROC_FD = Path("/proc/self/fd")
 _HAS_PROC = _PROC_FD.is_dir()  # Linux: an opened descriptor's real location can be read back
+_O_PATH: int = getattr(os, "O_PATH", 0)
+# Linux: a path can be pinned without being opened, then reopened through /proc once approved.
+_CAN_PIN = bool(_O_PATH) and _HAS_PROC
+# How an approved file is opened: never as a controlling terminal, never waiting on a FIFO.
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 # Uploads are written to "<TEMP_PREFIX><random>.part" beside their target, then renamed into place.
 TEMP_PREFIX = ".ferry-upload-"
 
@@ -78,23 +89,48 @@ def servable_name(name: str, policy: PathPolicy) -> bool:
 
 
 def stat_child(dir_fd: int, name: str, policy: PathPolicy) -> os.stat_result | None:
-    """The stat of what a symlink in an opened directory leads to, if the policy allows it:
-    the target is opened and its descriptor's own location checked, so no swap can redirect it."""
+    """The stat of what a symlink in an opened directory leads to, if the policy allows it: a
+    regular file or directory whose pinned descriptor lies where the policy allows (nothing is
+    opened, so a symlink to a terminal or device costs one O_PATH lookup and no side effect)."""
     if not servable_name(name, policy):
         return None
+    if not _CAN_PIN:
+        return _stat_child_unpinned(dir_fd, name, policy)
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+        fd = os.open(name, _O_PATH | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return None
     try:
+        st = os.fstat(fd)
         location = _fd_location(fd)
-        if location is None:
-            location = Path(os.path.realpath(_PROC_FD / str(dir_fd) / name))
-        return os.fstat(fd) if _allowed(location, policy) else None
+        if not _servable_type(st) or location is None or not _allowed(location, policy):
+            return None
+        return st
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def _stat_child_unpinned(dir_fd: int, name: str, policy: PathPolicy) -> os.stat_result | None:
+    """`stat_child` where descriptors cannot be pinned: stat and realpath, and still no open."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd)
+        location = Path(os.path.realpath(os.path.join(_dir_path(dir_fd), name)))
+    except OSError:
+        return None
+    return st if _servable_type(st) and _allowed(location, policy) else None
+
+
+def _dir_path(dir_fd: int) -> str:
+    location = _fd_location(dir_fd)
+    if location is None:
+        raise OSError(errno.ENOTSUP, "an opened directory's path cannot be read back here")
+    return str(location)
+
+
+def _servable_type(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
 
 
 def relative(path: SafePath, policy: PathPolicy) -> str:
@@ -143,11 +179,30 @@ def _fd_location(fd: int) -> Path | None:
 def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_result]:
     """Open a gated path read-only and fstat it; the descriptor is checked to be under ROOT.
 
-    Raises NotFound for anything missing, unreadable, or not a regular file or directory.
+    Raises NotFound for anything missing, unreadable, or not a regular file or directory; only a
+    regular file or directory that passed the checks is ever opened.
     """
+    with _refusals():
+        if not _CAN_PIN:
+            return _open_unpinned(path, policy)
+        pinned = os.open(path, _O_PATH | os.O_CLOEXEC)
     try:
-        # O_NONBLOCK: opening a FIFO someone left in the tree must not hang the server.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        st = os.fstat(pinned)
+        location = _fd_location(pinned)
+        if not _servable_type(st) or location is None or not _allowed(location, policy):
+            raise NotFound()
+        with _refusals():
+            fd = _reopen(pinned, st)
+    finally:
+        os.close(pinned)
+    return fd, st
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """What opening a gated path can fail with, as Ferry answers it."""
+    try:
+        yield
     except (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError) as exc:
         raise NotFound() from exc
     except OSError as exc:
@@ -156,12 +211,34 @@ def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_resul
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             raise ServiceUnavailable("out of file descriptors") from exc
         raise
+
+
+def _reopen(pinned: int, st: os.stat_result) -> int:
+    """Open the very inode a pinned descriptor holds (its /proc link is not a path that can be
+    swapped); the result is checked to be that inode all the same."""
+    flags = _READ_FLAGS | (os.O_DIRECTORY if stat.S_ISDIR(st.st_mode) else 0)
+    fd = os.open(_PROC_FD / str(pinned), flags)
+    try:
+        if not os.path.samestat(os.fstat(fd), st):
+            raise NotFound()
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_unpinned(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_result]:
+    """`open_beneath` where descriptors cannot be pinned: stat first, open only a regular file or
+    directory (never as a controlling terminal), and refuse it unless it is the inode stat saw."""
+    before = os.stat(path)
+    if not _servable_type(before):
+        raise NotFound()
+    flags = _READ_FLAGS | (os.O_DIRECTORY if stat.S_ISDIR(before.st_mode) else 0)
+    fd = os.open(path, flags)
     try:
         st = os.fstat(fd)
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            raise NotFound()
         location = _fd_location(fd)
-        if location is not None and not _allowed(location, policy):
+        if not os.path.samestat(st, before) or (location is not None and not _allowed(location, policy)):
             raise NotFound()
     except BaseException:
         os.close(fd)
@@ -197,7 +274,8 @@ def _writable_location(fd: int, policy: PathPolicy) -> bool:
 
 
 def _open_dir(name: str, dir_fd: int | None, policy: PathPolicy) -> int:
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    # O_DIRECTORY: the kernel refuses anything else before opening it (no device or FIFO is opened).
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOCTTY
     if not _HAS_PROC:
         flags |= os.O_NOFOLLOW
     try:

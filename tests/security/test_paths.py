@@ -17,6 +17,7 @@ import ctypes
 import errno
 import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ import httpx
 import pytest
 
 from tests.clients.test_traversal import ESCAPES, POLICY, expand
-from tests.conftest import CANARY, FerryServer, ServerFactory, ServerPool, build_storage_tree
+from tests.conftest import CANARY, FerryServer, ServerFactory, ServerPool, build_storage_tree, start_server
 from tests.security.support import (
     AUTH,
     TOKEN,
@@ -288,6 +289,65 @@ def test_device_and_fifo_do_not_hang(served: Callable[..., FerryServer], outside
         assert answer.status == 404, (target, answer.raw[:200])
         assert time.monotonic() - started < 2, target
     assert_healthy(server)
+
+
+def _controlling_terminal(pid: int) -> int:
+    """Field 7 of /proc/<pid>/stat (tty_nr): the process's controlling terminal, 0 for none."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[4])
+
+
+@pytest.mark.parametrize("flags", [(), PERMISSIVE], ids=["confined", "follow-symlinks"])
+def test_a_symlink_to_a_terminal_cannot_hang_the_server_up(tmp_path: Path, flags: tuple[str, ...]) -> None:
+    """A daemon (a session leader with no terminal) that opens a terminal without O_NOCTTY makes it
+    its controlling terminal, and dies of SIGHUP when that terminal closes: the start-up scan, a
+    listing, a rescan or a download of a symlink to a pty must never open it."""
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    (root / "hello.txt").write_bytes(b"hello\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    master, slave = os.openpty()
+    try:
+        tty = os.ttyname(slave)
+        (root / "to-tty").symlink_to(tty)  # the terminal outside ROOT
+        links = ["/files/to-tty"]
+        try:  # the same terminal as a node inside ROOT, where creating device nodes is allowed
+            os.mknod(root / "tty-node", 0o600 | stat.S_IFCHR, os.stat(tty).st_rdev)
+            (root / "sub" / "to-node").symlink_to("../tty-node")
+            links += ["/files/tty-node", "/files/sub/to-node"]
+        except PermissionError:
+            pass
+        server = start_server(root, cwd, *flags, "--rescan-interval", "0.2", daemon=True)
+        try:
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                for target in links:
+                    assert client.get(target).status_code == 404, target
+                    assert client.head(target).status_code == 404, target
+                # A change makes the next listings read their directory again (stat_child on each link).
+                (root / "new.txt").write_bytes(b"new\n")
+                (root / "sub" / "new.txt").write_bytes(b"new\n")
+                for listing in ("/files/", "/files/sub/", "/api/files/", "/api/files/sub"):
+                    answer = client.get(listing, headers={"Accept": "application/json"})
+                    assert answer.status_code == 200, listing
+                    names = {e["name"] for e in answer.json()["entries"]}
+                    assert "new.txt" in names and not names & {"to-tty", "tty-node", "to-node"}, names
+                assert client.get("/api/search", params={"q": "to"}).json()["entries"] == []
+                assert _controlling_terminal(server.pid) == 0, (
+                    "a terminal became Ferry's controlling terminal"
+                )
+                os.close(master)  # hangs the terminal up: SIGHUP to any session it controls
+                master = -1
+                for _ in range(20):  # the rescan loop keeps passing over the links meanwhile
+                    assert client.get("/files/hello.txt").content == b"hello\n"
+                    assert client.get("/files/to-tty").status_code == 404
+            assert server.process.poll() is None, server.log.read_text()
+            assert_healthy(server)
+        finally:
+            server.stop()
+    finally:
+        os.close(slave)
+        if master >= 0:
+            os.close(master)
 
 
 # --------------------------------------------------------------------------- writes

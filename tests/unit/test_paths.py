@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
+import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -14,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.errors import BadRequest, NotFound
-from app.storage.paths import PathPolicy, SafePath, open_beneath, resolve, split_url_path
+from app.storage.paths import PathPolicy, SafePath, open_beneath, resolve, split_url_path, stat_child
 
 POLICY = PathPolicy(root=Path("/srv/ferry"))
 SHOW_HIDDEN = replace(POLICY, show_hidden=True)
@@ -351,3 +355,141 @@ def test_resolve_never_leaves_root(tmp_path_factory: pytest.TempPathFactory, url
     except (BadRequest, NotFound):
         return
     assert Path(os.path.realpath(safe)).is_relative_to(policy.root)
+
+
+# --- nothing is opened before it is approved ---------------------------------------------------------------
+
+
+class OpenWatch:
+    """Counts open() calls on one path, by anyone, through inotify's IN_OPEN (an O_PATH lookup,
+    which runs no driver code, is not an open and is not counted)."""
+
+    IN_OPEN = 0x20
+
+    def __init__(self, path: Path) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        if self.libc.inotify_add_watch(self.fd, os.fsencode(path), self.IN_OPEN) < 0:
+            os.close(self.fd)
+            raise OSError(ctypes.get_errno(), "inotify_add_watch", str(path))
+
+    def opens(self) -> int:
+        count = 0
+        while True:
+            try:
+                data = os.read(self.fd, 4096)
+            except BlockingIOError:
+                return count
+            offset = 0
+            while offset < len(data):
+                _, mask, _, length = struct.unpack_from("iIII", data, offset)
+                count += bool(mask & self.IN_OPEN)
+                offset += 16 + length
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass
+class Special:
+    """A FIFO inside ROOT, and symlinks in ROOT to a FIFO and a terminal outside it."""
+
+    tree: Tree
+    fifo_outside: Path
+    tty: Path
+
+
+@pytest.fixture
+def special(tree: Tree) -> Iterator[Special]:
+    fifo_outside = tree.outside / "fifo-outside"
+    os.mkfifo(fifo_outside)
+    master, slave = os.openpty()
+    tty = Path(os.ttyname(slave))
+    (tree.root / "to-fifo").symlink_to(fifo_outside)
+    (tree.root / "to-fifo-inside").symlink_to("fifo")
+    (tree.root / "to-tty").symlink_to(tty)
+    try:
+        yield Special(tree, fifo_outside, tty)
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+SPECIAL_NAMES = ["fifo", "to-fifo", "to-fifo-inside", "to-tty"]
+
+
+def _target(special: Special, name: str) -> Path:
+    return {"to-fifo": special.fifo_outside, "to-tty": special.tty}.get(name, special.tree.root / "fifo")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify counts the opens")
+@pytest.mark.parametrize("name", SPECIAL_NAMES)
+@pytest.mark.parametrize("follow_symlinks", [False, True], ids=["confined", "follow-symlinks"])
+def test_the_gate_never_opens_what_is_not_a_file_or_directory(
+    special: Special, name: str, follow_symlinks: bool, no_fd_leak: None
+) -> None:
+    policy = special.tree.policy(follow_symlinks=follow_symlinks)
+    watch = OpenWatch(_target(special, name))
+    try:
+        with pytest.raises(NotFound):
+            open_beneath(SafePath(special.tree.root / name), policy)
+        with pytest.raises(NotFound):
+            open_beneath(resolve(name, replace(policy, follow_symlinks=True)), policy)
+        dir_fd = os.open(special.tree.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert stat_child(dir_fd, name, policy) is None
+        finally:
+            os.close(dir_fd)
+        assert watch.opens() == 0
+    finally:
+        watch.close()
+
+
+def test_stat_child_still_follows_allowed_symlinks(tree: Tree, no_fd_leak: None) -> None:
+    dir_fd = os.open(tree.root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        st = stat_child(dir_fd, "link-inside.txt", tree.policy())
+        assert st is not None and os.path.samestat(st, os.stat(tree.root / "hello.txt"))
+        assert stat_child(dir_fd, "link-outside.txt", tree.policy()) is None
+        assert stat_child(dir_fd, "link-outside.txt", tree.policy(follow_symlinks=True)) is not None
+        assert stat_child(dir_fd, "dir-outside", tree.policy(follow_symlinks=True)) is not None
+    finally:
+        os.close(dir_fd)
+
+
+_BECOMES_TERMINAL = """
+import os, sys
+from pathlib import Path
+from app.storage.paths import PathPolicy, SafePath, open_beneath, stat_child
+from app.errors import NotFound
+
+root, tty = Path(sys.argv[1]), sys.argv[2]
+for follow in (False, True):
+    policy = PathPolicy(root=root, follow_symlinks=follow)
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    assert stat_child(dir_fd, "to-tty", policy) is None
+    try:
+        open_beneath(SafePath(root / "to-tty"), policy)
+    except NotFound:
+        pass
+# Field 7 of /proc/self/stat: the controlling terminal (0: none), after the process's name.
+print(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[4])
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the controlling terminal from /proc")
+def test_a_symlink_to_a_terminal_never_becomes_the_controlling_terminal(special: Special) -> None:
+    """A daemon is a session leader without a terminal: opening a tty without O_NOCTTY would make
+    it the controlling terminal, and closing that terminal would then hang the process up."""
+    result = subprocess.run(
+        [sys.executable, "-c", _BECOMES_TERMINAL, str(special.tree.root), str(special.tty)],
+        cwd=Path(__file__).parents[2],
+        start_new_session=True,  # a session leader without a controlling terminal, like a daemon
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0", "the gate's open made the terminal the controlling terminal"
