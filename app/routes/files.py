@@ -34,7 +34,7 @@ from app.http.plan import DownloadRequest, FileFacts, integrity_headers, plan_do
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields, query_params
 from app.settings import Settings
 from app.storage.digests import Activity, DigestCache, FileDigest, hash_open_file, identity, settled
-from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve_to_open
+from app.storage.paths import PathPolicy, SafePath, normal_url_path, open_beneath, relative, resolve_to_open
 from app.transfer.download import FileResponse, TransferOptions
 from app.transfer.slots import DownloadSlots
 from app.views.checksums import ChecksumsResponse
@@ -108,7 +108,7 @@ class Downloads:
         await response(scope, receive, send)
 
     def respond(self, scope: Scope) -> Response:
-        path: str = scope["path"][len(PREFIX) :]
+        path = normal_url_path(scope["path"][len(PREFIX) :])
         safe = resolve_to_open(path, self.policy)
         try:
             fd, st = open_beneath(safe, self.policy)

@@ -2,8 +2,9 @@
 
 Two passes, both in this module and nowhere else:
 
-1. lexical (pure): reject ``..``/``.``/empty segments, NUL and control characters, backslashes,
-   hidden names unless allowed, and the temporary files of uploads in progress;
+1. lexical (pure): drop ``.`` segments (``a/./b`` is ``a/b``, as RFC 3986 resolves it), then
+   reject ``..`` and empty segments, NUL and control characters, backslashes, hidden names unless
+   allowed, and the temporary files of uploads in progress;
 2. physical: resolve symlinks and require the real location to stay under ROOT (unless
    FOLLOW_SYMLINKS), and hidden real names too. Nothing is opened before it is approved: the path
    is first pinned with ``O_PATH`` (which runs no driver code: a terminal, FIFO or device sees no
@@ -64,10 +65,32 @@ def _plain_name(segment: str, policy: PathPolicy) -> bool:
     return policy.show_hidden or not segment.startswith(".")
 
 
+def normal_url_path(url_path: str) -> str:
+    """A decoded URL path without its '.' segments: 'a/./b' is 'a/b', './a' is 'a', 'a/.' is 'a/'.
+
+    A '.' names the directory it stands in (RFC 3986 §5.2.4; nginx and most servers resolve it),
+    and real clients send it: Go escapes a first segment holding ':' as './colon:name', so rclone
+    asks for '/files/dir/./colon:name'. Every reader of a request path (downloads, listings,
+    writes, signed links, the API through `split_url_path`) uses this one form. '..' is kept, for
+    `split_url_path` to refuse: climbing is never resolved, only refused.
+    """
+    if "." not in url_path:
+        return url_path
+    segments = url_path.split("/")
+    if "." not in segments:
+        return url_path
+    kept = [segment for segment in segments if segment != "."]
+    if segments[-1] == ".":
+        kept.append("")  # 'a/.' names the directory 'a/' itself
+    return "/".join(kept)
+
+
 def split_url_path(url_path: str, policy: PathPolicy) -> list[str]:
-    """The segments of a decoded URL path below ROOT; refuses anything that is not a plain name."""
+    """The segments of a decoded URL path below ROOT ('.' segments dropped); refuses anything
+    that is not a plain name."""
     if _has_control(url_path):
         raise BadRequest("control characters are not allowed in paths")
+    url_path = normal_url_path(url_path)
     trimmed = url_path[:-1] if url_path.endswith("/") else url_path
     if not trimmed:
         return []
@@ -296,7 +319,7 @@ def open_write_target(url_path: str, policy: PathPolicy, *, create_parents: bool
     """The checked directory and name a write to `url_path` goes to; a directory itself when the
     path ends with '/' (name ''). Missing parents are made when `create_parents`."""
     segments = split_url_path(url_path, policy)
-    is_dir = url_path.endswith("/") or not segments
+    is_dir = normal_url_path(url_path).endswith("/") or not segments
     parents, name = (segments, "") if is_dir else (segments[:-1], segments[-1])
     fd = _open_dir(str(policy.root), None, policy)
     created: list[str] = []

@@ -99,6 +99,14 @@ EXTRA_ESCAPES = [
     pytest.param("/files/{root}_secret/x.txt", id="sibling-abs-string-prefix"),
     pytest.param("/files/{root_enc}_secret%2fx.txt", id="sibling-abs-string-prefix-enc"),
     pytest.param("/files/_secret/x.txt", id="sibling-suffix-only"),
+    # '.' segments are dropped before anything else is checked: what is left must still be refused
+    pytest.param("/files/./../data_secret/x.txt", id="sibling-after-dot"),
+    pytest.param("/files/%2e/%2e%2e%2fdata_secret%2fx.txt", id="sibling-after-enc-dot"),
+    pytest.param("/files/sub/./.%2e/../secret.txt", id="dot-then-half-enc-dotdot"),
+    pytest.param("/files/./%2e/./%2e%2e/secret.txt", id="dots-around-enc-dotdot"),
+    pytest.param("/files/.%5c..%5c./secret.txt", id="dot-backslash-dot"),
+    pytest.param("/files/%2e%2f%2e%2e%2fsecret.txt", id="enc-dot-slash-dotdot"),
+    pytest.param("/files/.//{base_name}/secret.txt", id="dot-then-absolute-base"),
     # double and triple decoding
     pytest.param("/files/%252e%252e%252f%252e%252e%252fsecret.txt", id="double-enc-twice"),
     pytest.param("/files/%252E%252E%252Fdata_secret%252Fx.txt", id="double-enc-sibling"),
@@ -178,6 +186,8 @@ EXTRA_POLICY = [
     pytest.param("/files/rel-sibling/..%2fdata_secret%2fx.txt", id="symlink-then-enc-dotdot"),
     pytest.param("/files/proc-root{outside}", id="symlink-proc-root"),
     pytest.param("/files/dev-stdin", id="symlink-stdin"),
+    pytest.param("/files/./rel-sibling/./x.txt", id="dots-around-symlink-sibling-dir"),
+    pytest.param("/files/rel-sibling/.", id="symlink-sibling-listing-by-dot"),
 ]
 
 CORPUS = ESCAPES + EXTRA_ESCAPES

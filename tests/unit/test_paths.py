@@ -18,7 +18,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.errors import BadRequest, NotFound
-from app.storage.paths import PathPolicy, SafePath, open_beneath, resolve, split_url_path, stat_child
+from app.storage.paths import (
+    PathPolicy,
+    SafePath,
+    normal_url_path,
+    open_beneath,
+    open_write_target,
+    resolve,
+    split_url_path,
+    stat_child,
+)
 
 POLICY = PathPolicy(root=Path("/srv/ferry"))
 SHOW_HIDDEN = replace(POLICY, show_hidden=True)
@@ -41,6 +50,16 @@ SHOW_HIDDEN = replace(POLICY, show_hidden=True)
         pytest.param("..a", None, id="dot-dot-prefix-is-hidden"),
         pytest.param("a./b.", ["a.", "b."], id="trailing-dots"),
         pytest.param("...", None, id="three-dots-is-hidden"),
+        # '.' names the directory it stands in (RFC 3986 §5.2.4): dropped, as nginx does
+        pytest.param("./colon:name.txt", ["colon:name.txt"], id="go-escaped-colon-name"),
+        pytest.param("a/./b", ["a", "b"], id="dot-middle"),
+        pytest.param("a/./././b", ["a", "b"], id="dots-middle"),
+        pytest.param("a/.", ["a"], id="trailing-dot"),
+        pytest.param("a/./", ["a"], id="dot-slash-trailing"),
+        pytest.param(".", [], id="bare-dot-is-root"),
+        pytest.param("./", [], id="dot-slash-is-root"),
+        pytest.param("./.", [], id="dot-dot-separate"),
+        pytest.param(".//", [], id="dot-then-empty-is-root-slash"),
     ],
 )
 def test_split_url_path_plain_names(url_path: str, segments: list[str] | None) -> None:
@@ -53,16 +72,19 @@ def test_split_url_path_plain_names(url_path: str, segments: list[str] | None) -
 
 NOT_FOUND = [
     pytest.param("..", id="dot-dot"),
-    pytest.param(".", id="dot"),
     pytest.param("../etc/passwd", id="dot-dot-first"),
     pytest.param("a/..", id="dot-dot-last"),
     pytest.param("a/../b", id="dot-dot-middle"),
-    pytest.param("a/./b", id="dot-middle"),
+    pytest.param("./..", id="dot-then-dot-dot"),
+    pytest.param("a/./../b", id="dot-then-dot-dot-middle"),
+    pytest.param("./../etc/passwd", id="dot-then-traversal"),
+    pytest.param("a/.//b", id="dot-then-empty-segment"),
     pytest.param("a/../../x", id="double-dot-dot"),
     pytest.param("../", id="dot-dot-slash"),
     pytest.param("a//b", id="empty-segment"),
     pytest.param("a//", id="double-trailing-slash"),
     pytest.param("/etc/passwd", id="absolute"),
+    pytest.param(".//etc/passwd", id="dot-then-absolute"),
     pytest.param("//etc/passwd", id="double-slash-absolute"),
     pytest.param("..\\x", id="backslash-dot-dot"),
     pytest.param("a\\b", id="backslash"),
@@ -77,6 +99,27 @@ NOT_FOUND = [
 def test_split_url_path_refuses_traversal(url_path: str, policy: PathPolicy) -> None:
     with pytest.raises(NotFound):
         split_url_path(url_path, policy)
+
+
+@pytest.mark.parametrize(
+    ("url_path", "normal"),
+    [
+        pytest.param("a/b", "a/b", id="plain"),
+        pytest.param("./colon:name.txt", "colon:name.txt", id="leading"),
+        pytest.param("a/./b/./c", "a/b/c", id="middle"),
+        pytest.param("a/.", "a/", id="trailing-names-the-directory"),
+        pytest.param("a/./", "a/", id="trailing-slash"),
+        pytest.param(".", "", id="bare"),
+        pytest.param("/./docs/x", "/docs/x", id="rooted"),
+        pytest.param("/.", "/", id="rooted-bare"),
+        pytest.param("a/./../b", "a/../b", id="dot-dot-kept-for-refusal"),
+        pytest.param("..", "..", id="dot-dot"),
+        pytest.param("a/.b/c.", "a/.b/c.", id="dots-inside-names"),
+        pytest.param(".//b", "/b", id="then-empty"),
+    ],
+)
+def test_normal_url_path_drops_only_dot_segments(url_path: str, normal: str) -> None:
+    assert normal_url_path(url_path) == normal
 
 
 @pytest.mark.parametrize(
@@ -104,6 +147,7 @@ def test_split_url_path_control_characters_are_bad_requests(url_path: str) -> No
         pytest.param("a/.env", ["a", ".env"], id="hidden-in-dir"),
         pytest.param(".git/config", [".git", "config"], id="hidden-dir"),
         pytest.param(".git/", [".git"], id="hidden-dir-slash"),
+        pytest.param("./.hidden", [".hidden"], id="dot-then-hidden"),
     ],
 )
 def test_split_url_path_hidden_names_only_when_shown(url_path: str, segments: list[str]) -> None:
@@ -250,6 +294,26 @@ def test_resolve_hidden_names_only_when_shown(tree: Tree, no_fd_leak: None) -> N
     with pytest.raises(NotFound):
         resolve(".hidden", tree.policy())
     assert open_and_read(".hidden", tree.policy(show_hidden=True)) == b"hidden"
+
+
+@pytest.mark.parametrize(
+    ("url_path", "path", "name"),
+    [
+        pytest.param("sub/./new.txt", "sub/new.txt", "new.txt", id="dot-middle"),
+        pytest.param("./sub/new.txt", "sub/new.txt", "new.txt", id="dot-first"),
+        pytest.param("sub/.", "sub", "", id="trailing-dot-is-the-directory"),
+        pytest.param("./sub/./", "sub", "", id="directory"),
+    ],
+)
+def test_writes_land_where_reads_look(
+    tree: Tree, url_path: str, path: str, name: str, no_fd_leak: None
+) -> None:
+    target = open_write_target(url_path, tree.policy(), create_parents=False)
+    try:
+        assert (target.path, target.name) == (path, name)
+        assert os.path.samestat(os.fstat(target.dir_fd), os.stat(tree.root / "sub"))
+    finally:
+        target.close()
 
 
 @pytest.mark.parametrize("url_path", ["missing.txt", "dangling", "loop", "hello.txt/x", "sub/missing/x"])
