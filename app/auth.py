@@ -97,6 +97,9 @@ class Gate:
             raise Forbidden("search needs a bearer token")
         link = [(name, value) for name, value in params if name in signing.PARAMS]
         prefix = dict(link).get("prefix")
+        if prefix is None and path.endswith("/") and ("checksums", "all") in params:
+            # A link to one folder's listing grants that folder, not the folders below it.
+            raise Forbidden("this link covers one folder, not the folders below it; ask for a folder link")
         scope[LINK_KEY] = LinkAccess(urlencode(link, safe="/"), prefix)
 
 

@@ -269,6 +269,52 @@ def _open_unpinned(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_res
     return fd, st
 
 
+class LinkScope:
+    """What a signed link grants below a folder, after resolution: the real folder its prefix (or,
+    for a link to one folder's listing, that folder) leads to, and nothing a symlink inside it
+    leads to elsewhere, even elsewhere in ROOT. Lexical coverage is the link's own check
+    (app/http/signing.py); this is the physical one. One per request (it caches parent folders).
+    """
+
+    def __init__(self, real: Path, policy: PathPolicy) -> None:
+        self.real = real
+        self.policy = policy
+        self._parents: dict[str, bool] = {}
+
+    @classmethod
+    def of(cls, folder: str, policy: PathPolicy) -> LinkScope:
+        """The scope of a folder named as a URL path below ROOT ('/docs/', 'docs', '' for ROOT)."""
+        safe = resolve(folder.strip("/"), policy)
+        try:
+            return cls(Path(os.path.realpath(safe)), policy)
+        except OSError as exc:
+            raise NotFound() from exc
+
+    def holds_open(self, fd: int, path: SafePath) -> bool:
+        """Whether an opened gated path (its descriptor's own location) lies in the scope."""
+        location = _fd_location(fd)
+        if location is None:
+            location = Path(os.path.realpath(path))
+        return location.is_relative_to(self.real)
+
+    def holds(self, path: str) -> bool:
+        """Whether an indexed entry ('/'-separated below ROOT) leads into the scope, now."""
+        parent, _, name = path.rpartition("/")
+        known = self._parents.get(parent)
+        if known is None:
+            real_parent = Path(os.path.realpath(os.path.join(self.policy.root, parent)))
+            known = self._parents[parent] = real_parent.is_relative_to(self.real)
+        if not known:
+            return False
+        entry = os.path.join(self.policy.root, path)
+        try:
+            if not stat.S_ISLNK(os.lstat(entry).st_mode):
+                return True  # a real entry of a folder in the scope
+        except OSError:
+            return False
+        return Path(os.path.realpath(entry)).is_relative_to(self.real)
+
+
 @dataclass(slots=True)
 class WriteTarget:
     """Where a write lands: an open descriptor of its (checked) directory and the entry's name.

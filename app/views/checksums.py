@@ -9,6 +9,7 @@ that the answer is 503 with Retry-After, never a list that silently leaves files
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
@@ -26,10 +27,13 @@ MAX_FILES = 100_000
 
 
 class ChecksumsResponse(Response):
-    def __init__(self, directory: str, state: State, *, recursive: bool) -> None:
+    def __init__(
+        self, directory: str, state: State, *, recursive: bool, keep: Callable[[str], bool] | None = None
+    ) -> None:
         self.directory = directory
         self.state = state
         self.recursive = recursive
+        self.keep = keep  # a signed link's scope: files it does not grant are left out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -43,6 +47,8 @@ class ChecksumsResponse(Response):
         files = index.files_with_digests(self.directory, recursive=self.recursive, limit=MAX_FILES + 1)
         if len(files) > MAX_FILES:
             raise BadRequest(f"more than {MAX_FILES:,} files; ask for a subdirectory's checksums")
+        if self.keep is not None:
+            files = [e for e in files if self.keep(e.path)]
         missing = [e for e in files if e.sha256 is None]
         unknown_bytes = sum(e.size for e in missing)
         if unknown_bytes > self.state.settings.hash_on_demand_max:
