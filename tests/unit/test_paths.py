@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.errors import BadRequest, NotFound
+from app.storage import paths
 from app.storage.paths import (
     PathPolicy,
     SafePath,
@@ -490,9 +491,17 @@ def _target(special: Special, name: str) -> Path:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify counts the opens")
 @pytest.mark.parametrize("name", SPECIAL_NAMES)
 @pytest.mark.parametrize("follow_symlinks", [False, True], ids=["confined", "follow-symlinks"])
+@pytest.mark.parametrize("pinned", [True, False], ids=["o-path", "stat-first"])
 def test_the_gate_never_opens_what_is_not_a_file_or_directory(
-    special: Special, name: str, follow_symlinks: bool, no_fd_leak: None
+    special: Special,
+    name: str,
+    follow_symlinks: bool,
+    pinned: bool,
+    no_fd_leak: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Also where descriptors cannot be pinned (no O_PATH or no /proc): stat first, then open."""
+    monkeypatch.setattr(paths, "_CAN_PIN", pinned)
     policy = special.tree.policy(follow_symlinks=follow_symlinks)
     watch = OpenWatch(_target(special, name))
     try:
@@ -557,3 +566,16 @@ def test_a_symlink_to_a_terminal_never_becomes_the_controlling_terminal(special:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0", "the gate's open made the terminal the controlling terminal"
+
+
+def test_without_pinning_files_and_directories_still_open(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, no_fd_leak: None
+) -> None:
+    monkeypatch.setattr(paths, "_CAN_PIN", False)
+    assert open_and_read("link-inside.txt", tree.policy()) == b"hello"
+    assert open_and_read("sub/inner.txt", tree.policy()) == b"inner"
+    fd, st = open_beneath(resolve("sub", tree.policy()), tree.policy())
+    os.close(fd)
+    assert stat.S_ISDIR(st.st_mode)
+    with pytest.raises(NotFound):
+        open_beneath(SafePath(tree.root / "link-outside.txt"), tree.policy())
