@@ -215,10 +215,9 @@ def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_resul
         if not _servable_type(st) or location is None or not _allowed(location, policy):
             raise NotFound()
         with _refusals():
-            fd = _reopen(pinned, st)
+            return _reopen(pinned, st)
     finally:
         os.close(pinned)
-    return fd, st
 
 
 @contextmanager
@@ -236,18 +235,20 @@ def _refusals() -> Iterator[None]:
         raise
 
 
-def _reopen(pinned: int, st: os.stat_result) -> int:
+def _reopen(pinned: int, st: os.stat_result) -> tuple[int, os.stat_result]:
     """Open the very inode a pinned descriptor holds (its /proc link is not a path that can be
-    swapped); the result is checked to be that inode all the same."""
+    swapped); the result is checked to be that inode all the same. Its stat is taken now, as the
+    file is when opened."""
     flags = _READ_FLAGS | (os.O_DIRECTORY if stat.S_ISDIR(st.st_mode) else 0)
     fd = os.open(_PROC_FD / str(pinned), flags)
     try:
-        if not os.path.samestat(os.fstat(fd), st):
+        opened = os.fstat(fd)
+        if not os.path.samestat(opened, st):
             raise NotFound()
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, opened
 
 
 def _open_unpinned(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_result]:
