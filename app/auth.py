@@ -29,6 +29,7 @@ from starlette.types import Scope
 from app.errors import Forbidden, Gone, Unauthorized
 from app.http import signing
 from app.settings import Settings
+from app.storage.paths import normal_url_path
 
 PREFIX = "/files"
 # The link that authorised a listing, kept in the scope so its pages can carry it on to their links.
@@ -81,7 +82,7 @@ class Gate:
         if self.mode == "token":
             raise Unauthorized("a valid bearer token is required to read")
         params = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        path = scope["path"][len(PREFIX) :]
+        path = normal_url_path(scope["path"][len(PREFIX) :])  # the path the request will reach
         client = scope.get("client")
         verdict = signing.verify(
             self.keys, path, params, client=client[0] if client else None, now=int(time.time())
@@ -96,6 +97,9 @@ class Gate:
             raise Forbidden("search needs a bearer token")
         link = [(name, value) for name, value in params if name in signing.PARAMS]
         prefix = dict(link).get("prefix")
+        if prefix is None and path.endswith("/") and ("checksums", "all") in params:
+            # A link to one folder's listing grants that folder, not the folders below it.
+            raise Forbidden("this link covers one folder, not the folders below it; ask for a folder link")
         scope[LINK_KEY] = LinkAccess(urlencode(link, safe="/"), prefix)
 
 

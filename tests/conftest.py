@@ -127,7 +127,11 @@ class FerryServer:
                 self.process.wait()
 
 
-def start_server(root: Path, cwd: Path, *flags: str, env: dict[str, str] | None = None) -> FerryServer:
+def start_server(
+    root: Path, cwd: Path, *flags: str, env: dict[str, str] | None = None, daemon: bool = False
+) -> FerryServer:
+    """`ferry serve` on a free port; `daemon`: in a session of its own with no controlling terminal,
+    as a service manager starts it."""
     port = free_port()
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     clean_env.update(env or {})
@@ -151,6 +155,7 @@ def start_server(root: Path, cwd: Path, *flags: str, env: dict[str, str] | None 
         env=clean_env,
         stdout=access,
         stderr=log,
+        start_new_session=daemon,
     )
     log.close()
     access.close()

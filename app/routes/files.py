@@ -34,7 +34,15 @@ from app.http.plan import DownloadRequest, FileFacts, integrity_headers, plan_do
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields, query_params
 from app.settings import Settings
 from app.storage.digests import Activity, DigestCache, FileDigest, HashBusy, OnDemandHasher, identity
-from app.storage.paths import PathPolicy, SafePath, open_beneath, relative, resolve_to_open
+from app.storage.paths import (
+    LinkScope,
+    PathPolicy,
+    SafePath,
+    normal_url_path,
+    open_beneath,
+    relative,
+    resolve_to_open,
+)
 from app.transfer.download import FileResponse, TransferOptions
 from app.transfer.slots import DownloadSlots
 from app.views.checksums import ChecksumsResponse, Generations
@@ -110,16 +118,24 @@ class Downloads:
         await response(scope, receive, send)
 
     def respond(self, scope: Scope) -> Response:
-        path: str = scope["path"][len(PREFIX) :]
+        path = normal_url_path(scope["path"][len(PREFIX) :])
         safe = resolve_to_open(path, self.policy)
+        access = link_access(scope)
+        # A folder link grants its prefix after resolution: not where a symlink inside it leads.
+        granted = LinkScope.of(access.prefix, self.policy) if access and access.prefix else None
         try:
             fd, st = open_beneath(safe, self.policy)
         except NotFound:
             self._forget(safe)
             raise
+        if granted is not None and not granted.holds_open(fd, safe):
+            os.close(fd)
+            raise NotFound()
         if stat.S_ISDIR(st.st_mode):
             os.close(fd)
-            return self._directory(safe, path, scope)
+            if access is not None and granted is None:  # a link to this folder's listing
+                granted = LinkScope.of(path, self.policy)
+            return self._directory(safe, path, scope, granted)
         try:
             if path.endswith("/"):
                 raise NotFound()
@@ -311,7 +327,7 @@ class Downloads:
 
     # -- a directory ------------------------------------------------------------------------------
 
-    def _directory(self, safe: SafePath, path: str, scope: Scope) -> Response:
+    def _directory(self, safe: SafePath, path: str, scope: Scope, granted: LinkScope | None) -> Response:
         if path and not path.endswith("/"):
             # Same-origin by construction: the Location is always a path under /files/.
             query = scope["query_string"].decode("latin-1")
@@ -323,8 +339,11 @@ class Downloads:
                 self.state,
                 self.checksum_generations,
                 recursive=params["checksums"] == "all",
+                keep=None if granted is None else granted.holds,
             )
-        return DirectoryResponse(relative(safe, self.policy), self.state)
+        return DirectoryResponse(
+            relative(safe, self.policy), self.state, keep=None if granted is None else granted.holds
+        )
 
 
 def _disposition(params: dict[str, str], settings: Settings, content_type: str) -> str:

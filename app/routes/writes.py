@@ -36,7 +36,7 @@ from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields
 from app.settings import Settings
 from app.storage.digests import Activity, DigestBuilder, identity
 from app.storage.index import Entry, Index, entry_from_stat
-from app.storage.paths import PathPolicy, WriteTarget, child_target, open_write_target
+from app.storage.paths import PathPolicy, WriteTarget, child_target, normal_url_path, open_write_target
 from app.storage.writes import AtomicWrite, commit_all, current, delete, too_long
 from app.transfer.upload import (
     ClientGone,
@@ -120,7 +120,7 @@ class Writes:
             raise Unauthorized()
 
     async def _handle(self, scope: Scope, receive: Receive, fields: dict[bytes, str]) -> Response:
-        path = scope["path"][len(PREFIX) :]
+        path = normal_url_path(scope["path"][len(PREFIX) :])  # a/./b is a/b, as for reads
         method = scope["method"]
         reason = too_long(self.policy.root, path)
         if reason is not None:

@@ -2,11 +2,16 @@
 
 Two passes, both in this module and nowhere else:
 
-1. lexical (pure): reject ``..``/``.``/empty segments, NUL and control characters, backslashes,
-   hidden names unless allowed, and the temporary files of uploads in progress;
+1. lexical (pure): drop ``.`` segments (``a/./b`` is ``a/b``, as RFC 3986 resolves it), then
+   reject ``..`` and empty segments, NUL and control characters, backslashes, hidden names unless
+   allowed, and the temporary files of uploads in progress;
 2. physical: resolve symlinks and require the real location to stay under ROOT (unless
-   FOLLOW_SYMLINKS), and hidden real names too; after ``open()``, check the opened file descriptor
-   itself, so a component swapped for a symlink between the check and the open (TOCTOU) is caught.
+   FOLLOW_SYMLINKS), and hidden real names too. Nothing is opened before it is approved: the path
+   is first pinned with ``O_PATH`` (which runs no driver code: a terminal, FIFO or device sees no
+   open), the type (regular file or directory) and location are checked on that descriptor, and
+   only then is it reopened through ``/proc/self/fd`` (the same inode, whatever the path now
+   names) with ``O_NOCTTY``. A component swapped for a symlink between the checks (TOCTOU) is
+   caught because the checks are made on the pinned descriptor itself.
 
 Writes go through `open_write_target`: every directory on the way is opened by descriptor and
 checked to lie under ROOT (never through a symlink out of ROOT, whatever FOLLOW_SYMLINKS says), and
@@ -20,6 +25,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NewType
@@ -30,6 +37,11 @@ SafePath = NewType("SafePath", Path)
 
 _PROC_FD = Path("/proc/self/fd")
 _HAS_PROC = _PROC_FD.is_dir()  # Linux: an opened descriptor's real location can be read back
+_O_PATH: int = getattr(os, "O_PATH", 0)
+# Linux: a path can be pinned without being opened, then reopened through /proc once approved.
+_CAN_PIN = bool(_O_PATH) and _HAS_PROC
+# How an approved file is opened: never as a controlling terminal, never waiting on a FIFO.
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 # Uploads are written to "<TEMP_PREFIX><random>.part" beside their target, then renamed into place.
 TEMP_PREFIX = ".ferry-upload-"
 
@@ -53,10 +65,32 @@ def _plain_name(segment: str, policy: PathPolicy) -> bool:
     return policy.show_hidden or not segment.startswith(".")
 
 
+def normal_url_path(url_path: str) -> str:
+    """A decoded URL path without its '.' segments: 'a/./b' is 'a/b', './a' is 'a', 'a/.' is 'a/'.
+
+    A '.' names the directory it stands in (RFC 3986 §5.2.4; nginx and most servers resolve it),
+    and real clients send it: Go escapes a first segment holding ':' as './colon:name', so rclone
+    asks for '/files/dir/./colon:name'. Every reader of a request path (downloads, listings,
+    writes, signed links, the API through `split_url_path`) uses this one form. '..' is kept, for
+    `split_url_path` to refuse: climbing is never resolved, only refused.
+    """
+    if "." not in url_path:
+        return url_path
+    segments = url_path.split("/")
+    if "." not in segments:
+        return url_path
+    kept = [segment for segment in segments if segment != "."]
+    if segments[-1] == ".":
+        kept.append("")  # 'a/.' names the directory 'a/' itself
+    return "/".join(kept)
+
+
 def split_url_path(url_path: str, policy: PathPolicy) -> list[str]:
-    """The segments of a decoded URL path below ROOT; refuses anything that is not a plain name."""
+    """The segments of a decoded URL path below ROOT ('.' segments dropped); refuses anything
+    that is not a plain name."""
     if _has_control(url_path):
         raise BadRequest("control characters are not allowed in paths")
+    url_path = normal_url_path(url_path)
     trimmed = url_path[:-1] if url_path.endswith("/") else url_path
     if not trimmed:
         return []
@@ -78,23 +112,48 @@ def servable_name(name: str, policy: PathPolicy) -> bool:
 
 
 def stat_child(dir_fd: int, name: str, policy: PathPolicy) -> os.stat_result | None:
-    """The stat of what a symlink in an opened directory leads to, if the policy allows it:
-    the target is opened and its descriptor's own location checked, so no swap can redirect it."""
+    """The stat of what a symlink in an opened directory leads to, if the policy allows it: a
+    regular file or directory whose pinned descriptor lies where the policy allows (nothing is
+    opened, so a symlink to a terminal or device costs one O_PATH lookup and no side effect)."""
     if not servable_name(name, policy):
         return None
+    if not _CAN_PIN:
+        return _stat_child_unpinned(dir_fd, name, policy)
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+        fd = os.open(name, _O_PATH | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return None
     try:
+        st = os.fstat(fd)
         location = _fd_location(fd)
-        if location is None:
-            location = Path(os.path.realpath(_PROC_FD / str(dir_fd) / name))
-        return os.fstat(fd) if _allowed(location, policy) else None
+        if not _servable_type(st) or location is None or not _allowed(location, policy):
+            return None
+        return st
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def _stat_child_unpinned(dir_fd: int, name: str, policy: PathPolicy) -> os.stat_result | None:
+    """`stat_child` where descriptors cannot be pinned: stat and realpath, and still no open."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd)
+        location = Path(os.path.realpath(os.path.join(_dir_path(dir_fd), name)))
+    except OSError:
+        return None
+    return st if _servable_type(st) and _allowed(location, policy) else None
+
+
+def _dir_path(dir_fd: int) -> str:
+    location = _fd_location(dir_fd)
+    if location is None:
+        raise OSError(errno.ENOTSUP, "an opened directory's path cannot be read back here")
+    return str(location)
+
+
+def _servable_type(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
 
 
 def relative(path: SafePath, policy: PathPolicy) -> str:
@@ -143,11 +202,29 @@ def _fd_location(fd: int) -> Path | None:
 def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_result]:
     """Open a gated path read-only and fstat it; the descriptor is checked to be under ROOT.
 
-    Raises NotFound for anything missing, unreadable, or not a regular file or directory.
+    Raises NotFound for anything missing, unreadable, or not a regular file or directory; only a
+    regular file or directory that passed the checks is ever opened.
     """
+    with _refusals():
+        if not _CAN_PIN:
+            return _open_unpinned(path, policy)
+        pinned = os.open(path, _O_PATH | os.O_CLOEXEC)
     try:
-        # O_NONBLOCK: opening a FIFO someone left in the tree must not hang the server.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        st = os.fstat(pinned)
+        location = _fd_location(pinned)
+        if not _servable_type(st) or location is None or not _allowed(location, policy):
+            raise NotFound()
+        with _refusals():
+            return _reopen(pinned, st)
+    finally:
+        os.close(pinned)
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """What opening a gated path can fail with, as Ferry answers it."""
+    try:
+        yield
     except (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError) as exc:
         raise NotFound() from exc
     except OSError as exc:
@@ -156,17 +233,87 @@ def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_resul
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             raise ServiceUnavailable("out of file descriptors") from exc
         raise
+
+
+def _reopen(pinned: int, st: os.stat_result) -> tuple[int, os.stat_result]:
+    """Open the very inode a pinned descriptor holds (its /proc link is not a path that can be
+    swapped); the result is checked to be that inode all the same. Its stat is taken now, as the
+    file is when opened."""
+    flags = _READ_FLAGS | (os.O_DIRECTORY if stat.S_ISDIR(st.st_mode) else 0)
+    fd = os.open(_PROC_FD / str(pinned), flags)
+    try:
+        opened = os.fstat(fd)
+        if not os.path.samestat(opened, st):
+            raise NotFound()
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, opened
+
+
+def _open_unpinned(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_result]:
+    """`open_beneath` where descriptors cannot be pinned: stat first, open only a regular file or
+    directory (never as a controlling terminal), and refuse it unless it is the inode stat saw."""
+    before = os.stat(path)
+    if not _servable_type(before):
+        raise NotFound()
+    flags = _READ_FLAGS | (os.O_DIRECTORY if stat.S_ISDIR(before.st_mode) else 0)
+    fd = os.open(path, flags)
     try:
         st = os.fstat(fd)
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            raise NotFound()
         location = _fd_location(fd)
-        if location is not None and not _allowed(location, policy):
+        if not os.path.samestat(st, before) or (location is not None and not _allowed(location, policy)):
             raise NotFound()
     except BaseException:
         os.close(fd)
         raise
     return fd, st
+
+
+class LinkScope:
+    """What a signed link grants below a folder, after resolution: the real folder its prefix (or,
+    for a link to one folder's listing, that folder) leads to, and nothing a symlink inside it
+    leads to elsewhere, even elsewhere in ROOT. Lexical coverage is the link's own check
+    (app/http/signing.py); this is the physical one. One per request (it caches parent folders).
+    """
+
+    def __init__(self, real: Path, policy: PathPolicy) -> None:
+        self.real = real
+        self.policy = policy
+        self._parents: dict[str, bool] = {}
+
+    @classmethod
+    def of(cls, folder: str, policy: PathPolicy) -> LinkScope:
+        """The scope of a folder named as a URL path below ROOT ('/docs/', 'docs', '' for ROOT)."""
+        safe = resolve(folder.strip("/"), policy)
+        try:
+            return cls(Path(os.path.realpath(safe)), policy)
+        except OSError as exc:
+            raise NotFound() from exc
+
+    def holds_open(self, fd: int, path: SafePath) -> bool:
+        """Whether an opened gated path (its descriptor's own location) lies in the scope."""
+        location = _fd_location(fd)
+        if location is None:
+            location = Path(os.path.realpath(path))
+        return location.is_relative_to(self.real)
+
+    def holds(self, path: str) -> bool:
+        """Whether an indexed entry ('/'-separated below ROOT) leads into the scope, now."""
+        parent, _, name = path.rpartition("/")
+        known = self._parents.get(parent)
+        if known is None:
+            real_parent = Path(os.path.realpath(os.path.join(self.policy.root, parent)))
+            known = self._parents[parent] = real_parent.is_relative_to(self.real)
+        if not known:
+            return False
+        entry = os.path.join(self.policy.root, path)
+        try:
+            if not stat.S_ISLNK(os.lstat(entry).st_mode):
+                return True  # a real entry of a folder in the scope
+        except OSError:
+            return False
+        return Path(os.path.realpath(entry)).is_relative_to(self.real)
 
 
 @dataclass(slots=True)
@@ -197,7 +344,8 @@ def _writable_location(fd: int, policy: PathPolicy) -> bool:
 
 
 def _open_dir(name: str, dir_fd: int | None, policy: PathPolicy) -> int:
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    # O_DIRECTORY: the kernel refuses anything else before opening it (no device or FIFO is opened).
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOCTTY
     if not _HAS_PROC:
         flags |= os.O_NOFOLLOW
     try:
@@ -218,7 +366,7 @@ def open_write_target(url_path: str, policy: PathPolicy, *, create_parents: bool
     """The checked directory and name a write to `url_path` goes to; a directory itself when the
     path ends with '/' (name ''). Missing parents are made when `create_parents`."""
     segments = split_url_path(url_path, policy)
-    is_dir = url_path.endswith("/") or not segments
+    is_dir = normal_url_path(url_path).endswith("/") or not segments
     parents, name = (segments, "") if is_dir else (segments[:-1], segments[-1])
     fd = _open_dir(str(policy.root), None, policy)
     created: list[str] = []

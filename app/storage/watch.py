@@ -49,10 +49,13 @@ def _owner_lock(index: Index) -> int | None:
 
 
 def _relative(root: Path, changed: str) -> str | None:
+    """The index path of a changed path below ROOT; None for ROOT itself (no entry of its own:
+    "." would name it, and the gate reads "./x" as "x") and for anything outside."""
     try:
-        return Path(changed).relative_to(root).as_posix()
+        path = Path(changed).relative_to(root).as_posix()
     except ValueError:
         return None
+    return None if path == "." else path
 
 
 class IndexKeeper:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
@@ -55,11 +55,20 @@ class Generations:
 
 
 class ChecksumsResponse(Response):
-    def __init__(self, directory: str, state: State, generations: Generations, *, recursive: bool) -> None:
+    def __init__(
+        self,
+        directory: str,
+        state: State,
+        generations: Generations,
+        *,
+        recursive: bool,
+        keep: Callable[[str], bool] | None = None,
+    ) -> None:
         self.directory = directory
         self.state = state
         self.generations = generations
         self.recursive = recursive
+        self.keep = keep  # a signed link's scope: files it does not grant are left out
         # Digests of files hashed for this list but too fresh for the index to keep (by path).
         self.fresh: dict[str, tuple[Identity, bytes]] = {}
 
@@ -93,21 +102,14 @@ class ChecksumsResponse(Response):
             raise ServiceUnavailable(f"{missing} checksums are still being computed; try again later", wait)
         after = ("", "")
         while missing:
-            page = await run_in_threadpool(
-                index.files_with_digests,
-                self.directory,
-                recursive=self.recursive,
-                limit=PAGE,
-                after=after,
-                missing_only=True,
-            )
-            if not page:
+            page, following = await run_in_threadpool(self._page, after, True)
+            if following is None:
                 break
+            after = following
             for entry in page:
                 hashed, ident = await _hash_now(index, self.state.on_demand, entry)
                 if not hashed.settled:
                     self.fresh[entry.path] = (ident, hashed.digest.sha256)
-            after = _key(page[-1])
 
     def _stream(self, *, head: bool) -> Response:
         headers = {
@@ -120,15 +122,13 @@ class ChecksumsResponse(Response):
 
     async def _lines(self) -> AsyncIterator[str]:
         """The body, one page of the index at a time (a page in memory, never the whole list)."""
-        index: Index = self.state.index
         start = len(self.directory) + 1 if self.directory else 0
         after = ("", "")
         while True:
-            page = await run_in_threadpool(
-                index.files_with_digests, self.directory, recursive=self.recursive, limit=PAGE, after=after
-            )
-            if not page:
+            page, following = await run_in_threadpool(self._page, after, False)
+            if following is None:
                 return
+            after = following
             lines = []
             for entry in page:
                 sha256 = entry.sha256 or self._fresh(entry) or await self._late(entry)
@@ -139,7 +139,18 @@ class ChecksumsResponse(Response):
                     raise ConnectionAbortedError("a file changed while its SHA256SUMS was being sent")
                 lines.append(checksum_line(sha256.hex(), entry.path[start:]))
             yield "".join(lines)
-            after = _key(page[-1])
+
+    def _page(self, after: tuple[str, str], missing_only: bool) -> tuple[list[Entry], tuple[str, str] | None]:
+        """The files of the next page in the link's scope (blocking: run in a thread) and the key to
+        continue after; None once the index has no more."""
+        index: Index = self.state.index
+        page = index.files_with_digests(
+            self.directory, recursive=self.recursive, limit=PAGE, after=after, missing_only=missing_only
+        )
+        if not page:
+            return [], None
+        kept = page if self.keep is None else [e for e in page if self.keep(e.path)]
+        return kept, _key(page[-1])
 
     async def _late(self, entry: Entry) -> bytes | None:
         """A file written since the check: hashed now if the on-demand bound allows."""

@@ -5,6 +5,7 @@ The response is built in a worker thread, so index reads never block the event l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from starlette.concurrency import run_in_threadpool
@@ -14,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.auth import link_access
 from app.errors import BadRequest, FerryError, error_response
-from app.storage.index import SortKey
+from app.storage.index import Page, SortKey
 from app.views.entries import listing_model, search_model
 from app.views.html import HtmlPage, render_listing, render_search
 
@@ -42,9 +43,10 @@ def _limit(params: dict[str, str], default: int) -> int:
 class DirectoryResponse(Response):
     """The listing of one gated directory (given as its '/'-separated path below ROOT)."""
 
-    def __init__(self, directory: str, state: State) -> None:
+    def __init__(self, directory: str, state: State, *, keep: Callable[[str], bool] | None = None) -> None:
         self.directory = directory
         self.state = state
+        self.keep = keep  # a signed link's scope: entries it does not grant are not shown
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -61,7 +63,7 @@ class DirectoryResponse(Response):
         # Only a prefix link reaches further than this page: then every link on it carries it along.
         link_query = link.query if link is not None and link.prefix is not None else ""
         if _wants_json(params, scope):
-            page = index.list_dir(self.directory, limit=_limit(params, 100), cursor=cursor)
+            page = self._granted(index.list_dir(self.directory, limit=_limit(params, 100), cursor=cursor))
             listing = listing_model(self.directory, page, mime_types)
             for entry in listing.entries if link_query else ():
                 entry.url += "?" + link_query
@@ -75,7 +77,9 @@ class DirectoryResponse(Response):
             return _html(render_search(HtmlPage(self.directory, data, "name", False, given, cursor)))
         sort = _SORTS.get(params.get("sort", "name"), "name")
         descending = params.get("order") == "desc"
-        page = index.list_dir(self.directory, limit=limit, cursor=cursor, sort=sort, descending=descending)
+        page = self._granted(
+            index.list_dir(self.directory, limit=limit, cursor=cursor, sort=sort, descending=descending)
+        )
         settings = self.state.settings
         view = HtmlPage(
             self.directory,
@@ -89,6 +93,11 @@ class DirectoryResponse(Response):
             link_root=None if link is None else (link.prefix or "/" + self.directory + "/").strip("/"),
         )
         return _html(render_listing(view))
+
+    def _granted(self, page: Page) -> Page:
+        if self.keep is None:
+            return page
+        return Page([e for e in page.entries if self.keep(e.path)], page.next_cursor)
 
 
 # The pages need nothing but their own CSS, JS and icon (and, for the upload panel, requests back to

@@ -172,11 +172,16 @@ ESCAPES = [
     pytest.param("/files/\xc0\xae\xc0\xae/secret.txt", id="overlong-raw-bytes"),
     pytest.param("/files/%u002e%u002e/secret.txt", id="iis-u-encoding"),
     pytest.param("/files/%ff%fe/secret.txt", id="invalid-utf8"),
-    # dot segments are refused, not normalised
-    pytest.param("/files/./hello.txt", id="dot-segment"),
-    pytest.param("/files/%2e/hello.txt", id="enc-dot-segment"),
-    pytest.param("/files/sub/./inner.txt", id="dot-segment-subdir"),
-    pytest.param("/files/.", id="bare-dot"),
+    # '.' segments are dropped, and what remains is checked as any other path
+    pytest.param("/files/./../secret.txt", id="dot-then-dotdot"),
+    pytest.param("/files/sub/./../../secret.txt", id="dot-then-dotdot-subdir"),
+    pytest.param("/files/%2e/%2e%2e/secret.txt", id="enc-dot-then-enc-dotdot"),
+    pytest.param("/files/./%2e%2e%2fsecret.txt", id="dot-then-enc-dotdot-slash"),
+    pytest.param("/files/.//etc/passwd", id="dot-then-absolute"),
+    pytest.param("/files/.%2f%2fetc%2fpasswd", id="dot-then-enc-absolute"),
+    pytest.param("/files/sub/.//inner.txt", id="dot-then-empty-segment"),
+    pytest.param("/files/./{outside}", id="dot-then-abs-canary"),
+    pytest.param("/files/hello.txt/.", id="file-trailing-dot"),
     # a file with a trailing slash is not a directory
     pytest.param("/files/hello.txt/", id="file-trailing-slash"),
     # absolute-form and otherwise odd request targets
@@ -204,6 +209,9 @@ POLICY = [
     pytest.param("/files/%2egit%2fconfig", id="hidden-dir-file-enc"),
     pytest.param("/files/.git/", id="hidden-dir-listing"),
     pytest.param("/files/.git", id="hidden-dir-redirect"),
+    pytest.param("/files/./.hidden", id="dot-then-hidden"),
+    pytest.param("/files/./link-outside.txt", id="dot-then-symlink-file-outside"),
+    pytest.param("/files/dir-outside/./x.txt", id="symlink-dir-outside-then-dot"),
 ]
 
 
@@ -262,6 +270,82 @@ def test_the_tree_really_holds_the_canary(pool: ServerPool, served: Callable[...
     assert ok.status == 200 and ok.raw.endswith(b"hello, ferry\n")
     followed = send_raw(served(*PERMISSIVE), "/files/link-outside.txt")
     assert followed.status == 200 and followed.raw.endswith(CANARY)
+
+
+# --------------------------------------------------------------------------- '.' segments
+
+# A '.' segment names the directory it stands in (RFC 3986 §5.2.4), as nginx and http.server
+# resolve it; Go's URL escaping writes a first segment holding ':' as './colon:name', and rclone
+# asks for exactly that. The content is served at the URL asked for (no redirect to follow).
+DOT_SEGMENTS = [
+    pytest.param("/files/./hello.txt", b"hello, ferry\n", id="dot-segment"),
+    pytest.param("/files/%2e/hello.txt", b"hello, ferry\n", id="enc-dot-segment"),
+    pytest.param("/files/%2E/hello.txt", b"hello, ferry\n", id="enc-dot-segment-upper"),
+    pytest.param("/files/sub/./inner.txt", b"inner\n", id="dot-segment-subdir"),
+    pytest.param("/files/./sub/././inner.txt", b"inner\n", id="dot-segments"),
+    pytest.param("/files/./100%25%20%231%3F.txt", b"percent\n", id="dot-then-escaped-name"),
+]
+
+
+@pytest.mark.parametrize(("target", "body"), DOT_SEGMENTS)
+def test_dot_segments_are_resolved(served: Callable[..., FerryServer], target: str, body: bytes) -> None:
+    server = served()
+    response = send_raw(server, target)
+    assert response.status == 200, (target, response.raw[:300])
+    assert response.raw.partition(b"\r\n\r\n")[2] == body
+    assert "location" not in response.headers
+
+
+def test_dot_segments_keep_head_and_ranges(served: Callable[..., FerryServer]) -> None:
+    server = served()
+    plain, dotted = (
+        send_raw(server, "/files/digits.txt", method="HEAD"),
+        send_raw(server, "/files/./digits.txt", method="HEAD"),
+    )
+    assert dotted.status == 200 and dotted.raw.endswith(b"\r\n\r\n")
+    for name in (
+        "content-length",
+        "etag",
+        "last-modified",
+        "accept-ranges",
+        "content-type",
+        "content-disposition",
+    ):
+        assert dotted.headers.get(name) == plain.headers.get(name), name
+    request = "GET /files/./digits.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=16-31\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(request.encode())
+        raw = b"".join(iter(lambda: conn.recv(65536), b""))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 206 "), head
+    assert b"content-range: bytes 16-31/1024" in head.lower()
+    assert body == bytes(range(16, 32))
+
+
+@pytest.mark.parametrize(
+    ("target", "listed"),
+    [
+        pytest.param("/files/.", "hello.txt", id="bare-dot-is-root"),
+        pytest.param("/files/./", "hello.txt", id="dot-slash-is-root"),
+        pytest.param("/files/sub/.", "inner.txt", id="trailing-dot-is-the-directory"),
+        pytest.param("/files/./sub/", "inner.txt", id="dot-then-directory"),
+    ],
+)
+def test_dot_segments_list_the_directory(
+    served: Callable[..., FerryServer], target: str, listed: str
+) -> None:
+    response = send_raw(served(), target + "?format=json")
+    assert response.status == 200, response.raw[:300]
+    names = [e["name"] for e in json.loads(response.raw.partition(b"\r\n\r\n")[2])["entries"]]
+    assert listed in names
+
+
+def test_a_dotted_directory_without_its_slash_redirects_to_the_plain_path(
+    served: Callable[..., FerryServer],
+) -> None:
+    response = send_raw(served(), "/files/./sub")
+    assert response.status == 301
+    assert response.headers["location"] == "/files/sub/"
 
 
 # --------------------------------------------------------------------------- slash-redirects

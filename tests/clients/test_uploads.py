@@ -787,7 +787,10 @@ def test_put_paths_cannot_escape_root(writable: FerryServer, storage_tree: Path)
         f"/files/.git/{marker}",
         f"/files/{TEMP_PREFIX}0123456789abcdef.part",
         f"/files/{marker}%00.txt",
-        f"/files/./{marker}",
+        f"/files/./../{marker}",
+        f"/files/sub/./%2e%2e/%2e%2e/{marker}",
+        "/files/./.hidden",
+        "/files/sub/.",
     ]
     for target in refused:
         response = raw_request(writable, "PUT", target, AUTH, b"PWNED " + target.encode())
@@ -819,6 +822,12 @@ def test_put_paths_cannot_escape_root(writable: FerryServer, storage_tree: Path)
     assert (storage_tree / ".hidden").read_bytes() == b"hidden\n"
     assert (storage_tree / "sub" / ".env").read_bytes() == b"SECRET=1\n"
     assert not list(storage_tree.rglob(f"*{marker}*"))
+    # A '.' segment names the folder it stands in: the upload lands there, and nowhere else.
+    response = raw_request(writable, "PUT", f"/files/sub/./{marker}", AUTH, b"dotted\n")
+    assert response.status == 201, response
+    assert [p.relative_to(storage_tree).as_posix() for p in storage_tree.rglob(f"*{marker}*")] == [
+        f"sub/{marker}"
+    ]
     assert_nothing_escaped(base, before, [marker])
     assert no_temp_files(storage_tree)
 

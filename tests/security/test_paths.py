@@ -17,6 +17,7 @@ import ctypes
 import errno
 import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ import httpx
 import pytest
 
 from tests.clients.test_traversal import ESCAPES, POLICY, expand
-from tests.conftest import CANARY, FerryServer, ServerFactory, ServerPool, build_storage_tree
+from tests.conftest import CANARY, FerryServer, ServerFactory, ServerPool, build_storage_tree, start_server
 from tests.security.support import (
     AUTH,
     TOKEN,
@@ -98,6 +99,14 @@ EXTRA_ESCAPES = [
     pytest.param("/files/{root}_secret/x.txt", id="sibling-abs-string-prefix"),
     pytest.param("/files/{root_enc}_secret%2fx.txt", id="sibling-abs-string-prefix-enc"),
     pytest.param("/files/_secret/x.txt", id="sibling-suffix-only"),
+    # '.' segments are dropped before anything else is checked: what is left must still be refused
+    pytest.param("/files/./../data_secret/x.txt", id="sibling-after-dot"),
+    pytest.param("/files/%2e/%2e%2e%2fdata_secret%2fx.txt", id="sibling-after-enc-dot"),
+    pytest.param("/files/sub/./.%2e/../secret.txt", id="dot-then-half-enc-dotdot"),
+    pytest.param("/files/./%2e/./%2e%2e/secret.txt", id="dots-around-enc-dotdot"),
+    pytest.param("/files/.%5c..%5c./secret.txt", id="dot-backslash-dot"),
+    pytest.param("/files/%2e%2f%2e%2e%2fsecret.txt", id="enc-dot-slash-dotdot"),
+    pytest.param("/files/.//{base_name}/secret.txt", id="dot-then-absolute-base"),
     # double and triple decoding
     pytest.param("/files/%252e%252e%252f%252e%252e%252fsecret.txt", id="double-enc-twice"),
     pytest.param("/files/%252E%252E%252Fdata_secret%252Fx.txt", id="double-enc-sibling"),
@@ -177,6 +186,8 @@ EXTRA_POLICY = [
     pytest.param("/files/rel-sibling/..%2fdata_secret%2fx.txt", id="symlink-then-enc-dotdot"),
     pytest.param("/files/proc-root{outside}", id="symlink-proc-root"),
     pytest.param("/files/dev-stdin", id="symlink-stdin"),
+    pytest.param("/files/./rel-sibling/./x.txt", id="dots-around-symlink-sibling-dir"),
+    pytest.param("/files/rel-sibling/.", id="symlink-sibling-listing-by-dot"),
 ]
 
 CORPUS = ESCAPES + EXTRA_ESCAPES
@@ -288,6 +299,65 @@ def test_device_and_fifo_do_not_hang(served: Callable[..., FerryServer], outside
         assert answer.status == 404, (target, answer.raw[:200])
         assert time.monotonic() - started < 2, target
     assert_healthy(server)
+
+
+def _controlling_terminal(pid: int) -> int:
+    """Field 7 of /proc/<pid>/stat (tty_nr): the process's controlling terminal, 0 for none."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[4])
+
+
+@pytest.mark.parametrize("flags", [(), PERMISSIVE], ids=["confined", "follow-symlinks"])
+def test_a_symlink_to_a_terminal_cannot_hang_the_server_up(tmp_path: Path, flags: tuple[str, ...]) -> None:
+    """A daemon (a session leader with no terminal) that opens a terminal without O_NOCTTY makes it
+    its controlling terminal, and dies of SIGHUP when that terminal closes: the start-up scan, a
+    listing, a rescan or a download of a symlink to a pty must never open it."""
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    (root / "hello.txt").write_bytes(b"hello\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    master, slave = os.openpty()
+    try:
+        tty = os.ttyname(slave)
+        (root / "to-tty").symlink_to(tty)  # the terminal outside ROOT
+        links = ["/files/to-tty"]
+        try:  # the same terminal as a node inside ROOT, where creating device nodes is allowed
+            os.mknod(root / "tty-node", 0o600 | stat.S_IFCHR, os.stat(tty).st_rdev)
+            (root / "sub" / "to-node").symlink_to("../tty-node")
+            links += ["/files/tty-node", "/files/sub/to-node"]
+        except PermissionError:
+            pass
+        server = start_server(root, cwd, *flags, "--rescan-interval", "0.2", daemon=True)
+        try:
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                for target in links:
+                    assert client.get(target).status_code == 404, target
+                    assert client.head(target).status_code == 404, target
+                # A change makes the next listings read their directory again (stat_child on each link).
+                (root / "new.txt").write_bytes(b"new\n")
+                (root / "sub" / "new.txt").write_bytes(b"new\n")
+                for listing in ("/files/", "/files/sub/", "/api/files/", "/api/files/sub"):
+                    answer = client.get(listing, headers={"Accept": "application/json"})
+                    assert answer.status_code == 200, listing
+                    names = {e["name"] for e in answer.json()["entries"]}
+                    assert "new.txt" in names and not names & {"to-tty", "tty-node", "to-node"}, names
+                assert client.get("/api/search", params={"q": "to"}).json()["entries"] == []
+                assert _controlling_terminal(server.pid) == 0, (
+                    "a terminal became Ferry's controlling terminal"
+                )
+                os.close(master)  # hangs the terminal up: SIGHUP to any session it controls
+                master = -1
+                for _ in range(20):  # the rescan loop keeps passing over the links meanwhile
+                    assert client.get("/files/hello.txt").content == b"hello\n"
+                    assert client.get("/files/to-tty").status_code == 404
+            assert server.process.poll() is None, server.log.read_text()
+            assert_healthy(server)
+        finally:
+            server.stop()
+    finally:
+        os.close(slave)
+        if master >= 0:
+            os.close(master)
 
 
 # --------------------------------------------------------------------------- writes

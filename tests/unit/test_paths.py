@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
+import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -14,7 +18,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.errors import BadRequest, NotFound
-from app.storage.paths import PathPolicy, SafePath, open_beneath, resolve, split_url_path
+from app.storage import paths
+from app.storage.paths import (
+    PathPolicy,
+    SafePath,
+    normal_url_path,
+    open_beneath,
+    open_write_target,
+    resolve,
+    split_url_path,
+    stat_child,
+)
 
 POLICY = PathPolicy(root=Path("/srv/ferry"))
 SHOW_HIDDEN = replace(POLICY, show_hidden=True)
@@ -37,6 +51,16 @@ SHOW_HIDDEN = replace(POLICY, show_hidden=True)
         pytest.param("..a", None, id="dot-dot-prefix-is-hidden"),
         pytest.param("a./b.", ["a.", "b."], id="trailing-dots"),
         pytest.param("...", None, id="three-dots-is-hidden"),
+        # '.' names the directory it stands in (RFC 3986 §5.2.4): dropped, as nginx does
+        pytest.param("./colon:name.txt", ["colon:name.txt"], id="go-escaped-colon-name"),
+        pytest.param("a/./b", ["a", "b"], id="dot-middle"),
+        pytest.param("a/./././b", ["a", "b"], id="dots-middle"),
+        pytest.param("a/.", ["a"], id="trailing-dot"),
+        pytest.param("a/./", ["a"], id="dot-slash-trailing"),
+        pytest.param(".", [], id="bare-dot-is-root"),
+        pytest.param("./", [], id="dot-slash-is-root"),
+        pytest.param("./.", [], id="dot-dot-separate"),
+        pytest.param(".//", [], id="dot-then-empty-is-root-slash"),
     ],
 )
 def test_split_url_path_plain_names(url_path: str, segments: list[str] | None) -> None:
@@ -49,16 +73,19 @@ def test_split_url_path_plain_names(url_path: str, segments: list[str] | None) -
 
 NOT_FOUND = [
     pytest.param("..", id="dot-dot"),
-    pytest.param(".", id="dot"),
     pytest.param("../etc/passwd", id="dot-dot-first"),
     pytest.param("a/..", id="dot-dot-last"),
     pytest.param("a/../b", id="dot-dot-middle"),
-    pytest.param("a/./b", id="dot-middle"),
+    pytest.param("./..", id="dot-then-dot-dot"),
+    pytest.param("a/./../b", id="dot-then-dot-dot-middle"),
+    pytest.param("./../etc/passwd", id="dot-then-traversal"),
+    pytest.param("a/.//b", id="dot-then-empty-segment"),
     pytest.param("a/../../x", id="double-dot-dot"),
     pytest.param("../", id="dot-dot-slash"),
     pytest.param("a//b", id="empty-segment"),
     pytest.param("a//", id="double-trailing-slash"),
     pytest.param("/etc/passwd", id="absolute"),
+    pytest.param(".//etc/passwd", id="dot-then-absolute"),
     pytest.param("//etc/passwd", id="double-slash-absolute"),
     pytest.param("..\\x", id="backslash-dot-dot"),
     pytest.param("a\\b", id="backslash"),
@@ -73,6 +100,27 @@ NOT_FOUND = [
 def test_split_url_path_refuses_traversal(url_path: str, policy: PathPolicy) -> None:
     with pytest.raises(NotFound):
         split_url_path(url_path, policy)
+
+
+@pytest.mark.parametrize(
+    ("url_path", "normal"),
+    [
+        pytest.param("a/b", "a/b", id="plain"),
+        pytest.param("./colon:name.txt", "colon:name.txt", id="leading"),
+        pytest.param("a/./b/./c", "a/b/c", id="middle"),
+        pytest.param("a/.", "a/", id="trailing-names-the-directory"),
+        pytest.param("a/./", "a/", id="trailing-slash"),
+        pytest.param(".", "", id="bare"),
+        pytest.param("/./docs/x", "/docs/x", id="rooted"),
+        pytest.param("/.", "/", id="rooted-bare"),
+        pytest.param("a/./../b", "a/../b", id="dot-dot-kept-for-refusal"),
+        pytest.param("..", "..", id="dot-dot"),
+        pytest.param("a/.b/c.", "a/.b/c.", id="dots-inside-names"),
+        pytest.param(".//b", "/b", id="then-empty"),
+    ],
+)
+def test_normal_url_path_drops_only_dot_segments(url_path: str, normal: str) -> None:
+    assert normal_url_path(url_path) == normal
 
 
 @pytest.mark.parametrize(
@@ -100,6 +148,7 @@ def test_split_url_path_control_characters_are_bad_requests(url_path: str) -> No
         pytest.param("a/.env", ["a", ".env"], id="hidden-in-dir"),
         pytest.param(".git/config", [".git", "config"], id="hidden-dir"),
         pytest.param(".git/", [".git"], id="hidden-dir-slash"),
+        pytest.param("./.hidden", [".hidden"], id="dot-then-hidden"),
     ],
 )
 def test_split_url_path_hidden_names_only_when_shown(url_path: str, segments: list[str]) -> None:
@@ -248,6 +297,26 @@ def test_resolve_hidden_names_only_when_shown(tree: Tree, no_fd_leak: None) -> N
     assert open_and_read(".hidden", tree.policy(show_hidden=True)) == b"hidden"
 
 
+@pytest.mark.parametrize(
+    ("url_path", "path", "name"),
+    [
+        pytest.param("sub/./new.txt", "sub/new.txt", "new.txt", id="dot-middle"),
+        pytest.param("./sub/new.txt", "sub/new.txt", "new.txt", id="dot-first"),
+        pytest.param("sub/.", "sub", "", id="trailing-dot-is-the-directory"),
+        pytest.param("./sub/./", "sub", "", id="directory"),
+    ],
+)
+def test_writes_land_where_reads_look(
+    tree: Tree, url_path: str, path: str, name: str, no_fd_leak: None
+) -> None:
+    target = open_write_target(url_path, tree.policy(), create_parents=False)
+    try:
+        assert (target.path, target.name) == (path, name)
+        assert os.path.samestat(os.fstat(target.dir_fd), os.stat(tree.root / "sub"))
+    finally:
+        target.close()
+
+
 @pytest.mark.parametrize("url_path", ["missing.txt", "dangling", "loop", "hello.txt/x", "sub/missing/x"])
 def test_open_beneath_missing_or_broken_is_not_found(tree: Tree, url_path: str, no_fd_leak: None) -> None:
     policy = tree.policy()
@@ -351,3 +420,162 @@ def test_resolve_never_leaves_root(tmp_path_factory: pytest.TempPathFactory, url
     except (BadRequest, NotFound):
         return
     assert Path(os.path.realpath(safe)).is_relative_to(policy.root)
+
+
+# --- nothing is opened before it is approved ---------------------------------------------------------------
+
+
+class OpenWatch:
+    """Counts open() calls on one path, by anyone, through inotify's IN_OPEN (an O_PATH lookup,
+    which runs no driver code, is not an open and is not counted)."""
+
+    IN_OPEN = 0x20
+
+    def __init__(self, path: Path) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        if self.libc.inotify_add_watch(self.fd, os.fsencode(path), self.IN_OPEN) < 0:
+            os.close(self.fd)
+            raise OSError(ctypes.get_errno(), "inotify_add_watch", str(path))
+
+    def opens(self) -> int:
+        count = 0
+        while True:
+            try:
+                data = os.read(self.fd, 4096)
+            except BlockingIOError:
+                return count
+            offset = 0
+            while offset < len(data):
+                _, mask, _, length = struct.unpack_from("iIII", data, offset)
+                count += bool(mask & self.IN_OPEN)
+                offset += 16 + length
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass
+class Special:
+    """A FIFO inside ROOT, and symlinks in ROOT to a FIFO and a terminal outside it."""
+
+    tree: Tree
+    fifo_outside: Path
+    tty: Path
+
+
+@pytest.fixture
+def special(tree: Tree) -> Iterator[Special]:
+    fifo_outside = tree.outside / "fifo-outside"
+    os.mkfifo(fifo_outside)
+    master, slave = os.openpty()
+    tty = Path(os.ttyname(slave))
+    (tree.root / "to-fifo").symlink_to(fifo_outside)
+    (tree.root / "to-fifo-inside").symlink_to("fifo")
+    (tree.root / "to-tty").symlink_to(tty)
+    try:
+        yield Special(tree, fifo_outside, tty)
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+SPECIAL_NAMES = ["fifo", "to-fifo", "to-fifo-inside", "to-tty"]
+
+
+def _target(special: Special, name: str) -> Path:
+    return {"to-fifo": special.fifo_outside, "to-tty": special.tty}.get(name, special.tree.root / "fifo")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify counts the opens")
+@pytest.mark.parametrize("name", SPECIAL_NAMES)
+@pytest.mark.parametrize("follow_symlinks", [False, True], ids=["confined", "follow-symlinks"])
+@pytest.mark.parametrize("pinned", [True, False], ids=["o-path", "stat-first"])
+def test_the_gate_never_opens_what_is_not_a_file_or_directory(
+    special: Special,
+    name: str,
+    follow_symlinks: bool,
+    pinned: bool,
+    no_fd_leak: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Also where descriptors cannot be pinned (no O_PATH or no /proc): stat first, then open."""
+    monkeypatch.setattr(paths, "_CAN_PIN", pinned)
+    policy = special.tree.policy(follow_symlinks=follow_symlinks)
+    watch = OpenWatch(_target(special, name))
+    try:
+        with pytest.raises(NotFound):
+            open_beneath(SafePath(special.tree.root / name), policy)
+        with pytest.raises(NotFound):
+            open_beneath(resolve(name, replace(policy, follow_symlinks=True)), policy)
+        dir_fd = os.open(special.tree.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert stat_child(dir_fd, name, policy) is None
+        finally:
+            os.close(dir_fd)
+        assert watch.opens() == 0
+    finally:
+        watch.close()
+
+
+def test_stat_child_still_follows_allowed_symlinks(tree: Tree, no_fd_leak: None) -> None:
+    dir_fd = os.open(tree.root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        st = stat_child(dir_fd, "link-inside.txt", tree.policy())
+        assert st is not None and os.path.samestat(st, os.stat(tree.root / "hello.txt"))
+        assert stat_child(dir_fd, "link-outside.txt", tree.policy()) is None
+        assert stat_child(dir_fd, "link-outside.txt", tree.policy(follow_symlinks=True)) is not None
+        assert stat_child(dir_fd, "dir-outside", tree.policy(follow_symlinks=True)) is not None
+    finally:
+        os.close(dir_fd)
+
+
+_BECOMES_TERMINAL = """
+import os, sys
+from pathlib import Path
+from app.storage.paths import PathPolicy, SafePath, open_beneath, stat_child
+from app.errors import NotFound
+
+root, tty = Path(sys.argv[1]), sys.argv[2]
+for follow in (False, True):
+    policy = PathPolicy(root=root, follow_symlinks=follow)
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    assert stat_child(dir_fd, "to-tty", policy) is None
+    try:
+        open_beneath(SafePath(root / "to-tty"), policy)
+    except NotFound:
+        pass
+# Field 7 of /proc/self/stat: the controlling terminal (0: none), after the process's name.
+print(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[4])
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the controlling terminal from /proc")
+def test_a_symlink_to_a_terminal_never_becomes_the_controlling_terminal(special: Special) -> None:
+    """A daemon is a session leader without a terminal: opening a tty without O_NOCTTY would make
+    it the controlling terminal, and closing that terminal would then hang the process up."""
+    result = subprocess.run(
+        [sys.executable, "-c", _BECOMES_TERMINAL, str(special.tree.root), str(special.tty)],
+        cwd=Path(__file__).parents[2],
+        start_new_session=True,  # a session leader without a controlling terminal, like a daemon
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0", "the gate's open made the terminal the controlling terminal"
+
+
+def test_without_pinning_files_and_directories_still_open(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, no_fd_leak: None
+) -> None:
+    monkeypatch.setattr(paths, "_CAN_PIN", False)
+    assert open_and_read("link-inside.txt", tree.policy()) == b"hello"
+    assert open_and_read("sub/inner.txt", tree.policy()) == b"inner"
+    fd, st = open_beneath(resolve("sub", tree.policy()), tree.policy())
+    os.close(fd)
+    assert stat.S_ISDIR(st.st_mode)
+    with pytest.raises(NotFound):
+        open_beneath(SafePath(tree.root / "link-outside.txt"), tree.policy())
