@@ -109,6 +109,10 @@ def parse_etag_list(value: str) -> list[EntityTag] | None:
     return tags
 
 
+# RFC 6266 appendix D: some recipients decode %XX in the quoted filename, others keep it.
+_PERCENT_ESCAPE = re.compile(r"%(?=[0-9A-Fa-f]{2})")
+
+
 def _ascii_fallback(name: str) -> str:
     decomposed = unicodedata.normalize("NFKD", name)
     chars = []
@@ -119,15 +123,17 @@ def _ascii_fallback(name: str) -> str:
             chars.append("_")  # quotes, backslashes, controls and non-ASCII
         else:
             chars.append(ch)
-    fallback = "".join(chars).strip()
+    # After the other replacements: dropping an accent can bring a '%' next to two hex digits.
+    fallback = _PERCENT_ESCAPE.sub("_", "".join(chars)).strip()
     return fallback if fallback.strip("._") else _FALLBACK_NAME
 
 
 def content_disposition(disposition: str, filename: str) -> str:
     """``attachment; filename="ascii"; filename*=UTF-8''pct`` (RFC 6266 §4.3, RFC 8187).
 
-    The quoted fallback holds printable ASCII only (no quote, backslash or control character), so
-    the header stays one well-formed field whatever the name; ``filename*`` carries the exact name.
+    The quoted fallback holds printable ASCII only (no quote, backslash, control character or
+    ``%XX`` sequence), so the header stays one well-formed field whatever the name and every
+    recipient reads the fallback alike; ``filename*`` carries the exact name.
     """
     fallback = _ascii_fallback(filename)
     encoded = quote(filename, safe=_ATTR_CHAR_SAFE, encoding="utf-8", errors="surrogateescape")
