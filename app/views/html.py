@@ -337,7 +337,8 @@ def render_search(page: HtmlPage) -> str:
     if not entries:
         rows.append(f'<tr class="empty"><td colspan="4">No name contains “{escape(query)}”.</td></tr>')
     params = {"q": query, **({"limit": str(page.limit)} if page.limit else {})}
-    back = f' · <a href="{escape(_absolute(page.directory))}">back to {escape(_folder_name(page.directory))}</a>'
+    folder = escape(_folder_name(page.directory))
+    back = f' · <a href="{escape(_absolute(page.directory))}">back to {folder}</a>'
     main = (
         f"<h1>Results for “{escape(query)}”</h1>\n"
         f"{_summary(len(entries), bool(page.data.next_cursor), ('match', 'matches'), back)}\n"

@@ -55,11 +55,18 @@ def media_type(response: httpx.Response) -> str:
     return response.headers["content-type"].partition(";")[0]
 
 
-@pytest.mark.parametrize("path", ["/files/", "/files/sub/", "/files/?sort=size&order=desc", "/files/?limit=1"])
+@pytest.mark.parametrize(
+    "path", ["/files/", "/files/sub/", "/files/?sort=size&order=desc", "/files/?limit=1"]
+)
 def test_a_listing_says_it_varies_on_accept(client: Client, path: str) -> None:
     async def body(http: httpx.AsyncClient) -> None:
         for method in ("GET", "HEAD"):
-            for accept, expected in [(HTML, "text/html"), (JSON, JSON), ("*/*", "text/html"), (None, "text/html")]:
+            for accept, expected in [
+                (HTML, "text/html"),
+                (JSON, JSON),
+                ("*/*", "text/html"),
+                (None, "text/html"),
+            ]:
                 headers = {} if accept is None else {"accept": accept}
                 response = await http.request(method, path, headers=headers)
                 assert response.status_code == 200, (method, accept, response.text)

@@ -113,7 +113,9 @@ def test_search_results_link_from_the_root() -> None:
 
 
 names = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\\"), min_size=1, max_size=8
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\\"),
+    min_size=1,
+    max_size=8,
 ).filter(lambda n: n not in (".", ".."))
 
 
