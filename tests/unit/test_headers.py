@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.http.headers import content_disposition
+from app.http.headers import content_disposition, file_disposition
 from app.http.mime import DEFAULT_TYPE, content_type_for
 
 # RFC 6266 §4.1 with the two parameters Ferry sends; RFC 8187 §3.2.1:
@@ -149,6 +149,20 @@ def test_content_disposition_fallback_never_holds_a_percent_escape(name: str) ->
     _, fallback, encoded = parse_disposition(content_disposition("attachment", name))
     assert PERCENT_ESCAPE.search(fallback) is None
     assert unquote(encoded, encoding="utf-8", errors="strict") == name
+
+
+@pytest.mark.parametrize("kind", ["attachment", "inline"])
+def test_content_disposition_without_a_name_is_the_type_alone(kind: str) -> None:
+    assert content_disposition(kind) == kind
+
+
+@pytest.mark.parametrize("name", ["report.pdf", "résumé 数据.bin", "a;b.txt", "100% #1?.txt", "README"])
+@pytest.mark.parametrize("kind", ["attachment", "inline"])
+def test_file_disposition_names_the_file_only_when_the_url_has_a_query(kind: str, name: str) -> None:
+    # Without a query the URL's last segment is the exact name (browsers save under it), and a
+    # filename would make rclone >= 1.72 drop the file's folder.
+    assert file_disposition(kind, name, query=False) == kind
+    assert file_disposition(kind, name, query=True) == content_disposition(kind, name)
 
 
 # --- Content-Type ---------------------------------------------------------------------------------
