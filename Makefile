@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# The command-line clients the tests drive for real (chromium: the browser test, via Playwright).
-CLIENT_TOOLS := curl wget aria2c strace chromium
+# The command-line clients the tests drive for real (chromium: the browser test, via Playwright;
+# rclone: Debian's, beside the current release the dev extras put in the venv; ffmpeg: ffprobe too).
+CLIENT_TOOLS := curl wget aria2c strace chromium rclone ffmpeg ffprobe lftp wget2
+CLIENT_PACKAGES := curl wget aria2 strace chromium rclone ffmpeg lftp wget2
 
 .PHONY: run test test-unit lint fmt tools venv clean
 
@@ -25,12 +27,13 @@ venv: $(VENV)/.dev-installed
 run: $(VENV)/.run-installed
 	$(BIN)/ferry serve
 
-# Installs curl, wget, aria2, strace and chromium from the distribution when any is missing.
+# Installs the clients above from the distribution when any is missing (apt-helper comes with apt).
 tools:
 	@missing=""; for t in $(CLIENT_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq curl wget aria2 strace chromium >/dev/null; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CLIENT_PACKAGES) >/dev/null; \
 	fi
 
 test: $(VENV)/.dev-installed tools bench-tools

@@ -109,6 +109,10 @@ def parse_etag_list(value: str) -> list[EntityTag] | None:
     return tags
 
 
+# RFC 6266 appendix D: some recipients decode %XX in the quoted filename, others keep it.
+_PERCENT_ESCAPE = re.compile(r"%(?=[0-9A-Fa-f]{2})")
+
+
 def _ascii_fallback(name: str) -> str:
     decomposed = unicodedata.normalize("NFKD", name)
     chars = []
@@ -119,16 +123,34 @@ def _ascii_fallback(name: str) -> str:
             chars.append("_")  # quotes, backslashes, controls and non-ASCII
         else:
             chars.append(ch)
-    fallback = "".join(chars).strip()
+    # After the other replacements: dropping an accent can bring a '%' next to two hex digits.
+    fallback = _PERCENT_ESCAPE.sub("_", "".join(chars)).strip()
     return fallback if fallback.strip("._") else _FALLBACK_NAME
 
 
-def content_disposition(disposition: str, filename: str) -> str:
-    """``attachment; filename="ascii"; filename*=UTF-8''pct`` (RFC 6266 §4.3, RFC 8187).
+def content_disposition(disposition: str, filename: str | None = None) -> str:
+    """``attachment; filename="ascii"; filename*=UTF-8''pct`` (RFC 6266 §4.3, RFC 8187), or the
+    type alone when there is no name to suggest.
 
-    The quoted fallback holds printable ASCII only (no quote, backslash or control character), so
-    the header stays one well-formed field whatever the name; ``filename*`` carries the exact name.
+    The quoted fallback holds printable ASCII only (no quote, backslash, control character or
+    ``%XX`` sequence), so the header stays one well-formed field whatever the name and every
+    recipient reads the fallback alike; ``filename*`` carries the exact name.
     """
+    if filename is None:
+        return disposition
     fallback = _ascii_fallback(filename)
     encoded = quote(filename, safe=_ATTR_CHAR_SAFE, encoding="utf-8", errors="surrogateescape")
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+
+
+def file_disposition(disposition: str, name: str, *, query: bool) -> str:
+    """The Content-Disposition of a file served at a URL whose last path segment is its `name`.
+
+    Such a URL already carries the exact name: a browser saving an attachment takes it from the
+    URL, decoded, so a filename parameter would add nothing; and rclone (1.72 and later) takes
+    any attachment's filename for the file's whole path below the folder it lists, dropping the
+    folder. So the name is sent only when the request has a query (a signed link, ``?download=1``),
+    which the URL's name does not include but clients may keep in it (``wget`` saves
+    ``name?query``) or read as a reason to change the extension (Chromium).
+    """
+    return content_disposition(disposition, name if query else None)

@@ -27,7 +27,7 @@ from app.auth import link_access
 from app.errors import FerryError, NotFound, ServiceUnavailable, error_response
 from app.http.conditional import make_validators
 from app.http.digests import ALGORITHMS, checksum_line, parse_want_field, wanted_algorithm
-from app.http.headers import content_disposition
+from app.http.headers import content_disposition, file_disposition
 from app.http.metalink import METALINK_TYPE, Mirror, Pieces, link_field, metalink_document
 from app.http.mime import ACTIVE_TYPES, content_type_for
 from app.http.plan import DownloadRequest, FileFacts, integrity_headers, plan_download
@@ -200,7 +200,9 @@ class Downloads:
                 dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns
             ),
             content_type=content_type,
-            content_disposition=content_disposition(_disposition(params, settings, content_type), safe.name),
+            content_disposition=file_disposition(
+                _disposition(params, settings, content_type), safe.name, query=bool(scope["query_string"])
+            ),
             integrity=self._integrity(path, scope, st, digest, extra),
         )
         request = DownloadRequest(

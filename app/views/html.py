@@ -1,9 +1,11 @@
 """HTML pages for people: directory listings and search results.
 
-Every name is escaped: `html.escape` for text and attributes, `urllib.parse.quote` for links. Every
-link is relative to the page (always a directory URL ending in '/'), so `wget -r -np` mirrors the
-tree and the pages work behind a path prefix. Sorting is a GET form per column, never a link, so a
-crawler does not fetch every sort order; only "Next page" is a link, so a crawler sees every entry.
+Every name is escaped: `html.escape` for text and attributes, `urllib.parse.quote` for links. Only
+the entries of a listing are relative links (the page is always a directory URL ending in '/');
+every other link (breadcrumb, parent, pager, search results) starts at /files/, so no link to a
+place above looks like a child folder to a client that walks the tree by its links (wget -r, lftp,
+rclone, fsspec). Sorting is a GET form per column, never a link, so a crawler does not fetch every
+sort order; only "Next page" is a link, so a crawler sees every entry.
 
 When writes are enabled a listing carries an upload panel that ferry.js brings to life; the page
 never holds the write token (the reader types it, and the tab keeps it in sessionStorage).
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from html import escape
 from urllib.parse import parse_qsl, quote, urlencode
 
+from app.routes.asgi import PREFIX
 from app.storage.index import SortKey
 from app.views.assets import static_href, template
 from app.views.entries import EntryModel, Listing, SearchResults
@@ -52,7 +55,7 @@ def human_size(size: int) -> str:
 
 
 def _up(directory: str) -> str:
-    """From the page of `directory` back to the page of ROOT."""
+    """From the page of `directory` back to the page of ROOT (for the page's CSS, JS and icon)."""
     return "../" * (directory.count("/") + 1) if directory else ""
 
 
@@ -60,12 +63,17 @@ def _href(path: str, *, is_dir: bool) -> str:
     return quote(path) + ("/" if is_dir and path else "")
 
 
+def _absolute(path: str, *, is_dir: bool = True) -> str:
+    """The root-relative link to `path` below ROOT ('' for ROOT itself)."""
+    return PREFIX + _href(path, is_dir=is_dir)
+
+
 def _folder_name(directory: str) -> str:
     return directory.rpartition("/")[2] or "Files"
 
 
-def _query(params: dict[str, str]) -> str:
-    return "?" + urlencode(params) if params else "./"
+def _query(directory: str, params: dict[str, str]) -> str:
+    return _absolute(directory) + ("?" + urlencode(params) if params else "")
 
 
 def _linked(href: str, page: HtmlPage) -> str:
@@ -162,7 +170,7 @@ def _crumbs(page: HtmlPage) -> str:
         elif not _reachable("/".join(parts[:depth]), page):
             items.append(f"<li><span>{escape(name)}</span></li>")
         else:
-            href = _linked("../" * (len(parts) - depth), page)
+            href = _linked(_absolute("/".join(parts[:depth])), page)
             items.append(f'<li><a href="{escape(href)}">{escape(name)}</a></li>')
     return "".join(items)
 
@@ -184,9 +192,10 @@ def _page(page: HtmlPage, *, title: str, main: str, query: str = "") -> str:
 def _pager(page: HtmlPage, params: dict[str, str]) -> str:
     links = []
     if page.cursor:
-        links.append(f'<a class="first" href="{escape(_linked(_query(params), page))}">First page</a>')
+        first = _linked(_query(page.directory, params), page)
+        links.append(f'<a class="first" href="{escape(first)}">First page</a>')
     if page.data.next_cursor:
-        href = _linked(_query({**params, "cursor": page.data.next_cursor}), page)
+        href = _linked(_query(page.directory, {**params, "cursor": page.data.next_cursor}), page)
         links.append(f'<a rel="next" href="{escape(href)}">Next page →</a>')
     return f'<nav class="pager" aria-label="Pages">{"".join(links)}</nav>' if links else ""
 
@@ -269,10 +278,12 @@ def _listing_params(page: HtmlPage) -> dict[str, str]:
 
 def _parent_row(page: HtmlPage) -> str:
     directory = page.directory
-    if not directory or not _reachable(directory.rpartition("/")[0], page):
+    parent = directory.rpartition("/")[0]
+    if not directory or not _reachable(parent, page):
         return ""
+    href = escape(_linked(_absolute(parent), page))
     return (
-        f'<tr class="parent"><td class="name"><a href="{escape(_linked("../", page))}" rel="up">{_icon("up")}'
+        f'<tr class="parent"><td class="name"><a href="{href}" rel="up">{_icon("up")}'
         '<span class="label">Parent folder</span></a></td><td class="size"></td>'
         '<td class="mtime"></td><td class="actions"></td></tr>'
     )
@@ -310,9 +321,9 @@ def render_listing(page: HtmlPage) -> str:
 # -- search ----------------------------------------------------------------------------------
 
 
-def _where(entry: EntryModel, up: str) -> str:
+def _where(entry: EntryModel) -> str:
     parent = entry.path.rpartition("/")[0]
-    href = up + _href(parent, is_dir=True) if parent else up or "./"
+    href = _absolute(parent)
     return (
         f'<div class="where">in <a href="{escape(href)}">/{escape(parent + "/" if parent else "")}</a></div>'
     )
@@ -320,13 +331,14 @@ def _where(entry: EntryModel, up: str) -> str:
 
 def render_search(page: HtmlPage) -> str:
     assert isinstance(page.data, SearchResults)
-    query, up = page.data.query, _up(page.directory)
+    query = page.data.query
     entries = page.data.entries
-    rows = [_row(e, up + _href(e.path, is_dir=e.type == "dir"), _where(e, up)) for e in entries]
+    rows = [_row(e, _absolute(e.path, is_dir=e.type == "dir"), _where(e)) for e in entries]
     if not entries:
         rows.append(f'<tr class="empty"><td colspan="4">No name contains “{escape(query)}”.</td></tr>')
     params = {"q": query, **({"limit": str(page.limit)} if page.limit else {})}
-    back = f' · <a href="./">back to {escape(_folder_name(page.directory))}</a>'
+    folder = escape(_folder_name(page.directory))
+    back = f' · <a href="{escape(_absolute(page.directory))}">back to {folder}</a>'
     main = (
         f"<h1>Results for “{escape(query)}”</h1>\n"
         f"{_summary(len(entries), bool(page.data.next_cursor), ('match', 'matches'), back)}\n"

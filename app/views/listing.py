@@ -31,6 +31,11 @@ def _wants_json(params: dict[str, str], scope: Scope) -> bool:
     return b"application/json" in accept
 
 
+# Which of HTML or JSON a listing URL answers depends on Accept (unless ?format=json says): a cache
+# must key on it, or it could hand the JSON it stored for a script to the next browser.
+_VARY = {"vary": "Accept"}
+
+
 def _limit(params: dict[str, str], default: int) -> int:
     text = params.get("limit")
     if text is None:
@@ -67,7 +72,8 @@ class DirectoryResponse(Response):
             listing = listing_model(self.directory, page, mime_types)
             for entry in listing.entries if link_query else ():
                 entry.url += "?" + link_query
-            return JSONResponse(listing.model_dump(mode="json"))
+            negotiated = params.get("format") != "json"
+            return JSONResponse(listing.model_dump(mode="json"), headers=_VARY if negotiated else None)
         given = _limit(params, 0) or None  # kept in the page's links and forms
         limit = given or HTML_PAGE
         query = params.get("q", "").strip()
@@ -113,5 +119,6 @@ def _html(body: str) -> HTMLResponse:
         "x-content-type-options": "nosniff",
         "cache-control": "no-cache",
         "content-security-policy": _CSP,
+        **_VARY,  # an HTML listing is always the answer to an Accept without JSON
     }
     return HTMLResponse(body, headers=headers)

@@ -144,8 +144,9 @@ def test_prefix_listing_keeps_the_link_on_its_links(signed: FerryServer) -> None
     html = page.text
     assert f'href="b.txt?{query.replace("&", "&amp;")}"' in html
     assert f'href="deep/?{query.replace("&", "&amp;")}"' in html
-    assert f'href="../?{query.replace("&", "&amp;")}"' in html  # up to tree/: still covered
-    assert '<a href="../../' not in html  # above the shared folder: no link
+    # Up to tree/ (still covered) from the root, so it never looks like a child folder.
+    assert f'href="/files/tree/?{query.replace("&", "&amp;")}"' in html
+    assert 'href="/files/?' not in html and '<a href="../' not in html  # above the shared folder: no link
     assert '<form class="search" method="get" role="search" hidden>' in html
     listing = httpx.get(url + "&format=json").json()
     assert {e["url"] for e in listing["entries"]} == {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,14 +139,17 @@ def test_download_by_clicking_the_link(site: FerryServer, open_page: Any, tmp_pa
     assert saved.read_bytes() == _bytes(UNICODE_NAME, FILES[UNICODE_NAME])
 
 
-def test_copy_curl_command(site: FerryServer, open_page: Any) -> None:
+def test_copy_curl_command(site: FerryServer, open_page: Any, tmp_path: Path) -> None:
     page = open_page(f"{site.url}/files/", permissions=["clipboard-read", "clipboard-write"])
     button = page.get_by_role("button", name=f"Copy a curl command that downloads {UNICODE_NAME}")
     expect(button).to_be_visible()
     button.click()
     expect(button).to_have_text("copied")
     copied = page.evaluate("navigator.clipboard.readText()")
-    assert copied == f"curl -fLOJ '{site.url}/files/r%C3%A9sum%C3%A9%20%E6%95%B0%E6%8D%AE.bin'"
+    url = f"{site.url}/files/r%C3%A9sum%C3%A9%20%E6%95%B0%E6%8D%AE.bin"
+    assert copied == f"curl -fL -o '{UNICODE_NAME}' '{url}'"  # the exact name, whatever the headers
+    subprocess.run(["bash", "-c", copied], cwd=tmp_path, check=True, timeout=60, capture_output=True)
+    assert (tmp_path / UNICODE_NAME).read_bytes() == _bytes(UNICODE_NAME, FILES[UNICODE_NAME])
 
 
 def test_screenshots_light_dark_and_phone(site: FerryServer, open_page: Any) -> None:

@@ -9,6 +9,7 @@ stored HTML, SVG and XML are attachments whatever is asked; CORS is off unless c
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
@@ -134,6 +135,11 @@ def parse_disposition(value: str) -> tuple[str, str, str]:
     return kind, fallback, unquote(encoded, encoding="utf-8", errors="strict")
 
 
+def disposition_type(value: str) -> str:
+    """The type alone: a plain file URL carries the name itself, so only a query brings a filename."""
+    return value.partition(";")[0]
+
+
 # --------------------------------------------------------------------------- names in headers
 
 
@@ -143,15 +149,21 @@ def test_file_names_never_break_the_response_head(
 ) -> None:
     server = served()
     target = "/files/" + quote(name, safe="")
-    for headers, method, status in [
-        ((), "GET", 200),
-        ((), "HEAD", 200),
-        (("Range: bytes=0-3",), "GET", 206),
-        (("Range: bytes=0-1,4-5",), "GET", 206),
-    ]:
-        answer = get(server.port, target, *headers, method=method)
+    for (headers, method, status), query in itertools.product(
+        [
+            ((), "GET", 200),
+            ((), "HEAD", 200),
+            (("Range: bytes=0-3",), "GET", 206),
+            (("Range: bytes=0-1,4-5",), "GET", 206),
+        ],
+        ["", "?download=1"],  # with a query the name itself goes into the header
+    ):
+        answer = get(server.port, target + query, *headers, method=method)
         assert answer.status == status, (name, headers, answer.raw[:300])
         fields = clean_head(answer)
+        if not query:
+            assert fields["content-disposition"] == ["attachment"]
+            continue
         kind, fallback, exact = parse_disposition(fields["content-disposition"][0])
         assert kind == "attachment"
         assert exact == name
@@ -167,7 +179,7 @@ def test_file_names_never_break_the_response_head(
 
 def test_percent_text_that_looks_like_crlf_stays_text(served: Callable[..., FerryServer]) -> None:
     server = served()
-    answer = get(server.port, "/files/" + quote("inj%0d%0aSet-Cookie%3a x=1.txt", safe=""))
+    answer = get(server.port, "/files/" + quote("inj%0d%0aSet-Cookie%3a x=1.txt", safe="") + "?download=1")
     assert answer.status == 200
     value = clean_head(answer)["content-disposition"][0]
     assert "%250d%250a" in value  # the name's percent signs are encoded, never decoded into bytes
@@ -391,6 +403,9 @@ def test_active_types_are_always_attachments(
             assert answer.status in (200, 206), answer.raw[:300]
             fields = clean_head(answer)
             assert fields["content-type"][0].partition(";")[0] == expected_type
+            if not query:
+                assert fields["content-disposition"] == ["attachment"], (method, fields)
+                continue
             kind, _, exact = parse_disposition(fields["content-disposition"][0])
             assert (kind, exact) == ("attachment", name), (query, method, fields["content-disposition"])
             assert fields["x-content-type-options"] == ["nosniff"]
@@ -410,15 +425,13 @@ def test_uploaded_html_is_an_attachment_too(served: Callable[..., FerryServer], 
 def test_inactive_types_follow_the_setting(served: Callable[..., FerryServer]) -> None:
     """The control: the same requests do make plain text inline, so the refusal above is real."""
     default, inline = served(), served(*INLINE)
-    assert (
-        httpx.get(f"{default.url}/files/hello.txt").headers["content-disposition"].startswith("attachment;")
-    )
-    assert (
-        httpx.get(f"{default.url}/files/hello.txt?inline=1")
-        .headers["content-disposition"]
-        .startswith("inline;")
-    )
-    assert httpx.get(f"{inline.url}/files/hello.txt").headers["content-disposition"].startswith("inline;")
+
+    def kind(url: str) -> str:
+        return disposition_type(httpx.get(url).headers["content-disposition"])
+
+    assert kind(f"{default.url}/files/hello.txt") == "attachment"
+    assert kind(f"{default.url}/files/hello.txt?inline=1") == "inline"
+    assert kind(f"{inline.url}/files/hello.txt") == "inline"
 
 
 # --------------------------------------------------------------------------- CORS

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.http.headers import content_disposition
+from app.http.headers import content_disposition, file_disposition
 from app.http.mime import DEFAULT_TYPE, content_type_for
 
 # RFC 6266 §4.1 with the two parameters Ferry sends; RFC 8187 §3.2.1:
@@ -104,6 +104,31 @@ def test_content_disposition_fallback_drops_unsafe_chars(name: str) -> None:
     assert is_safe_fallback(fallback)
 
 
+PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+@pytest.mark.parametrize(
+    ("name", "fallback"),
+    [
+        ("percent%41.txt", "percent_41.txt"),  # wget2 saved this as percentA.txt
+        ("%41.txt", "_41.txt"),
+        ("a%2fb%2Fc.txt", "a_2fb_2Fc.txt"),
+        ("%%41.txt", "%_41.txt"),
+        ("100%.txt", "100%.txt"),  # a lone percent sign is no escape
+        ("100% #1?.txt", "100% #1?.txt"),
+        ("50%off.txt", "50%off.txt"),  # 'o' is no hex digit
+        ("%e9t%C3%A9.txt", "_e9t_C3_A9.txt"),
+        ("％41.txt", "_41.txt"),  # a fullwidth percent sign folds to '%'
+        ("%é1.txt", "_e1.txt"),  # dropping the accent brings '%' next to two hex digits
+    ],
+)
+def test_content_disposition_fallback_has_no_percent_escapes(name: str, fallback: str) -> None:
+    # RFC 6266 appendix D: some recipients decode %XX in the quoted filename, others do not.
+    _, got, encoded = parse_disposition(content_disposition("attachment", name))
+    assert got == fallback
+    assert unquote(encoded, errors="strict") == name  # filename* still carries the exact name
+
+
 @settings(max_examples=500)
 @given(name=st.text(max_size=60), kind=st.sampled_from(["attachment", "inline"]))
 def test_content_disposition_any_name_is_one_printable_line_and_round_trips(name: str, kind: str) -> None:
@@ -112,7 +137,32 @@ def test_content_disposition_any_name_is_one_printable_line_and_round_trips(name
     got_kind, fallback, encoded = parse_disposition(header)
     assert got_kind == kind
     assert is_safe_fallback(fallback)
+    assert PERCENT_ESCAPE.search(fallback) is None
+    assert fallback.encode("iso-8859-1").decode("iso-8859-1") == fallback
     assert unquote(encoded, encoding="utf-8", errors="strict") == name
+
+
+@settings(max_examples=300)
+@given(name=st.text(alphabet=st.sampled_from("%%%0129aAfFgG é％\u0301x."), max_size=20))
+def test_content_disposition_fallback_never_holds_a_percent_escape(name: str) -> None:
+    """Names dense in percent signs, hex digits and characters that fold into them."""
+    _, fallback, encoded = parse_disposition(content_disposition("attachment", name))
+    assert PERCENT_ESCAPE.search(fallback) is None
+    assert unquote(encoded, encoding="utf-8", errors="strict") == name
+
+
+@pytest.mark.parametrize("kind", ["attachment", "inline"])
+def test_content_disposition_without_a_name_is_the_type_alone(kind: str) -> None:
+    assert content_disposition(kind) == kind
+
+
+@pytest.mark.parametrize("name", ["report.pdf", "résumé 数据.bin", "a;b.txt", "100% #1?.txt", "README"])
+@pytest.mark.parametrize("kind", ["attachment", "inline"])
+def test_file_disposition_names_the_file_only_when_the_url_has_a_query(kind: str, name: str) -> None:
+    # Without a query the URL's last segment is the exact name (browsers save under it), and a
+    # filename would make rclone >= 1.72 drop the file's folder.
+    assert file_disposition(kind, name, query=False) == kind
+    assert file_disposition(kind, name, query=True) == content_disposition(kind, name)
 
 
 # --- Content-Type ---------------------------------------------------------------------------------

@@ -15,10 +15,16 @@
     return "'" + text.replace(/'/g, "'\\''") + "'";
   }
 
+  // Saves under the file's exact name, taken from the link (the server sends a filename only for
+  // links with a query, and curl -J would read its ASCII fallback).
   function curlCommand(href) {
     var url = new URL(href, window.location.href);
     url.hash = "";
-    return "curl -fLOJ " + shellQuote(url.href);
+    var name = decodeURIComponent(url.pathname.slice(url.pathname.lastIndexOf("/") + 1));
+    if (name.charAt(0) === "-") {
+      name = "./" + name; // never an option, nor "-" (standard output)
+    }
+    return "curl -fL -o " + shellQuote(name) + " " + shellQuote(url.href);
   }
 
   function copyWithSelection(text) {
