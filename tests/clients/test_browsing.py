@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 import app.views
-from tests.conftest import FerryServer, start_server
+from tests.conftest import PATIENCE, FerryServer, start_server
 
 pytestmark = pytest.mark.clients
 
@@ -200,7 +200,7 @@ def submit(page: Page, key: str) -> Page:
     return fetch(urljoin(page.url, "?" + query))
 
 
-def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
+def eventually(check: Callable[[], bool], seconds: float = PATIENCE) -> None:
     """The start-up scan runs beside the server; search sees the tree once it has run."""
     deadline = time.monotonic() + seconds
     while not check():

@@ -130,11 +130,51 @@ class ImageUser:
 
 
 def _closed_to_others(path: Path) -> Path | None:
-    """The highest directory on the way to path that a stranger (neither owner nor group) cannot enter."""
+    """The highest directory on the way to `path` that a stranger (neither owner nor group) cannot
+    enter, else `path` itself if a stranger cannot list it, else None."""
     for directory in reversed(path.parents):
         if not directory.stat().st_mode & 0o001:
             return directory
-    return None
+    return None if path.stat().st_mode & 0o005 == 0o005 else path
+
+
+def _reopened(paths: list[Path]) -> dict[Path, list[Path]]:
+    """For each directory that closes one of `paths` to strangers, what to show inside it: the
+    paths it closes (their children, when it is one of them), each once."""
+    shown: dict[Path, list[Path]] = {}
+    for path in sorted({p.resolve() for p in paths}):
+        closed = _closed_to_others(path)
+        if closed is None:
+            continue
+        targets = shown.setdefault(closed, [])
+        if any(path.is_relative_to(t) for t in targets):
+            continue  # already shown with a directory above it
+        targets += sorted(path.iterdir()) if closed == path else [path]
+    return shown
+
+
+def _view_commands(shown: dict[Path, list[Path]], stage: Path, mount: str) -> list[str]:
+    """Shell commands, for a private mount namespace, laying an empty 0755 tmpfs over each closed
+    directory with only what must be shown bound back in (a symlink copied as a symlink). Each view
+    is built on a staging mount point first: the closed directory still reachable while binding."""
+    q = shlex.quote
+    commands = ["umask 022"]
+    for i, (closed, targets) in enumerate(shown.items()):
+        view = stage / f"view-{i}"
+        view.mkdir()
+        commands.append(f"{mount} -t tmpfs -o mode=0755,size=1m ferry-test {q(str(view))}")
+        for target in targets:
+            inside = view / target.relative_to(closed)
+            commands.append(f"mkdir -p {q(str(inside.parent))}")
+            if target.is_symlink():
+                commands.append(f"ln -s {q(os.readlink(target))} {q(str(inside))}")
+            elif target.is_dir():
+                commands.append(f"mkdir {q(str(inside))} && {mount} --bind {q(str(target))} {q(str(inside))}")
+            else:
+                commands.append(f": > {q(str(inside))} && {mount} --bind {q(str(target))} {q(str(inside))}")
+    for i, closed in enumerate(shown):
+        commands.append(f"{mount} --move {q(str(stage / f'view-{i}'))} {q(str(closed))}")
+    return commands
 
 
 def image_user(uid: int, gid: int, env: dict[str, str], cwd: Path, scratch: Path) -> ImageUser:
@@ -147,29 +187,26 @@ def image_user(uid: int, gid: int, env: dict[str, str], cwd: Path, scratch: Path
             return user
     except PermissionError:
         pass  # the interpreter cannot even be executed by that uid
-    # In the image Python lives in /usr/local, open to every user. Here the venv's interpreter may
-    # live under a directory closed to strangers (pyenv under /root, mode 0700): a machine artefact,
-    # not the image's. A private mount namespace lays an empty 0755 tmpfs over that directory with
-    # only the interpreter's tree bound back in, then setpriv drops to the image's uid/gid with no
-    # supplementary groups, and execs the command unchanged.
-    prefix_dir = Path(sys.base_prefix).resolve()
-    closed = _closed_to_others(prefix_dir / "bin")
+    # In the image Python, the venv and Ferry's code live in /usr/local and /opt, open to every
+    # user. Here they may live under directories closed to strangers: the interpreter under pyenv in
+    # /root (mode 0700), the checkout (with its venv) in a private temporary folder, as CI clones
+    # do. A machine artefact, not the image's: a private mount namespace lays an empty 0755 tmpfs
+    # over each closed directory with only the interpreter's tree and the checkout bound back in
+    # (their files keep their own permissions), then setpriv drops to the image's uid/gid with no
+    # supplementary groups and execs the command unchanged.
+    shown = _reopened([Path(sys.base_prefix), VENV, REPO])
     tools = [shutil.which(tool) for tool in ("unshare", "setpriv", "mount", "sh")]
-    if closed is None or None in tools:
+    if not shown or None in tools:
         return ImageUser(uid, gid, skipped=f"uid {uid} cannot run {probe[0]} and no tools to fix it")
+    if _closed_to_others(scratch) is not None:
+        return ImageUser(uid, gid, skipped=f"uid {uid} cannot reach {scratch}")
     unshare, setpriv, mount, sh = (str(tool) for tool in tools)
-    stage = scratch / "interpreter"
+    stage = scratch / "views"
     stage.mkdir()
-    script = (
-        f'set -e; {mount} --bind "$1" "$2"; {mount} -t tmpfs -o mode=0755,size=1m ferry-test "$3"; '
-        f'mkdir -p "$1"; {mount} --move "$2" "$1"; shift 3; '
-        f'exec {setpriv} --reuid={uid} --regid={gid} --clear-groups --inh-caps=-all -- "$@"'
-    )
+    script = "set -e; " + "; ".join(_view_commands(shown, stage, mount))
+    script += f'; exec {setpriv} --reuid={uid} --regid={gid} --clear-groups --inh-caps=-all -- "$@"'
     wrapped = ImageUser(
-        uid,
-        gid,
-        prefix=[unshare, "--mount", "--propagation", "private", "--", sh, "-c", script, "sh"]
-        + [str(prefix_dir), str(stage), str(closed)],
+        uid, gid, prefix=[unshare, "--mount", "--propagation", "private", "--", sh, "-c", script, "sh"]
     )
     result = wrapped.run(probe, env=env, cwd=cwd, capture_output=True)
     if result.returncode != 0:

@@ -417,7 +417,7 @@ def test_background_hashing_waits_while_a_download_is_in_flight(ferry: ServerFac
         conn.sendall(b"GET /files/slow.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         assert conn.recv(4096).startswith(b"HTTP/1.1 200")  # a download now in flight, stalled
         write_old(root / "new.txt", b"arrived during the download\n")
-        assert wait_for(lambda: httpx.get(f"{server.url}/api/files/new.txt").status_code == 200, 10)
+        assert wait_for(lambda: httpx.get(f"{server.url}/api/files/new.txt").status_code == 200)
         time.sleep(2.0)
         assert not hashed(server, "new.txt")  # the hasher waits
     assert wait_for(lambda: hashed(server, "new.txt"), 20)  # and resumes when the transfer ends

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.conftest import CANARY, FerryServer, ServerFactory, wait_for
+from tests.conftest import CANARY, PATIENCE, FerryServer, ServerFactory, wait_for
 
 pytestmark = pytest.mark.clients
 
@@ -37,7 +37,7 @@ TOKEN = "t"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TEMP_PREFIX = ".ferry-upload-"
 TIMEOUT = httpx.Timeout(30.0)
-CLEANUP_SECONDS = 3.0
+CLEANUP_SECONDS = PATIENCE
 
 
 @pytest.fixture
@@ -470,7 +470,7 @@ def test_interrupted_upload_leaves_nothing_behind(
     sock = _start_cut_upload(writable, kind, path)
     try:
         # The body is being streamed into a temporary file beside the target ...
-        assert wait_for(lambda: any(p.stat().st_size >= MiB for p in temp_files(storage_tree)), 5), (
+        assert wait_for(lambda: any(p.stat().st_size >= MiB for p in temp_files(storage_tree))), (
             f"no temporary file filling up: {temp_files(storage_tree)}"
         )
         temps = temp_files(storage_tree)
@@ -952,7 +952,7 @@ def test_temp_file_of_a_killed_server_is_removed_at_start_up(
     try:
         sock.sendall(raw_head("PUT", "/files/sub/crash.bin", {**AUTH, "Content-Length": str(100 * MiB)}))
         sock.sendall(os.urandom(3 * MiB))
-        assert wait_for(lambda: any(p.stat().st_size >= MiB for p in temp_files(storage_tree)), 5)
+        assert wait_for(lambda: any(p.stat().st_size >= MiB for p in temp_files(storage_tree)))
         server.process.kill()
         server.process.wait(timeout=10)
     finally:
@@ -962,7 +962,7 @@ def test_temp_file_of_a_killed_server_is_removed_at_start_up(
     assert orphans[0].name.endswith(".part")
 
     again = ferry(storage_tree, "--write-token", TOKEN, "--index-path", str(index))
-    assert wait_for(lambda: no_temp_files(storage_tree), 5), f"still there: {temp_files(storage_tree)}"
+    assert wait_for(lambda: no_temp_files(storage_tree)), f"still there: {temp_files(storage_tree)}"
     assert not (storage_tree / "sub" / "crash.bin").exists()
     assert listing_names(again, "sub") == {"inner.txt"}
     # And the new server takes uploads as usual.

@@ -9,46 +9,62 @@ import re
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import FerryServer, ServerFactory
+from tests.conftest import PATIENCE, FerryServer, ServerFactory, wait_for
 
 pytestmark = pytest.mark.clients
 
 
-def _syscalls(server: FerryServer, action: object) -> dict[str, int]:
-    """Count the file-transfer syscalls the server makes while `action()` runs (strace -c)."""
-    out = server.log.with_suffix(".strace")
-    tracer = subprocess.Popen(
-        [
-            "strace",
-            "-f",
-            "-c",
-            "-o",
-            str(out),
-            "-e",
-            "trace=sendfile,pread64,preadv,preadv2",
-            "-p",
-            str(server.pid),
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(0.5)  # attach to every thread first
-    try:
-        action()  # type: ignore[operator]
-        time.sleep(0.2)
-    finally:
-        tracer.terminate()
-        tracer.wait(timeout=10)
-    counts: dict[str, int] = {}
-    for line in out.read_text().splitlines():
-        fields = line.split()
-        if fields and fields[-1] in ("sendfile", "pread64", "preadv", "preadv2"):
-            counts[fields[-1]] = int(fields[3])  # % time, seconds, usecs/call, calls, [errors,] syscall
-    return counts
+@dataclass(frozen=True)
+class Call:
+    name: str
+    args: str
+    result: int
+
+
+class Trace:
+    """strace following every thread of the server, each thread into a file of its own (so no call
+    is split across lines by another thread's), started once strace says it has attached."""
+
+    CALL = re.compile(r"^(?P<name>pread64|preadv2?|sendfile)\((?P<args>.*)\)\s+= (?P<result>-?\d+)", re.M)
+
+    def __init__(self, server: FerryServer, prefix: Path) -> None:
+        self.server = server
+        self.prefix = prefix
+        messages = prefix.with_name(prefix.name + ".messages")
+        with messages.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                ["strace", "-f", "-ff", "-s", "0", "-o", str(prefix)]
+                + ["-e", "trace=sendfile,pread64,preadv,preadv2", "-p", str(server.pid)],
+                stderr=stderr,
+            )
+        attached = f"Process {server.pid} attached"
+        wait_for(lambda: attached in messages.read_text() or self.process.poll() is not None)
+        assert attached in messages.read_text(), messages.read_text()
+
+    def calls(self) -> dict[int, list[Call]]:
+        """The traced calls so far, in order, by thread id."""
+        found: dict[int, list[Call]] = {}
+        for path in self.prefix.parent.glob(self.prefix.name + ".*"):
+            tid = path.suffix[1:]
+            if tid.isdigit():
+                found[int(tid)] = [
+                    Call(m["name"], m["args"], int(m["result"])) for m in self.CALL.finditer(path.read_text())
+                ]
+        return found
+
+    def bytes_moved(self) -> int:
+        """File bytes read or sent by the traced calls (1-byte page-cache probes included)."""
+        return sum(c.result for calls in self.calls().values() for c in calls if c.result > 0)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=PATIENCE)
 
 
 @pytest.mark.parametrize("mode", ["on", "off"])
@@ -62,27 +78,62 @@ def test_zero_copy_mode_decides_whether_sendfile_carries_the_bytes(
     server = ferry(root, "--zero-copy", mode, "--chunk-size", "1MiB")
     url = f"{server.url}/files/f.bin"
     bodies: list[bytes] = []
-
-    def downloads() -> None:
+    trace = Trace(server, tmp_path / "mode.strace")
+    try:
         with httpx.Client() as client:
             bodies.append(client.get(url).content)
             bodies.append(client.get(url, headers={"Range": "bytes=100-2000000"}).content)
             bodies.append(client.get(url, headers={"Range": "bytes=0-9,-10"}).content)
-
-    counts = _syscalls(server, downloads)
+        # strace writes a call once it has seen it return: wait until every byte sent is accounted for.
+        wait_for(lambda: trace.bytes_moved() >= len(data) + 2_000_000 - 100 + 1 + 20)
+    finally:
+        trace.stop()
     assert bodies[0] == data
     assert bodies[1] == data[100:2000001]
     assert data[:10] in bodies[2] and data[-10:] in bodies[2]
+    calls = [c for thread in trace.calls().values() for c in thread]
+    assert sum(c.result for c in calls if c.result > 0) >= len(data), "the trace missed file reads"
+    sendfiles = [c for c in calls if c.name == "sendfile"]
     if mode == "on":
         # whole file (3 chunks + the checked last byte), one range, two multipart parts
-        assert counts.get("sendfile", 0) >= 5
+        assert len(sendfiles) >= 5
     else:
-        assert counts.get("sendfile", 0) == 0
+        assert sendfiles == []
+
+
+def _span(call: Call) -> tuple[int, int, int]:
+    """(file descriptor, first byte, bytes asked for) of a pread64, preadv2 or sendfile."""
+    fields = [field.strip() for field in call.args.split(",")]
+    if call.name == "sendfile":  # out_fd, in_fd, [offset] => [new offset], count
+        offset = re.match(r"\[(\d+)\]", fields[2])
+        assert offset is not None, call
+        return int(fields[1]), int(offset[1]), int(fields[-1])
+    if call.name == "pread64":  # fd, buffer, count, offset
+        return int(fields[0]), int(fields[-1]), int(fields[-2])
+    size = re.search(r"iov_len=(\d+)", call.args)  # fd, [iovec], count, offset, flags
+    return int(fields[0]), int(call.args.rsplit(",", 2)[1]), int(size[1]) if size else 0
+
+
+def _descriptors_of(server: FerryServer, path: Path) -> set[int]:
+    """The server's open descriptors of `path`."""
+    found = set()
+    for fd in os.listdir(f"/proc/{server.pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{server.pid}/fd/{fd}") == str(path):
+                found.add(int(fd))
+        except FileNotFoundError:
+            pass  # closed meanwhile
+    return found
 
 
 def test_cold_file_is_read_off_the_event_loop(ferry: ServerFactory, tmp_path: Path, zero_copy: str) -> None:
     """Pages not in the page cache are read (or sendfile'd) by worker threads; the event-loop thread
-    only ever touches cached pages, so other clients never wait behind the disk."""
+    only ever touches cached pages, so other clients never wait behind the disk.
+
+    What is checked is which thread makes which call, not how long calls take (a loaded machine
+    stretches every call): on the event-loop thread, file bytes are only read with RWF_NOWAIT (which
+    fails rather than wait for the disk) or sent with sendfile after such a read found the first and
+    last byte of the span cached; bytes of the cold file go through worker threads."""
     root = tmp_path / "root"
     root.mkdir()
     path = root / "cold.bin"
@@ -95,55 +146,50 @@ def test_cold_file_is_read_off_the_event_loop(ferry: ServerFactory, tmp_path: Pa
             digest.update(chunk)
         f.flush()
         os.fsync(f.fileno())
+    size = path.stat().st_size
     server = ferry(root)
     with path.open("rb") as f:
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    trace = tmp_path / "cold.strace"
-    tracer = subprocess.Popen(
-        [
-            "strace",
-            "-f",
-            "-T",
-            "-o",
-            str(trace),
-            "-e",
-            "trace=pread64,preadv2,sendfile",
-            "-p",
-            str(server.pid),
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(0.5)
-    latencies: list[float] = []
+    trace = Trace(server, tmp_path / "cold.strace")
     try:
         received = hashlib.sha256()
-        with httpx.Client(timeout=60) as client:
+        with httpx.Client(timeout=PATIENCE) as client:
             with client.stream("GET", f"{server.url}/files/cold.bin") as response:
+                opened = _descriptors_of(server, path)  # the download's own, not the index's
                 for piece in response.iter_raw():
                     received.update(piece)
-                    started = time.monotonic()
                     assert client.get(f"{server.url}/healthz").status_code == 200
-                    latencies.append(time.monotonic() - started)
+        wait_for(lambda: trace.bytes_moved() >= size)
     finally:
-        time.sleep(0.2)
-        tracer.terminate()
-        tracer.wait(timeout=10)
+        trace.stop()
     assert received.hexdigest() == digest.hexdigest()
-    calls = [
-        (int(m["tid"]), m["call"], float(m["secs"]))
-        for m in re.finditer(
-            r"^(?P<tid>\d+) +(?P<call>pread64|preadv2|sendfile)\(.*<(?P<secs>[\d.]+)>$",
-            trace.read_text(),
-            re.M,
-        )
-    ]
+    threads = trace.calls()
+    on_loop = threads.pop(server.pid, [])
     bulk = "sendfile" if zero_copy == "on" else "pread64"
-    in_threads = [c for c in calls if c[0] != server.pid and c[1] == bulk]
-    on_loop = [c for c in calls if c[0] == server.pid]
+    in_threads = [c for calls in threads.values() for c in calls if c.name == bulk and c.result > 0]
     assert in_threads, "no file bytes were read by a worker thread although the file was cold"
-    slowest = max((secs for _, _, secs in on_loop), default=0.0)
-    assert slowest < 0.005, f"the event-loop thread spent {slowest * 1000:.1f} ms in one file read"
-    assert max(latencies) < 2.0
+    assert (
+        sum(c.result for calls in threads.values() for c in calls if c.result > 0)
+        + sum(c.result for c in on_loop if c.result > 0)
+        >= size
+    ), "the trace missed file reads"
+    cached: list[tuple[int, int, int]] = []  # (fd, start, stop) found in the page cache
+    assert opened, "the download's file was not open in the server"
+    for call in on_loop:
+        fd, offset, count = _span(call)
+        if fd not in opened:
+            continue
+        if call.name == "sendfile":
+            for byte in (offset, offset + count - 1):
+                assert any(f == fd and start <= byte < stop for f, start, stop in cached), (
+                    f"the event-loop thread sent byte {byte} without finding it cached first: {call}"
+                )
+            continue
+        assert call.name == "preadv2" and "RWF_NOWAIT" in call.args, (
+            f"the event-loop thread read the file with a call that may wait for the disk: {call}"
+        )
+        if call.result > 0:
+            cached.append((fd, offset, offset + call.result))
 
 
 def test_slow_readers_cost_bounded_memory(ferry: ServerFactory, tmp_path: Path, zero_copy: str) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from tests.conftest import FerryServer, ServerPool
+from tests.conftest import FerryServer, ServerPool, quickest
 from tests.security.support import Outside, assert_healthy, assert_no_canary, get, parse_head
 
 pytestmark = pytest.mark.clients
@@ -94,10 +94,13 @@ def test_range_amplification_gets_the_file_once(
     expected: int,
 ) -> None:
     server = served(*flags)
-    status, fields, seconds = head_only(server, "/files/big.bin", f"Range: {range_header}")
-    assert status == expected, fields
-    assert int(fields["content-length"]) <= BIG
-    assert seconds < 1.5, f"{len(range_header)} bytes of Range took {seconds:.2f}s"
+    timings = []
+    for _ in range(3):  # the fastest of three: a loaded machine stalls some, a slow path all
+        status, fields, seconds = head_only(server, "/files/big.bin", f"Range: {range_header}")
+        assert status == expected, fields
+        assert int(fields["content-length"]) <= BIG
+        timings.append(seconds)
+    assert min(timings) < 1.5, f"{len(range_header)} bytes of Range took {min(timings):.2f}s"
     assert_healthy(server)
 
 
@@ -107,10 +110,10 @@ def test_many_ranges_within_the_limit_stay_smaller_than_the_file(
     """1,000 one-byte ranges (the highest FERRY_MAX_RANGES) of the 1 GiB file: one multipart
     response whose whole length is far below the file's, sent and read quickly."""
     server = served(*MAX_RANGES)
-    started = time.monotonic()
-    response = httpx.get(f"{server.url}/files/big.bin", headers={"Range": one_byte_ranges(1000, step=4096)})
-    seconds = time.monotonic() - started
-    assert response.status_code == 206
+    ranges = {"Range": one_byte_ranges(1000, step=4096)}
+    responses, seconds = quickest(lambda: httpx.get(f"{server.url}/files/big.bin", headers=ranges))
+    assert [r.status_code for r in responses] == [206] * len(responses)
+    response = responses[-1]
     assert int(response.headers["content-length"]) == len(response.content) < BIG // 1000
     boundary = response.headers["content-type"].partition("boundary=")[2]
     assert response.content.count(f"--{boundary}\r\n".encode()) == 1000
@@ -279,9 +282,9 @@ def test_page_size_is_capped(served: Callable[..., FerryServer], target: str) ->
 )
 def test_pages_are_bounded_and_continue(served: Callable[..., FerryServer], target: str, most: int) -> None:
     server = served()
-    started = time.monotonic()
-    response = httpx.get(f"{server.url}{target}", headers={"Accept": "text/html"})
-    assert time.monotonic() - started < 2
+    responses, seconds = quickest(lambda: httpx.get(f"{server.url}{target}", headers={"Accept": "text/html"}))
+    assert seconds < 2
+    response = responses[-1]
     assert response.status_code == 200
     shown = len(set(re.findall(rb"entry-\d{5}\.txt", response.content)))
     assert 0 < shown <= most, shown

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import FerryServer, ServerFactory, build_storage_tree
+from tests.conftest import FerryServer, ServerFactory, build_storage_tree, quickest, wait_for
 from tests.security.support import Outside, assert_healthy, assert_no_canary, parse_head
 
 pytestmark = pytest.mark.clients
@@ -155,9 +155,7 @@ def test_rate_limit_paces_each_download_after_the_free_part(ferry: ServerFactory
     url = f"{server.url}/files/eight.bin"
     first = Timed(url)
     first.start()
-    deadline = time.monotonic() + 5
-    while first.first_mib is None and first.error is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: first.first_mib is not None or first.error is not None)
     second = Timed(url)
     second.start()
     first.join(30)
@@ -166,17 +164,21 @@ def test_rate_limit_paces_each_download_after_the_free_part(ferry: ServerFactory
     for download in (first, second):
         assert download.error is None, download.error
         assert bytes(download.body) == expected
-        assert download.first_mib is not None and download.first_mib < 0.75, download.first_mib
+        assert download.first_mib is not None
+        # The free MiB came at once: in less time than two paced ones took (relative, as a loaded
+        # machine slows both).
+        paced_mib = (download.total - download.first_mib) / 7
+        assert download.first_mib < 2 * paced_mib, (download.first_mib, paced_mib)
         assert download.total >= 3.0, f"8 MiB in {download.total:.2f}s: not paced"
         # Independent pacing: sharing one 2 MiB/s budget would take two downloads 7+ s.
         assert download.total < 6.0, f"8 MiB in {download.total:.2f}s: paced together, not each"
-    assert second.started - first.started < 1.0
+    assert second.started < first.started + first.total / 2, "the second download did not overlap the first"
     assert_healthy(server)
 
 
 def test_small_downloads_are_not_paced(ferry: ServerFactory, root: Path) -> None:
     server = ferry(root, "--rate-limit", "2MiB", "--rate-limit-after", "1MiB")
-    started = time.monotonic()
-    response = httpx.get(f"{server.url}/files/eight.bin", headers={"Range": "bytes=0-1048575"})
-    assert response.status_code == 206 and len(response.content) == MIB
-    assert time.monotonic() - started < 0.75
+    first_mib = {"Range": "bytes=0-1048575"}
+    responses, seconds = quickest(lambda: httpx.get(f"{server.url}/files/eight.bin", headers=first_mib))
+    assert all(r.status_code == 206 and len(r.content) == MIB for r in responses)
+    assert seconds < 0.75

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.clients.test_container import VENV, image_user
-from tests.conftest import CANARY, FerryServer, ServerFactory, build_storage_tree, free_port
+from tests.conftest import CANARY, PATIENCE, FerryServer, ServerFactory, build_storage_tree, free_port
 from tests.security.support import (
     AUTH,
     TOKEN,
@@ -217,7 +217,7 @@ def unprivileged() -> Iterator[tuple[FerryServer, Path]]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _wait_ready(server: FerryServer, timeout: float = 20) -> None:
+def _wait_ready(server: FerryServer, timeout: float = PATIENCE) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -386,7 +386,7 @@ def test_out_of_descriptors_is_503_then_recovers(tmp_path: Path, target: str) ->
     finally:
         for sock in sockets:
             sock.close()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + PATIENCE
     while True:
         try:
             if httpx.get(f"{server.url}{target}", timeout=2).status_code == 200:
@@ -442,14 +442,14 @@ def test_vanished_root_is_503_on_healthz_and_404_on_downloads(ferry: ServerFacto
         if root.is_symlink():
             root.unlink()
         os.rename(away, root)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + PATIENCE
     while httpx.get(f"{server.url}/healthz").status_code != 200:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert httpx.get(f"{server.url}/files/hello.txt").content == b"hello, ferry\n"
     # The index must not keep the absence: once ROOT is back, listings and search show it all.
     expected = {"hello.txt", "sub", "digits.txt", "empty.bin"}
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + PATIENCE
     while True:
         names = {e["name"] for e in httpx.get(f"{server.url}/api/files/").json()["entries"]}
         if expected <= names or time.monotonic() > deadline:

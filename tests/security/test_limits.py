@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import FerryServer, ServerPool
+from tests.conftest import PATIENCE, FerryServer, ServerPool
 from tests.security.support import (
     TOKEN,
     Exchange,
@@ -33,6 +33,10 @@ pytestmark = pytest.mark.clients
 MAX_URL = 1024
 MAX_HEADERS = 20
 MAX_HEADER_SIZE = 4096
+# A deadline is met when the connection closes after it and before what would happen without it
+# (the trickle ending, the client's own socket timeout): LATE seconds past a deadline are allowed,
+# as a loaded machine may run the server's timer that late.
+LATE = 3.0
 LIMITS = (
     "--max-url-length",
     str(MAX_URL),
@@ -230,8 +234,8 @@ def test_slowloris_headers_get_408_and_close(server: FerryServer) -> None:
     received, closed, seconds = _trickle(server.port, data, every=0.3, give_up=8)
     assert closed, f"still open after {seconds:.1f}s"
     assert received.startswith(b"HTTP/1.1 408 "), received[:200]
-    assert seconds < 3.5, f"closed only after {seconds:.1f}s (header timeout 2s)"
-    assert len(data) * 0.3 > 6, "the trickle must be slower than the deadline"
+    assert seconds < 2 + LATE, f"closed only after {seconds:.1f}s (header timeout 2s)"
+    assert len(data) * 0.3 > 2 + LATE + 1, "the trickle must be slower than the deadline"
 
 
 def test_idle_connection_is_closed(server: FerryServer) -> None:
@@ -242,7 +246,7 @@ def test_idle_connection_is_closed(server: FerryServer) -> None:
         while chunk := sock.recv(65536):
             received += chunk
         seconds = time.monotonic() - start
-    assert seconds < 3.5, f"idle connection kept {seconds:.1f}s"
+    assert seconds < 2 + LATE, f"idle connection kept {seconds:.1f}s"
     assert received == b"" or received.startswith(b"HTTP/1.1 408 "), received[:200]
 
 
@@ -263,7 +267,7 @@ def test_keep_alive_connection_is_closed_when_idle(server: FerryServer) -> None:
             rest += chunk
         seconds = time.monotonic() - start
     assert rest == b"" or rest.startswith(b"HTTP/1.1 408 "), rest[:200]
-    assert 2 < seconds < 6, f"kept-alive idle connection open {seconds:.1f}s"
+    assert 2 < seconds < 3 + LATE, f"kept-alive idle connection open {seconds:.1f}s"
 
 
 def test_partial_headers_then_silence_is_408(server: FerryServer) -> None:
@@ -276,7 +280,7 @@ def test_partial_headers_then_silence_is_408(server: FerryServer) -> None:
         seconds = time.monotonic() - start
     assert received.startswith(b"HTTP/1.1 408 "), received[:200]
     assert b"hello, ferry" not in received
-    assert seconds < 3.5
+    assert seconds < 2 + LATE
 
 
 def test_stalled_upload_body_is_closed_and_cleaned_up(server: FerryServer, pool: ServerPool) -> None:
@@ -294,9 +298,9 @@ def test_stalled_upload_body_is_closed_and_cleaned_up(server: FerryServer, pool:
         except ConnectionResetError:
             pass
         seconds = time.monotonic() - start
-    assert seconds < 4.5, f"a stalled body kept the connection {seconds:.1f}s (body timeout 2s)"
+    assert seconds < 2 + LATE, f"a stalled body kept the connection {seconds:.1f}s (body timeout 2s)"
     assert not received.startswith((b"HTTP/1.1 2", b"HTTP/1.1 5")), received[:200]
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + PATIENCE
     while True:
         leftovers = [p for p in pool.root.rglob("*") if p.name.startswith(".ferry-upload-")]
         if not leftovers or time.monotonic() > deadline:
@@ -307,20 +311,20 @@ def test_stalled_upload_body_is_closed_and_cleaned_up(server: FerryServer, pool:
 
 
 def test_a_body_that_keeps_coming_is_not_cut(server: FerryServer, pool: ServerPool) -> None:
-    """The control for the stall: a slow but steady body (a chunk every second, under the 2 s
-    body timeout, 3 s in all) is stored."""
+    """The control for the stall: a slow but steady body (a chunk every half second, well under
+    the 2 s body timeout however loaded the machine, 3 s in all) is stored."""
     head = (
         f"PUT /files/uploads/steady.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-        "Content-Length: 4000\r\nConnection: close\r\n\r\n"
+        "Content-Length: 6000\r\nConnection: close\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(head)
-        for _ in range(4):
+        for _ in range(6):
             sock.sendall(b"s" * 1000)
-            time.sleep(0.8)
+            time.sleep(0.5)
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 201 "), answer[:200]
-    assert (pool.root / "uploads" / "steady.bin").read_bytes() == b"s" * 4000
+    assert (pool.root / "uploads" / "steady.bin").read_bytes() == b"s" * 6000
 
 
 def test_every_limit_leaves_the_server_serving(server: FerryServer) -> None:

@@ -297,7 +297,8 @@ def test_device_and_fifo_do_not_hang(served: Callable[..., FerryServer], outside
         started = time.monotonic()
         answer = get(server.port, target)
         assert answer.status == 404, (target, answer.raw[:200])
-        assert time.monotonic() - started < 2, target
+        # A hang lasts until the client gives up (10 s); an answer, however loaded the machine, less.
+        assert time.monotonic() - started < 5, target
     assert_healthy(server)
 
 

@@ -16,6 +16,7 @@ import pytest
 from app.storage.digests import MIN_PIECE, Activity, DigestWorker, FileDigest, hash_open_file, identity
 from app.storage.index import Index
 from app.storage.paths import PathPolicy
+from tests.conftest import PATIENCE
 
 PAST = time.time() - 3600
 
@@ -102,7 +103,8 @@ def test_no_hashing_while_a_transfer_is_in_flight(
     worker = DigestWorker(index, activity, rate=0, idle_poll=0.05)
 
     async def serve_then_stop() -> None:
-        serving = Activity(tmp_path / "index.sqlite3.busy", linger=0.5)  # as another worker holds it
+        # As another worker holds it; the linger outlasts any stall of a loaded machine.
+        serving = Activity(tmp_path / "index.sqlite3.busy", linger=3.0)
         serving.begin()
         worker.start()
         await asyncio.sleep(1.0)
@@ -110,7 +112,7 @@ def test_no_hashing_while_a_transfer_is_in_flight(
         serving.end()
         await asyncio.sleep(0.2)
         assert worker.hashed_files == 0 and activity.busy()  # still lingering after the transfer
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + PATIENCE
         while worker.hashed_files == 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert worker.hashed_files == 1 and not activity.busy()
@@ -124,16 +126,17 @@ def test_no_hashing_while_a_transfer_is_in_flight(
 
 def test_many_short_transfers_keep_the_server_busy(tmp_path: Path) -> None:
     """Small downloads end between requests; the linger keeps the lock (and costs no flock each)."""
-    probe = Activity(tmp_path / "busy", linger=0.3)
+    linger = 2.0  # far longer than the gaps, however loaded the machine
+    probe = Activity(tmp_path / "busy", linger=linger)
 
     async def short_transfers() -> None:
-        serving = Activity(tmp_path / "busy", linger=0.3)
+        serving = Activity(tmp_path / "busy", linger=linger)
         for _ in range(20):
             serving.begin()
             serving.end()
             await asyncio.sleep(0.02)
             assert probe.busy()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(linger + 0.2)
         assert not probe.busy()
 
     asyncio.run(short_transfers())
