@@ -64,12 +64,13 @@ class Exchange:
         handler.emit = records.append  # type: ignore[method-assign]
         logger = logging.getLogger("ferry.access")
         logger.addHandler(handler)
-        level, logger.level = logger.level, logging.INFO
+        level = logger.level
+        logger.setLevel(logging.INFO)  # setLevel, not .level: it also clears the logger's level cache
         try:
             self.observed.finish("json")
         finally:
             logger.removeHandler(handler)
-            logger.level = level
+            logger.setLevel(level)
         (record,) = records
         line: dict[str, Any] = json.loads(record.getMessage())
         return line
