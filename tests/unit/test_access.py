@@ -10,11 +10,21 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from starlette.types import Message
 
 from app.access import CLIENT_CLOSED, Observed
 from app.transfer.protocol import CONNECTION, Connection
 
-Message = dict[str, Any]
+
+class Records(logging.Handler):
+    """Keeps what is logged, for a test to read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 class Exchange:
@@ -52,16 +62,14 @@ class Exchange:
                     await self.observed.receive()
                 elif step == "gone":
                     self.cycle.disconnected = True
-                elif isinstance(step, dict):
+                elif not isinstance(step, str):
                     await self.observed(step)
 
         asyncio.run(play())
         return self.observed_line()
 
     def observed_line(self) -> dict[str, Any]:
-        records: list[logging.LogRecord] = []
-        handler = logging.Handler()
-        handler.emit = records.append  # type: ignore[method-assign]
+        handler = Records()
         logger = logging.getLogger("ferry.access")
         logger.addHandler(handler)
         level, logger.level = logger.level, logging.INFO
@@ -70,7 +78,7 @@ class Exchange:
         finally:
             logger.removeHandler(handler)
             logger.level = level
-        (record,) = records
+        (record,) = handler.records
         line: dict[str, Any] = json.loads(record.getMessage())
         return line
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from html.parser import HTMLParser
+from typing import Literal
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import pytest
@@ -38,12 +39,12 @@ def anchors(html: str) -> list[str]:
     return parser.hrefs
 
 
-def entry(path: str, kind: str) -> EntryModel:
+def entry(path: str, kind: Literal["file", "dir"]) -> EntryModel:
     is_dir = kind == "dir"
     return EntryModel(
         name=path.rpartition("/")[2],
         path=path,
-        type=kind,  # type: ignore[arg-type]
+        type=kind,
         size=None if is_dir else 10,
         mtime=MTIME,
         content_type=None if is_dir else "application/octet-stream",
