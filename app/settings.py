@@ -28,7 +28,10 @@ _DECIMAL = {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
 
 
 def parse_size(value: Any) -> Any:
-    """``65536``, ``64KiB``, ``4MiB``, ``1GiB`` (binary; ``KB``/``MB``/``GB`` are decimal) → bytes."""
+    """``65536``, ``64KiB``, ``4MiB``, ``1GiB`` (binary; ``KB``/``MB``/``GB`` are decimal) → bytes.
+
+    Not pydantic's ByteSize: it agrees on these forms, but reads ``64k`` as 64000 (here 65536) and
+    accepts fractions, PiB and more that a size setting refuses."""
     if not isinstance(value, str):
         return value
     match = _SIZE_RE.match(value)

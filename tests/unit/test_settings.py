@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import ByteSize, TypeAdapter, ValidationError
 
 from app.cli import build_parser, load_settings
 from app.settings import Settings, env_name, parse_mime_types, parse_size
@@ -40,10 +40,25 @@ KiB, MiB, GiB, TiB = 1024, 1024**2, 1024**3, 1024**4
         ("1GB", 1000**3),
         ("1TB", 1000**4),
         ("10B", 10),
+        # Undocumented but accepted: a bare or "i" unit is binary too.
+        ("64k", 64 * KiB),
+        ("4m", 4 * MiB),
+        ("64Ki", 64 * KiB),
     ],
 )
 def test_parse_size_units(text: str, expected: int) -> None:
     assert parse_size(text) == expected
+
+
+# The forms the docs give (settings help, config/ferry.env.example, README).
+DOCUMENTED_SIZES = ["65536", "64KiB", "256KiB", "1MiB", "4MiB", "1GiB", "100GiB", "1KB", "1MB", "1GB"]
+
+
+@pytest.mark.parametrize("text", DOCUMENTED_SIZES)
+def test_parse_size_agrees_with_pydantic_bytesize_on_the_documented_forms(text: str) -> None:
+    # ...and only there, which is why Ferry keeps its own: ByteSize reads "64k" as 64000, and takes
+    # "1.5MiB", "4PiB", "+1", "1_000" and "4 MiB B", all refused above.
+    assert parse_size(text) == TypeAdapter(ByteSize).validate_python(text)
 
 
 @pytest.mark.parametrize(
