@@ -32,6 +32,7 @@ class Exchange:
 
     def __init__(self, method: str = "GET", path: str = "/files/f.bin") -> None:
         self.cycle = SimpleNamespace(disconnected=False)
+        # A stand-in for uvicorn's RequestResponseCycle: Connection reads only `disconnected`.
         self.connection = Connection(self.cycle)  # type: ignore[arg-type]
         self.incoming: list[Message] = []
         self.delivered: list[Message] = []

@@ -53,11 +53,15 @@ def entry(path: str, kind: Literal["file", "dir"]) -> EntryModel:
     )
 
 
-def listing_page(directory: str, files: list[str], dirs: list[str], **extra: object) -> HtmlPage:
+def listing_page(
+    directory: str, files: list[str], dirs: list[str], link_query: str = "", link_root: str | None = None
+) -> HtmlPage:
     prefix = directory + "/" if directory else ""
     entries = [entry(prefix + d, "dir") for d in dirs] + [entry(prefix + f, "file") for f in files]
     data = Listing(path=directory, entries=entries, next_cursor="next-page")
-    return HtmlPage(directory, data, "name", False, cursor="this-page", **extra)  # type: ignore[arg-type]
+    return HtmlPage(
+        directory, data, "name", False, cursor="this-page", link_query=link_query, link_root=link_root
+    )
 
 
 def page_url(directory: str) -> str:
