@@ -14,7 +14,7 @@ import typing
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_settings(given: dict[str, Any], kind: type[_S] = Settings) -> _S:  # type: ignore[assignment]
+@overload
+def load_settings(given: dict[str, Any]) -> Settings: ...
+@overload
+def load_settings(given: dict[str, Any], kind: type[_S]) -> _S: ...
+def load_settings(given: dict[str, Any], kind: type[BaseSettings] = Settings) -> BaseSettings:
     """Settings from env and config/ferry.env, with the given flags on top; exits 2 if invalid."""
     try:
         return kind(**given)

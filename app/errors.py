@@ -1,13 +1,30 @@
 """Ferry's domain errors and the one place they become HTTP responses.
 
-FerryError               base: carries status, a short detail and extra headers
-├── BadRequest           400: a request Ferry cannot make sense of
-├── Unauthorized         401: no valid bearer token (with WWW-Authenticate)
-├── Forbidden            403: credentials given, but they do not allow this (a bad signed link)
-├── Gone                 410: a genuine signed link past its expiry
-└── NotFound             404: nothing servable here (including everything the path gate refuses)
+FerryError                  base: carries status (500), a short detail and extra headers
+├── BadRequest              400: a request Ferry cannot make sense of (a path, a cursor, a limit)
+├── Unauthorized            401: no valid bearer token or signed link where one is required
+│                                (with WWW-Authenticate)
+├── Forbidden               403: the credentials do not allow this (a link used from another
+│                                address or below its folder, search with a link), or the storage
+│                                refuses a write
+├── NotFound                404: nothing servable here (including everything the path gate refuses)
+├── MethodNotAllowed        405: a write while writes are disabled (with Allow)
+├── Conflict                409: something in the way of a write or delete, or signing is off
+├── Gone                    410: a genuine signed link past its expiry
+├── PreconditionFailed      412: a PUT or DELETE whose If-Match, If-None-Match or
+│                                If-Unmodified-Since does not hold
+├── PayloadTooLarge         413: an upload over FERRY_MAX_UPLOAD_SIZE
+├── UriTooLong              414: a path too long for the file system
+├── UnsupportedMediaType    415: an upload that is not multipart/form-data (not raised at present)
+├── TooManyRequests         429: FERRY_MAX_CONNECTIONS_PER_IP reached (with Retry-After)
+├── ServiceUnavailable      503: try again later (with Retry-After): out of descriptors, a file
+│   │                            changing, checksums busy or not computed yet
+│   └── IndexRebuilding     503: the index is being rebuilt from the disk (Retry-After: 5)
+└── InsufficientStorage     507: no space (or quota) left for the upload
 
-`write_refusal` maps the file system's refusals of a write (by errno class) to these, once.
+`write_refusal` maps the file system's refusals of a write (by errno class) to these, once;
+`error_response` is the one function that turns any of them into a response (each request path
+that catches them calls it).
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
-"""Ferry's one settings object: environment (``FERRY_*``), ``config/ferry.env``, then CLI flags.
+"""Ferry's settings: ``FERRY_*`` environment variables and ``config/ferry.env`` (from the working
+directory), with ``ferry serve`` flags on top. A flag wins over the environment, which wins over
+the file.
 
-Every field's description doubles as its ``ferry serve --help`` text and its line in
-``config/ferry.env.example``; the CLI flags are generated from these fields (app/cli.py).
+The CLI flags are generated from these fields, and each field's description is its flag's
+``--help`` text (app/cli.py; `ferry sign` and `ferry healthcheck` read the few they need the same
+way, without needing ROOT). ``config/ferry.env.example`` is written by hand: its tests check that
+it lists exactly these settings with valid values, not that its comments repeat the descriptions.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ _DECIMAL = {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
 
 
 def parse_size(value: Any) -> Any:
-    """``65536``, ``64KiB``, ``4MiB``, ``1GiB`` (binary; ``KB``/``MB``/``GB`` are decimal) → bytes."""
+    """``65536``, ``64KiB``, ``4MiB``, ``1GiB`` (binary; ``KB``/``MB``/``GB`` are decimal) → bytes.
+
+    Not pydantic's ByteSize: it agrees on these forms, but reads ``64k`` as 64000 (here 65536) and
+    accepts fractions, PiB and more that a size setting refuses."""
     if not isinstance(value, str):
         return value
     match = _SIZE_RE.match(value)
@@ -215,7 +222,7 @@ class Settings(BaseSettings):
         30, ge=0, description="seconds in-flight transfers get to finish after SIGTERM before they are closed"
     )
     log_format: Literal["text", "json"] = Field(
-        "text", description="access and server log lines: text or json"
+        "text", description="access log lines: text or json (the server's own messages stay plain text)"
     )
 
     checksums: bool = Field(

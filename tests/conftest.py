@@ -49,6 +49,7 @@ def _clean_ferry_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def make_settings(root: Path, **overrides: object) -> Settings:
+    # Overrides are raw values ("64KiB" for a size) that Settings validates, as it does flags.
     return Settings(_env_file=None, root=root, **overrides)  # type: ignore[arg-type]
 
 

@@ -6,8 +6,14 @@ FTS5 trigram index, so a substring query reads the index, not every row. Each di
 kept, so a restart rescans only directories whose entries changed, and a listing first refreshes
 its directory if the disk says it changed since it was indexed.
 
-Downloads never read the index. The index is written by the scanner and watcher (watch.py) and by
-Ferry's own writes; every connection is per thread, and WAL lets readers work beside one writer.
+A download reads the index for one thing, its file's digest (Repr-Digest, Digest and the Link to
+the .meta4; `.meta4` and `?checksums` too), through the worker's `DigestCache` (digests.py): at
+most one read a second per file version while it has no digest, on the event loop. A download of
+a path the disk no longer has drops it from the index, in a thread. The index is written by the
+scanner and watcher (watch.py), the digest worker and Ferry's own writes. Connections are not per
+thread: every statement or transaction borrows one from a fixed pool of `_POOL_SIZE` opened at
+start-up and shared by all threads (waiting when all are busy), and WAL lets readers work beside
+one writer.
 
 The index is only a cache of the disk, so a corrupt one is replaced, never repaired: `PRAGMA
 quick_check` at start-up and SQLite's corruption errors at run time swap in an empty database and

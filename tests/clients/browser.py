@@ -3,6 +3,7 @@ downloads a browser of its own), and where screenshots are kept."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from playwright.sync_api import Page
@@ -19,6 +20,9 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# The `open_page` fixture: a URL (and browser-context options) in, the loaded page out.
+OpenPage = Callable[..., Page]
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.clients.browser import screenshot
+from tests.clients.browser import OpenPage, screenshot
 from tests.conftest import FerryServer, start_server
 
 pytestmark = pytest.mark.clients
@@ -72,7 +72,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerryServer]:
 
 
 @pytest.fixture
-def open_page(browser: Browser) -> Iterator[Any]:
+def open_page(browser: Browser) -> Iterator[OpenPage]:
     contexts = []
 
     def open_page(url: str, **options: Any) -> Page:
@@ -91,7 +91,7 @@ def names(page: Page) -> list[str]:
     return page.locator("tr:is(.file, .dir) > td.name > a .label").all_inner_texts()
 
 
-def test_sort_by_size_with_a_click(site: FerryServer, open_page: Any) -> None:
+def test_sort_by_size_with_a_click(site: FerryServer, open_page: OpenPage) -> None:
     page = open_page(f"{site.url}/files/")
     before = names(page)
     assert before[:2] == ["Photos 2024", "README.md"]  # by name
@@ -106,7 +106,7 @@ def test_sort_by_size_with_a_click(site: FerryServer, open_page: Any) -> None:
     expect(page.locator("th.size")).to_have_attribute("aria-sort", "descending")
 
 
-def test_sorting_works_without_javascript(site: FerryServer, open_page: Any) -> None:
+def test_sorting_works_without_javascript(site: FerryServer, open_page: OpenPage) -> None:
     page = open_page(f"{site.url}/files/", java_script_enabled=False)
     expect(page.locator("button.copy").first).to_be_hidden()  # nothing half-working
     page.locator("th.mtime button").click()
@@ -115,7 +115,7 @@ def test_sorting_works_without_javascript(site: FerryServer, open_page: Any) -> 
     assert [n for n in names(page) if n in FILES] == sorted(FILES, key=lambda n: (mtimes[n], n))
 
 
-def test_search_from_the_box(site: FerryServer, open_page: Any) -> None:
+def test_search_from_the_box(site: FerryServer, open_page: OpenPage) -> None:
     page = open_page(f"{site.url}/files/Photos%202024/")
     page.get_by_role("searchbox").fill("QUARTERLY")
     page.get_by_role("searchbox").press("Enter")
@@ -128,7 +128,7 @@ def test_search_from_the_box(site: FerryServer, open_page: Any) -> None:
     assert crumbs == ["Files", "reports"]
 
 
-def test_download_by_clicking_the_link(site: FerryServer, open_page: Any, tmp_path: Path) -> None:
+def test_download_by_clicking_the_link(site: FerryServer, open_page: OpenPage, tmp_path: Path) -> None:
     page = open_page(f"{site.url}/files/")
     with page.expect_download() as info:
         page.get_by_role("link", name=UNICODE_NAME, exact=True).click()
@@ -139,7 +139,7 @@ def test_download_by_clicking_the_link(site: FerryServer, open_page: Any, tmp_pa
     assert saved.read_bytes() == _bytes(UNICODE_NAME, FILES[UNICODE_NAME])
 
 
-def test_copy_curl_command(site: FerryServer, open_page: Any, tmp_path: Path) -> None:
+def test_copy_curl_command(site: FerryServer, open_page: OpenPage, tmp_path: Path) -> None:
     page = open_page(f"{site.url}/files/", permissions=["clipboard-read", "clipboard-write"])
     button = page.get_by_role("button", name=f"Copy a curl command that downloads {UNICODE_NAME}")
     expect(button).to_be_visible()
@@ -152,7 +152,7 @@ def test_copy_curl_command(site: FerryServer, open_page: Any, tmp_path: Path) ->
     assert (tmp_path / UNICODE_NAME).read_bytes() == _bytes(UNICODE_NAME, FILES[UNICODE_NAME])
 
 
-def test_screenshots_light_dark_and_phone(site: FerryServer, open_page: Any) -> None:
+def test_screenshots_light_dark_and_phone(site: FerryServer, open_page: OpenPage) -> None:
     light = open_page(f"{site.url}/files/")
     screenshot(light, "listing.png")
     dark = open_page(f"{site.url}/files/", color_scheme="dark")

@@ -19,9 +19,9 @@ from urllib.parse import urljoin
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from playwright.sync_api import Browser, ConsoleMessage, FilePayload, Page, expect
 
-from tests.clients.browser import ARTIFACTS, screenshot
+from tests.clients.browser import ARTIFACTS, OpenPage, screenshot
 from tests.conftest import FerryServer, start_server
 
 pytestmark = pytest.mark.clients
@@ -59,7 +59,7 @@ def readonly(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerryServer]:
 
 
 @pytest.fixture
-def open_page(browser: Browser) -> Iterator[Any]:
+def open_page(browser: Browser) -> Iterator[OpenPage]:
     """Open a page in a fresh context (its own sessionStorage); CSP reports are test failures."""
     contexts, violations = [], []
 
@@ -81,7 +81,7 @@ def open_page(browser: Browser) -> Iterator[Any]:
     assert violations == []
 
 
-def payload(name: str, data: bytes) -> dict[str, Any]:
+def payload(name: str, data: bytes) -> FilePayload:
     return {"name": name, "mimeType": "application/octet-stream", "buffer": data}
 
 
@@ -111,7 +111,7 @@ def download(page: Page, name: str) -> bytes:
 
 
 def test_two_files_upload_through_the_page_and_download_byte_for_byte(
-    writable: FerryServer, open_page: Any
+    writable: FerryServer, open_page: OpenPage
 ) -> None:
     files = {UNICODE_NAME: os.urandom(1 * MiB + 17), "dataset part 2.bin": os.urandom(3 * MiB)}
     page = open_page(f"{writable.url}/files/picked/")
@@ -158,7 +158,7 @@ def test_two_files_upload_through_the_page_and_download_byte_for_byte(
     assert stored_token(page) is None
 
 
-def test_progress_bar_moves_while_a_file_is_sent(writable: FerryServer, open_page: Any) -> None:
+def test_progress_bar_moves_while_a_file_is_sent(writable: FerryServer, open_page: OpenPage) -> None:
     page = open_page(f"{writable.url}/files/throttled/")
     enter_token(page, TOKEN)
     cdp = page.context.new_cdp_session(page)
@@ -189,7 +189,7 @@ def test_progress_bar_moves_while_a_file_is_sent(writable: FerryServer, open_pag
 # -- a wrong token ----------------------------------------------------------------------------
 
 
-def test_a_wrong_token_is_refused_and_nothing_is_written(writable: FerryServer, open_page: Any) -> None:
+def test_a_wrong_token_is_refused_and_nothing_is_written(writable: FerryServer, open_page: OpenPage) -> None:
     folder = writable.root / "refused"
     data = os.urandom(200_000)
     page = open_page(f"{writable.url}/files/refused/")
@@ -238,7 +238,7 @@ DRAG_AND_DROP = """async ([files, phase]) => {
 }"""
 
 
-def test_files_dropped_on_the_page_are_uploaded(writable: FerryServer, open_page: Any) -> None:
+def test_files_dropped_on_the_page_are_uploaded(writable: FerryServer, open_page: OpenPage) -> None:
     files = {"dropped one.bin": os.urandom(300_000), "zweite Datei ü.bin": os.urandom(700_001)}
     encoded = [[name, base64.b64encode(data).decode()] for name, data in files.items()]
     page = open_page(f"{writable.url}/files/dropped/")
@@ -269,7 +269,7 @@ def test_files_dropped_on_the_page_are_uploaded(writable: FerryServer, open_page
     assert on_disk(writable.root / "dropped") == sorted(files)
 
 
-def test_dragging_text_is_left_alone(writable: FerryServer, open_page: Any) -> None:
+def test_dragging_text_is_left_alone(writable: FerryServer, open_page: OpenPage) -> None:
     page = open_page(f"{writable.url}/files/dropped/")
     taken = page.evaluate(
         """() => {
@@ -285,7 +285,7 @@ def test_dragging_text_is_left_alone(writable: FerryServer, open_page: Any) -> N
     expect(page.locator(".drop-overlay")).to_be_hidden()
 
 
-def test_a_file_over_the_limit_is_refused_before_sending(writable: FerryServer, open_page: Any) -> None:
+def test_a_file_over_the_limit_is_refused_before_sending(writable: FerryServer, open_page: OpenPage) -> None:
     page = open_page(f"{writable.url}/files/toobig/")
     enter_token(page, TOKEN)
     page.locator("section.upload input[type=file]").set_input_files(
@@ -301,7 +301,7 @@ def test_a_file_over_the_limit_is_refused_before_sending(writable: FerryServer, 
 # -- without writes, without JavaScript -------------------------------------------------------
 
 
-def test_no_upload_panel_without_a_write_token(readonly: FerryServer, open_page: Any) -> None:
+def test_no_upload_panel_without_a_write_token(readonly: FerryServer, open_page: OpenPage) -> None:
     response = httpx.get(f"{readonly.url}/files/")
     assert response.status_code == 200
     assert 'class="upload' not in response.text and 'type="file"' not in response.text
@@ -313,7 +313,7 @@ def test_no_upload_panel_without_a_write_token(readonly: FerryServer, open_page:
     assert taken == {"enter": False, "over": False}  # nothing listens for drops
 
 
-def test_without_javascript_the_panel_says_what_to_do(writable: FerryServer, open_page: Any) -> None:
+def test_without_javascript_the_panel_says_what_to_do(writable: FerryServer, open_page: OpenPage) -> None:
     page = open_page(f"{writable.url}/files/looks/", java_script_enabled=False)
     note = page.locator(".upload-off")
     expect(note).to_be_visible()
@@ -349,7 +349,7 @@ def fill_the_list(page: Page) -> None:
     expect(page.locator("ul.uploads li.error")).to_have_count(1)
 
 
-def test_screenshots_light_dark_and_phone(writable: FerryServer, open_page: Any) -> None:
+def test_screenshots_light_dark_and_phone(writable: FerryServer, open_page: OpenPage) -> None:
     light = open_page(f"{writable.url}/files/looks/")
     enter_token(light, TOKEN)
     fill_the_list(light)

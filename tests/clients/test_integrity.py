@@ -77,7 +77,7 @@ def tree(tmp_path: Path) -> Path:
 def test_repr_digest_equals_sha256sum_for_200_206_head_and_304(ferry: ServerFactory, tree: Path) -> None:
     server = ferry(tree)
     for name in ("big.bin", "small.txt", "empty.bin", "docs/ünï cödé ✓.md"):
-        assert wait_for(lambda n=name: hashed(server, n), 20), name
+        assert wait_for(functools.partial(hashed, server, name), 20), name
         data = (tree / name).read_bytes()
         on_disk = subprocess.run(["sha256sum", str(tree / name)], capture_output=True, text=True, check=True)
         expected = base64.b64encode(bytes.fromhex(on_disk.stdout.split()[0])).decode()

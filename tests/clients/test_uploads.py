@@ -854,7 +854,9 @@ def test_multipart_filenames_are_reduced_to_safe_base_names(
         if response.status in (400, 404):
             continue  # refusing an odd name outright is safe too
         assert response.status == 201, (raw, response)
-        entries = response.json()["entries"]  # type: ignore[index]
+        document = response.json()
+        assert isinstance(document, dict), raw
+        entries = document["entries"]
         assert [e["name"] for e in entries] == [name], raw
         assert (storage_tree / "inbox" / name).read_bytes() == content
     for raw in [b"..", b".", b".hidden", b"../.hidden", b"sub/.env", TEMP_PREFIX.encode() + b"x.part"]:

@@ -148,8 +148,8 @@ def test_cold_file_is_read_off_the_event_loop(ferry: ServerFactory, tmp_path: Pa
         os.fsync(f.fileno())
     size = path.stat().st_size
     server = ferry(root)
-    with path.open("rb") as f:
-        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    with path.open("rb") as cold:
+        os.posix_fadvise(cold.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     trace = Trace(server, tmp_path / "cold.strace")
     try:
         received = hashlib.sha256()

@@ -11,6 +11,7 @@ import random
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tests.load import verify as v
 from tests.load.data import KIB, DataFile, DataTree
@@ -149,7 +150,7 @@ async def range_set(client: Client, conn: Connection) -> Outcome:
     return Outcome(206, len(body), v.check_parts(parts, spans, file))
 
 
-async def get_json(conn: Connection, target: str) -> tuple[Head, dict[str, object] | str, int]:
+async def get_json(conn: Connection, target: str) -> tuple[Head, dict[str, Any] | str, int]:
     head = await conn.request(target)
     body = await conn.read_all(head)
     problem = v.expect_status(head, 200)
@@ -174,7 +175,7 @@ async def listing(client: Client, conn: Connection) -> Outcome:
             return Outcome(status, received, f"{directory.path} page {page + 1}: {problem}")
         if not more:
             break
-        cursor, after = str(document["next_cursor"]), str(document["entries"][-1]["name"])  # type: ignore[index]
+        cursor, after = str(document["next_cursor"]), str(document["entries"][-1]["name"])
     return Outcome(status, received)
 
 

@@ -211,7 +211,8 @@ class StalledReader:
 
 
 def dechunk(data: bytes) -> bytes:
-    out, rest = [], data
+    out: list[bytes] = []
+    rest = data
     while True:
         size_line, _, rest = rest.partition(b"\r\n")
         size = int(size_line.split(b";")[0], 16)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -118,14 +118,14 @@ def _truncate_then_regrow(path: Path, original: bytes) -> None:
     ],
 )
 def test_file_changed_while_sent_ends_the_connection_short(
-    ferry: ServerFactory, tree: tuple[Path, bytes], change: object
+    ferry: ServerFactory, tree: tuple[Path, bytes], change: Callable[[Path, bytes], None]
 ) -> None:
     root, original = tree
     server = ferry(root)
     download = Download(server, "/files/big.bin")
     assert download.status == 200 and download.length == SIZE
     download.read(MIB)
-    change(root / "big.bin", original)  # type: ignore[operator]
+    change(root / "big.bin", original)
     started = time.monotonic()
     body = download.read_to_end()
     assert time.monotonic() - started < 10
@@ -515,7 +515,7 @@ def _corrupt_wal_garbage(db: Path) -> None:
     ],
 )
 def test_corrupt_or_deleted_index_is_rebuilt_at_start(
-    ferry: ServerFactory, tmp_path: Path, corrupt: object
+    ferry: ServerFactory, tmp_path: Path, corrupt: Callable[[Path], None]
 ) -> None:
     root = build_storage_tree(tmp_path)
     many = root / "many"
@@ -527,7 +527,7 @@ def test_corrupt_or_deleted_index_is_rebuilt_at_start(
     server.stop()
     db = tmp_path / "cwd" / "var" / "index.sqlite3"
     assert db.is_file(), "the index is not where the test expects it"
-    corrupt(db)  # type: ignore[operator]
+    corrupt(db)
     (root / "digits.txt").unlink()  # the disk moves on while the server is down
     (root / "added-while-stopped.txt").write_bytes(b"new\n")
 

@@ -158,9 +158,9 @@ def check_download(answer: Exchange, content: bytes, method: str) -> None:
             covered += last - first + 1
         assert 2 <= len(parts) - 2 and covered <= size
     else:
-        match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", fields["content-range"])
-        assert match, fields["content-range"]
-        first, last, total = map(int, match.groups())
+        single = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", fields["content-range"])
+        assert single, fields["content-range"]
+        first, last, total = map(int, single.groups())
         assert total == size and first <= last < size
         assert answer.body == content[first : last + 1]
 

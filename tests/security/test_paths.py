@@ -254,7 +254,7 @@ def test_download_policy_refusal(
     assert_healthy(server)
 
 
-@pytest.mark.parametrize("target", [p for p in ALL_TARGETS if p.values[0].startswith("/files/")])
+@pytest.mark.parametrize("target", [p for p in ALL_TARGETS if str(p.values[0]).startswith("/files/")])
 def test_api_lookup_escape_is_refused(
     served: Callable[..., FerryServer], pool: ServerPool, outside: Outside, target: str
 ) -> None:
@@ -375,7 +375,7 @@ def _put(server: FerryServer, target: str, body: bytes) -> tuple[int, str | None
     return answer.status, answer.header("location")
 
 
-@pytest.mark.parametrize("target", [p for p in ALL_TARGETS if p.values[0].startswith("/files/")])
+@pytest.mark.parametrize("target", [p for p in ALL_TARGETS if str(p.values[0]).startswith("/files/")])
 def test_upload_escape_never_writes_outside(write_pool: ServerPool, zero_copy: str, target: str) -> None:
     """The corpus as PUT targets: refused (400/404, or 409 for a symlink in the way), or a plain
     name created inside ROOT."""

@@ -10,11 +10,21 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from starlette.types import Message
 
 from app.access import CLIENT_CLOSED, Observed
 from app.transfer.protocol import CONNECTION, Connection
 
-Message = dict[str, Any]
+
+class Records(logging.Handler):
+    """Keeps what is logged, for a test to read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 class Exchange:
@@ -22,6 +32,7 @@ class Exchange:
 
     def __init__(self, method: str = "GET", path: str = "/files/f.bin") -> None:
         self.cycle = SimpleNamespace(disconnected=False)
+        # A stand-in for uvicorn's RequestResponseCycle: Connection reads only `disconnected`.
         self.connection = Connection(self.cycle)  # type: ignore[arg-type]
         self.incoming: list[Message] = []
         self.delivered: list[Message] = []
@@ -52,16 +63,14 @@ class Exchange:
                     await self.observed.receive()
                 elif step == "gone":
                     self.cycle.disconnected = True
-                elif isinstance(step, dict):
+                elif not isinstance(step, str):
                     await self.observed(step)
 
         asyncio.run(play())
         return self.observed_line()
 
     def observed_line(self) -> dict[str, Any]:
-        records: list[logging.LogRecord] = []
-        handler = logging.Handler()
-        handler.emit = records.append  # type: ignore[method-assign]
+        handler = Records()
         logger = logging.getLogger("ferry.access")
         logger.addHandler(handler)
         level = logger.level
@@ -71,7 +80,7 @@ class Exchange:
         finally:
             logger.removeHandler(handler)
             logger.setLevel(level)
-        (record,) = records
+        (record,) = handler.records
         line: dict[str, Any] = json.loads(record.getMessage())
         return line
 

@@ -177,7 +177,7 @@ def test_plan_download_any_range_set_serves_the_union_of_requested_bytes(
     if headers["content-type"].startswith("multipart/byteranges"):
         parts = parse_byteranges(body, boundary_of(headers["content-type"]))
         assert len(parts) >= 2
-        served = []
+        served: list[int] = []
         for p in parts:
             first, last, complete = content_range(p.headers["content-range"])
             assert complete == size

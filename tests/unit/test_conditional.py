@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import calendar
+import email.utils
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -269,6 +272,23 @@ def test_format_http_date_round_trips(timestamp: int) -> None:
 
 def test_format_http_date_is_imf_fixdate() -> None:
     assert format_http_date(T) == IMF
+
+
+FIRST_SECOND = calendar.timegm((1, 1, 1, 0, 0, 0))  # 0001-01-01T00:00:00Z
+LAST_SECOND = calendar.timegm((9999, 12, 31, 23, 59, 59))
+
+
+@given(st.integers(min_value=FIRST_SECOND, max_value=LAST_SECOND))
+def test_format_http_date_is_the_standard_librarys_for_years_1_to_9999(timestamp: int) -> None:
+    assert format_http_date(timestamp) == email.utils.formatdate(timestamp, usegmt=True)
+
+
+def test_format_http_date_writes_years_past_9999_where_the_standard_library_raises() -> None:
+    # Why format_http_date is not email.utils.formatdate: a file's mtime can be past 9999 (tmpfs
+    # takes any 64-bit time), and its Last-Modified must not turn a download into a 500.
+    with pytest.raises(ValueError):
+        email.utils.formatdate(LAST_SECOND + 1, usegmt=True)
+    assert format_http_date(LAST_SECOND + 1) == "Sat, 01 Jan 10000 00:00:00 GMT"
 
 
 DATE_ALPHABET = "SunMoTeWdhFriaJFbMpyAglOcNvD, -:0123456789GMT+"

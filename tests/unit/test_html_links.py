@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from html.parser import HTMLParser
+from typing import Literal
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import pytest
@@ -38,12 +39,12 @@ def anchors(html: str) -> list[str]:
     return parser.hrefs
 
 
-def entry(path: str, kind: str) -> EntryModel:
+def entry(path: str, kind: Literal["file", "dir"]) -> EntryModel:
     is_dir = kind == "dir"
     return EntryModel(
         name=path.rpartition("/")[2],
         path=path,
-        type=kind,  # type: ignore[arg-type]
+        type=kind,
         size=None if is_dir else 10,
         mtime=MTIME,
         content_type=None if is_dir else "application/octet-stream",
@@ -52,11 +53,15 @@ def entry(path: str, kind: str) -> EntryModel:
     )
 
 
-def listing_page(directory: str, files: list[str], dirs: list[str], **extra: object) -> HtmlPage:
+def listing_page(
+    directory: str, files: list[str], dirs: list[str], link_query: str = "", link_root: str | None = None
+) -> HtmlPage:
     prefix = directory + "/" if directory else ""
     entries = [entry(prefix + d, "dir") for d in dirs] + [entry(prefix + f, "file") for f in files]
     data = Listing(path=directory, entries=entries, next_cursor="next-page")
-    return HtmlPage(directory, data, "name", False, cursor="this-page", **extra)  # type: ignore[arg-type]
+    return HtmlPage(
+        directory, data, "name", False, cursor="this-page", link_query=link_query, link_root=link_root
+    )
 
 
 def page_url(directory: str) -> str:

@@ -4,6 +4,7 @@ If-Range and Range."""
 from __future__ import annotations
 
 import random
+from typing import TypedDict
 
 import pytest
 
@@ -24,6 +25,17 @@ DISPOSITION = content_disposition("attachment", "résumé.txt")
 
 ENTITY = ("content-type", "content-disposition")
 ALWAYS = {"accept-ranges": "bytes", "etag": ETAG, "last-modified": LAST_MODIFIED}
+
+
+class Headers(TypedDict, total=False):
+    """A request's Range, If-Range and precondition fields, as `plan` takes them."""
+
+    range_header: str
+    if_range: str
+    if_match: str
+    if_none_match: str
+    if_modified_since: str
+    if_unmodified_since: str
 
 
 def facts(data: bytes = DATA) -> FileFacts:
@@ -244,9 +256,7 @@ def test_plan_download_if_range_without_range_is_200() -> None:
         pytest.param({"if_modified_since": LATER}, id="ims-later"),
     ],
 )
-def test_plan_download_not_modified_is_304_with_etag_and_no_body(
-    method: str, conditions: dict[str, str]
-) -> None:
+def test_plan_download_not_modified_is_304_with_etag_and_no_body(method: str, conditions: Headers) -> None:
     headers = check_no_body(plan(method, **conditions), 304)
     assert headers["last-modified"] == LAST_MODIFIED
     # §15.4.5: no content; a Content-Length, if any, must be the length a 200 would have had.
@@ -264,7 +274,7 @@ def test_plan_download_not_modified_is_304_with_etag_and_no_body(
     ],
 )
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
-def test_plan_download_failed_precondition_is_412(method: str, conditions: dict[str, str]) -> None:
+def test_plan_download_failed_precondition_is_412(method: str, conditions: Headers) -> None:
     headers = check_no_body(plan(method, **conditions), 412)
     assert "content-range" not in headers
 
@@ -303,7 +313,7 @@ def test_plan_download_if_unmodified_since_pass_serves_the_range() -> None:
         ),
     ],
 )
-def test_plan_download_preconditions_come_before_range(kwargs: dict[str, str], status: int) -> None:
+def test_plan_download_preconditions_come_before_range(kwargs: Headers, status: int) -> None:
     check_no_body(plan(**kwargs), status)
 
 

@@ -8,6 +8,7 @@ import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
+from starlette.types import Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.transfer.zero_copy import EXTENSION, can_zero_copy, pages_cached, read_cached
@@ -16,7 +17,7 @@ PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def _uvicorn_pin() -> str:
-    deps = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    deps: list[str] = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
     (pin,) = [d for d in deps if d.startswith("uvicorn")]
     return pin
 
@@ -42,7 +43,7 @@ def test_uvicorn_internals_the_protocol_subclass_relies_on_exist() -> None:
 
 
 def test_can_zero_copy_needs_the_extension_and_a_mode_other_than_off() -> None:
-    with_extension = {"extensions": {EXTENSION: {}}}
+    with_extension: Scope = {"extensions": {EXTENSION: {}}}
     assert can_zero_copy(with_extension, "auto")
     assert can_zero_copy(with_extension, "on")
     assert not can_zero_copy(with_extension, "off")
