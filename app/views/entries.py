@@ -46,8 +46,21 @@ class SearchResults(BaseModel):
     next_cursor: str | None
 
 
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
+def _mtime(mtime_ns: int) -> datetime:
+    """A file's mtime as a datetime; one outside the years 1-9999 (tmpfs keeps any 64-bit time)
+    is shown as the nearest of those bounds rather than failing the whole listing."""
+    try:
+        return datetime.fromtimestamp(mtime_ns // 1000 / 1_000_000, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        return _EARLIEST if mtime_ns < 0 else _LATEST
+
+
 def entry_model(entry: Entry, mime_types: Mapping[str, str]) -> EntryModel:
-    mtime = datetime.fromtimestamp(entry.mtime_ns // 1000 / 1_000_000, tz=UTC)
+    mtime = _mtime(entry.mtime_ns)
     url = "/files/" + quote(entry.path) + ("/" if entry.is_dir and entry.path else "")
     if entry.is_dir:
         return EntryModel(
