@@ -49,8 +49,23 @@ READ_SIZE = 1024**2
 SETTLE_SECONDS = 2.0  # a file modified more recently than this is hashed later
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def stored_ns(ns: int) -> int:
+    """A timestamp in ns as SQLite can hold it (a signed 64-bit integer): past year 2262 (which
+    ext4 and tmpfs mtimes reach) it is clamped, rather than fail the directory's whole scan."""
+    return min(max(ns, _INT64_MIN), _INT64_MAX)
+
+
+def stored_u64(value: int) -> int:
+    """An unsigned 64-bit number (st_dev, st_ino: NFS file ids use all 64 bits) as the signed
+    64-bit integer with the same bits, so every value stays distinct in SQLite."""
+    return value - 2**64 if value > _INT64_MAX else value
+
+
 def identity(st: os.stat_result) -> Identity:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (stored_u64(st.st_dev), stored_u64(st.st_ino), st.st_size, stored_ns(st.st_mtime_ns))
 
 
 def piece_length(size: int) -> int:

@@ -44,7 +44,7 @@ from typing import Concatenate, Literal, ParamSpec, TypeVar
 
 from app import metrics
 from app.errors import BadRequest, FerryError, IndexRebuilding
-from app.storage.digests import EMPTY_DIGEST, EMPTY_SHA256, FileDigest, Identity
+from app.storage.digests import EMPTY_DIGEST, EMPTY_SHA256, FileDigest, Identity, identity, stored_ns
 from app.storage.paths import (
     TEMP_PREFIX,
     PathPolicy,
@@ -317,7 +317,8 @@ def _entry_from_row(row: sqlite3.Row) -> Entry:
 def entry_from_stat(path: str, st: os.stat_result) -> Entry:
     parent, name = _split(path)
     is_dir = stat.S_ISDIR(st.st_mode)
-    return Entry(path, name, is_dir, 0 if is_dir else st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
+    dev, ino, size, mtime_ns = identity(st)
+    return Entry(path, name, is_dir, 0 if is_dir else size, mtime_ns, dev, ino)
 
 
 def _process_key(pid: int) -> str | None:
@@ -889,7 +890,7 @@ class Index:
         """Rescan a directory's own entries if its mtime differs from the indexed one."""
         try:
             safe = resolve(directory, self.policy)
-            mtime_ns = os.stat(safe).st_mtime_ns
+            mtime_ns = stored_ns(os.stat(safe).st_mtime_ns)
         except (OSError, ValueError, FerryError):
             return
         with self._connection() as conn:
@@ -924,7 +925,7 @@ class Index:
         """One directory of a scan: its subdirectories, and whether it was read from disk."""
         try:
             safe = resolve(directory, self.policy)
-            mtime_ns = os.stat(safe).st_mtime_ns
+            mtime_ns = stored_ns(os.stat(safe).st_mtime_ns)
         except (OSError, ValueError, FerryError):
             if directory:
                 self.remove(directory)  # gone, or no longer allowed by the policy
@@ -960,7 +961,7 @@ class Index:
                 self.remove(directory)
             return []
         try:
-            mtime_ns = st_dir.st_mtime_ns
+            mtime_ns = stored_ns(st_dir.st_mtime_ns)
             with os.scandir(fd) as it:
                 for count, d in enumerate(it, 1):
                     if count % _STOP_CHECK_ENTRIES == 0 and self._stop_scans.is_set():
