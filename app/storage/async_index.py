@@ -5,7 +5,9 @@ the database's write lock, which another process (the watcher of another worker,
 `sqlite3` shell) may hold for as long as it likes. So code running on the event loop never calls
 `Index` itself; it awaits this facade:
 
-- `read`: the call runs on a worker thread; the loop goes on serving meanwhile.
+- `read`: the call runs on one of a few reader threads of its own (so index reads queue neither
+  behind nor in front of the file I/O on the loop's default thread pool); the loop goes on serving
+  meanwhile.
 - `write`: the call is queued for the one writer thread, which runs writes one after another. A
   write-locked database stalls that thread and the requests awaiting it, nothing else, and
   request writes hold at most one of the index's connections while they wait, so reads keep the
@@ -25,7 +27,8 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
 from app.storage.index import Index
@@ -33,6 +36,7 @@ from app.storage.index import Index
 logger = logging.getLogger("ferry.index")
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+_READ_THREADS = 4  # as many as the index has connections: more would only wait for one
 _IDLE_SECONDS = 30.0  # a writer thread with nothing to do for this long ends (the next write starts one)
 
 
@@ -64,10 +68,12 @@ class AsyncIndex:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._writer: threading.Thread | None = None
+        # Its threads start with the first reads and end when this object is collected.
+        self._readers = ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="ferry-index-read")
 
     async def read(self, func: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        """`func(*args, **kwargs)` (an index read) on a worker thread."""
-        return await asyncio.to_thread(func, *args, **kwargs)
+        """`func(*args, **kwargs)` (an index read) on a reader thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._readers, partial(func, *args, **kwargs))
 
     async def write(self, func: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """`func(*args, **kwargs)` (index writes) on the writer thread, after the writes queued
