@@ -60,6 +60,11 @@ class _Job:
             self.done.set_result(result)
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class AsyncIndex:
     """Awaitable access to one `Index` for code on the event loop."""
 
@@ -80,7 +85,9 @@ class AsyncIndex:
         before it; it runs even if the awaiting task is cancelled."""
         done: Future[_T] = Future()
         self._submit(_Job(lambda: func(*args, **kwargs), done))
-        return await asyncio.shield(asyncio.wrap_future(done))
+        result = asyncio.wrap_future(done)
+        result.add_done_callback(_retrieved)  # a failure after its caller was cancelled: not logged as lost
+        return await asyncio.shield(result)
 
     def enqueue(self, func: Callable[_P, object], /, *args: _P.args, **kwargs: _P.kwargs) -> None:
         """Queue `func(*args, **kwargs)` for the writer thread and return at once; a failure is
