@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from app.routes import api, links, ops, static
 from app.routes.files import Downloads, is_download
 from app.routes.writes import Writes, is_write
 from app.settings import Settings
+from app.storage.async_index import AsyncIndex
 from app.storage.digests import Activity, DigestWorker, OnDemandHasher
 from app.storage.index import Index
 from app.storage.paths import PathPolicy
@@ -36,6 +38,7 @@ class FerryApp(FastAPI):
             root=settings.root, show_hidden=settings.show_hidden, follow_symlinks=settings.follow_symlinks
         )
         self.state.index = Index(settings.index_file, self.state.policy)
+        self.state.async_index = AsyncIndex(self.state.index)  # what code on the event loop uses
         # Every process marks its transfers on the index's activity file; the hasher yields to them.
         self.state.activity = Activity(Path(str(settings.index_file) + ".busy"))
         hasher = None
@@ -85,6 +88,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         app.state.on_demand.close()
         await keeper.stop()
+        # Cleanup queued by requests that shutdown cancelled (an upload's end) still runs.
+        await asyncio.to_thread(app.state.async_index.close)
         metrics.process_exited(os.getpid())
 
 

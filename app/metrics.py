@@ -54,6 +54,10 @@ ON_DEMAND_HASH_SKIPPED = Counter(
     "ferry_on_demand_hash_skipped_total",
     "Requests that asked for a digest and were answered without it (or 503) rather than wait",
 )
+DIGEST_LOOKUPS_ABANDONED = Counter(
+    "ferry_digest_lookups_abandoned_total",
+    "Downloads sent without their digest fields because the index did not answer in time",
+)
 INDEX_SCAN_SECONDS = Gauge(
     "ferry_index_last_scan_seconds", "Duration of the last index scan", multiprocess_mode="mostrecent"
 )

@@ -10,7 +10,6 @@ a SHA256SUMS file, and a directory's `?checksums` its SHA256SUMS (app/views/chec
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import stat
@@ -33,6 +32,7 @@ from app.http.mime import ACTIVE_TYPES, content_type_for
 from app.http.plan import DownloadRequest, FileFacts, integrity_headers, plan_download
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields, query_params
 from app.settings import Settings
+from app.storage.async_index import AsyncIndex
 from app.storage.digests import Activity, DigestCache, FileDigest, HashBusy, OnDemandHasher, identity
 from app.storage.paths import (
     LinkScope,
@@ -94,7 +94,8 @@ class Downloads:
         self.settings: Settings = state.settings
         self.policy: PathPolicy = state.policy
         self.activity: Activity = state.activity
-        self.digests = DigestCache(state.index)
+        self.async_index: AsyncIndex = state.async_index
+        self.digests = DigestCache(lambda ident: self.async_index.read(state.index.digest, ident))
         self.on_demand: OnDemandHasher = state.on_demand
         self.checksum_generations = Generations()
         self._integrity_cache: dict[
@@ -112,12 +113,12 @@ class Downloads:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             self.state.gate.download(scope)  # FERRY_DOWNLOAD_AUTH, before any file is looked at
-            response = self.respond(scope)
+            response = await self.respond(scope)
         except FerryError as exc:
             response = error_response(exc)
         await response(scope, receive, send)
 
-    def respond(self, scope: Scope) -> Response:
+    async def respond(self, scope: Scope) -> Response:
         path = normal_url_path(scope["path"][len(PREFIX) :])
         safe = resolve_to_open(path, self.policy)
         access = link_access(scope)
@@ -139,20 +140,20 @@ class Downloads:
         try:
             if path.endswith("/"):
                 raise NotFound()
-            return self._file(safe, path, fd, st, scope)
+            return await self._file(safe, path, fd, st, scope)
         except BaseException:
             os.close(fd)
             raise
 
     def _forget(self, safe: SafePath) -> None:
-        """A path the disk no longer has leaves the index too (off the event loop)."""
+        """A path the disk no longer has leaves the index too (on the index's writer thread)."""
         path = relative(safe, self.policy)
         if path:
-            asyncio.get_running_loop().run_in_executor(None, self.state.index.forget, path)
+            self.async_index.enqueue(self.state.index.forget, path)
 
     # -- a file ---------------------------------------------------------------------------------
 
-    def _file(self, safe: SafePath, path: str, fd: int, st: os.stat_result, scope: Scope) -> Response:
+    async def _file(self, safe: SafePath, path: str, fd: int, st: os.stat_result, scope: Scope) -> Response:
         params = query_params(scope) if scope["query_string"] else {}
         if "meta4" in params:
             return self._metalink(safe, path, fd, st, scope)
@@ -160,7 +161,7 @@ class Downloads:
             return self._checksum_file(safe, fd, st)
         fields = header_fields(scope, _WANTED)
         ident = identity(st)
-        digest = self.digests.get(ident)
+        digest = await self.digests.get(ident)  # None rather than wait on a busy index
         want = fields.get(b"want-repr-digest")
         algorithm = wanted_algorithm(parse_want_field(want)) if want is not None else None
         if algorithm is None:
@@ -270,7 +271,7 @@ class Downloads:
     async def _known_or_hashed(self, fd: int, st: os.stat_result) -> FileDigest:
         """The file's digest, hashed now if unknown and small enough, else 503; closes `fd`."""
         try:
-            digest = self.digests.get(identity(st))
+            digest = await self.digests.get(identity(st), wait=True)  # needed: worth waiting for
             if digest is not None:
                 return digest
             if st.st_size > self.settings.hash_on_demand_max:

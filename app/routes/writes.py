@@ -34,6 +34,7 @@ from app.http.conditional import RequestConditions, make_validators, write_allow
 from app.http.digests import format_digest_field
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields
 from app.settings import Settings
+from app.storage.async_index import AsyncIndex
 from app.storage.digests import Activity, DigestBuilder, identity
 from app.storage.index import Entry, Index, entry_from_stat
 from app.storage.paths import PathPolicy, WriteTarget, child_target, normal_url_path, open_write_target
@@ -85,6 +86,7 @@ class Writes:
         self.settings: Settings = state.settings
         self.policy: PathPolicy = state.policy
         self.index: Index = state.index
+        self.async_index: AsyncIndex = state.async_index  # index writes never run on the loop
         self.activity: Activity = state.activity
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -126,7 +128,9 @@ class Writes:
         if reason is not None:
             raise UriTooLong(reason)  # before a directory is made or a body byte read
         if method == "DELETE":
-            return await asyncio.to_thread(self._delete, path, conditions(fields))
+            deleted = await asyncio.to_thread(self._delete, path, conditions(fields))
+            await self.async_index.write(self.index.remove, deleted)
+            return Response(status_code=204)
         declared = fields.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.settings.max_upload_size:
             raise PayloadTooLarge()
@@ -160,7 +164,7 @@ class Writes:
                 created, st = await asyncio.to_thread(write.commit, check)
             finally:
                 self._end(write)  # not awaited: it must run even when shutdown cancels the task
-            entry = await asyncio.to_thread(self._indexed, write, st, created)
+            entry = await self.async_index.write(self._indexed, write, st, created)
         finally:
             target.close()
         model = entry_model(entry, self.settings.mime_types)
@@ -203,7 +207,7 @@ class Writes:
                 for write in upload.files:
                     self._end(write)  # not awaited: it must run even when shutdown cancels the task
             entries = [
-                await asyncio.to_thread(self._indexed, w, st, created)
+                await self.async_index.write(self._indexed, w, st, created)
                 for w, (created, st) in zip(upload.files, results, strict=True)
             ]
         finally:
@@ -211,7 +215,8 @@ class Writes:
         models = [entry_model(e, self.settings.mime_types).model_dump(mode="json") for e in entries]
         return JSONResponse({"entries": models}, status_code=201)
 
-    def _delete(self, path: str, request: RequestConditions) -> Response:
+    def _delete(self, path: str, request: RequestConditions) -> str:
+        """Delete on disk; returns the path for the index to forget."""
         if not path.strip("/"):
             raise Conflict("the root cannot be deleted")
         target = open_write_target(path.rstrip("/"), self.policy, create_parents=False)
@@ -219,10 +224,9 @@ class Writes:
             delete(target, _checker(request), directory=path.endswith("/"))
         finally:
             target.close()
-        self.index.remove(target.path)
-        return Response(status_code=204)
+        return target.path
 
-    # -- blocking steps, run in worker threads ------------------------------------------------
+    # -- blocking steps, run in worker threads (`_indexed`: the index's writer thread) ----------
 
     def _child(self, directory: WriteTarget, name: str) -> WriteTarget:
         """The target of a form's file part, refused before its bytes are read if unstorable."""
@@ -237,15 +241,17 @@ class Writes:
         write = AtomicWrite(target, fsync=self.settings.fsync, builder=DigestBuilder(None, extra))
         write.open()
         try:
-            self.index.begin_upload(write.temp_path)
+            self.async_index.call(self.index.begin_upload, write.temp_path)
         except BaseException:
             write.abort()  # unrecorded, a crash would leave it behind for good
             raise
         return write
 
     def _end(self, write: AtomicWrite) -> None:
+        """On the loop, without awaiting: it must run even when shutdown cancels the task. The
+        index write is queued for the writer thread, so a locked index stalls only that."""
         write.abort()  # a no-op after a commit
-        self.index.end_upload(write.temp_path)
+        self.async_index.enqueue(self.index.end_upload, write.temp_path)
 
     def _indexed(self, write: AtomicWrite, st: os.stat_result, created: bool) -> Entry:
         metrics.UPLOADS.labels("created" if created else "replaced").inc()

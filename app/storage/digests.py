@@ -27,7 +27,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,31 +348,61 @@ class DigestCache:
 
     A known digest never goes stale (its identity says which bytes it describes), so hits are kept
     (up to `size`); a miss is remembered for `miss_ttl` seconds, so a file not hashed yet costs
-    one index read per second, not one per request.
+    one index read per second, not one per request. The index is read through `read` (off the
+    event loop), once for all the requests that want the same identity meanwhile, and a request
+    waits at most `patience` seconds for it: a download then goes on without its digest fields
+    rather than wait on a busy index (the read goes on, and the next request finds its answer).
     """
 
-    def __init__(self, index: Index, *, size: int = 8192, miss_ttl: float = 1.0) -> None:
-        self.index = index
+    def __init__(
+        self,
+        read: Callable[[Identity], Awaitable[FileDigest | None]],
+        *,
+        size: int = 8192,
+        miss_ttl: float = 1.0,
+        patience: float = 1.0,
+    ) -> None:
+        self.read = read
         self.size = size
         self.miss_ttl = miss_ttl
+        self.patience = patience
         self._known: dict[Identity, FileDigest] = {}
         self._missing: dict[Identity, float] = {}
+        self._lookups: dict[Identity, asyncio.Task[FileDigest | None]] = {}
 
-    def get(self, ident: Identity) -> FileDigest | None:
+    async def get(self, ident: Identity, *, wait: bool = False) -> FileDigest | None:
+        """The digest if known; None if not, or (unless `wait`) if the index did not answer
+        within `patience`."""
         found = self._known.get(ident)
         if found is not None:
             return found
-        now = time.monotonic()
-        if self._missing.get(ident, 0.0) > now:
+        if self._missing.get(ident, 0.0) > time.monotonic():
             return None
-        found = self.index.digest(ident)
+        lookup = self._lookups.get(ident)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup(ident))
+            self._lookups[ident] = lookup
+            lookup.add_done_callback(lambda done: self._looked_up(ident, done))
+        try:
+            return await asyncio.wait_for(asyncio.shield(lookup), None if wait else self.patience)
+        except TimeoutError:
+            metrics.DIGEST_LOOKUPS_ABANDONED.inc()
+            return None
+
+    async def _lookup(self, ident: Identity) -> FileDigest | None:
+        found = await self.read(ident)
         if found is None:
             if len(self._missing) >= self.size:
                 self._missing.clear()
-            self._missing[ident] = now + self.miss_ttl
+            self._missing[ident] = time.monotonic() + self.miss_ttl
             return None
         self.remember(ident, found)
         return found
+
+    def _looked_up(self, ident: Identity, done: asyncio.Task[FileDigest | None]) -> None:
+        self._lookups.pop(ident, None)
+        if not done.cancelled():
+            done.exception()  # a failure nobody waited for is not logged as "never retrieved"
 
     def remember(self, ident: Identity, digest: FileDigest) -> None:
         if len(self._known) >= self.size:

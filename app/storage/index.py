@@ -8,9 +8,11 @@ its directory if the disk says it changed since it was indexed.
 
 A download reads the index for one thing, its file's digest (Repr-Digest, Digest and the Link to
 the .meta4; `.meta4` and `?checksums` too), through the worker's `DigestCache` (digests.py): at
-most one read a second per file version while it has no digest, on the event loop. A download of
-a path the disk no longer has drops it from the index, in a thread. The index is written by the
-scanner and watcher (watch.py), the digest worker and Ferry's own writes. Connections are not per
+most one read a second per file version while it has no digest, in a thread, and a download does
+not wait long for it. A download of a path the disk no longer has drops it from the index. The
+index is written by the scanner and watcher (watch.py), the digest worker and Ferry's own writes.
+Code on the event loop never calls it directly: it goes through `AsyncIndex` (async_index.py),
+which reads in threads and writes on one writer thread. Connections are not per
 thread: every statement or transaction borrows one from a fixed pool of `_POOL_SIZE` opened at
 start-up and shared by all threads (waiting when all are busy), and WAL lets readers work beside
 one writer.
