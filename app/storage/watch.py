@@ -197,31 +197,12 @@ class IndexKeeper:
     async def _watch_once(self) -> None:
         root = self.index.policy.root
         self._watching = True
-        changes = self._changes(root)
-        first = asyncio.ensure_future(anext(changes))
         try:
-            # The watcher sets up its inotify watches as it starts (one turn of the loop); what
-            # changed between the last scan and now had no watch to report it: a catch-up scan
-            # (incremental, not logged) reads the directories whose mtime moved meanwhile.
-            await asyncio.sleep(0)
-            await self._catch_up()
-            batch = await first
-            while True:
-                paths = {p for _, changed in batch if (p := _relative(root, changed))}
+            async for changes in self._changes(root):
+                paths = {p for _, changed in changes if (p := _relative(root, changed))}
                 await asyncio.to_thread(self._apply, paths)
-                batch = await anext(changes)
-        except StopAsyncIteration:
-            return  # stopped
         finally:
-            if not first.done():
-                first.cancel()
             self._watching = False
-
-    async def _catch_up(self) -> None:
-        try:
-            await asyncio.to_thread(self.index.scan, incremental=True)
-        except Exception:
-            logger.exception("index: the scan after file watching started failed; the next rescan retries")
 
     def _changes(self, root: Path) -> AsyncIterator[set[tuple[watchfiles.Change, str]]]:
         return watchfiles.awatch(
