@@ -98,13 +98,17 @@ class IndexKeeper:
 
     async def _run(self) -> None:
         await self._sweep()
-        await self._scan()
+        if self.watch:
+            # The watcher scans once its watches exist (see _watch_once); serving starts after that.
+            scanned = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._watch(scanned), name="ferry-index-watch"))
+            await scanned.wait()
+        else:
+            await self._scan()
         await self._sweep()  # and what the start-up scan found on disk
         self.ready.set()
         if self.hasher is not None:
             self.hasher.start()
-        if self.watch:
-            self._tasks.append(asyncio.create_task(self._watch(), name="ferry-index-watch"))
         while self.rescan_interval > 0:
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.rescan_interval)
@@ -172,19 +176,21 @@ class IndexKeeper:
             stats.seconds,
         )
 
-    async def _watch(self) -> None:
-        """Watch until stopped; a failed watcher starts again (after a rescan for what it missed),
-        waiting longer after each failure that follows a short run."""
+    async def _watch(self, scanned: asyncio.Event) -> None:
+        """Watch until stopped; a failed watcher starts again (and scans again, for what it
+        missed), waiting longer after each failure that follows a short run."""
         delay = _RESTART_DELAYS[0]
         while not self._stop.is_set():
             began = time.monotonic()
             try:
-                await self._watch_once()
+                await self._watch_once(scanned)
                 return  # stopped
             except Exception as exc:
                 if "decode path" in _reason(exc):
                     metrics.INDEX_SKIPPED_NAMES.inc()
                 logger.warning("file watching failed (%s); starting again in %.1fs", _reason(exc), delay)
+            finally:
+                scanned.set()  # the start-up goes on even if watching could not begin
             if time.monotonic() - began > _HEALTHY_RUN:
                 delay = _RESTART_DELAYS[0]
             with contextlib.suppress(TimeoutError):
@@ -192,16 +198,33 @@ class IndexKeeper:
                 return
             delay = min(delay * 2, _RESTART_DELAYS[1])
             metrics.INDEX_WATCH_RESTARTS.inc()
-            await self._scan()  # what changed while no one watched, and the failed batch
 
-    async def _watch_once(self) -> None:
+    async def _watch_once(self, scanned: asyncio.Event) -> None:
+        """Start watching, then scan, then apply what the watcher reports.
+
+        In that order because inotify reports only what happens after its watches exist:
+        watchfiles sets them all up as its generator first runs (one turn of the loop) and from
+        then on collects changes until asked for them. So the scan reads anything that changed
+        before (the start-up scan, or what a failed watcher missed), and the watcher everything
+        after, the scan's own time included; a path seen by both is brought up to date twice."""
         root = self.index.policy.root
+        changes = self._changes(root)
+        first = asyncio.ensure_future(anext(changes))
         self._watching = True
         try:
-            async for changes in self._changes(root):
-                paths = {p for _, changed in changes if (p := _relative(root, changed))}
+            await asyncio.sleep(0)
+            await self._scan()
+            scanned.set()
+            batch = await first
+            while True:
+                paths = {p for _, changed in batch if (p := _relative(root, changed))}
                 await asyncio.to_thread(self._apply, paths)
+                batch = await anext(changes)
+        except StopAsyncIteration:
+            return  # stopped
         finally:
+            if not first.done():
+                first.cancel()  # ends the watcher (it closes its watches as it is cancelled)
             self._watching = False
 
     def _changes(self, root: Path) -> AsyncIterator[set[tuple[watchfiles.Change, str]]]:

@@ -135,7 +135,7 @@ def test_a_watcher_that_dies_starts_again_after_a_rescan(
     index: Index, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first watcher dies at once (as watchfiles does on a name it cannot decode); a file
-    created meanwhile is found by the rescan that precedes the restart, and watching goes on."""
+    created meanwhile is found by the scan that follows each start, and watching goes on."""
     monkeypatch.setattr(watch, "_RESTART_DELAYS", (0.05, 0.2))
     root = index.policy.root
     calls: list[int] = []
@@ -175,6 +175,37 @@ def test_a_watcher_that_dies_starts_again_after_a_rescan(
     assert len(calls) == 2
     assert found(index, "while-dead") == {"d02/while-dead.txt"}, "no rescan after the watcher died"
     assert sample("ferry_index_watch_restarts_total") == restarts + 1
+
+
+def test_a_change_made_just_before_the_watches_exist_is_seen(
+    index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inotify reports only what happens after its watches exist: a tree copied in between the
+    start-up scan and that moment was missed until the next periodic rescan. The keeper starts
+    watching first and scans after, so a tree that lands as the watcher starts is indexed."""
+    root = index.policy.root
+    real_changes = IndexKeeper._changes
+
+    def changes(self: IndexKeeper, root_path: Path) -> AsyncIterator[set[tuple[Any, str]]]:
+        (root / "landed" / "deep").mkdir(parents=True)
+        (root / "landed" / "deep" / "early-bird.txt").write_bytes(b"copied in as watching began")
+        return real_changes(self, root_path)
+
+    monkeypatch.setattr(IndexKeeper, "_changes", changes)
+
+    async def run() -> set[str]:
+        keeper = IndexKeeper(index, watch=True, rescan_interval=0)
+        await keeper.start()
+        try:
+            await asyncio.wait_for(keeper.ready.wait(), 30)
+            deadline = time.monotonic() + 10
+            while not found(index, "early-bird") and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return found(index, "early-bird")
+        finally:
+            await keeper.stop()
+
+    assert asyncio.run(run()) == {"landed/deep/early-bird.txt"}
 
 
 # --------------------------------------------------------------------------- a damaged database
