@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
-from fastapi import Request
 from pydantic import SecretStr
 from starlette.types import Scope
 
@@ -114,15 +113,3 @@ def link_access(scope: Scope) -> LinkAccess | None:
     """The signed link this request was allowed by, if any (app/views/listing.py)."""
     found = scope.get(LINK_KEY)
     return found if isinstance(found, LinkAccess) else None
-
-
-async def api_reader(request: Request) -> None:
-    """FastAPI dependency for /api/files and /api/search."""
-    request.app.state.gate.api(request.headers.get("authorization"))
-
-
-async def write_token_holder(request: Request) -> None:
-    """FastAPI dependency for routes that need the write token (minting links)."""
-    token = request.app.state.settings.write_token
-    if token is None or not token_matches(bearer(request.headers.get("authorization")), [token]):
-        raise Unauthorized("minting links needs the write token")

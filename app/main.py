@@ -6,7 +6,6 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -14,18 +13,14 @@ from starlette.types import Receive, Scope, Send
 
 from app import __version__, metrics
 from app.access import Observed
-from app.auth import Gate, api_reader
 from app.cors import Cors
 from app.errors import FerryError, handle_ferry_error
 from app.routes import api, links, ops, static
+from app.routes.api import api_reader
 from app.routes.files import Downloads, is_download
 from app.routes.writes import Writes, is_write
+from app.services import Services
 from app.settings import Settings
-from app.storage.async_index import AsyncIndex
-from app.storage.digests import Activity, DigestWorker, OnDemandHasher
-from app.storage.index import Index
-from app.storage.paths import PathPolicy
-from app.storage.watch import IndexKeeper
 
 
 class FerryApp(FastAPI):
@@ -33,24 +28,9 @@ class FerryApp(FastAPI):
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(lifespan=_lifespan, **kwargs)
-        self.state.settings = settings
-        self.state.policy = PathPolicy(
-            root=settings.root, show_hidden=settings.show_hidden, follow_symlinks=settings.follow_symlinks
-        )
-        self.state.index = Index(settings.index_file, self.state.policy)
-        self.state.async_index = AsyncIndex(self.state.index)  # what code on the event loop uses
-        # Every process marks its transfers on the index's activity file; the hasher yields to them.
-        self.state.activity = Activity(Path(str(settings.index_file) + ".busy"))
-        hasher = None
-        if settings.checksums:
-            hasher = DigestWorker(self.state.index, self.state.activity, rate=settings.hash_rate)
-        self.state.keeper = IndexKeeper(
-            self.state.index, watch=settings.watch, rescan_interval=settings.rescan_interval, hasher=hasher
-        )
-        self.state.gate = Gate(settings)
-        self.state.on_demand = OnDemandHasher(self.state.index, max_backlog=settings.hash_on_demand_max)
-        self.downloads = Downloads(self.state)
-        self.writes = Writes(self.state)
+        self.services = Services.build(settings)
+        self.downloads = Downloads(self.services)
+        self.writes = Writes(self.services)
         self.log_format = settings.log_format
         self.cors = (
             Cors(settings.cors_origins, writes=settings.write_token is not None)
@@ -81,15 +61,16 @@ class FerryApp(FastAPI):
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    keeper: IndexKeeper = app.state.keeper
-    await keeper.start()
+    assert isinstance(app, FerryApp)
+    services = app.services
+    await services.keeper.start()
     try:
         yield
     finally:
-        app.state.on_demand.close()
-        await keeper.stop()
+        services.on_demand.close()
+        await services.keeper.stop()
         # Cleanup queued by requests that shutdown cancelled (an upload's end) still runs.
-        await asyncio.to_thread(app.state.async_index.close)
+        await asyncio.to_thread(services.async_index.close)
         metrics.process_exited(os.getpid())
 
 

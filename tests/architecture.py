@@ -212,9 +212,24 @@ def size_problems(
     return sorted(problems)
 
 
+def untyped_state_problems(modules: Mapping[str, Module], *, base: Path = APP.parent) -> list[str]:
+    """Uses of Starlette's untyped `.state` (app.state, request.state): mypy --strict cannot see a
+    typo there, so Ferry's services live in the typed `Services` (app/services.py) instead."""
+    problems = []
+    for module in modules.values():
+        where = module.path.relative_to(base).as_posix()
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.Attribute) and node.attr == "state":
+                problems.append(
+                    f"{where}:{node.lineno} uses the untyped `.state`: reach the typed Services instead"
+                )
+    return sorted(problems)
+
+
 def main() -> int:
     modules = load()
     problems = cycle_problems(graph(modules), KNOWN_CYCLE_IMPORTS) + size_problems(modules, KNOWN_LONG)
+    problems += untyped_state_problems(modules)
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from app.errors import NotFound
-from app.settings import Settings
-from app.storage.index import Index
-from app.storage.paths import PathPolicy, resolve
+from app.services import Services, services_of
+from app.storage.paths import resolve
 from app.views.entries import EntryModel, Listing, SearchResults, entry_model, listing_model, search_model
 
 router = APIRouter(prefix="/api", tags=["index"])
@@ -19,21 +18,24 @@ Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="entries per page")]
 Cursor = Annotated[str | None, Query(description="next_cursor from the previous page")]
 
 
-def _state(request: Request) -> tuple[Settings, PathPolicy, Index]:
-    state = request.app.state
-    return state.settings, state.policy, state.index
+ServicesDep = Annotated[Services, Depends(services_of)]
 
 
-def directory_listing(request: Request, path: str, limit: int, cursor: str | None) -> EntryModel | Listing:
+async def api_reader(request: Request) -> None:
+    """FastAPI dependency for /api/files and /api/search: a read token unless downloads are public."""
+    services_of(request).gate.api(request.headers.get("authorization"))
+
+
+def directory_listing(services: Services, path: str, limit: int, cursor: str | None) -> EntryModel | Listing:
     """A file's entry, or one page of a directory (the same JSON as /files/{dir}/?format=json)."""
-    settings, policy, index = _state(request)
-    entry = index.entry_for(resolve(path, policy))
+    index, mime_types = services.index, services.settings.mime_types
+    entry = index.entry_for(resolve(path, services.policy))
     if entry is None:
         raise NotFound()
     if not entry.is_dir:
-        return entry_model(entry, settings.mime_types)
+        return entry_model(entry, mime_types)
     page = index.list_dir(entry.path, limit=limit, cursor=cursor)
-    return listing_model(entry.path, page, settings.mime_types)
+    return listing_model(entry.path, page, mime_types)
 
 
 # Sync handlers: FastAPI runs them in its thread pool, so SQLite never blocks the event loop.
@@ -44,16 +46,18 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 
 
 @router.get("/files/{path:path}", response_model=EntryModel | Listing, responses=_ERRORS)
-def api_files(request: Request, path: str, limit: Limit = 100, cursor: Cursor = None) -> EntryModel | Listing:
-    return directory_listing(request, path, limit, cursor)
+def api_files(
+    services: ServicesDep, path: str, limit: Limit = 100, cursor: Cursor = None
+) -> EntryModel | Listing:
+    return directory_listing(services, path, limit, cursor)
 
 
 @router.get("/search", response_model=SearchResults, responses={400: _ERRORS[400]})
 def api_search(
-    request: Request,
+    services: ServicesDep,
     q: Annotated[str, Query(min_length=1, max_length=255, description="part of a name, any case")],
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> SearchResults:
-    settings, _, index = _state(request)
-    return search_model(q, index.search(q, limit=limit, cursor=cursor), settings.mime_types)
+    found = services.index.search(q, limit=limit, cursor=cursor)
+    return search_model(q, found, services.settings.mime_types)

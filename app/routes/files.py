@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
-from starlette.datastructures import State
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -31,12 +30,11 @@ from app.http.metalink import METALINK_TYPE, Mirror, Pieces, link_field, metalin
 from app.http.mime import ACTIVE_TYPES, content_type_for
 from app.http.plan import DownloadRequest, FileFacts, integrity_headers, plan_download
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields, query_params
+from app.services import Services
 from app.settings import Settings
-from app.storage.async_index import AsyncIndex
-from app.storage.digests import Activity, DigestCache, FileDigest, HashBusy, OnDemandHasher, identity
+from app.storage.digests import DigestCache, FileDigest, HashBusy, identity
 from app.storage.paths import (
     LinkScope,
-    PathPolicy,
     SafePath,
     normal_url_path,
     open_beneath,
@@ -89,14 +87,14 @@ class _Deferred(Response):
 class Downloads:
     """The ASGI app for GET/HEAD /files/{path}: a file, a directory redirect, or a listing."""
 
-    def __init__(self, state: State) -> None:
-        self.state = state
-        self.settings: Settings = state.settings
-        self.policy: PathPolicy = state.policy
-        self.activity: Activity = state.activity
-        self.async_index: AsyncIndex = state.async_index
-        self.digests = DigestCache(lambda ident: self.async_index.read(state.index.digest, ident))
-        self.on_demand: OnDemandHasher = state.on_demand
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.policy = services.policy
+        self.activity = services.activity
+        self.async_index = services.async_index
+        self.digests = DigestCache(lambda ident: self.async_index.read(services.index.digest, ident))
+        self.on_demand = services.on_demand
         self.checksum_generations = Generations()
         self._integrity_cache: dict[
             tuple[tuple[int, int, int, int], str, bool], tuple[tuple[str, str], ...]
@@ -112,7 +110,7 @@ class Downloads:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            self.state.gate.download(scope)  # FERRY_DOWNLOAD_AUTH, before any file is looked at
+            self.services.gate.download(scope)  # FERRY_DOWNLOAD_AUTH, before any file is looked at
             response = await self.respond(scope)
         except FerryError as exc:
             response = error_response(exc)
@@ -149,7 +147,7 @@ class Downloads:
         """A path the disk no longer has leaves the index too (on the index's writer thread)."""
         path = relative(safe, self.policy)
         if path:
-            self.async_index.enqueue(self.state.index.forget, path)
+            self.async_index.enqueue(self.services.index.forget, path)
 
     # -- a file ---------------------------------------------------------------------------------
 
@@ -339,13 +337,13 @@ class Downloads:
         if "checksums" in params:
             return ChecksumsResponse(
                 relative(safe, self.policy),
-                self.state,
+                self.services,
                 self.checksum_generations,
                 recursive=params["checksums"] == "all",
                 keep=None if granted is None else granted.holds,
             )
         return DirectoryResponse(
-            relative(safe, self.policy), self.state, keep=None if granted is None else granted.holds
+            relative(safe, self.policy), self.services, keep=None if granted is None else granted.holds
         )
 
 

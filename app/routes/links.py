@@ -9,9 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, field_validator
 
-from app.auth import write_token_holder
-from app.errors import BadRequest, Conflict
+from app.auth import bearer, token_matches
+from app.errors import BadRequest, Conflict, Unauthorized
 from app.http import signing
+from app.services import services_of
 from app.settings import Settings
 
 router = APIRouter(prefix="/api", tags=["links"])
@@ -56,6 +57,13 @@ class SignedLink(BaseModel):
     expires: int = Field(description="when the link stops working, unix seconds")
 
 
+async def write_token_holder(request: Request) -> None:
+    """Minting links needs the write token."""
+    token = services_of(request).settings.write_token
+    if token is None or not token_matches(bearer(request.headers.get("authorization")), [token]):
+        raise Unauthorized("minting links needs the write token")
+
+
 def _base_url(request: Request, settings: Settings) -> str:
     if settings.public_url:
         return settings.public_url
@@ -78,7 +86,7 @@ def _base_url(request: Request, settings: Settings) -> str:
 )
 def sign_link(request: Request, body: SignRequest) -> SignedLink:
     """A link that reads PATH (or everything under PATH/ with `prefix`) until it expires."""
-    settings: Settings = request.app.state.settings
+    settings = services_of(request).settings
     if not settings.signing_keys:
         raise Conflict("signing is off: FERRY_SIGNING_KEYS is not set")
     assert isinstance(body.ttl, int)

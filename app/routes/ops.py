@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from app import metrics
+from app.services import services_of
 
 router = APIRouter()
 
@@ -22,11 +23,12 @@ async def healthz(request: Request) -> JSONResponse:
 
     While a damaged index is rebuilt, downloads, listings and writes work and search answers 503:
     still 200 (a restart would only rebuild again), but "degraded", so a look tells the truth."""
-    if not os.path.isdir(request.app.state.settings.root):
+    services = services_of(request)
+    if not os.path.isdir(services.settings.root):
         return JSONResponse(
             {"status": "unavailable", "detail": "the storage root is missing"}, status_code=503
         )
-    if request.app.state.index.rebuilding:
+    if services.index.rebuilding:
         return JSONResponse({"status": "degraded", "index": "rebuilding"})
     return JSONResponse({"status": "ok"})
 

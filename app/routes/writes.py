@@ -13,7 +13,6 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
-from starlette.datastructures import State
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -33,11 +32,10 @@ from app.errors import (
 from app.http.conditional import RequestConditions, make_validators, write_allowed
 from app.http.digests import format_digest_field
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields
-from app.settings import Settings
-from app.storage.async_index import AsyncIndex
-from app.storage.digests import Activity, DigestBuilder, identity
-from app.storage.index import Entry, Index, entry_from_stat
-from app.storage.paths import PathPolicy, WriteTarget, child_target, normal_url_path, open_write_target
+from app.services import Services
+from app.storage.digests import DigestBuilder, identity
+from app.storage.index import Entry, entry_from_stat
+from app.storage.paths import WriteTarget, child_target, normal_url_path, open_write_target
 from app.storage.writes import AtomicWrite, commit_all, current, delete, too_long
 from app.transfer.upload import (
     ClientGone,
@@ -82,12 +80,12 @@ def _checker(request: RequestConditions) -> Callable[[os.stat_result | None], No
 class Writes:
     """The ASGI app for PUT/POST/DELETE /files/{path}."""
 
-    def __init__(self, state: State) -> None:
-        self.settings: Settings = state.settings
-        self.policy: PathPolicy = state.policy
-        self.index: Index = state.index
-        self.async_index: AsyncIndex = state.async_index  # index writes never run on the loop
-        self.activity: Activity = state.activity
+    def __init__(self, services: Services) -> None:
+        self.settings = services.settings
+        self.policy = services.policy
+        self.index = services.index
+        self.async_index = services.async_index  # index writes never run on the loop
+        self.activity = services.activity
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         fields = header_fields(scope, _FIELDS)

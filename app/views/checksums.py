@@ -17,7 +17,6 @@ import os
 from collections.abc import AsyncIterator, Callable
 
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import State
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -25,6 +24,7 @@ from app import metrics
 from app.errors import BadRequest, FerryError, ServiceUnavailable, error_response
 from app.http.digests import checksum_line
 from app.http.headers import content_disposition
+from app.services import Services
 from app.storage.digests import HashBusy, Hashed, Identity, OnDemandHasher, identity
 from app.storage.index import Entry, Index
 from app.storage.paths import open_beneath, resolve
@@ -58,14 +58,14 @@ class ChecksumsResponse(Response):
     def __init__(
         self,
         directory: str,
-        state: State,
+        services: Services,
         generations: Generations,
         *,
         recursive: bool,
         keep: Callable[[str], bool] | None = None,
     ) -> None:
         self.directory = directory
-        self.state = state
+        self.services = services
         self.generations = generations
         self.recursive = recursive
         self.keep = keep  # a signed link's scope: files it does not grant are left out
@@ -90,14 +90,14 @@ class ChecksumsResponse(Response):
     async def _complete(self) -> None:
         """Make sure every file in scope has a digest (hashing what is missing within the on-demand
         bound), or raise: once the headers are sent the list can no longer be refused."""
-        index: Index = self.state.index
+        index = self.services.index
         files, missing, unknown_bytes = await run_in_threadpool(
             index.digest_coverage, self.directory, recursive=self.recursive, limit=MAX_FILES + 1
         )
         if files > MAX_FILES:
             raise BadRequest(f"more than {MAX_FILES:,} files; ask for a subdirectory's checksums")
-        if unknown_bytes > self.state.settings.hash_on_demand_max:
-            rate = self.state.settings.hash_rate or 512 * 1024**2
+        if unknown_bytes > self.services.settings.hash_on_demand_max:
+            rate = self.services.settings.hash_rate or 512 * 1024**2
             wait = max(1, min(3600, unknown_bytes // rate))
             raise ServiceUnavailable(f"{missing} checksums are still being computed; try again later", wait)
         after = ("", "")
@@ -107,7 +107,7 @@ class ChecksumsResponse(Response):
                 break
             after = following
             for entry in page:
-                hashed, ident = await _hash_now(index, self.state.on_demand, entry)
+                hashed, ident = await _hash_now(index, self.services.on_demand, entry)
                 if not hashed.settled:
                     self.fresh[entry.path] = (ident, hashed.digest.sha256)
 
@@ -143,7 +143,7 @@ class ChecksumsResponse(Response):
     def _page(self, after: tuple[str, str], missing_only: bool) -> tuple[list[Entry], tuple[str, str] | None]:
         """The files of the next page in the link's scope (blocking: run in a thread) and the key to
         continue after; None once the index has no more."""
-        index: Index = self.state.index
+        index = self.services.index
         page = index.files_with_digests(
             self.directory, recursive=self.recursive, limit=PAGE, after=after, missing_only=missing_only
         )
@@ -154,10 +154,10 @@ class ChecksumsResponse(Response):
 
     async def _late(self, entry: Entry) -> bytes | None:
         """A file written since the check: hashed now if the on-demand bound allows."""
-        if entry.size > self.state.settings.hash_on_demand_max:
+        if entry.size > self.services.settings.hash_on_demand_max:
             return None
         try:
-            hashed, _ = await _hash_now(self.state.index, self.state.on_demand, entry)
+            hashed, _ = await _hash_now(self.services.index, self.services.on_demand, entry)
         except FerryError:
             return None
         return hashed.digest.sha256

@@ -9,12 +9,12 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import State
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from app.auth import link_access
 from app.errors import BadRequest, FerryError, error_response
+from app.services import Services
 from app.storage.index import Page, SortKey
 from app.views.entries import listing_model, search_model
 from app.views.html import HtmlPage, render_listing, render_search
@@ -48,9 +48,11 @@ def _limit(params: dict[str, str], default: int) -> int:
 class DirectoryResponse(Response):
     """The listing of one gated directory (given as its '/'-separated path below ROOT)."""
 
-    def __init__(self, directory: str, state: State, *, keep: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self, directory: str, services: Services, *, keep: Callable[[str], bool] | None = None
+    ) -> None:
         self.directory = directory
-        self.state = state
+        self.services = services
         self.keep = keep  # a signed link's scope: entries it does not grant are not shown
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -62,7 +64,7 @@ class DirectoryResponse(Response):
 
     def _build(self, scope: Scope) -> Response:
         params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        index, mime_types = self.state.index, self.state.settings.mime_types
+        index, mime_types = self.services.index, self.services.settings.mime_types
         cursor = params.get("cursor") or None
         link = link_access(scope)
         # Only a prefix link reaches further than this page: then every link on it carries it along.
@@ -86,7 +88,7 @@ class DirectoryResponse(Response):
         page = self._granted(
             index.list_dir(self.directory, limit=limit, cursor=cursor, sort=sort, descending=descending)
         )
-        settings = self.state.settings
+        settings = self.services.settings
         view = HtmlPage(
             self.directory,
             listing_model(self.directory, page, mime_types),

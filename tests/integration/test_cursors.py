@@ -43,7 +43,7 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     for i in range(5):
         (root / "many" / f"file-{i}.txt").write_bytes(b"x" * i)
     app = create_app(make_settings(root, index_path=tmp_path / "index.sqlite3", watch=False))
-    app.state.index.scan()
+    app.services.index.scan()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ferry") as c:
         yield c
 

@@ -29,7 +29,7 @@ async def _client(tmp_path: Path, **settings: object) -> httpx.AsyncClient:
     (root / "docs" / "x.txt").write_bytes(b"x\n")
     (root / "colon:name.txt").write_bytes(b"colon\n")
     app = create_app(make_settings(root, index_path=tmp_path / "index.sqlite3", watch=False, **settings))
-    app.state.index.scan()
+    app.services.index.scan()
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ferry")
 
 

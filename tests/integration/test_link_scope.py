@@ -49,10 +49,10 @@ async def client(tmp_path: Path, root: Path) -> AsyncIterator[httpx.AsyncClient]
         read_tokens=READER,
     )
     app = create_app(settings)
-    app.state.index.scan()
+    app.services.index.scan()
     # Rows below the symlinked folder, as a reader with a token browsing there leaves them.
-    app.state.index.list_dir("docs/to-private", limit=100)
-    app.state.index.list_dir("docs/to-private/deep", limit=100)
+    app.services.index.list_dir("docs/to-private", limit=100)
+    app.services.index.list_dir("docs/to-private/deep", limit=100)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ferry") as c:
         yield c
 

@@ -39,7 +39,7 @@ def test_a_far_future_file_is_listed_searched_summed_and_served(root: Path, tmp_
     async def main() -> None:
         app = create_app(settings)
         async with app.router.lifespan_context(app):
-            await asyncio.wait_for(app.state.keeper.ready.wait(), timeout=60)
+            await asyncio.wait_for(app.services.keeper.ready.wait(), timeout=60)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://ferry.test") as http:
                 listing = await http.get("/files/sub/?format=json")

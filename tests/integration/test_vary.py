@@ -36,7 +36,7 @@ def client(tmp_path: Path) -> Client:
         async def main() -> None:
             app = create_app(settings)
             async with app.router.lifespan_context(app):
-                await asyncio.wait_for(app.state.keeper.ready.wait(), timeout=60)
+                await asyncio.wait_for(app.services.keeper.ready.wait(), timeout=60)
                 transport = httpx.ASGITransport(app=app)
                 async with httpx.AsyncClient(transport=transport, base_url="http://ferry.test") as http:
                     await body(http)

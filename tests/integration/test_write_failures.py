@@ -61,7 +61,7 @@ async def client(root: Path, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://ferry") as c:
         yield c
-    app.state.index.close()
+    app.services.index.close()
 
 
 def everything(root: Path) -> list[str]:

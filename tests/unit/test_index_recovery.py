@@ -251,7 +251,7 @@ def test_damage_found_while_serving_rebuilds_without_a_500(
     root = tree(tmp_path)
     settings = make_settings(root, index_path=tmp_path / "var" / "index.sqlite3", write_token="t" * 20)
     app = create_app(settings)
-    idx: Index = app.state.index
+    idx: Index = app.services.index
     idx.scan()
     gate = Gate(monkeypatch)
     rebuilds = sample("ferry_index_rebuilds_total")
@@ -313,7 +313,7 @@ def test_an_upload_whose_index_record_fails_leaves_no_temporary_file(
     def refuse(temp_path: str) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(app.state.index, "begin_upload", refuse)
+    monkeypatch.setattr(app.services.index, "begin_upload", refuse)
 
     async def run() -> int:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -325,7 +325,7 @@ def test_an_upload_whose_index_record_fails_leaves_no_temporary_file(
 
     assert asyncio.run(run()) >= 500
     assert [p.name for p in (root / "d00").iterdir()] == ["file-00-0.txt"]
-    app.state.index.close()
+    app.services.index.close()
 
 
 # --------------------------------------------------------------------------- the healthcheck command
