@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import __version__
 from app.http import signing
+from app.request import server_url
 from app.settings import ENV_FILE, ENV_PREFIX, PublicUrl, Settings, SigningKeys, env_name
 
 EXIT_BAD_SETTINGS = 2
@@ -129,7 +130,7 @@ def sign(args: dict[str, Any]) -> int:
     except ValueError as exc:
         print(f"ferry sign: {exc}", file=sys.stderr)  # noqa: T201
         return EXIT_BAD_SETTINGS
-    base = settings.public_url or base_url(settings.host, settings.port)
+    base = settings.public_url or server_url(settings.host, settings.port)
     print(base + signing.link_target(settings.signing_keys[0].get_secret_value().encode(), link))  # noqa: T201
     return 0
 
@@ -144,17 +145,9 @@ class _Address(BaseSettings):
     port: int = Settings.model_fields["port"].default
 
 
-def base_url(host: str, port: int) -> str:
-    """http://HOST:PORT, with a wildcard bind address as the loopback one."""
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 literal
-    return f"http://{host}:{port}"
-
-
 def default_url() -> str:
     address = _Address()
-    return base_url(address.host, address.port)
+    return server_url(address.host, address.port)
 
 
 def healthcheck(url: str | None, timeout: float) -> int:

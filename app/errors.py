@@ -23,8 +23,9 @@ FerryError                  base: carries status (500), a short detail and extra
 └── InsufficientStorage     507: no space (or quota) left for the upload
 
 `write_refusal` maps the file system's refusals of a write (by errno class) to these, once;
-`error_response` is the one function that turns any of them into a response (each request path
-that catches them calls it).
+`error_response` is the one function that turns any of them into a response: FastAPI's exception
+handler calls it, and so does the one place (app/main.py) that answers for the plain-ASGI routes
+under /files/.
 """
 
 from __future__ import annotations
@@ -156,8 +157,11 @@ def write_refusal(exc: OSError) -> FerryError | None:
     return None
 
 
-def error_response(exc: FerryError) -> Response:
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+def error_response(exc: FerryError, *, close: bool = False) -> Response:
+    """The JSON answer to `exc`; `close`: the connection closes after it (a refused upload's body
+    may be unread, and is not read to its end)."""
+    headers = {**exc.headers, "connection": "close"} if close else exc.headers
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
 
 
 async def handle_ferry_error(request: Request, exc: Exception) -> Response:

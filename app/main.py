@@ -9,22 +9,24 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, metrics
 from app.access import Observed
 from app.cors import Cors
-from app.errors import FerryError, handle_ferry_error
+from app.errors import FerryError, error_response, handle_ferry_error
+from app.request import READ_METHODS, WRITE_METHODS, FileRequest, is_file_request
 from app.routes import api, links, ops, static
 from app.routes.api import api_reader
-from app.routes.files import Downloads, is_download
-from app.routes.writes import Writes, is_write
+from app.routes.files import Downloads
+from app.routes.writes import Writes
 from app.services import Services
 from app.settings import Settings
 
 
 class FerryApp(FastAPI):
-    """FastAPI for the API and operations routes; downloads go straight to `Downloads`."""
+    """FastAPI for the API and operations routes; requests under /files/ go straight to
+    `Downloads` and `Writes`."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(lifespan=_lifespan, **kwargs)
@@ -49,14 +51,26 @@ class FerryApp(FastAPI):
             preflight = None if self.cors is None else self.cors.preflight(scope)
             if preflight is not None:
                 await preflight(scope, receive, observed)
-            elif is_download(scope):
-                await self.downloads(scope, receive, send_out)
-            elif is_write(scope):
-                await self.writes(scope, receive, send_out)
+            elif is_file_request(scope):
+                await self.files(scope, receive, send_out)
             else:
                 await super().__call__(scope, receive, send_out)
         finally:
             observed.finish(self.log_format)
+
+    async def files(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Downloads, listings and writes under /files/: the request parsed once, and Ferry's errors
+        answered here (each route raises them before its answer has sent anything)."""
+        request = FileRequest.parse(scope, self.services.settings.public_url)
+        try:
+            if request.method in READ_METHODS:
+                answer: ASGIApp | None = await self.downloads(request)
+            else:
+                answer = await self.writes(request, receive)
+            if answer is not None:
+                await answer(scope, receive, send)
+        except FerryError as exc:
+            await error_response(exc, close=request.method in WRITE_METHODS)(scope, receive, send)
 
 
 @asynccontextmanager

@@ -23,7 +23,8 @@ ServicesDep = Annotated[Services, Depends(services_of)]
 
 async def api_reader(request: Request) -> None:
     """FastAPI dependency for /api/files and /api/search: a read token unless downloads are public."""
-    services_of(request).gate.api(request.headers.get("authorization"))
+    gate = services_of(request).gate
+    gate.api(gate.token(request.headers.get("authorization")))
 
 
 def directory_listing(services: Services, path: str, limit: int, cursor: str | None) -> EntryModel | Listing:

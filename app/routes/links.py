@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, field_validator
 
-from app.auth import bearer, token_matches
-from app.errors import BadRequest, Conflict, Unauthorized
+from app.errors import BadRequest, Conflict
 from app.http import signing
+from app.request import scope_base_url
 from app.services import services_of
-from app.settings import Settings
 
 router = APIRouter(prefix="/api", tags=["links"])
 
 _TTL = r"^[1-9][0-9]{0,4}[smhdSMHD]?$"
 _NETWORK = r"^([0-9]{1,3}\.){3}[0-9]{1,3}(/[0-9]{1,2})?$|^[0-9A-Fa-f:]{2,39}(/[0-9]{1,3})?$"
-_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 class SignRequest(BaseModel):
@@ -59,18 +56,8 @@ class SignedLink(BaseModel):
 
 async def write_token_holder(request: Request) -> None:
     """Minting links needs the write token."""
-    token = services_of(request).settings.write_token
-    if token is None or not token_matches(bearer(request.headers.get("authorization")), [token]):
-        raise Unauthorized("minting links needs the write token")
-
-
-def _base_url(request: Request, settings: Settings) -> str:
-    if settings.public_url:
-        return settings.public_url
-    host = request.headers.get("host", "")
-    if _HOST.fullmatch(host):
-        return f"{request.url.scheme}://{host}"
-    return f"http://{settings.host}:{settings.port}"
+    gate = services_of(request).gate
+    gate.mint(gate.token(request.headers.get("authorization")))
 
 
 @router.post(
@@ -95,4 +82,6 @@ def sign_link(request: Request, body: SignRequest) -> SignedLink:
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     href = signing.link_target(settings.signing_keys[0].get_secret_value().encode(), link)
-    return SignedLink(url=_base_url(request, settings) + href, href=href, expires=link.expires)
+    return SignedLink(
+        url=scope_base_url(request.scope, settings.public_url) + href, href=href, expires=link.expires
+    )

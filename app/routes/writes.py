@@ -8,13 +8,12 @@ that is going to be refused.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive
 
 from app import metrics
 from app.errors import (
@@ -26,16 +25,15 @@ from app.errors import (
     PreconditionFailed,
     Unauthorized,
     UriTooLong,
-    error_response,
     write_refusal,
 )
 from app.http.conditional import RequestConditions, make_validators, write_allowed
 from app.http.digests import format_digest_field
-from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields
+from app.request import FileRequest
 from app.services import Services
 from app.storage.digests import DigestBuilder, identity
 from app.storage.index import Entry, entry_from_stat
-from app.storage.paths import WriteTarget, child_target, normal_url_path, open_write_target
+from app.storage.paths import WriteTarget, child_target, open_write_target
 from app.storage.writes import AtomicWrite, commit_all, current, delete, too_long
 from app.transfer.upload import (
     ClientGone,
@@ -49,19 +47,6 @@ from app.transfer.upload import (
     verify,
 )
 from app.views.entries import entry_model
-
-WRITE_METHODS = ("PUT", "POST", "DELETE")
-_FIELDS = CONDITION_FIELDS | {
-    b"authorization",
-    b"content-length",
-    b"content-type",
-    b"content-digest",
-    b"repr-digest",
-}
-
-
-def is_write(scope: Scope) -> bool:
-    return scope["type"] == "http" and scope["method"] in WRITE_METHODS and scope["path"].startswith(PREFIX)
 
 
 def _checker(request: RequestConditions) -> Callable[[os.stat_result | None], None]:
@@ -78,21 +63,23 @@ def _checker(request: RequestConditions) -> Callable[[os.stat_result | None], No
 
 
 class Writes:
-    """The ASGI app for PUT/POST/DELETE /files/{path}."""
+    """PUT/POST/DELETE /files/{path}: the answer, once the upload (if any) is stored."""
 
     def __init__(self, services: Services) -> None:
+        self.gate = services.gate
         self.settings = services.settings
         self.policy = services.policy
         self.index = services.index
         self.async_index = services.async_index  # index writes never run on the loop
         self.activity = services.activity
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        fields = header_fields(scope, _FIELDS)
+    async def __call__(self, request: FileRequest, receive: Receive) -> Response | None:
+        """The answer to a write (None when the client went away: nobody is left to answer). A
+        FerryError is raised for app/main.py to answer, closing the connection."""
         try:
             try:
-                self._authorize(fields)
-                response = await self._handle(scope, receive, fields)
+                self.gate.write(self.gate.authenticate(request))  # the write token, before anything
+                return await self._handle(request, receive)
             except OSError as exc:
                 refusal = write_refusal(exc)
                 if refusal is None:
@@ -100,45 +87,31 @@ class Writes:
                 raise refusal from exc
         except ClientGone:
             metrics.UPLOADS.labels("failed").inc()
-            return  # nobody left to answer
+            return None
         except FerryError as exc:
-            if scope["method"] != "DELETE" and not isinstance(exc, (Unauthorized, MethodNotAllowed)):
+            if request.method != "DELETE" and not isinstance(exc, (Unauthorized, MethodNotAllowed)):
                 metrics.UPLOADS.labels("failed").inc()
-            response = error_response(exc)
-            # The body may be unread: close rather than read a refused upload to its end.
-            response.headers["connection"] = "close"
-        await response(scope, receive, send)
+            raise
 
-    def _authorize(self, fields: dict[bytes, str]) -> None:
-        token = self.settings.write_token
-        if token is None:
-            raise MethodNotAllowed()
-        scheme, _, given = fields.get(b"authorization", "").partition(" ")
-        expected = token.get_secret_value().encode()
-        # Constant time, whatever the given token's length or content.
-        if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)):
-            raise Unauthorized()
-
-    async def _handle(self, scope: Scope, receive: Receive, fields: dict[bytes, str]) -> Response:
-        path = normal_url_path(scope["path"][len(PREFIX) :])  # a/./b is a/b, as for reads
-        method = scope["method"]
+    async def _handle(self, request: FileRequest, receive: Receive) -> Response:
+        path, method, fields = request.path, request.method, request.headers
         reason = too_long(self.policy.root, path)
         if reason is not None:
             raise UriTooLong(reason)  # before a directory is made or a body byte read
         if method == "DELETE":
-            deleted = await asyncio.to_thread(self._delete, path, conditions(fields))
+            deleted = await asyncio.to_thread(self._delete, path, request.conditions)
             await self.async_index.write(self.index.remove, deleted)
             return Response(status_code=204)
-        declared = fields.get(b"content-length")
+        declared = fields.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.settings.max_upload_size:
             raise PayloadTooLarge()
-        expected = expected_digests({k.decode(): v for k, v in fields.items()})
+        expected = expected_digests(fields)
         chunks = body_chunks(receive, self.settings.max_upload_size)
         self.activity.begin()  # the background hasher waits while bytes are moving
         try:
             if method == "PUT":
-                return await self._put(path, chunks, conditions(fields), expected)
-            return await self._post(path, chunks, fields.get(b"content-type"), expected)
+                return await self._put(path, chunks, request.conditions, expected)
+            return await self._post(path, chunks, fields.get("content-type"), expected)
         finally:
             self.activity.end()
 

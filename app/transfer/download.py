@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.http.plan import ResponsePlan
 from app.http.ranges import ByteRange
+from app.settings import Settings
 from app.transfer.zero_copy import EXTENSION, FileChanged, can_zero_copy, read_cached
 
 logger = logging.getLogger("ferry.transfer")
@@ -38,6 +38,16 @@ class TransferOptions:
     zero_copy: str
     rate_limit: int = 0
     rate_limit_after: int = 0
+
+    @classmethod
+    def of(cls, settings: Settings) -> TransferOptions:
+        return cls(
+            chunk_size=settings.chunk_size,
+            write_buffer=settings.write_buffer,
+            zero_copy=settings.zero_copy,
+            rate_limit=settings.rate_limit,
+            rate_limit_after=settings.rate_limit_after,
+        )
 
 
 def _check_unchanged(fd: int, expect: os.stat_result) -> None:
@@ -100,8 +110,9 @@ class _Disconnect:
             self._task.cancel()
 
 
-class FileResponse(Response):
-    """An ASGI response that owns an open file descriptor and sends a plan from it."""
+class FileSender:
+    """An ASGI app that owns an open file descriptor and sends a plan from it (closing it at the
+    end, whatever happens)."""
 
     def __init__(
         self,
@@ -122,7 +133,6 @@ class FileResponse(Response):
             # Paced downloads send smaller pieces, so the pace is smooth rather than bursty.
             self.chunk_size = max(16 * 1024, min(self.chunk_size, options.rate_limit // 4))
         self.slice_size = min(options.write_buffer, self.chunk_size)
-        self.background = None
         self.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]
         self._sent = 0
         self._paced_from: float | None = None

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from starlette.types import Scope
-
 from app.errors import TooManyRequests
 
 
@@ -14,12 +12,11 @@ class DownloadSlots:
         self.per_address = per_address
         self.active: dict[str, int] = {}
 
-    def acquire(self, scope: Scope) -> Callable[[], None] | None:
+    def acquire(self, client: str | None) -> Callable[[], None] | None:
         """Take a slot for the client's address, or raise 429; returns the release callback."""
         if not self.per_address:
             return None
-        client = scope.get("client")
-        address = client[0] if client else ""
+        address = client or ""
         count = self.active.get(address, 0)
         if count >= self.per_address:
             raise TooManyRequests()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +94,7 @@ def base_name(raw: bytes) -> str:
     return name.replace("\\", "/").rsplit("/", 1)[-1].strip()
 
 
-def expected_digests(fields: dict[str, str]) -> dict[str, bytes]:
+def expected_digests(fields: Mapping[str, str]) -> dict[str, bytes]:
     """The digests a client sent to have its upload verified, from `Content-Digest` and
     `Repr-Digest` (RFC 9530; the two describe the same bytes for an upload that is not
     content-coded), by algorithm. A malformed field, or one with no algorithm Ferry computes, is

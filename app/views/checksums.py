@@ -17,11 +17,11 @@ import os
 from collections.abc import AsyncIterator, Callable
 
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from app import metrics
-from app.errors import BadRequest, FerryError, ServiceUnavailable, error_response
+from app.errors import BadRequest, FerryError, ServiceUnavailable
 from app.http.digests import checksum_line
 from app.http.headers import content_disposition
 from app.services import Services
@@ -54,7 +54,10 @@ class Generations:
         self.running -= 1
 
 
-class ChecksumsResponse(Response):
+class ChecksumsList:
+    """A directory's SHA256SUMS as an ASGI app; a FerryError (too many files, checksums busy or not
+    computed yet) is raised before anything is sent."""
+
     def __init__(
         self,
         directory: str,
@@ -74,16 +77,10 @@ class ChecksumsResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.generations.try_begin():
-            busy = ServiceUnavailable("other checksum lists are being generated; try again", RETRY_BUSY)
-            await error_response(busy)(scope, receive, send)
-            return
+            raise ServiceUnavailable("other checksum lists are being generated; try again", RETRY_BUSY)
         try:
-            try:
-                await self._complete()
-                response: Response = self._stream(head=scope["method"] == "HEAD")
-            except FerryError as exc:
-                response = error_response(exc)
-            await response(scope, receive, send)
+            await self._complete()
+            await self._stream(head=scope["method"] == "HEAD")(scope, receive, send)
         finally:
             self.generations.end()
 
@@ -111,7 +108,7 @@ class ChecksumsResponse(Response):
                 if not hashed.settled:
                     self.fresh[entry.path] = (ident, hashed.digest.sha256)
 
-    def _stream(self, *, head: bool) -> Response:
+    def _stream(self, *, head: bool) -> StreamingResponse:
         headers = {
             "content-disposition": content_disposition("attachment", "SHA256SUMS"),
             "cache-control": "no-cache",

@@ -6,14 +6,14 @@ The response is built in a worker thread, so index reads never block the event l
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import parse_qsl
 
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from app.auth import link_access
-from app.errors import BadRequest, FerryError, error_response
+from app.auth import Access, link_of
+from app.errors import BadRequest
+from app.request import FileRequest
 from app.services import Services
 from app.storage.index import Page, SortKey
 from app.views.entries import listing_model, search_model
@@ -24,11 +24,8 @@ MAX_PAGE = 1000
 _SORTS: dict[str, SortKey] = {"name": "name", "size": "size", "mtime": "mtime"}
 
 
-def _wants_json(params: dict[str, str], scope: Scope) -> bool:
-    if params.get("format") == "json":
-        return True
-    accept = next((v for k, v in scope["headers"] if k == b"accept"), b"")
-    return b"application/json" in accept
+def _wants_json(request: FileRequest) -> bool:
+    return request.query.get("format") == "json" or "application/json" in request.headers.get("accept", "")
 
 
 # Which of HTML or JSON a listing URL answers depends on Accept (unless ?format=json says): a cache
@@ -36,8 +33,8 @@ def _wants_json(params: dict[str, str], scope: Scope) -> bool:
 _VARY = {"vary": "Accept"}
 
 
-def _limit(params: dict[str, str], default: int) -> int:
-    text = params.get("limit")
+def _limit(request: FileRequest, default: int) -> int:
+    text = request.value("limit")
     if text is None:
         return default
     if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
@@ -45,46 +42,52 @@ def _limit(params: dict[str, str], default: int) -> int:
     return int(text)
 
 
-class DirectoryResponse(Response):
-    """The listing of one gated directory (given as its '/'-separated path below ROOT)."""
+class DirectoryListing:
+    """The listing of one gated directory (given as its '/'-separated path below ROOT), as an ASGI
+    app; a FerryError (a bad limit or cursor) is raised before anything is sent."""
 
     def __init__(
-        self, directory: str, services: Services, *, keep: Callable[[str], bool] | None = None
+        self,
+        directory: str,
+        services: Services,
+        request: FileRequest,
+        access: Access,
+        *,
+        keep: Callable[[str], bool] | None = None,
     ) -> None:
         self.directory = directory
         self.services = services
+        self.request = request
+        self.access = access
         self.keep = keep  # a signed link's scope: entries it does not grant are not shown
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            response = await run_in_threadpool(self._build, scope)
-        except FerryError as exc:
-            response = error_response(exc)
+        response = await run_in_threadpool(self._build)
         await response(scope, receive, send)
 
-    def _build(self, scope: Scope) -> Response:
-        params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+    def _build(self) -> Response:
+        request = self.request
         index, mime_types = self.services.index, self.services.settings.mime_types
-        cursor = params.get("cursor") or None
-        link = link_access(scope)
+        cursor = request.value("cursor")
+        link = link_of(self.access)
         # Only a prefix link reaches further than this page: then every link on it carries it along.
         link_query = link.query if link is not None and link.prefix is not None else ""
-        if _wants_json(params, scope):
-            page = self._granted(index.list_dir(self.directory, limit=_limit(params, 100), cursor=cursor))
+        if _wants_json(request):
+            page = self._granted(index.list_dir(self.directory, limit=_limit(request, 100), cursor=cursor))
             listing = listing_model(self.directory, page, mime_types)
             for entry in listing.entries if link_query else ():
                 entry.url += "?" + link_query
-            negotiated = params.get("format") != "json"
+            negotiated = request.query.get("format") != "json"
             return JSONResponse(listing.model_dump(mode="json"), headers=_VARY if negotiated else None)
-        given = _limit(params, 0) or None  # kept in the page's links and forms
+        given = _limit(request, 0) or None  # kept in the page's links and forms
         limit = given or HTML_PAGE
-        query = params.get("q", "").strip()
+        query = request.query.get("q", "").strip()
         if query:
             found = index.search(query, limit=limit, cursor=cursor)
             data = search_model(query, found, mime_types)
             return _html(render_search(HtmlPage(self.directory, data, "name", False, given, cursor)))
-        sort = _SORTS.get(params.get("sort", "name"), "name")
-        descending = params.get("order") == "desc"
+        sort = _SORTS.get(request.query.get("sort", "name"), "name")
+        descending = request.query.get("order") == "desc"
         page = self._granted(
             index.list_dir(self.directory, limit=limit, cursor=cursor, sort=sort, descending=descending)
         )
