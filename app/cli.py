@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     if command == "serve":
-        from app.transfer.server import serve
+        from app.server import serve
 
         settings: Settings = load_settings(args)
         return check_index(settings) or serve(settings)

@@ -225,10 +225,41 @@ def untyped_state_problems(modules: Mapping[str, Module], *, base: Path = APP.pa
     return sorted(problems)
 
 
+UVICORN_ADAPTER = "app.transfer.uvicorn_adapter"  # the one module that reaches uvicorn's internals
+BOOTSTRAP = frozenset({"app.main", "app.server"})  # what app/transfer/ sits below
+
+
+def seam_problems(modules: Mapping[str, Module], *, adapter: str = UVICORN_ADAPTER) -> list[str]:
+    """uvicorn's private modules (its protocols, `uvicorn._*`) imported outside the adapter, and
+    the transfer layer importing the app or the server bootstrap above it."""
+    problems = []
+    names = set(modules)
+    for module in modules.values():
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            private = [t for t in targets if t.startswith("uvicorn.") and _uvicorn_private(t)]
+            if private and module.name != adapter:
+                problems.append(f"{module.name} imports {private[0]}: only {adapter} may")
+            if module.name.startswith("app.transfer."):
+                upward = {_nearest(t, names) for t in targets} & BOOTSTRAP
+                problems += [f"{module.name} imports {u}: the transfer layer sits below it" for u in upward]
+    return sorted(set(problems))
+
+
+def _uvicorn_private(dotted: str) -> bool:
+    parts = dotted.split(".")
+    return parts[1] == "protocols" or any(part.startswith("_") for part in parts[1:])
+
+
 def main() -> int:
     modules = load()
     problems = cycle_problems(graph(modules), KNOWN_CYCLE_IMPORTS) + size_problems(modules, KNOWN_LONG)
-    problems += untyped_state_problems(modules)
+    problems += untyped_state_problems(modules) + seam_problems(modules)
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0

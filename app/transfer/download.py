@@ -22,7 +22,8 @@ from starlette.types import Receive, Scope, Send
 from app.http.plan import ResponsePlan
 from app.http.ranges import ByteRange
 from app.settings import Settings
-from app.transfer.zero_copy import EXTENSION, FileChanged, can_zero_copy, read_cached
+from app.transfer.messages import TypedSend, body, file_segment, sender, start
+from app.transfer.zero_copy import FileChanged, can_zero_copy, read_cached
 
 logger = logging.getLogger("ferry.transfer")
 
@@ -138,19 +139,19 @@ class FileSender:
         self._paced_from: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        typed = sender(send)
         try:
-            start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-            await send(start)
+            await typed(start(self.status_code, self.raw_headers))
             if scope["method"] == "HEAD" or not self.plan.body:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await typed(body(b"", more=False))
                 return
-            await self._send_body(scope, receive, send)
+            await self._send_body(scope, receive, typed)
         finally:
             os.close(self.fd)
             if self.on_close is not None:
                 self.on_close()
 
-    async def _send_body(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _send_body(self, scope: Scope, receive: Receive, send: TypedSend) -> None:
         disconnect = _Disconnect(receive)
         # A small body costs less as one cached read and one write than as corked sendfile calls.
         zero_copy = can_zero_copy(scope, self.options.zero_copy) and self.plan.content_length > SMALL_BODY
@@ -158,7 +159,7 @@ class FileSender:
         try:
             for i, segment in enumerate(self.plan.body):
                 if not isinstance(segment, ByteRange):
-                    await send({"type": "http.response.body", "body": segment, "more_body": True})
+                    await send(body(segment, more=True))
                     continue
                 if zero_copy:
                     sent = await self._sendfile_range(segment, send, disconnect, last=i == last)
@@ -166,7 +167,7 @@ class FileSender:
                     sent = await self._send_range(segment, send, disconnect)
                 if not sent:
                     return
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send(body(b"", more=False))
         except FileChanged:
             # Returning without completing the response makes the server drop the connection:
             # the client sees a short body against Content-Length, never a wrong one.
@@ -187,7 +188,7 @@ class FileSender:
         delay = self._paced_from + (self._sent - after) / rate - now
         await asyncio.sleep(max(0.0, delay))
 
-    async def _send_range(self, r: ByteRange, send: Send, disconnect: _Disconnect) -> bool:
+    async def _send_range(self, r: ByteRange, send: TypedSend, disconnect: _Disconnect) -> bool:
         offset = r.start
         while offset < r.stop:
             if disconnect.happened:
@@ -196,14 +197,14 @@ class FileSender:
             data = await read_checked(self.fd, size, offset, self.st)
             view = memoryview(data)
             for i in range(0, size, self.slice_size):
-                await send(
-                    {"type": "http.response.body", "body": view[i : i + self.slice_size], "more_body": True}
-                )
+                await send(body(view[i : i + self.slice_size], more=True))
             offset += size
             await self._pace(size)
         return True
 
-    async def _sendfile_range(self, r: ByteRange, send: Send, disconnect: _Disconnect, *, last: bool) -> bool:
+    async def _sendfile_range(
+        self, r: ByteRange, send: TypedSend, disconnect: _Disconnect, *, last: bool
+    ) -> bool:
         # The response's very last byte is read and checked, not sent blind: a change noticed
         # after it had gone out could no longer be signalled by a short body.
         stop = r.stop - 1 if last else r.stop
@@ -212,9 +213,7 @@ class FileSender:
             if disconnect.happened:
                 return False
             size = min(self.chunk_size, stop - offset)
-            await send(
-                {"type": EXTENSION, "file": self.fd, "offset": offset, "count": size, "more_body": True}
-            )
+            await send(file_segment(self.fd, offset, size))
             _check_unchanged(self.fd, self.st)
             offset += size
             await self._pace(size)

@@ -16,23 +16,17 @@ On top of that this subclass enforces what uvicorn leaves open:
 - a `Connection` in each request's scope (extension CONNECTION), so the access log records what
   the client really got: nothing (it went away first) or an answer of the protocol's own.
 
-Written against `HttpToolsProtocol` in the uvicorn range pinned in pyproject.toml
-(tests/unit/test_transfer.py checks the hooks it overrides).
+Built on `HttpToolsAdapter` (uvicorn_adapter.py, the one module that reaches uvicorn's private
+state): this module overrides the parser callbacks and the adapter's `wrap_app` hook only.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from uvicorn._types import ASGI3Application
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
-
+from app.transfer.uvicorn_adapter import App, Cycle, HttpToolsAdapter
 from app.transfer.zero_copy import EXTENSION, ZeroCopySender, zero_copy_available
-
-if TYPE_CHECKING:
-    from app.settings import Settings
-
 
 CONNECTION = "ferry.connection"
 
@@ -42,7 +36,7 @@ class Connection:
 
     __slots__ = ("_cycle", "answered")
 
-    def __init__(self, cycle: RequestResponseCycle) -> None:
+    def __init__(self, cycle: Cycle) -> None:
         self._cycle = cycle
         # A status the protocol answered itself while the app had not (400: a malformed body),
         # or 408 for an upload body it closed the connection on because it stalled.
@@ -51,7 +45,7 @@ class Connection:
     @property
     def gone(self) -> bool:
         """Whether the connection closed before the response was complete."""
-        return bool(self._cycle.disconnected)
+        return self._cycle.disconnected
 
 
 def connection_of(scope: Any) -> Connection | None:
@@ -64,8 +58,9 @@ class _Refused(Exception):
     """Raised inside a parser callback to stop parsing a request Ferry has answered already."""
 
 
-class FerryProtocol(HttpToolsProtocol):
+class FerryProtocol(HttpToolsAdapter):
     zero_copy = False
+    _transport: asyncio.Transport
     _refused = False
     _header_bytes = 0
     _header_count = 0
@@ -73,7 +68,8 @@ class FerryProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        settings = self._settings()
+        self._transport = transport
+        settings = self.settings()
         # WRITE_BUFFER: past this many queued bytes, send() waits for the client to read.
         transport.set_write_buffer_limits(high=settings.write_buffer)
         # sendfile cannot go through TLS: such connections keep the chunked-read path.
@@ -88,15 +84,11 @@ class FerryProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
-    def _settings(self) -> Settings:
-        settings: Settings = self.config.settings  # type: ignore[attr-defined]  # FerryConfig
-        return settings
-
     # -- deadlines ---------------------------------------------------------------------------
 
     def _arm(self, seconds: float, callback: Any) -> None:
         self._disarm()
-        self._deadline = self.loop.call_later(seconds, callback)
+        self._deadline = self.call_later(seconds, callback)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -109,25 +101,25 @@ class FerryProtocol(HttpToolsProtocol):
 
     def _body_timeout(self) -> None:
         self._deadline = None
-        if self.flow.read_paused:  # Ferry is the slow side (disk): not the client's stall
-            self._arm(self._settings().body_timeout, self._body_timeout)
+        if self.reading_paused:  # Ferry is the slow side (disk): not the client's stall
+            self._arm(self.settings().body_timeout, self._body_timeout)
             return
-        self.logger.warning("request body stalled; connection closed")
+        self.warn("request body stalled; connection closed")
         self._answered(408)
-        self.transport.close()
+        self._transport.close()
 
     # -- refusals ----------------------------------------------------------------------------
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer `status` and close: the request is not passed on to the app."""
-        if self._refused or self.transport.is_closing():
+        if self._refused or self._transport.is_closing():
             return
         self._refused = True
         body = message.encode()
-        self.transport.write(
+        self._transport.write(
             b"".join(
                 [
-                    STATUS_LINE[status],
+                    self.status_line(status),
                     b"content-type: text/plain; charset=utf-8\r\n",
                     b"content-length: %d\r\n" % len(body),
                     b"connection: close\r\n\r\n",
@@ -135,7 +127,7 @@ class FerryProtocol(HttpToolsProtocol):
                 ]
             )
         )
-        self.transport.close()
+        self._transport.close()
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:  # a refusal of Ferry's own already answered this request
@@ -144,7 +136,7 @@ class FerryProtocol(HttpToolsProtocol):
 
     def _answered(self, status: int) -> None:
         """Note an answer of the protocol's own to the request the app is still handling."""
-        cycle = self.cycle
+        cycle = self.current_cycle()
         if cycle is not None and not cycle.response_started:
             connection = connection_of(cycle.scope)
             if connection is not None and not connection.answered:
@@ -159,19 +151,19 @@ class FerryProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = self._header_count = 0
-        self._arm(self._settings().header_timeout, self._header_timeout)
+        self._arm(self.settings().header_timeout, self._header_timeout)
         if self.zero_copy:
-            self.scope["extensions"] = {EXTENSION: {}}
+            self.set_extensions({EXTENSION: {}})
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
-        if len(self.url) > self._settings().max_url_length:
+        if self.url_length() > self.settings().max_url_length:
             self._refuse(414, "the request target is too long")
             raise _Refused()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         super().on_header(name, value)
-        settings = self._settings()
+        settings = self.settings()
         self._header_count += 1
         self._header_bytes += len(name) + len(value) + 4
         if self._header_count > settings.max_headers or self._header_bytes > settings.max_header_size:
@@ -181,30 +173,30 @@ class FerryProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         # RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without exactly one Host.
-        if self.parser.get_http_version() == "1.1" and sum(1 for n, _ in self.headers if n == b"host") != 1:
+        if self.http_version() == "1.1" and self.host_fields() != 1:
             self._refuse(400, "HTTP/1.1 requests need exactly one Host header")
             raise _Refused()
         super().on_headers_complete()
-        if self.parser.get_method() in (b"PUT", b"POST", b"PATCH") and not self._refused:
-            self._arm(self._settings().body_timeout, self._body_timeout)
+        if self.request_method() in (b"PUT", b"POST", b"PATCH") and not self._refused:
+            self._arm(self.settings().body_timeout, self._body_timeout)
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
         if self._deadline is not None:
-            self._arm(self._settings().body_timeout, self._body_timeout)
+            self._arm(self.settings().body_timeout, self._body_timeout)
 
     def on_message_complete(self) -> None:
         self._disarm()
         super().on_message_complete()
 
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+    def wrap_app(self, cycle: Cycle, app: App) -> App:
         cycle.scope.setdefault("extensions", {})[CONNECTION] = {"state": Connection(cycle)}
         if self.zero_copy:
-            app = _with_zero_copy(app, ZeroCopySender(cycle, self.transport, self._settings().chunk_size))
-        super()._start_asgi_task(cycle, app)
+            return _with_zero_copy(app, ZeroCopySender(cycle, self._transport, self.settings().chunk_size))
+        return app
 
 
-def _with_zero_copy(app: ASGI3Application, sender: ZeroCopySender) -> ASGI3Application:
+def _with_zero_copy(app: App, sender: ZeroCopySender) -> App:
     async def app_with_zero_copy(scope: Any, receive: Any, send: Any) -> None:
         zero_copy_send: Any = sender.send
         try:

@@ -1,7 +1,7 @@
 """Zero-copy sends: the ASGI ``http.response.zerocopysend`` extension, served by Ferry's protocol.
 
 This is the only module that knows how file bytes reach a socket without passing through Python.
-`FerryProtocol` (server.py) advertises the extension on plain-HTTP connections when
+`FerryProtocol` (protocol.py) advertises the extension on plain-HTTP connections when
 FERRY_ZERO_COPY is not ``off`` and wraps each request's ``send`` in a `ZeroCopySender`:
 
 - ``http.response.zerocopysend`` → non-blocking ``os.sendfile()`` on a private ``dup()`` of the
@@ -22,7 +22,11 @@ import errno
 import os
 import socket
 from collections.abc import MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.transfer.uvicorn_adapter import Cycle
+
 
 EXTENSION = "http.response.zerocopysend"
 
@@ -74,11 +78,11 @@ def read_cached(fd: int, size: int, offset: int) -> bytes | None:
 class ZeroCopySender:
     """Wraps one request cycle's ``send`` to serve the zero-copy extension.
 
-    `cycle` is uvicorn's RequestResponseCycle (httptools); its byte accounting is kept exact so
-    uvicorn's own Content-Length checks still hold.
+    `cycle` is uvicorn's request cycle (through uvicorn_adapter.py); its byte accounting is kept
+    exact so uvicorn's own Content-Length checks still hold.
     """
 
-    def __init__(self, cycle: Any, transport: asyncio.Transport, chunk_size: int) -> None:
+    def __init__(self, cycle: Cycle, transport: asyncio.Transport, chunk_size: int) -> None:
         self.cycle = cycle
         self.transport = transport
         self.chunk_size = chunk_size
@@ -131,13 +135,13 @@ class ZeroCopySender:
             return
         if not cycle.response_started or cycle.response_complete:
             raise RuntimeError("zerocopysend outside a started response")
-        if cycle.chunked_encoding or cycle.scope["method"] == "HEAD":
+        if cycle.chunked or cycle.scope["method"] == "HEAD":
             raise RuntimeError("zerocopysend needs a Content-Length response to a GET")
         file = message["file"]
         fd = file if isinstance(file, int) else file.fileno()
         offset: int = message.get("offset") or 0
         count: int = message["count"]
-        if count > cycle.expected_content_length:
+        if count > cycle.remaining:
             raise RuntimeError("Response content longer than Content-Length")
         # Corked from the first file bytes to the end of the response: part headers and file
         # bytes leave in full segments; the uncork at the end flushes the rest at once.
@@ -153,7 +157,7 @@ class ZeroCopySender:
         # With both limits at 0 the transport pauses us now and resumes us once it is empty.
         self.transport.set_write_buffer_limits(high=0, low=0)
         try:
-            await self.cycle.flow.drain()
+            await self.cycle.drain()
         finally:
             self.transport.set_write_buffer_limits(high=high, low=low)
 
@@ -174,14 +178,14 @@ class ZeroCopySender:
                 continue
             except OSError as exc:
                 if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
-                    cycle.disconnected = True
+                    cycle.mark_disconnected()
                     return
                 raise
             if sent == 0:
                 raise FileChanged("file ended before the promised length")
             offset += sent
             count -= sent
-            cycle.expected_content_length -= sent
+            cycle.count_sent(sent)
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:

@@ -41,6 +41,11 @@ def test_uvicorn_internals_the_protocol_subclass_relies_on_exist() -> None:
     for attribute in ("scope", "disconnected", "response_started", "response_complete", "chunked_encoding"):
         assert f"self.{attribute}" in init
     assert "self.expected_content_length" in init and "self.flow" in init
+    # ... and HttpToolsAdapter reads this protocol state (app/transfer/uvicorn_adapter.py).
+    protocol = inspect.getsource(HttpToolsProtocol)
+    for attribute in ("config", "cycle", "flow", "url", "headers", "parser", "scope", "loop", "logger"):
+        assert f"self.{attribute} =" in protocol or f"self.{attribute}: " in protocol, attribute
+    assert "STATUS_LINE" in inspect.getsource(inspect.getmodule(HttpToolsProtocol))  # type: ignore[arg-type]
 
 
 def test_can_zero_copy_needs_the_extension_and_a_mode_other_than_off() -> None:

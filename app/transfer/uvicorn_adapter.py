@@ -1,0 +1,130 @@
+"""Everything Ferry reaches inside uvicorn beyond its documented API, and nowhere else.
+
+Ferry's protocol (protocol.py) extends uvicorn's httptools protocol, and zero-copy sends
+(zero_copy.py) keep uvicorn's request cycle exact. Both go through this module only:
+
+- `Cycle`: one request's `RequestResponseCycle` (whether the client is gone, whether the response
+  started or completed, its framing, the bytes still promised by Content-Length, its flow control);
+- `HttpToolsAdapter`: `HttpToolsProtocol` with its private state behind named methods (the current
+  cycle, the request line and headers parsed so far, read flow control) and one hook, `wrap_app`,
+  called where uvicorn starts the app for a request (`_start_asgi_task`).
+
+Written against the uvicorn range pinned in pyproject.toml; tests/unit/test_transfer.py checks
+that what this module relies on is still there, so a new uvicorn release fails there first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any, cast
+
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+Scope = MutableMapping[str, Any]
+App = Any  # an ASGI application (uvicorn's type names its private TypedDicts)
+
+
+class Cycle:
+    """One request's uvicorn `RequestResponseCycle`, as Ferry reads and keeps it."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+
+    @property
+    def scope(self) -> Scope:
+        return cast(Scope, self._cycle.scope)
+
+    @property
+    def disconnected(self) -> bool:
+        return bool(self._cycle.disconnected)
+
+    def mark_disconnected(self) -> None:
+        """The socket failed under a send of Ferry's own: uvicorn stops sending too."""
+        self._cycle.disconnected = True
+
+    @property
+    def response_started(self) -> bool:
+        return bool(self._cycle.response_started)
+
+    @property
+    def response_complete(self) -> bool:
+        return bool(self._cycle.response_complete)
+
+    @property
+    def chunked(self) -> bool:
+        return bool(self._cycle.chunked_encoding)
+
+    @property
+    def remaining(self) -> int:
+        """Body bytes the response's Content-Length still promises."""
+        return int(self._cycle.expected_content_length)
+
+    def count_sent(self, sent: int) -> None:
+        """Bytes sent past uvicorn (sendfile): its Content-Length accounting stays exact."""
+        self._cycle.expected_content_length -= sent
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        await self._cycle.send(cast(Any, message))
+
+    async def drain(self) -> None:
+        """Wait while uvicorn's flow control has writing paused."""
+        await self._cycle.flow.drain()
+
+
+class HttpToolsAdapter(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with what Ferry's protocol reads of its state named here."""
+
+    def settings(self) -> Settings:
+        settings: Settings = self.config.settings  # type: ignore[attr-defined]  # app/server.py FerryConfig
+        return settings
+
+    def current_cycle(self) -> Cycle | None:
+        return None if self.cycle is None else Cycle(self.cycle)
+
+    @property
+    def reading_paused(self) -> bool:
+        """Whether uvicorn stopped reading the body because the app is behind (not the client)."""
+        return bool(self.flow.read_paused)
+
+    def url_length(self) -> int:
+        """The length of the request target received so far."""
+        return len(self.url)
+
+    def host_fields(self) -> int:
+        """How many Host fields the request's headers hold."""
+        return sum(1 for name, _ in self.headers if name == b"host")
+
+    def http_version(self) -> str:
+        return str(self.parser.get_http_version())
+
+    def request_method(self) -> bytes:
+        return bytes(self.parser.get_method())
+
+    def set_extensions(self, extensions: dict[str, Any]) -> None:
+        """The ASGI extensions of the request being parsed."""
+        self.scope["extensions"] = extensions
+
+    @staticmethod
+    def status_line(status: int) -> bytes:
+        return STATUS_LINE[status]
+
+    def call_later(self, seconds: float, callback: Any) -> asyncio.TimerHandle:
+        return self.loop.call_later(seconds, callback)
+
+    def warn(self, message: str) -> None:
+        """A line on uvicorn's error log, where its own protocol warnings go."""
+        self.logger.warning(message)
+
+    def wrap_app(self, cycle: Cycle, app: App) -> App:
+        """The app to run for `cycle`'s request (the hook for subclasses): `app` unchanged."""
+        return app
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        super()._start_asgi_task(cycle, cast(ASGI3Application, self.wrap_app(Cycle(cycle), app)))
