@@ -21,6 +21,7 @@ from typing import Any
 from starlette.types import Message, Receive, Scope, Send
 
 from app import metrics
+from app.request import PREFIX
 from app.transfer.protocol import connection_of
 from app.transfer.zero_copy import EXTENSION
 
@@ -180,4 +181,4 @@ class Observed:
 
 def scope_is_file(scope: Scope) -> bool:
     """A download of a file (not a listing, which also lives under /files/)."""
-    return bool(scope["path"].startswith("/files/") and not scope["path"].endswith("/"))
+    return bool(scope["path"].startswith(PREFIX) and not scope["path"].endswith("/"))

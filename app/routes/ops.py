@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from app import metrics
+from app.request import PREFIX
 from app.services import services_of
 
 router = APIRouter()
@@ -41,9 +42,9 @@ async def prometheus_metrics() -> Response:
 
 @router.get("/", include_in_schema=False)
 async def root() -> RedirectResponse:
-    return RedirectResponse("/files/", status_code=302)
+    return RedirectResponse(PREFIX, status_code=302)
 
 
-@router.api_route("/files", methods=["GET", "HEAD"], include_in_schema=False)
+@router.api_route(PREFIX.rstrip("/"), methods=["GET", "HEAD"], include_in_schema=False)
 async def files_root() -> RedirectResponse:
-    return RedirectResponse("/files/", status_code=301)
+    return RedirectResponse(PREFIX, status_code=301)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from app.http.conditional import make_validators
 from app.http.mime import content_type_for
+from app.request import PREFIX
 from app.storage.index import Entry, Page
 
 
@@ -61,7 +62,7 @@ def _mtime(mtime_ns: int) -> datetime:
 
 def entry_model(entry: Entry, mime_types: Mapping[str, str]) -> EntryModel:
     mtime = _mtime(entry.mtime_ns)
-    url = "/files/" + quote(entry.path) + ("/" if entry.is_dir and entry.path else "")
+    url = PREFIX + quote(entry.path) + ("/" if entry.is_dir and entry.path else "")
     if entry.is_dir:
         return EntryModel(
             name=entry.name,
