@@ -21,7 +21,7 @@ from typing import Any
 from starlette.types import Message, Receive, Scope, Send
 
 from app import metrics
-from app.request import PREFIX
+from app.request import PREFIX, first_field
 from app.transfer.protocol import connection_of
 from app.transfer.zero_copy import EXTENSION
 
@@ -37,10 +37,7 @@ def _clean(text: str) -> str:
 
 
 def _header(scope: Scope, name: bytes) -> str:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return ""
+    return first_field(scope["headers"], name) or ""
 
 
 class Observed:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from starlette.responses import Response
 from starlette.types import Message, Scope, Send
 
+from app.request import first_field
+
 _EXPOSE = b"Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified, Accept-Ranges"
 _ALLOW_HEADERS = "Range, If-Range, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since, "
 _ALLOW_HEADERS += "Authorization, Content-Type"
@@ -23,17 +25,18 @@ class Cors:
 
     def origin(self, scope: Scope) -> bytes | None:
         """The request's Origin if it is allowed, else None."""
-        for name, value in scope["headers"]:
-            if name == b"origin":
-                return bytes(value) if self.any or value in self.origins else None
-        return None
+        found = first_field(scope["headers"], b"origin")
+        if found is None:
+            return None
+        origin = found.encode("latin-1")
+        return origin if self.any or origin in self.origins else None
 
     def preflight(self, scope: Scope) -> Response | None:
         """The answer to a CORS preflight (OPTIONS with Access-Control-Request-Method), if it is one."""
         if scope["method"] != "OPTIONS":
             return None
         origin = self.origin(scope)
-        if origin is None or not any(n == b"access-control-request-method" for n, _ in scope["headers"]):
+        if origin is None or first_field(scope["headers"], b"access-control-request-method") is None:
             return None
         return Response(
             status_code=204,

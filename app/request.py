@@ -10,7 +10,7 @@ base URL for absolute links.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -120,6 +120,15 @@ def header_fields(headers: Any) -> dict[str, str]:
     return fields
 
 
+def first_field(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The first value of one request header field, for what reads any request (the access log,
+    CORS, FastAPI routes' base URL); requests under /files/ read `FileRequest.headers`."""
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 def base_url(
     public_url: str | None, scheme: str, host: str | None, server: tuple[str, int | None] | None
 ) -> str:
@@ -137,7 +146,7 @@ def base_url(
 def scope_base_url(scope: Mapping[str, Any], public_url: str | None) -> str:
     """`base_url` of any HTTP request (a FastAPI route's `request.scope`)."""
     server = scope.get("server")
-    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
+    host = first_field(scope["headers"], b"host")
     return base_url(public_url, scope.get("scheme", "http"), host, tuple(server) if server else None)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.request import FileRequest, base_url, server_url
+from app.request import FileRequest, base_url, first_field, server_url
 
 
 def scope(
@@ -86,3 +86,10 @@ def test_server_url() -> None:
     assert server_url("0.0.0.0", 8000) == "http://127.0.0.1:8000"
     assert server_url("::1", 8000) == "http://[::1]:8000"
     assert server_url("files.example", 443, "https") == "https://files.example:443"
+
+
+def test_first_field_for_code_that_reads_any_request() -> None:
+    headers = [(b"origin", b"https://a.example"), (b"origin", b"https://b.example")]
+    assert first_field(headers, b"origin") == "https://a.example"
+    assert first_field(headers, b"host") is None
+    assert first_field([(b"user-agent", "é".encode("latin-1"))], b"user-agent") == "é"
