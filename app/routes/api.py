@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 
 from app.errors import NotFound
 from app.settings import Settings
+from app.storage.async_index import AsyncIndex
 from app.storage.index import Index
 from app.storage.paths import PathPolicy, resolve
 from app.views.entries import EntryModel, Listing, SearchResults, entry_model, listing_model, search_model
@@ -27,11 +28,13 @@ def _state(request: Request) -> tuple[Settings, PathPolicy, Index]:
 def directory_listing(request: Request, path: str, limit: int, cursor: str | None) -> EntryModel | Listing:
     """A file's entry, or one page of a directory (the same JSON as /files/{dir}/?format=json)."""
     settings, policy, index = _state(request)
-    entry = index.entry_for(resolve(path, policy))
+    writes: AsyncIndex = request.app.state.async_index  # index writes go to its one writer thread
+    entry = index.entry_for(resolve(path, policy), write=writes.enqueue)
     if entry is None:
         raise NotFound()
     if not entry.is_dir:
         return entry_model(entry, settings.mime_types)
+    writes.refresh(entry.path)
     page = index.list_dir(entry.path, limit=limit, cursor=cursor)
     return listing_model(entry.path, page, settings.mime_types)
 

@@ -33,7 +33,7 @@ from app.http.plan import DownloadRequest, FileFacts, integrity_headers, plan_do
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields, query_params
 from app.settings import Settings
 from app.storage.async_index import AsyncIndex
-from app.storage.digests import Activity, DigestCache, FileDigest, HashBusy, OnDemandHasher, identity
+from app.storage.on_demand import DigestCache, HashBusy, OnDemandHasher
 from app.storage.paths import (
     LinkScope,
     PathPolicy,
@@ -43,6 +43,8 @@ from app.storage.paths import (
     relative,
     resolve_to_open,
 )
+from app.storage.values import FileDigest, identity
+from app.transfer.activity import Activity
 from app.transfer.download import FileResponse, TransferOptions
 from app.transfer.slots import DownloadSlots
 from app.views.checksums import ChecksumsResponse, Generations

@@ -35,10 +35,12 @@ from app.http.digests import format_digest_field
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields
 from app.settings import Settings
 from app.storage.async_index import AsyncIndex
-from app.storage.digests import Activity, DigestBuilder, identity
-from app.storage.index import Entry, Index, entry_from_stat
+from app.storage.digests import DigestBuilder
+from app.storage.index import Index
 from app.storage.paths import PathPolicy, WriteTarget, child_target, normal_url_path, open_write_target
+from app.storage.values import Entry, entry_from_stat, identity
 from app.storage.writes import AtomicWrite, commit_all, current, delete, too_long
+from app.transfer.activity import Activity
 from app.transfer.upload import (
     ClientGone,
     MultipartUpload,

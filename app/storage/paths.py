@@ -220,6 +220,30 @@ def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_resul
         os.close(pinned)
 
 
+def stat_beneath(path: SafePath, policy: PathPolicy) -> os.stat_result:
+    """The stat of a gated path, checked as `open_beneath` checks it (a regular file or directory
+    whose pinned descriptor lies where the policy allows) but never opened: for the index, which
+    needs a file's facts, not its bytes (a file it may not read is still listed).
+
+    Raises NotFound for anything missing or refused.
+    """
+    with _refusals():
+        if not _CAN_PIN:
+            st = os.stat(path)
+            if not _servable_type(st) or not _allowed(Path(os.path.realpath(path)), policy):
+                raise NotFound()
+            return st
+        pinned = os.open(path, _O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(pinned)
+        location = _fd_location(pinned)
+        if not _servable_type(st) or location is None or not _allowed(location, policy):
+            raise NotFound()
+        return st
+    finally:
+        os.close(pinned)
+
+
 @contextmanager
 def _refusals() -> Iterator[None]:
     """What opening a gated path can fail with, as Ferry answers it."""

@@ -27,9 +27,11 @@ import watchfiles
 
 from app import metrics
 from app.errors import FerryError
-from app.storage.digests import DigestWorker
-from app.storage.index import STALE_UPLOAD_SECONDS, Index, decodable
+from app.storage.index import Index
+from app.storage.integrity import DigestWorker
 from app.storage.paths import open_write_target
+from app.storage.upload_store import STALE_UPLOAD_SECONDS
+from app.storage.values import decodable
 from app.storage.writes import remove_stale
 
 logger = logging.getLogger("ferry.index")

@@ -25,9 +25,10 @@ from app import metrics
 from app.errors import BadRequest, FerryError, ServiceUnavailable, error_response
 from app.http.digests import checksum_line
 from app.http.headers import content_disposition
-from app.storage.digests import HashBusy, Hashed, Identity, OnDemandHasher, identity
-from app.storage.index import Entry, Index
+from app.storage.index import Index
+from app.storage.on_demand import HashBusy, Hashed, OnDemandHasher
 from app.storage.paths import open_beneath, resolve
+from app.storage.values import Entry, Identity, identity
 
 logger = logging.getLogger("ferry.checksums")
 
@@ -91,6 +92,7 @@ class ChecksumsResponse(Response):
         """Make sure every file in scope has a digest (hashing what is missing within the on-demand
         bound), or raise: once the headers are sent the list can no longer be refused."""
         index: Index = self.state.index
+        await self.state.async_index.refreshed(self.directory)
         files, missing, unknown_bytes = await run_in_threadpool(
             index.digest_coverage, self.directory, recursive=self.recursive, limit=MAX_FILES + 1
         )

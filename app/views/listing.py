@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.auth import link_access
 from app.errors import BadRequest, FerryError, error_response
-from app.storage.index import Page, SortKey
+from app.storage.values import Page, SortKey
 from app.views.entries import listing_model, search_model
 from app.views.html import HtmlPage, render_listing, render_search
 
@@ -67,6 +67,8 @@ class DirectoryResponse(Response):
         link = link_access(scope)
         # Only a prefix link reaches further than this page: then every link on it carries it along.
         link_query = link.query if link is not None and link.prefix is not None else ""
+        if _wants_json(params, scope) or not params.get("q", "").strip():
+            self.state.async_index.refresh(self.directory)  # a changed directory, through the writer
         if _wants_json(params, scope):
             page = self._granted(index.list_dir(self.directory, limit=_limit(params, 100), cursor=cursor))
             listing = listing_model(self.directory, page, mime_types)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.errors import BadRequest
-from app.storage.index import decode_cursor, encode_cursor
+from app.storage.cursor import decode_cursor, encode_cursor
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
