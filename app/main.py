@@ -22,6 +22,7 @@ from app.routes.files import Downloads, is_download
 from app.routes.writes import Writes, is_write
 from app.settings import Settings
 from app.storage.async_index import AsyncIndex
+from app.storage.errors import StorageError
 from app.storage.index import Index
 from app.storage.integrity import DigestWorker
 from app.storage.on_demand import OnDemandHasher
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FerryApp:
         redirect_slashes=False,
     )
     app.add_exception_handler(FerryError, handle_ferry_error)
+    app.add_exception_handler(StorageError, handle_ferry_error)
     app.include_router(ops.router)
     # FERRY_DOWNLOAD_AUTH=token or signed: the JSON API and search need a read token.
     app.include_router(

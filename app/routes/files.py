@@ -33,6 +33,7 @@ from app.http.plan import DownloadRequest, FileFacts, integrity_headers, plan_do
 from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields, query_params
 from app.settings import Settings
 from app.storage.async_index import AsyncIndex
+from app.storage.errors import NotServable, StorageError
 from app.storage.on_demand import DigestCache, HashBusy, OnDemandHasher
 from app.storage.paths import (
     LinkScope,
@@ -79,7 +80,7 @@ class _Deferred(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             response = await self.make()
-        except FerryError as exc:
+        except (FerryError, StorageError) as exc:
             self.cleanup()
             response = error_response(exc)
         except BaseException:
@@ -116,7 +117,7 @@ class Downloads:
         try:
             self.state.gate.download(scope)  # FERRY_DOWNLOAD_AUTH, before any file is looked at
             response = await self.respond(scope)
-        except FerryError as exc:
+        except (FerryError, StorageError) as exc:
             response = error_response(exc)
         await response(scope, receive, send)
 
@@ -128,7 +129,7 @@ class Downloads:
         granted = LinkScope.of(access.prefix, self.policy) if access and access.prefix else None
         try:
             fd, st = open_beneath(safe, self.policy)
-        except NotFound:
+        except NotServable:
             self._forget(safe)
             raise
         if granted is not None and not granted.holds_open(fd, safe):

@@ -28,7 +28,6 @@ from app.errors import (
     Unauthorized,
     UriTooLong,
     error_response,
-    write_refusal,
 )
 from app.http.conditional import RequestConditions, make_validators, write_allowed
 from app.http.digests import format_digest_field
@@ -36,6 +35,7 @@ from app.routes.asgi import CONDITION_FIELDS, PREFIX, conditions, header_fields
 from app.settings import Settings
 from app.storage.async_index import AsyncIndex
 from app.storage.digests import DigestBuilder
+from app.storage.errors import StorageError, write_refusal
 from app.storage.index import Index
 from app.storage.paths import PathPolicy, WriteTarget, child_target, normal_url_path, open_write_target
 from app.storage.values import Entry, entry_from_stat, identity
@@ -105,7 +105,7 @@ class Writes:
         except ClientGone:
             metrics.UPLOADS.labels("failed").inc()
             return  # nobody left to answer
-        except FerryError as exc:
+        except (FerryError, StorageError) as exc:
             if scope["method"] != "DELETE" and not isinstance(exc, (Unauthorized, MethodNotAllowed)):
                 metrics.UPLOADS.labels("failed").inc()
             response = error_response(exc)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import json
 
-from app.errors import BadRequest
+from app.storage.errors import InvalidInput
 
 # A cursor holds SQLite values: integers are 64-bit, and a genuine cursor is one flat JSON list.
 _INT64 = range(-(2**63), 2**63)
@@ -25,18 +25,18 @@ def decode_cursor(cursor: str, types: tuple[type, ...]) -> list[object]:
     exhaust the parser's recursion, or a value SQLite cannot bind, is refused here rather than
     failing later as a server error."""
     if len(cursor) > _MAX_CURSOR:
-        raise BadRequest("invalid cursor")
+        raise InvalidInput("invalid cursor")
     try:
         values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise BadRequest("invalid cursor") from exc
+        raise InvalidInput("invalid cursor") from exc
     if not isinstance(values, list) or len(values) != len(types):
-        raise BadRequest("invalid cursor")
+        raise InvalidInput("invalid cursor")
     # bool is an int to isinstance; a cursor never holds one.
     if not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(values, types, strict=True)):
-        raise BadRequest("invalid cursor")
+        raise InvalidInput("invalid cursor")
     if not all(_bindable(v) for v in values):
-        raise BadRequest("invalid cursor")
+        raise InvalidInput("invalid cursor")
     return values
 
 

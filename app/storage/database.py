@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from app import metrics
-from app.errors import IndexRebuilding
+from app.storage.errors import IndexRebuilding
 from app.storage.paths import PathPolicy
 from app.storage.schema import (
     check_location,

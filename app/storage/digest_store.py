@@ -6,8 +6,8 @@ through.
 
 from __future__ import annotations
 
-from app.errors import IndexRebuilding
 from app.storage.database import Database, recovering
+from app.storage.errors import IndexRebuilding
 from app.storage.schema import WITH_DIGEST, entry_from_row, scope, subtree_bounds
 from app.storage.values import EMPTY_DIGEST, Entry, FileDigest, Identity
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from app.errors import BadRequest, IndexRebuilding
 from app.storage.cursor import decode_cursor, encode_cursor
 from app.storage.database import Database, recovering
+from app.storage.errors import IndexRebuilding, InvalidInput
 from app.storage.schema import DIGEST_JOIN, SHA256_COLUMN, WITH_DIGEST, entry_from_row, subtree_bounds
 from app.storage.values import Entry, Page, SortKey, split
 
@@ -77,7 +77,7 @@ class EntryStore(Database):
     def search(self, query: str, *, limit: int, cursor: str | None = None) -> Page:
         """Entries whose name contains `query`, ignoring case, anywhere under ROOT."""
         if any(ord(c) < 0x20 or c == "\x7f" for c in query):
-            raise BadRequest("control characters cannot be part of a name")
+            raise InvalidInput("control characters cannot be part of a name")
         if self.rebuilding:
             raise IndexRebuilding()  # half an index would give half the answers, silently
         after = 0

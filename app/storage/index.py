@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol, TypeVar
 
-from app.errors import NotFound
 from app.storage.database import recovering
 from app.storage.digest_store import DigestStore
+from app.storage.errors import NotServable
 from app.storage.paths import SafePath, relative, stat_beneath
 from app.storage.scanner import Scanner
 from app.storage.upload_store import UploadStore
@@ -49,7 +49,7 @@ class Index(Scanner, DigestStore, UploadStore):
         write = write or _now
         try:
             st = stat_beneath(safe, self.policy)
-        except (OSError, NotFound):
+        except (OSError, NotServable):
             if path:
                 write(self.forget, path)
             return None

@@ -15,8 +15,8 @@ import time
 from typing import Protocol
 
 from app import metrics
-from app.errors import FerryError
 from app.storage.digests import MIN_PIECE, SETTLE_SECONDS, hash_open_file, settled
+from app.storage.errors import StorageError
 from app.storage.paths import PathPolicy, open_beneath, resolve
 from app.storage.values import Entry, FileDigest, Identity, identity
 
@@ -109,7 +109,7 @@ class DigestWorker:
         # Unknown, or an upload's whole-file digest still without the .meta4's piece hashes.
         try:
             fd, st = open_beneath(resolve(entry.path, self.index.policy), self.index.policy)
-        except (OSError, ValueError, FerryError):
+        except (OSError, ValueError, StorageError):
             self.index.done_digest(entry_id)  # gone or refused: a scan brings it back if it returns
             return False
         try:

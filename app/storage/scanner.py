@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from app import metrics
-from app.errors import BadRequest, FerryError, IndexRebuilding, NotFound
 from app.storage.database import Replaced, recovering
 from app.storage.entry_store import EntryStore
+from app.storage.errors import IndexRebuilding, InvalidInput, NotServable, StorageError
 from app.storage.paths import (
     TEMP_PREFIX,
     PathPolicy,
@@ -103,7 +103,7 @@ class Scanner(EntryStore):
         try:
             safe = resolve(path, self.policy)
             return safe, stat_beneath(safe, self.policy)
-        except (OSError, ValueError, BadRequest, NotFound):
+        except (OSError, ValueError, InvalidInput, NotServable):
             return None
 
     def scan(self, *, start: str = "", incremental: bool = True) -> ScanStats:
@@ -164,7 +164,7 @@ class Scanner(EntryStore):
         temporary: list[str] = []
         try:
             fd, st_dir = open_beneath(safe, self.policy)
-        except (OSError, FerryError):
+        except (OSError, StorageError):
             if directory:
                 self.remove(directory)
             return []

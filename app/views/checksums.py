@@ -25,6 +25,7 @@ from app import metrics
 from app.errors import BadRequest, FerryError, ServiceUnavailable, error_response
 from app.http.digests import checksum_line
 from app.http.headers import content_disposition
+from app.storage.errors import StorageError
 from app.storage.index import Index
 from app.storage.on_demand import HashBusy, Hashed, OnDemandHasher
 from app.storage.paths import open_beneath, resolve
@@ -82,7 +83,7 @@ class ChecksumsResponse(Response):
             try:
                 await self._complete()
                 response: Response = self._stream(head=scope["method"] == "HEAD")
-            except FerryError as exc:
+            except (FerryError, StorageError) as exc:
                 response = error_response(exc)
             await response(scope, receive, send)
         finally:
@@ -184,7 +185,7 @@ async def _hash_now(index: Index, on_demand: OnDemandHasher, entry: Entry) -> tu
         fd, st = await run_in_threadpool(
             lambda: open_beneath(resolve(entry.path, index.policy), index.policy)
         )
-    except (OSError, FerryError) as exc:
+    except (OSError, StorageError) as exc:
         raise ServiceUnavailable("the directory is changing; try again") from exc
     try:
         hashed = await on_demand.hash(fd, st)

@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.auth import link_access
 from app.errors import BadRequest, FerryError, error_response
+from app.storage.errors import StorageError
 from app.storage.values import Page, SortKey
 from app.views.entries import listing_model, search_model
 from app.views.html import HtmlPage, render_listing, render_search
@@ -56,7 +57,7 @@ class DirectoryResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             response = await run_in_threadpool(self._build, scope)
-        except FerryError as exc:
+        except (FerryError, StorageError) as exc:
             response = error_response(exc)
         await response(scope, receive, send)
 
