@@ -30,7 +30,6 @@ KNOWN_CYCLE_IMPORTS: frozenset[tuple[str, str]] = frozenset()
 KNOWN_LONG: frozenset[str] = frozenset(
     {
         "app/routes/files.py",
-        "app/storage/paths.py",
         "app/views/html.py",
     }
 )

@@ -1,17 +1,19 @@
 """The storage index: what is under ROOT, in SQLite, for listings, name search and digests.
 
-`Index` is the database (database.py) with its tables (entry_store.py, digest_store.py,
-upload_store.py) and the scanner that fills them from the disk (scanner.py); the watcher
-(watch.py) keeps it in step while Ferry runs, and the digest worker (integrity.py) hashes what it
-lists.
+`Index` is one object assembled from a layer each: the database file and its connections
+(database.py, schema.py), its tables (entry_store.py, digest_store.py, upload_store.py) and the
+scanner that fills them from the disk (scanner.py). The watcher (watch.py) keeps it in step while
+Ferry runs; the digest worker (integrity.py) hashes what it lists, knowing it only through a
+protocol of the few methods it calls.
 
 A download reads the index for one thing, its file's digest (Repr-Digest, Digest and the Link to
-the .meta4; `.meta4` and `?checksums` too), through the worker's `DigestCache` (integrity.py): at
+the .meta4; `.meta4` and `?checksums` too), through the worker's `DigestCache` (on_demand.py): at
 most one read a second per file version while it has no digest, in a thread, and a download does
 not wait long for it. A download of a path the disk no longer has drops it from the index. The
-index is written by the scanner and watcher, the digest worker and Ferry's own writes. Code on the
-event loop never calls it directly: it goes through `AsyncIndex` (async_index.py), which reads in
-threads and writes on one writer thread.
+index is written by the scanner and watcher, the digest worker and Ferry's own writes. Request
+paths never write it from their own threads: they go through `AsyncIndex` (async_index.py), whose
+one writer thread runs every request's write, a listing's rescan of a directory that changed on
+disk included, so a write-locked database stalls only the writes.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ checked to lie under ROOT (never through a symlink out of ROOT, whatever FOLLOW_
 the file is then created and renamed relative to that pinned directory descriptor.
 
 Only this module constructs `SafePath` and `WriteTarget`; code downstream accepts nothing else.
+
+Long because: path safety lives in this one module (both passes, for reads, the index's stats and
+writes), so one file is all a review of it has to read.
 """
 
 from __future__ import annotations

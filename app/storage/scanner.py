@@ -1,10 +1,10 @@
 """The scanner: brings the index in step with the disk under ROOT.
 
 A full or incremental walk (`scan`: at start-up, after a rebuild, periodically), one path the
-watcher (watch.py) or a write saw change (`sync_path`), one directory whose mtime moved
-(`refresh_if_changed`). Directories are read by
-descriptor through the path gate (paths.py), so a path swapped for a symlink after a check cannot
-make the index list another directory.
+watcher (watch.py) or a write saw change (`sync_path`), or one directory whose mtime moved
+(`refresh_if_changed`, which a listing queues on the index's writer thread). Paths are stat'ed on a
+descriptor the gate pinned and directories read by descriptor (paths.py), so a path swapped for a
+symlink after a check cannot make the index list another directory or what a symlink leads to.
 """
 
 from __future__ import annotations
