@@ -69,7 +69,9 @@ class DirectoryResponse(Response):
         # Only a prefix link reaches further than this page: then every link on it carries it along.
         link_query = link.query if link is not None and link.prefix is not None else ""
         if _wants_json(params, scope) or not params.get("q", "").strip():
-            self.state.async_index.refresh(self.directory)  # a changed directory, through the writer
+            # A listing (not a search): a directory changed on disk is rescanned by the index's
+            # writer thread first, waited for only briefly (a write-locked index stalls no listing).
+            self.state.async_index.refresh(self.directory)
         if _wants_json(params, scope):
             page = self._granted(index.list_dir(self.directory, limit=_limit(params, 100), cursor=cursor))
             listing = listing_model(self.directory, page, mime_types)
