@@ -179,7 +179,7 @@ def healthcheck(url: str | None, timeout: float) -> int:
 def check_index(settings: Settings) -> int:
     """0 if the index database can be written where the settings put it, else exit status 2 with
     one line (as for any bad setting), before a server starts and fails in each worker."""
-    from app.storage.index import IndexLocationError, check_location
+    from app.storage.schema import IndexLocationError, check_location
 
     try:
         check_location(settings.index_file)

@@ -18,23 +18,26 @@ FerryError                  base: carries status (500), a short detail and extra
 ├── UnsupportedMediaType    415: an upload that is not multipart/form-data (not raised at present)
 ├── TooManyRequests         429: FERRY_MAX_CONNECTIONS_PER_IP reached (with Retry-After)
 ├── ServiceUnavailable      503: try again later (with Retry-After): out of descriptors, a file
-│   │                            changing, checksums busy or not computed yet
-│   └── IndexRebuilding     503: the index is being rebuilt from the disk (Retry-After: 5)
+│                                changing, checksums busy or not computed yet, the index being
+│                                rebuilt from the disk (Retry-After: 5)
 └── InsufficientStorage     507: no space (or quota) left for the upload
 
-`write_refusal` maps the file system's refusals of a write (by errno class) to these, once;
-`error_response` is the one function that turns any of them into a response: FastAPI's exception
+Storage raises its own errors (app/storage/errors.py; `write_refusal` there maps the file system's
+refusals of a write by errno class); `http_error` is the one place they become these.
+`error_response` is the one function that turns either kind into a response: FastAPI's exception
 handler calls it, and so does the one place (app/main.py) that answers for the plain-ASGI routes
 under /files/.
 """
 
 from __future__ import annotations
 
-import errno
 from typing import ClassVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from app.storage import errors as storage
+from app.storage.errors import StorageError
 
 
 class FerryError(Exception):
@@ -124,46 +127,43 @@ class ServiceUnavailable(FerryError):
         super().__init__(detail, {"retry-after": str(retry_after)})
 
 
-class IndexRebuilding(ServiceUnavailable):
-    """The index was found damaged and is being rebuilt from the disk (downloads are unaffected)."""
-
-    default_detail = "the index is being rebuilt from the disk; try again shortly"
-
-    def __init__(self, detail: str | None = None) -> None:
-        super().__init__(detail, retry_after=5)
-
-
 class InsufficientStorage(FerryError):
     status = 507
     default_detail = "not enough space to store the upload"
 
 
-# errno classes of a write the file system refused, and what the client is told. A folder or
-# volume Ferry may not write to is 403: the request cannot succeed there, whoever retries it.
-_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-_NOT_ALLOWED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+def http_error(exc: StorageError) -> FerryError:
+    """Storage's error as Ferry answers it (details and Retry-After included)."""
+    detail = exc.detail
+    match exc:
+        case storage.InvalidInput():
+            return BadRequest(detail)
+        case storage.NotServable():
+            return NotFound(detail)
+        case storage.InTheWay():
+            return Conflict(detail)
+        case storage.WriteRefused():
+            return Forbidden(detail)
+        case storage.NameTooLong():
+            return UriTooLong(detail)
+        case storage.NoSpace():
+            return InsufficientStorage(detail)
+        case storage.OutOfDescriptors():
+            return ServiceUnavailable(detail)
+        case storage.IndexRebuilding():
+            return ServiceUnavailable(detail, retry_after=5)
+    return FerryError(detail)
 
 
-def write_refusal(exc: OSError) -> FerryError | None:
-    """The answer to a write the file system refused; None for a failure Ferry did not expect (500)."""
-    if exc.errno in _NO_SPACE:
-        return InsufficientStorage()
-    if exc.errno in _NOT_ALLOWED:
-        return Forbidden("the storage does not allow writing here")
-    if exc.errno == errno.ENAMETOOLONG:
-        return UriTooLong()
-    if exc.errno in (errno.EMFILE, errno.ENFILE):
-        return ServiceUnavailable("out of file descriptors")
-    return None
-
-
-def error_response(exc: FerryError, *, close: bool = False) -> Response:
+def error_response(exc: FerryError | StorageError, *, close: bool = False) -> Response:
     """The JSON answer to `exc`; `close`: the connection closes after it (a refused upload's body
     may be unread, and is not read to its end)."""
+    if isinstance(exc, StorageError):
+        exc = http_error(exc)
     headers = {**exc.headers, "connection": "close"} if close else exc.headers
     return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
 
 
 async def handle_ferry_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, FerryError)
+    assert isinstance(exc, FerryError | StorageError)
     return error_response(exc)

@@ -25,8 +25,9 @@ from app.http.plan import integrity_headers
 from app.request import PREFIX, FileRequest
 from app.settings import Settings
 from app.storage.async_index import AsyncIndex
-from app.storage.digests import DigestCache, FileDigest, HashBusy, Identity, OnDemandHasher, identity
 from app.storage.index import Index
+from app.storage.on_demand import DigestCache, HashBusy, OnDemandHasher
+from app.storage.values import FileDigest, Identity, identity
 
 Fields = tuple[tuple[str, str], ...]
 _CACHED = 8192  # file versions whose header fields are kept

@@ -22,6 +22,7 @@ from app.routes.files import Downloads
 from app.routes.writes import Writes
 from app.services import Services
 from app.settings import Settings
+from app.storage.errors import StorageError
 
 
 class FerryApp(FastAPI):
@@ -69,7 +70,7 @@ class FerryApp(FastAPI):
                 answer = await self.writes(request, receive)
             if answer is not None:
                 await answer(scope, receive, send)
-        except FerryError as exc:
+        except (FerryError, StorageError) as exc:
             await error_response(exc, close=request.method in WRITE_METHODS)(scope, receive, send)
 
 
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FerryApp:
         redirect_slashes=False,
     )
     app.add_exception_handler(FerryError, handle_ferry_error)
+    app.add_exception_handler(StorageError, handle_ferry_error)
     app.include_router(ops.router)
     # FERRY_DOWNLOAD_AUTH=token or signed: the JSON API and search need a read token.
     app.include_router(

@@ -17,10 +17,12 @@ from starlette.requests import Request
 from app.auth import Gate
 from app.settings import Settings
 from app.storage.async_index import AsyncIndex
-from app.storage.digests import Activity, DigestWorker, OnDemandHasher
 from app.storage.index import Index
+from app.storage.integrity import DigestWorker
+from app.storage.on_demand import OnDemandHasher
 from app.storage.paths import PathPolicy
 from app.storage.watch import IndexKeeper
+from app.transfer.activity import Activity
 
 
 @dataclass(frozen=True, slots=True)

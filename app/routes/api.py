@@ -30,11 +30,13 @@ async def api_reader(request: Request) -> None:
 def directory_listing(services: Services, path: str, limit: int, cursor: str | None) -> EntryModel | Listing:
     """A file's entry, or one page of a directory (the same JSON as /files/{dir}/?format=json)."""
     index, mime_types = services.index, services.settings.mime_types
-    entry = index.entry_for(resolve(path, services.policy))
+    writes = services.async_index  # index writes go to its one writer thread
+    entry = index.entry_for(resolve(path, services.policy), write=writes.enqueue)
     if entry is None:
         raise NotFound()
     if not entry.is_dir:
         return entry_model(entry, mime_types)
+    writes.refresh(entry.path)
     page = index.list_dir(entry.path, limit=limit, cursor=cursor)
     return listing_model(entry.path, page, mime_types)
 

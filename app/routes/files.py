@@ -28,6 +28,7 @@ from app.http.plan import DownloadRequest, FileFacts, plan_download
 from app.integrity import Fields, Integrity
 from app.request import PREFIX, FileRequest
 from app.services import Services
+from app.storage.errors import NotServable
 from app.storage.paths import LinkScope, SafePath, open_beneath, relative, resolve_to_open
 from app.transfer.download import FileSender, TransferOptions
 from app.transfer.slots import DownloadSlots
@@ -58,7 +59,7 @@ class Downloads:
         granted = LinkScope.of(link.prefix, policy) if link and link.prefix else None
         try:
             fd, st = open_beneath(safe, policy)
-        except NotFound:
+        except NotServable:
             if path := relative(safe, policy):  # gone from the disk: from the index too
                 self.services.async_index.enqueue(self.services.index.forget, path)
             raise

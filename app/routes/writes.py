@@ -25,15 +25,15 @@ from app.errors import (
     PreconditionFailed,
     Unauthorized,
     UriTooLong,
-    write_refusal,
 )
 from app.http.conditional import RequestConditions, make_validators, write_allowed
 from app.http.digests import format_digest_field
 from app.request import FileRequest
 from app.services import Services
-from app.storage.digests import DigestBuilder, identity
-from app.storage.index import Entry, entry_from_stat
+from app.storage.digests import DigestBuilder
+from app.storage.errors import StorageError, write_refusal
 from app.storage.paths import WriteTarget, child_target, open_write_target
+from app.storage.values import Entry, entry_from_stat, identity
 from app.storage.writes import AtomicWrite, commit_all, current, delete, too_long
 from app.transfer.upload import (
     ClientGone,
@@ -88,7 +88,7 @@ class Writes:
         except ClientGone:
             metrics.UPLOADS.labels("failed").inc()
             return None
-        except FerryError as exc:
+        except (FerryError, StorageError) as exc:
             if request.method != "DELETE" and not isinstance(exc, (Unauthorized, MethodNotAllowed)):
                 metrics.UPLOADS.labels("failed").inc()
             raise

@@ -15,6 +15,11 @@ the database's write lock, which another process (the watcher of another worker,
 - `enqueue`: a write nobody waits for, such as the cleanup at the end of an upload. It is queued
   before `enqueue` returns, so a cancellation (a client gone, shutdown) cannot skip it.
 - `call`: `write` for blocking code already on a worker thread (never on the loop).
+- `refresh` / `refreshed`: bring a directory that changed on disk up to date before it is listed.
+  The staleness check is a read; the rescan is a write, queued for the writer thread (one per
+  directory at a time), and the listing waits for it at most `REFRESH_PATIENCE` seconds: with the
+  database write-locked it answers from what the index knows, and the rescan lands once the lock
+  is released.
 
 The writer thread starts with the first write and ends after a quiet spell; `close` lets it run
 what is queued (for a bounded time) at shutdown.
@@ -23,6 +28,7 @@ what is queued (for a bounded time) at shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -37,6 +43,7 @@ logger = logging.getLogger("ferry.index")
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 _READ_THREADS = 4  # as many as the index has connections: more would only wait for one
+REFRESH_PATIENCE = 2.0  # seconds a listing waits for the rescan of its changed directory
 _IDLE_SECONDS = 30.0  # a writer thread with nothing to do for this long ends (the next write starts one)
 
 
@@ -73,6 +80,7 @@ class AsyncIndex:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._writer: threading.Thread | None = None
+        self._rescans: dict[str, Future[None]] = {}  # queued rescans of changed directories, by path
         # Its threads start with the first reads and end when this object is collected.
         self._readers = ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="ferry-index-read")
 
@@ -105,6 +113,38 @@ class AsyncIndex:
         done: Future[_T] = Future()
         self._submit(_Job(lambda: func(*args, **kwargs), done))
         return done.result()
+
+    def refresh(self, directory: str, patience: float = REFRESH_PATIENCE) -> None:
+        """For a worker thread: rescan `directory` through the writer if it changed on disk,
+        waiting at most `patience` seconds for the rescan (it lands later if the wait ends)."""
+        if self.index.changed(directory):
+            with contextlib.suppress(TimeoutError):
+                self._rescan(directory).result(patience)
+
+    async def refreshed(self, directory: str, patience: float = REFRESH_PATIENCE) -> None:
+        """`refresh` for the event loop."""
+        if await self.read(self.index.changed, directory):
+            rescan = asyncio.wrap_future(self._rescan(directory))
+            rescan.add_done_callback(_retrieved)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(rescan), patience)
+
+    def _rescan(self, directory: str) -> Future[None]:
+        """The queued rescan of a directory; listings of it meanwhile share the one queued."""
+        with self._lock:
+            queued = self._rescans.get(directory)
+            if queued is not None:
+                return queued
+            done: Future[None] = Future()
+            self._rescans[directory] = done
+        done.add_done_callback(lambda _: self._rescanned(directory, done))
+        self._submit(_Job(lambda: self.index.refresh_if_changed(directory), done))
+        return done
+
+    def _rescanned(self, directory: str, done: Future[None]) -> None:
+        with self._lock:
+            if self._rescans.get(directory) is done:
+                del self._rescans[directory]
 
     def close(self, timeout: float = 10.0) -> None:
         """Let the writer thread run what is queued, then end it (waiting at most `timeout`)."""

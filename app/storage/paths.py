@@ -18,6 +18,9 @@ checked to lie under ROOT (never through a symlink out of ROOT, whatever FOLLOW_
 the file is then created and renamed relative to that pinned directory descriptor.
 
 Only this module constructs `SafePath` and `WriteTarget`; code downstream accepts nothing else.
+
+Long because: path safety lives in this one module (both passes, for reads, the index's stats and
+writes), so one file is all a review of it has to read.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NewType
 
-from app.errors import BadRequest, NotFound, ServiceUnavailable
+from app.storage.errors import InvalidInput, NotServable, OutOfDescriptors
 
 SafePath = NewType("SafePath", Path)
 
@@ -89,14 +92,14 @@ def split_url_path(url_path: str, policy: PathPolicy) -> list[str]:
     """The segments of a decoded URL path below ROOT ('.' segments dropped); refuses anything
     that is not a plain name."""
     if _has_control(url_path):
-        raise BadRequest("control characters are not allowed in paths")
+        raise InvalidInput("control characters are not allowed in paths")
     url_path = normal_url_path(url_path)
     trimmed = url_path[:-1] if url_path.endswith("/") else url_path
     if not trimmed:
         return []
     segments = trimmed.split("/")
     if not all(_plain_name(segment, policy) for segment in segments):
-        raise NotFound()
+        raise NotServable()
     return segments
 
 
@@ -177,9 +180,9 @@ def resolve(url_path: str, policy: PathPolicy) -> SafePath:
     try:
         real = Path(os.path.realpath(joined))
     except OSError as exc:
-        raise NotFound() from exc  # e.g. a component swapped between lstat and readlink
+        raise NotServable() from exc  # e.g. a component swapped between lstat and readlink
     if not _allowed(real, policy):
-        raise NotFound()
+        raise NotServable()
     return SafePath(joined)
 
 
@@ -202,7 +205,7 @@ def _fd_location(fd: int) -> Path | None:
 def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_result]:
     """Open a gated path read-only and fstat it; the descriptor is checked to be under ROOT.
 
-    Raises NotFound for anything missing, unreadable, or not a regular file or directory; only a
+    Raises NotServable for anything missing, unreadable, or not a regular file or directory; only a
     regular file or directory that passed the checks is ever opened.
     """
     with _refusals():
@@ -213,9 +216,33 @@ def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_resul
         st = os.fstat(pinned)
         location = _fd_location(pinned)
         if not _servable_type(st) or location is None or not _allowed(location, policy):
-            raise NotFound()
+            raise NotServable()
         with _refusals():
             return _reopen(pinned, st)
+    finally:
+        os.close(pinned)
+
+
+def stat_beneath(path: SafePath, policy: PathPolicy) -> os.stat_result:
+    """The stat of a gated path, checked as `open_beneath` checks it (a regular file or directory
+    whose pinned descriptor lies where the policy allows) but never opened: for the index, which
+    needs a file's facts, not its bytes (a file it may not read is still listed).
+
+    Raises NotServable for anything missing or refused.
+    """
+    with _refusals():
+        if not _CAN_PIN:
+            st = os.stat(path)
+            if not _servable_type(st) or not _allowed(Path(os.path.realpath(path)), policy):
+                raise NotServable()
+            return st
+        pinned = os.open(path, _O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(pinned)
+        location = _fd_location(pinned)
+        if not _servable_type(st) or location is None or not _allowed(location, policy):
+            raise NotServable()
+        return st
     finally:
         os.close(pinned)
 
@@ -226,12 +253,12 @@ def _refusals() -> Iterator[None]:
     try:
         yield
     except (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError) as exc:
-        raise NotFound() from exc
+        raise NotServable() from exc
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENAMETOOLONG, errno.ENXIO):
-            raise NotFound() from exc
+            raise NotServable() from exc
         if exc.errno in (errno.EMFILE, errno.ENFILE):
-            raise ServiceUnavailable("out of file descriptors") from exc
+            raise OutOfDescriptors() from exc
         raise
 
 
@@ -244,7 +271,7 @@ def _reopen(pinned: int, st: os.stat_result) -> tuple[int, os.stat_result]:
     try:
         opened = os.fstat(fd)
         if not os.path.samestat(opened, st):
-            raise NotFound()
+            raise NotServable()
     except BaseException:
         os.close(fd)
         raise
@@ -256,14 +283,14 @@ def _open_unpinned(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_res
     directory (never as a controlling terminal), and refuse it unless it is the inode stat saw."""
     before = os.stat(path)
     if not _servable_type(before):
-        raise NotFound()
+        raise NotServable()
     flags = _READ_FLAGS | (os.O_DIRECTORY if stat.S_ISDIR(before.st_mode) else 0)
     fd = os.open(path, flags)
     try:
         st = os.fstat(fd)
         location = _fd_location(fd)
         if not os.path.samestat(st, before) or (location is not None and not _allowed(location, policy)):
-            raise NotFound()
+            raise NotServable()
     except BaseException:
         os.close(fd)
         raise
@@ -289,7 +316,7 @@ class LinkScope:
         try:
             return cls(Path(os.path.realpath(safe)), policy)
         except OSError as exc:
-            raise NotFound() from exc
+            raise NotServable() from exc
 
     def holds_open(self, fd: int, path: SafePath) -> bool:
         """Whether an opened gated path (its descriptor's own location) lies in the scope."""
@@ -351,14 +378,14 @@ def _open_dir(name: str, dir_fd: int | None, policy: PathPolicy) -> int:
     try:
         fd = os.open(name, flags, dir_fd=dir_fd)
     except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        raise NotFound() from exc
+        raise NotServable() from exc
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise NotFound() from exc
+            raise NotServable() from exc
         raise
     if not _writable_location(fd, policy):
         os.close(fd)
-        raise NotFound()
+        raise NotServable()
     return fd
 
 
@@ -393,6 +420,6 @@ def child_target(directory: WriteTarget, name: str, policy: PathPolicy) -> Write
     `name` must already be a single plain name (an uploaded file name reduced to its base name).
     """
     if not servable_name(name, policy):
-        raise BadRequest("not a usable file name")
+        raise InvalidInput("not a usable file name")
     path = f"{directory.path}/{name}" if directory.path else name
     return WriteTarget(directory.dir_fd, name, path, [])

@@ -26,10 +26,12 @@ from pathlib import Path
 import watchfiles
 
 from app import metrics
-from app.errors import FerryError
-from app.storage.digests import DigestWorker
-from app.storage.index import STALE_UPLOAD_SECONDS, Index, decodable
+from app.storage.errors import StorageError
+from app.storage.index import Index
+from app.storage.integrity import DigestWorker
 from app.storage.paths import open_write_target
+from app.storage.upload_store import STALE_UPLOAD_SECONDS
+from app.storage.values import decodable
 from app.storage.writes import remove_stale
 
 logger = logging.getLogger("ferry.index")
@@ -139,7 +141,7 @@ class IndexKeeper:
             directory = open_write_target(
                 parent + "/" if parent else "", self.index.policy, create_parents=False
             )
-        except (OSError, FerryError):
+        except (OSError, StorageError):
             directory = None  # its directory is gone too
         if directory is not None:
             try:

@@ -21,8 +21,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.errors import Conflict, NotFound
 from app.storage.digests import DigestBuilder
+from app.storage.errors import InTheWay, NotServable
 from app.storage.paths import TEMP_PREFIX, WriteTarget
 
 # Called with the target's current stat (None if absent) under the directory lock; raises to refuse.
@@ -145,10 +145,10 @@ class AtomicWrite:
         """Refuse (under the directory lock) what may not be replaced."""
         before = current(self.target)
         if before is not None and stat.S_ISDIR(before.st_mode):
-            raise Conflict(f"a directory is in the way of {self.target.name!r}")
+            raise InTheWay(f"a directory is in the way of {self.target.name!r}")
         if before is not None and stat.S_ISLNK(before.st_mode):
             # Reads may refuse it: so do writes.
-            raise Conflict(f"a symbolic link is in the way of {self.target.name!r}")
+            raise InTheWay(f"a symbolic link is in the way of {self.target.name!r}")
         check(before)
 
     def _place(self) -> bool:
@@ -204,7 +204,7 @@ def delete(target: WriteTarget, check: Check, *, directory: bool = False) -> boo
     with _DirectoryLock(target.dir_fd):
         before = current(target)
         if before is None or (directory and not stat.S_ISDIR(before.st_mode)):
-            raise NotFound()
+            raise NotServable()
         check(before)
         if not stat.S_ISDIR(before.st_mode):
             os.unlink(target.name, dir_fd=target.dir_fd)
@@ -213,7 +213,7 @@ def delete(target: WriteTarget, check: Check, *, directory: bool = False) -> boo
             os.rmdir(target.name, dir_fd=target.dir_fd)
         except OSError as exc:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise Conflict("the directory is not empty") from exc
+                raise InTheWay("the directory is not empty") from exc
             raise
         return True
 

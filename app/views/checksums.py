@@ -25,9 +25,11 @@ from app.errors import BadRequest, FerryError, ServiceUnavailable
 from app.http.digests import checksum_line
 from app.http.headers import content_disposition
 from app.services import Services
-from app.storage.digests import HashBusy, Hashed, Identity, OnDemandHasher, identity
-from app.storage.index import Entry, Index
+from app.storage.errors import StorageError
+from app.storage.index import Index
+from app.storage.on_demand import HashBusy, Hashed, OnDemandHasher
 from app.storage.paths import open_beneath, resolve
+from app.storage.values import Entry, Identity, identity
 
 logger = logging.getLogger("ferry.checksums")
 
@@ -88,6 +90,7 @@ class ChecksumsList:
         """Make sure every file in scope has a digest (hashing what is missing within the on-demand
         bound), or raise: once the headers are sent the list can no longer be refused."""
         index = self.services.index
+        await self.services.async_index.refreshed(self.directory)
         files, missing, unknown_bytes = await run_in_threadpool(
             index.digest_coverage, self.directory, recursive=self.recursive, limit=MAX_FILES + 1
         )
@@ -179,7 +182,7 @@ async def _hash_now(index: Index, on_demand: OnDemandHasher, entry: Entry) -> tu
         fd, st = await run_in_threadpool(
             lambda: open_beneath(resolve(entry.path, index.policy), index.policy)
         )
-    except (OSError, FerryError) as exc:
+    except (OSError, StorageError) as exc:
         raise ServiceUnavailable("the directory is changing; try again") from exc
     try:
         hashed = await on_demand.hash(fd, st)

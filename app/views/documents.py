@@ -12,7 +12,7 @@ from app.http.digests import checksum_line
 from app.http.headers import content_disposition
 from app.http.metalink import METALINK_TYPE, Mirror, Pieces, metalink_document
 from app.request import PREFIX, FileRequest
-from app.storage.digests import FileDigest
+from app.storage.values import FileDigest
 
 _NOSNIFF = {"x-content-type-options": "nosniff"}
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from app.http.conditional import make_validators
 from app.http.mime import content_type_for
 from app.request import PREFIX
-from app.storage.index import Entry, Page
+from app.storage.values import Entry, Page
 
 
 class EntryModel(BaseModel):

@@ -18,7 +18,7 @@ from html import escape
 from urllib.parse import parse_qsl, quote, urlencode
 
 from app.request import PREFIX
-from app.storage.index import SortKey
+from app.storage.values import SortKey
 from app.views.assets import static_href, template
 from app.views.entries import EntryModel, Listing, SearchResults
 

@@ -15,7 +15,7 @@ from app.auth import Access, link_of
 from app.errors import BadRequest
 from app.request import FileRequest
 from app.services import Services
-from app.storage.index import Page, SortKey
+from app.storage.values import Page, SortKey
 from app.views.entries import listing_model, search_model
 from app.views.html import HtmlPage, render_listing, render_search
 
@@ -72,7 +72,12 @@ class DirectoryListing:
         link = link_of(self.access)
         # Only a prefix link reaches further than this page: then every link on it carries it along.
         link_query = link.query if link is not None and link.prefix is not None else ""
-        if _wants_json(request):
+        wants_json = _wants_json(request)
+        if wants_json or not request.query.get("q", "").strip():
+            # A listing (not a search): a directory changed on disk is rescanned by the index's
+            # writer thread first, waited for only briefly (a write-locked index stalls no listing).
+            self.services.async_index.refresh(self.directory)
+        if wants_json:
             page = self._granted(index.list_dir(self.directory, limit=_limit(request, 100), cursor=cursor))
             listing = listing_model(self.directory, page, mime_types)
             for entry in listing.entries if link_query else ():

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from app.main import create_app
-from app.storage.digests import identity, stored_ns, stored_u64
+from app.storage.values import identity, stored_ns, stored_u64
 from tests.conftest import make_settings
 
 YEAR_2286_NS = 10**19  # past int64 nanoseconds (2262), within ext4's range

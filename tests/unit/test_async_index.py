@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from app.storage.async_index import AsyncIndex
-from app.storage.digests import DigestCache, FileDigest, Identity
 from app.storage.index import Index
+from app.storage.on_demand import DigestCache
 from app.storage.paths import PathPolicy
+from app.storage.values import FileDigest, Identity
 
 PATIENCE = 30.0
 

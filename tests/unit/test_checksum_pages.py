@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from app.storage.digests import FileDigest
-from app.storage.index import Entry, Index
+from app.storage.index import Index
 from app.storage.paths import PathPolicy
+from app.storage.values import Entry, FileDigest
 
 NAMES = ("a", "a-b", "a.b", "a0", "a b", "ab", "é", "z", "数据")
 

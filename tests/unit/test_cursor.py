@@ -1,4 +1,4 @@
-"""Cursors come back from clients: whatever one holds, decoding gives its values or BadRequest."""
+"""Cursors come back from clients: whatever one holds, decoding gives its values or InvalidInput."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.errors import BadRequest
-from app.storage.index import decode_cursor, encode_cursor
+from app.storage.cursor import decode_cursor, encode_cursor
+from app.storage.errors import InvalidInput
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -43,15 +43,15 @@ def bindable(value: object) -> bool:
     ],
 )
 def test_hostile_cursors_are_bad_requests(text: str) -> None:
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidInput):
         decode_cursor(raw_cursor(text), (int,))
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidInput):
         decode_cursor(raw_cursor(text), (str,))
 
 
 def test_a_cursor_longer_than_any_genuine_one_is_refused_before_decoding() -> None:
     assert decode_cursor(encode_cursor(["n" * 255]), (str,)) == ["n" * 255]
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidInput):
         decode_cursor(encode_cursor(["n" * 100_000]), (str,))
 
 
@@ -77,7 +77,7 @@ _JSON = st.recursive(
 def test_decoded_values_are_of_the_asked_types_and_bindable(values: list[object], types: list[type]) -> None:
     try:
         decoded = decode_cursor(encode_cursor(values), tuple(types))
-    except BadRequest:
+    except InvalidInput:
         assert len(values) != len(types) or not all(
             isinstance(v, t) and bindable(v) for v, t in zip(values, types, strict=True)
         )
@@ -93,6 +93,6 @@ def test_any_cursor_decodes_or_is_a_bad_request(document: object, depth: int) ->
     for candidate in (text, "[" * depth + text + "]" * depth):
         try:
             decoded = decode_cursor(raw_cursor(candidate), (int,))
-        except BadRequest:
+        except InvalidInput:
             continue
         assert len(decoded) == 1 and bindable(decoded[0])

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.storage.index import Entry
+from app.storage.values import Entry
 from app.views.entries import entry_model
 
 # `touch -d @399999999999` on tmpfs: a stat's st_mtime_ns is a Python int, past any datetime.

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from app.storage.digests import HashBusy, Hashed, OnDemandHasher, identity
 from app.storage.index import Index
+from app.storage.on_demand import HashBusy, Hashed, OnDemandHasher
 from app.storage.paths import PathPolicy
+from app.storage.values import identity
 
 PAST = time.time() - 3600
 MiB = 1024**2

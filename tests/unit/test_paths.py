@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.errors import BadRequest, NotFound
 from app.storage import paths
+from app.storage.errors import InvalidInput, NotServable
 from app.storage.paths import (
     PathPolicy,
     SafePath,
@@ -65,7 +65,7 @@ SHOW_HIDDEN = replace(POLICY, show_hidden=True)
 )
 def test_split_url_path_plain_names(url_path: str, segments: list[str] | None) -> None:
     if segments is None:
-        with pytest.raises(NotFound):
+        with pytest.raises(NotServable):
             split_url_path(url_path, POLICY)
     else:
         assert split_url_path(url_path, POLICY) == segments
@@ -98,7 +98,7 @@ NOT_FOUND = [
 @pytest.mark.parametrize("url_path", NOT_FOUND)
 @pytest.mark.parametrize("policy", [POLICY, SHOW_HIDDEN], ids=["hidden-off", "hidden-on"])
 def test_split_url_path_refuses_traversal(url_path: str, policy: PathPolicy) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotServable):
         split_url_path(url_path, policy)
 
 
@@ -137,7 +137,7 @@ def test_normal_url_path_drops_only_dot_segments(url_path: str, normal: str) -> 
     ],
 )
 def test_split_url_path_control_characters_are_bad_requests(url_path: str) -> None:
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidInput):
         split_url_path(url_path, POLICY)
 
 
@@ -152,7 +152,7 @@ def test_split_url_path_control_characters_are_bad_requests(url_path: str) -> No
     ],
 )
 def test_split_url_path_hidden_names_only_when_shown(url_path: str, segments: list[str]) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotServable):
         split_url_path(url_path, POLICY)
     assert split_url_path(url_path, SHOW_HIDDEN) == segments
 
@@ -261,9 +261,9 @@ OUTSIDE = [
 def test_resolve_refuses_symlinks_leading_outside_root(
     tree: Tree, url_path: str, content: bytes, no_fd_leak: None
 ) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotServable):
         resolve(url_path, tree.policy())
-    with pytest.raises(NotFound):
+    with pytest.raises(NotServable):
         resolve(url_path, tree.policy(show_hidden=True))
 
 
@@ -284,15 +284,15 @@ def test_resolve_follows_symlinks_outside_when_allowed(
 def test_resolve_refuses_symlinks_to_hidden_names(
     tree: Tree, url_path: str, content: bytes, no_fd_leak: None
 ) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotServable):
         resolve(url_path, tree.policy())
-    with pytest.raises(NotFound):
+    with pytest.raises(NotServable):
         resolve(url_path, tree.policy(follow_symlinks=True))
     assert open_and_read(url_path, tree.policy(show_hidden=True)) == content
 
 
 def test_resolve_hidden_names_only_when_shown(tree: Tree, no_fd_leak: None) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotServable):
         resolve(".hidden", tree.policy())
     assert open_and_read(".hidden", tree.policy(show_hidden=True)) == b"hidden"
 
@@ -320,7 +320,7 @@ def test_writes_land_where_reads_look(
 @pytest.mark.parametrize("url_path", ["missing.txt", "dangling", "loop", "hello.txt/x", "sub/missing/x"])
 def test_open_beneath_missing_or_broken_is_not_found(tree: Tree, url_path: str, no_fd_leak: None) -> None:
     policy = tree.policy()
-    with pytest.raises(NotFound):
+    with pytest.raises(NotServable):
         open_beneath(resolve(url_path, policy), policy)
 
 
@@ -339,7 +339,7 @@ def test_open_beneath_refuses_a_fifo_without_hanging(tree: Tree, no_fd_leak: Non
     worker.start()
     worker.join(timeout=5)
     assert not worker.is_alive(), "open_beneath hung on a FIFO"
-    assert len(outcome) == 1 and isinstance(outcome[0], NotFound)
+    assert len(outcome) == 1 and isinstance(outcome[0], NotServable)
 
 
 @pytest.mark.parametrize("url_path", ["", "sub", "sub/"])
@@ -375,7 +375,7 @@ def test_open_beneath_catches_a_directory_swapped_for_a_symlink_after_resolve(
     (tree.root / "swap").rename(tree.root / "swapped-away")
     (tree.root / "swap").symlink_to(tree.outside / "root_secret")
     (tree.outside / "root_secret" / "x.txt").write_bytes(b"OUTSIDE")
-    with pytest.raises(NotFound):
+    with pytest.raises(NotServable):
         open_beneath(safe, policy)
 
 
@@ -395,7 +395,7 @@ def test_split_url_path_accepts_only_plain_names(url_path: str, show_hidden: boo
     policy = PathPolicy(root=Path("/srv/root"), show_hidden=show_hidden)
     try:
         segments = split_url_path(url_path, policy)
-    except (BadRequest, NotFound):
+    except (InvalidInput, NotServable):
         return
     for segment in segments:
         assert segment not in ("", ".", "..")
@@ -417,7 +417,7 @@ def test_resolve_never_leaves_root(tmp_path_factory: pytest.TempPathFactory, url
     policy = PathPolicy(root=root.resolve())
     try:
         safe = resolve(url_path, policy)
-    except (BadRequest, NotFound):
+    except (InvalidInput, NotServable):
         return
     assert Path(os.path.realpath(safe)).is_relative_to(policy.root)
 
@@ -505,9 +505,9 @@ def test_the_gate_never_opens_what_is_not_a_file_or_directory(
     policy = special.tree.policy(follow_symlinks=follow_symlinks)
     watch = OpenWatch(_target(special, name))
     try:
-        with pytest.raises(NotFound):
+        with pytest.raises(NotServable):
             open_beneath(SafePath(special.tree.root / name), policy)
-        with pytest.raises(NotFound):
+        with pytest.raises(NotServable):
             open_beneath(resolve(name, replace(policy, follow_symlinks=True)), policy)
         dir_fd = os.open(special.tree.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -535,7 +535,7 @@ _BECOMES_TERMINAL = """
 import os, sys
 from pathlib import Path
 from app.storage.paths import PathPolicy, SafePath, open_beneath, stat_child
-from app.errors import NotFound
+from app.storage.errors import NotServable
 
 root, tty = Path(sys.argv[1]), sys.argv[2]
 for follow in (False, True):
@@ -544,7 +544,7 @@ for follow in (False, True):
     assert stat_child(dir_fd, "to-tty", policy) is None
     try:
         open_beneath(SafePath(root / "to-tty"), policy)
-    except NotFound:
+    except NotServable:
         pass
 # Field 7 of /proc/self/stat: the controlling terminal (0: none), after the process's name.
 print(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[4])
@@ -577,5 +577,5 @@ def test_without_pinning_files_and_directories_still_open(
     fd, st = open_beneath(resolve("sub", tree.policy()), tree.policy())
     os.close(fd)
     assert stat.S_ISDIR(st.st_mode)
-    with pytest.raises(NotFound):
+    with pytest.raises(NotServable):
         open_beneath(SafePath(tree.root / "link-outside.txt"), tree.policy())
