@@ -54,7 +54,8 @@ async def in_process(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client on `app`; with `lifespan`, the app is started (and stopped) as the server does it.
 
-    Without it the app is used cold (a test that scans by hand), and its index is closed at the end.
+    Without it the app is used cold (a test that scans by hand); its index writer thread is ended
+    and its index closed at the end, as the lifespan would.
     """
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
     if not lifespan:
@@ -62,6 +63,7 @@ async def in_process(
             async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as http:
                 yield http
         finally:
+            await asyncio.to_thread(app.state.async_index.close)
             app.state.index.close()
         return
     async with app.router.lifespan_context(app):
