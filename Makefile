@@ -8,7 +8,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CLIENT_TOOLS := curl wget aria2c strace chromium rclone ffmpeg ffprobe lftp wget2
 CLIENT_PACKAGES := curl wget aria2 strace chromium rclone ffmpeg lftp wget2
 
-.PHONY: run test test-unit lint fmt tools venv clean
+.PHONY: run test test-unit test-integration test-clients test-security test-smoke lint fmt tools venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,21 @@ tools:
 test: $(VENV)/.dev-installed tools bench-tools
 	$(BIN)/pytest
 
+# One tier at a time (README "Tests"): unit and integration need no server, no client tool.
 test-unit: $(VENV)/.dev-installed
 	$(BIN)/pytest tests/unit
+
+test-integration: $(VENV)/.dev-installed
+	$(BIN)/pytest tests/integration
+
+test-clients: $(VENV)/.dev-installed tools
+	$(BIN)/pytest tests/clients
+
+test-security: $(VENV)/.dev-installed
+	$(BIN)/pytest tests/security
+
+test-smoke: $(VENV)/.dev-installed bench-tools
+	$(BIN)/pytest tests/bench tests/load
 
 # `make bench`: Ferry against nginx over loopback (tests/bench/run.py); the table goes to stdout
 # and bench-results/latest.md. Options: make bench BENCH_ARGS="--chunk-sizes 256KiB,1MiB,4MiB".

@@ -1,31 +1,44 @@
-"""Shared fixtures: a clean environment, an awkward storage tree, and a real `ferry serve`."""
+"""Shared fixtures: a clean environment, an awkward storage tree, and a real `ferry serve`.
+
+The helpers themselves live in tests/support/; the names below stay importable from here.
+"""
 
 from __future__ import annotations
 
-import math
 import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 
-from app.settings import Settings
+from tests.support.inprocess import make_settings
+from tests.support.servers import (
+    CANARY,
+    PATIENCE,
+    FerryServer,
+    ServerFactory,
+    ServerPool,
+    build_storage_tree,
+    free_port,
+    quickest,
+    start_server,
+    wait_for,
+)
 
-CANARY = b"FERRY-CANARY-outside-root-never-served\n"
-T = TypeVar("T")
-
-# How long a test waits for something that happens beside it (a scan, the watcher, a clean-up, a
-# log line). CI machines are shared: a process may get no CPU for seconds, so waits are generous;
-# each ends as soon as its condition holds, so a fast machine pays nothing for the margin.
-PATIENCE = 30.0
+__all__ = [
+    "CANARY",
+    "PATIENCE",
+    "FerryServer",
+    "ServerFactory",
+    "ServerPool",
+    "build_storage_tree",
+    "free_port",
+    "make_settings",
+    "quickest",
+    "start_server",
+    "wait_for",
+]
 
 # Property tests hash, touch files and sockets, and run on loaded machines: a per-example deadline
 # measures the machine, not Ferry, and so does the health check on slow data generation. Examples
@@ -48,176 +61,16 @@ def _clean_ferry_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def make_settings(root: Path, **overrides: object) -> Settings:
-    # Overrides are raw values ("64KiB" for a size) that Settings validates, as it does flags.
-    return Settings(_env_file=None, root=root, **overrides)  # type: ignore[arg-type]
-
-
 @pytest.fixture
 def storage_tree(tmp_path: Path) -> Path:
     return build_storage_tree(tmp_path)
 
 
-def build_storage_tree(base: Path) -> Path:
-    """ROOT (base/data) with awkward names (as dufs tests do), hidden files, and symlinks in and out.
-
-    A canary file sits beside ROOT (and in a sibling directory whose name shares ROOT's prefix);
-    no response may ever contain its bytes.
-    """
-    root = base / "data"
-    root.mkdir()
-    (base / "secret.txt").write_bytes(CANARY)
-    sibling = base / "data_secret"
-    sibling.mkdir()
-    (sibling / "x.txt").write_bytes(CANARY)
-    (root / "hello.txt").write_bytes(b"hello, ferry\n")
-    (root / "empty.bin").write_bytes(b"")
-    (root / "digits.txt").write_bytes(bytes(range(256)) * 4)  # 1024 bytes
-    (root / "résumé 数据.bin").write_bytes(b"unicode name\n")
-    (root / 'we"ird;name\\.txt').write_bytes(b"quotes\n")
-    (root / "100% #1?.txt").write_bytes(b"percent\n")
-    (root / "line\nbreak.txt").write_bytes(b"newline\n")
-    (root / ".hidden").write_bytes(b"hidden\n")
-    sub = root / "sub"
-    sub.mkdir()
-    (sub / "inner.txt").write_bytes(b"inner\n")
-    (sub / ".env").write_bytes(b"SECRET=1\n")
-    (root / ".git").mkdir()
-    (root / ".git" / "config").write_bytes(b"[core]\n")
-    (root / "link-inside.txt").symlink_to(root / "hello.txt")
-    (root / "link-outside.txt").symlink_to(base / "secret.txt")
-    (root / "dir-outside").symlink_to(sibling)
-    (root / "link-to-hidden").symlink_to(root / ".hidden")
-    return root
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = PATIENCE) -> bool:
-    """Poll `condition` every 50 ms until it holds or `timeout` seconds pass; its last answer."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
-def quickest(attempt: Callable[[], T], tries: int = 3) -> tuple[list[T], float]:
-    """Every result of `tries` runs of `attempt`, and the wall-clock seconds of the fastest run.
-
-    A loaded machine stalls some runs, not all of them; a slow code path is slow in every run. A
-    bound on the fastest run catches the slow path and ignores the stall.
-    """
-    results: list[T] = []
-    fastest = math.inf
-    for _ in range(tries):
-        started = time.monotonic()
-        results.append(attempt())
-        fastest = min(fastest, time.monotonic() - started)
-    return results, fastest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class FerryServer:
-    """A `ferry serve` subprocess listening on a loopback port."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    root: Path
-    log: Path
-
-    @property
-    def access_log(self) -> Path:
-        """What the server wrote to stdout: one access line per request."""
-        return self.log.with_suffix(".access.log")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-    def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_server(
-    root: Path, cwd: Path, *flags: str, env: dict[str, str] | None = None, daemon: bool = False
-) -> FerryServer:
-    """`ferry serve` on a free port; `daemon`: in a session of its own with no controlling terminal,
-    as a service manager starts it."""
-    port = free_port()
-    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
-    clean_env.update(env or {})
-    log = (cwd / f"ferry-{port}.log").open("wb")
-    access = (cwd / f"ferry-{port}.access.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "serve",
-            "--root",
-            str(root),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *flags,
-        ],
-        cwd=cwd,  # no config/ferry.env there
-        env=clean_env,
-        stdout=access,
-        stderr=log,
-        start_new_session=daemon,
-    )
-    log.close()
-    access.close()
-    server = FerryServer(process, port, root, cwd / f"ferry-{port}.log")
-    deadline = time.monotonic() + PATIENCE
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"ferry serve exited: {server.log.read_text()}")
-        try:
-            if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            time.sleep(0.05)
-    server.stop()
-    raise AssertionError("ferry serve did not become ready")
-
-
-ServerFactory = Callable[..., FerryServer]
-
-
-@pytest.fixture(params=["off", "on"])
-def zero_copy(request: pytest.FixtureRequest) -> str:
-    """The transfer path every download test runs on (FERRY_ZERO_COPY)."""
-    value: str = request.param
-    return value
+@pytest.fixture
+def zero_copy() -> str:
+    """The transfer path (FERRY_ZERO_COPY) a test's servers run on: the production default, unless
+    the test sends file bytes and so runs on both (tests/support/servers.py BOTH_TRANSFER_PATHS)."""
+    return "auto"
 
 
 @pytest.fixture
@@ -240,30 +93,3 @@ def ferry(tmp_path: Path, zero_copy: str) -> Iterator[ServerFactory]:
     yield start
     for server in servers:
         server.stop()
-
-
-class ServerPool:
-    """One tree for a test module and one `ferry serve` per (zero_copy, flags), started on first use."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.cwd = base / "cwd"
-        self.cwd.mkdir()
-        self.root = build_storage_tree(base)
-        self.servers: dict[tuple[str, ...], FerryServer] = {}
-
-    def get(self, zero_copy: str, *flags: str) -> FerryServer:
-        key = (zero_copy, *flags)
-        server = self.servers.get(key)
-        if server is None or server.process.poll() is not None:
-            # Each server keeps its own index: one started with other settings must not reset it.
-            index = self.cwd / f"index-{len(self.servers)}.sqlite3"
-            server = start_server(
-                self.root, self.cwd, *flags, "--zero-copy", zero_copy, "--index-path", str(index)
-            )
-            self.servers[key] = server
-        return server
-
-    def stop(self) -> None:
-        for server in self.servers.values():
-            server.stop()

@@ -28,12 +28,6 @@ PROMPT = HOLD / 3
 BODY = b"x" * (64 * 1024)
 
 
-@pytest.fixture
-def zero_copy() -> str:
-    """Nothing here depends on the download path: one run, on the default one."""
-    return "auto"
-
-
 def _timed(call: Callable[[], httpx.Response]) -> tuple[float, httpx.Response]:
     began = time.monotonic()
     response = call()
@@ -48,13 +42,13 @@ def _uploads_begun(index: Path) -> int:
 
 
 @pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
+def executor() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(2) as executor:
         yield executor
 
 
 def test_a_write_locked_index_stalls_no_download_or_listing(
-    ferry: ServerFactory, tmp_path: Path, pool: ThreadPoolExecutor
+    ferry: ServerFactory, tmp_path: Path, executor: ThreadPoolExecutor
 ) -> None:
     root = tmp_path / "root"
     (root / "other").mkdir(parents=True)
@@ -86,7 +80,7 @@ def test_a_write_locked_index_stalls_no_download_or_listing(
         with httpx.Client(base_url=server.url, timeout=HOLD + 2 * PATIENCE) as own:
             return own.put(f"/files/uploads/{name}", content=content, headers=AUTH)
 
-    first: Future[httpx.Response] = pool.submit(put, "first.bin", body())
+    first: Future[httpx.Response] = executor.submit(put, "first.bin", body())
     assert wait_for(lambda: _uploads_begun(index) == 1)
 
     lock = sqlite3.connect(index, timeout=PATIENCE, isolation_level=None, check_same_thread=False)
@@ -102,7 +96,7 @@ def test_a_write_locked_index_stalls_no_download_or_listing(
     unlock.start()
     try:
         release_body.set()
-        second: Future[httpx.Response] = pool.submit(put, "second.bin", BODY)
+        second: Future[httpx.Response] = executor.submit(put, "second.bin", BODY)
         probes: list[tuple[str, float]] = []
         while time.monotonic() - locked_at < HOLD * 0.6:
             took, response = _timed(lambda: client.get("/files/other/a.bin"))

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import FerryServer, start_server
+from tests.support.servers import launcher
 
 pytestmark = pytest.mark.clients
 
@@ -32,18 +33,7 @@ TEMP = ".ferry-upload-0123456789abcdef.part"
 
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Callable[..., FerryServer]]:
-    servers: list[FerryServer] = []
-
-    def start(root: Path, *flags: str) -> FerryServer:
-        cwd = tmp_path / f"cwd-{len(servers)}"
-        cwd.mkdir()
-        server = start_server(root, cwd, *flags)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+    yield from launcher(tmp_path)
 
 
 def scans(server: FerryServer, count: int = 1) -> list[tuple[int, int, float]]:

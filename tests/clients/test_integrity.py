@@ -27,6 +27,7 @@ import pytest
 
 from tests.clients.test_real_clients import run, tool
 from tests.conftest import FerryServer, ServerFactory, wait_for
+from tests.support.servers import BOTH_TRANSFER_PATHS
 
 pytestmark = pytest.mark.clients
 
@@ -34,8 +35,6 @@ MiB = 1024**2
 TOKEN = "t"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PAST = time.time() - 3600  # an mtime old enough for the background hasher to trust at once
-# Tests about uploads, checksum files and the hasher do not depend on the download path: once each.
-ONCE = pytest.mark.parametrize("zero_copy", ["auto"])
 
 
 def sha256(data: bytes) -> bytes:
@@ -74,6 +73,7 @@ def tree(tmp_path: Path) -> Path:
 # -- headers on downloads --------------------------------------------------------------------
 
 
+@BOTH_TRANSFER_PATHS
 def test_repr_digest_equals_sha256sum_for_200_206_head_and_304(ferry: ServerFactory, tree: Path) -> None:
     server = ferry(tree)
     for name in ("big.bin", "small.txt", "empty.bin", "docs/ünï cödé ✓.md"):
@@ -104,7 +104,6 @@ def test_repr_digest_equals_sha256sum_for_200_206_head_and_304(ferry: ServerFact
             assert multi.headers["repr-digest"] == f"sha-256=:{expected}:"
 
 
-@ONCE
 def test_digest_is_in_the_api_listing_and_html(ferry: ServerFactory, tree: Path) -> None:
     server = ferry(tree)
     assert wait_for(lambda: hashed(server, "docs/guide v1.txt"), 20)
@@ -120,6 +119,7 @@ def test_digest_is_in_the_api_listing_and_html(ferry: ServerFactory, tree: Path)
     assert by_name["guide v1.txt"]["sha256"] in page
 
 
+@BOTH_TRANSFER_PATHS
 def test_a_replaced_file_is_never_paired_with_its_old_digest(ferry: ServerFactory, tree: Path) -> None:
     """While a writer keeps replacing the file, every response's digest describes its own bytes."""
     server = ferry(tree)
@@ -162,7 +162,6 @@ def test_a_replaced_file_is_never_paired_with_its_old_digest(ferry: ServerFactor
     assert checked > 20 and with_digest > 10, (checked, with_digest)
 
 
-@ONCE
 def test_want_repr_digest_computes_on_demand_within_the_limit(ferry: ServerFactory, tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
@@ -193,7 +192,6 @@ def test_want_repr_digest_computes_on_demand_within_the_limit(ferry: ServerFacto
 # -- uploads ---------------------------------------------------------------------------------
 
 
-@ONCE
 def test_upload_with_a_right_and_a_wrong_content_digest(ferry: ServerFactory, tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
@@ -224,7 +222,6 @@ def test_upload_with_a_right_and_a_wrong_content_digest(ferry: ServerFactory, tm
     assert sorted(os.listdir(root / "in")) == ["up.bin"]  # no temporary file left behind
 
 
-@ONCE
 def test_multipart_upload_checks_part_and_body_digests(ferry: ServerFactory, tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
@@ -264,7 +261,6 @@ def test_multipart_upload_checks_part_and_body_digests(ferry: ServerFactory, tmp
 # -- SHA256SUMS --------------------------------------------------------------------------------
 
 
-@ONCE
 def test_sha256sum_checks_a_wget_mirror_with_the_served_sha256sums(ferry: ServerFactory, tree: Path) -> None:
     server = ferry(tree)
     mirror = tree.parent / "mirror"
@@ -289,7 +285,6 @@ def test_sha256sum_checks_a_wget_mirror_with_the_served_sha256sums(ferry: Server
     assert failed.returncode == 1 and "a b #1.bin: FAILED" in failed.stdout
 
 
-@ONCE
 def test_a_file_checksum_line_checks_a_curl_download(ferry: ServerFactory, tree: Path) -> None:
     server = ferry(tree)
     out = tree.parent / "out"
@@ -302,7 +297,6 @@ def test_a_file_checksum_line_checks_a_curl_download(ferry: ServerFactory, tree:
     assert result.stdout == "ünï cödé ✓.md: OK\n"
 
 
-@ONCE
 def test_sha256sums_waits_rather_than_leaving_files_out(ferry: ServerFactory, tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
@@ -320,6 +314,7 @@ def test_sha256sums_waits_rather_than_leaving_files_out(ferry: ServerFactory, tm
 # -- Metalink and aria2 ------------------------------------------------------------------------
 
 
+@BOTH_TRANSFER_PATHS
 def test_aria2_downloads_through_the_metalink_and_verifies(ferry: ServerFactory, tree: Path) -> None:
     server = ferry(tree)
     assert wait_for(lambda: hashed(server, "big.bin") and hashed(server, "small.txt"), 20)
@@ -341,7 +336,6 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@ONCE
 def test_aria2_detects_a_corrupted_mirror(ferry: ServerFactory, tree: Path) -> None:
     """The .meta4 lists Ferry and its mirror; with Ferry out of reach, aria2 fetches from the
     mirror (a plain static server), and the piece hashes Ferry published show the damage."""
@@ -387,7 +381,6 @@ def test_aria2_detects_a_corrupted_mirror(ferry: ServerFactory, tree: Path) -> N
         mirror.server_close()
 
 
-@ONCE
 def test_metalink_for_a_file_not_hashed_yet(ferry: ServerFactory, tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
@@ -406,7 +399,6 @@ def test_metalink_for_a_file_not_hashed_yet(ferry: ServerFactory, tmp_path: Path
 # -- the background hasher -------------------------------------------------------------------
 
 
-@ONCE
 def test_background_hashing_waits_while_a_download_is_in_flight(ferry: ServerFactory, tmp_path: Path) -> None:
     root = tmp_path / "root"
     write_old(root / "slow.bin", random.Random(5).randbytes(64 * MiB))
@@ -423,7 +415,6 @@ def test_background_hashing_waits_while_a_download_is_in_flight(ferry: ServerFac
     assert wait_for(lambda: hashed(server, "new.txt"), 20)  # and resumes when the transfer ends
 
 
-@ONCE
 def test_digests_survive_a_restart(ferry: ServerFactory, tree: Path, tmp_path: Path) -> None:
     index = tmp_path / "index.sqlite3"
     first = ferry(tree, "--index-path", str(index))

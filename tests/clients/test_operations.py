@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import PATIENCE, FerryServer, ServerFactory, wait_for
+from tests.support.servers import BOTH_TRANSFER_PATHS
 
 pytestmark = pytest.mark.clients
 
@@ -53,6 +54,7 @@ def _abort_download(server: FerryServer, path: str) -> None:
     sock.close()
 
 
+@BOTH_TRANSFER_PATHS
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_metrics_count_each_kind_of_response_exactly(
     ferry: ServerFactory, tmp_path: Path, workers: str, zero_copy: str
@@ -109,6 +111,7 @@ def test_metrics_count_each_kind_of_response_exactly(
     assert after["ferry_index_entries"] >= 2
 
 
+@BOTH_TRANSFER_PATHS
 def test_json_access_log_records_each_request_and_aborts(ferry: ServerFactory, tmp_path: Path) -> None:
     root, _ = _tree(tmp_path)
     server = ferry(root, "--log-format", "json")
@@ -141,6 +144,7 @@ def _refuses_connections(port: int) -> bool:
     return False
 
 
+@BOTH_TRANSFER_PATHS
 def test_sigterm_lets_a_download_finish_and_refuses_new_connections(
     ferry: ServerFactory, tmp_path: Path, zero_copy: str
 ) -> None:

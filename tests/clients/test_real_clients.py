@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import FerryServer, ServerFactory
+from tests.support.servers import BOTH_TRANSFER_PATHS
 
 pytestmark = pytest.mark.clients
 
@@ -98,6 +99,7 @@ def write_first_half(storage: Storage, out: Path) -> None:
         dst.write(src.read(HALF))
 
 
+@BOTH_TRANSFER_PATHS
 def test_curl_resumes_a_half_downloaded_file(server: FerryServer, storage: Storage, out_dir: Path) -> None:
     out = out_dir / NAME
     write_first_half(storage, out)
@@ -119,6 +121,7 @@ def test_curl_resumes_a_half_downloaded_file(server: FerryServer, storage: Stora
     assert sha256_file(out) == storage.sha256
 
 
+@BOTH_TRANSFER_PATHS
 def test_wget_resumes_a_half_downloaded_file(server: FerryServer, storage: Storage, out_dir: Path) -> None:
     out = out_dir / NAME
     write_first_half(storage, out)
@@ -130,6 +133,7 @@ def test_wget_resumes_a_half_downloaded_file(server: FerryServer, storage: Stora
     assert sha256_file(out) == storage.sha256
 
 
+@BOTH_TRANSFER_PATHS
 def test_aria2c_segmented_download(server: FerryServer, storage: Storage, out_dir: Path) -> None:
     log = out_dir.parent / "aria2.log"
     run(
@@ -160,6 +164,7 @@ def test_aria2c_segmented_download(server: FerryServer, storage: Storage, out_di
     assert text.count("HTTP/1.1 206") >= 2, "aria2c did not make segmented (ranged) requests"
 
 
+@BOTH_TRANSFER_PATHS
 def test_wget_content_disposition_saves_the_exact_unicode_name(
     server: FerryServer, storage: Storage, out_dir: Path
 ) -> None:
@@ -174,6 +179,7 @@ def test_wget_content_disposition_saves_the_exact_unicode_name(
     assert (out_dir / UNICODE_NAME).read_bytes() == storage.unicode_content
 
 
+@BOTH_TRANSFER_PATHS
 def test_curl_oj_saves_the_ascii_fallback_name_not_the_query(
     server: FerryServer, storage: Storage, out_dir: Path
 ) -> None:
@@ -192,6 +198,7 @@ def test_curl_oj_saves_the_ascii_fallback_name_not_the_query(
     assert (out_dir / fallback).read_bytes() == storage.unicode_content
 
 
+@BOTH_TRANSFER_PATHS
 def test_curl_range_and_head(server: FerryServer, storage: Storage, out_dir: Path) -> None:
     url = f"{server.url}/files/{NAME}"
     out = out_dir / "first100"

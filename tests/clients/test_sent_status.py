@@ -23,12 +23,6 @@ MIB = 1024**2
 
 
 @pytest.fixture
-def zero_copy() -> str:
-    """What is recorded does not depend on the transfer path: the default one."""
-    return "auto"
-
-
-@pytest.fixture
 def server(ferry: ServerFactory, tmp_path: Path) -> FerryServer:
     root = tmp_path / "root"
     root.mkdir()

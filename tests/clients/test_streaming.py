@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 from tests.conftest import PATIENCE, FerryServer, ServerFactory, quickest, wait_for
+from tests.support.raw import read_head
+from tests.support.servers import BOTH_TRANSFER_PATHS
 
 pytestmark = pytest.mark.clients
 
@@ -44,17 +46,6 @@ def raw_get(server: FerryServer, target: str, *, rcvbuf: int | None = None) -> s
     sock.connect(("127.0.0.1", server.port))
     sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     return sock
-
-
-def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
-    """The response head (status line + headers) and whatever body bytes came with it."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before the response head: {data!r}"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    return head, rest
 
 
 def settled_fds(server: FerryServer) -> int:
@@ -90,6 +81,7 @@ def big_sparse(tmp_path: Path) -> Iterator[Path]:
     path.unlink()
 
 
+@BOTH_TRANSFER_PATHS
 def test_range_across_the_2_32_offset(ferry: ServerFactory, big_sparse: Path) -> None:
     server = ferry(big_sparse)
     url = f"{server.url}/files/huge.bin"
@@ -112,6 +104,7 @@ def test_range_across_the_2_32_offset(ferry: ServerFactory, big_sparse: Path) ->
         assert r.content == AROUND_2_32[12:]
 
 
+@BOTH_TRANSFER_PATHS
 def test_suffix_and_open_ranges_reach_the_end_of_a_4_gib_file(ferry: ServerFactory, big_sparse: Path) -> None:
     server = ferry(big_sparse)
     url = f"{server.url}/files/huge.bin"
@@ -152,6 +145,7 @@ def test_head_reports_the_exact_length_of_a_4_gib_file(ferry: ServerFactory, big
 # --- bounded memory ---------------------------------------------------------------------------
 
 
+@BOTH_TRANSFER_PATHS
 def test_server_rss_stays_flat_while_2_gib_download(ferry: ServerFactory, tmp_path: Path) -> None:
     root = tmp_path / "rss"
     root.mkdir()
@@ -199,6 +193,7 @@ def test_server_rss_stays_flat_while_2_gib_download(ferry: ServerFactory, tmp_pa
 # --- descriptors and slow readers -------------------------------------------------------------
 
 
+@BOTH_TRANSFER_PATHS
 def test_50_aborted_downloads_release_their_descriptors(ferry: ServerFactory, tmp_path: Path) -> None:
     root = tmp_path / "abort"
     root.mkdir()
@@ -238,6 +233,7 @@ def test_50_aborted_downloads_release_their_descriptors(ferry: ServerFactory, tm
     assert httpx.get(f"{server.url}/healthz").status_code == 200
 
 
+@BOTH_TRANSFER_PATHS
 def test_a_slow_reader_does_not_hold_up_other_clients(ferry: ServerFactory, tmp_path: Path) -> None:
     root = tmp_path / "slow"
     root.mkdir()
@@ -352,6 +348,7 @@ def slow_download(url: str, action: Callable[[], None], *, after: int) -> tuple[
     return received, digest.hexdigest(), error
 
 
+@BOTH_TRANSFER_PATHS
 @pytest.mark.parametrize("how", ["overwrite-middle", "overwrite-near-end", "append", "truncate"])
 def test_file_modified_in_place_never_yields_a_mixed_complete_body(
     ferry: ServerFactory, tmp_path: Path, how: str
@@ -380,6 +377,7 @@ def test_file_modified_in_place_never_yields_a_mixed_complete_body(
     assert r.status_code == 206
 
 
+@BOTH_TRANSFER_PATHS
 def test_file_replaced_while_sent_keeps_serving_the_opened_version(
     ferry: ServerFactory, tmp_path: Path
 ) -> None:

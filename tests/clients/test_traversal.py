@@ -5,26 +5,25 @@ proxy normalises `..`, `%2e`, `//` or backslashes away before Ferry sees them. T
 outside ROOT (and in a sibling directory sharing ROOT's name as a prefix); its bytes must never
 appear in any answer, and the server must keep answering afterwards.
 
-One server per configuration (and per `zero_copy` transfer path) is shared by the whole corpus.
+One server per configuration is shared by the whole corpus (tests/support/traversal.py); the
+refusals send no file bytes, so only the cases that serve a file run on both transfer paths.
 """
 
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.conftest import CANARY, FerryServer, ServerPool
+from tests.support.raw import get, parse_head, status_of
+from tests.support.servers import BOTH_TRANSFER_PATHS, module_pool
+from tests.support.traversal import ESCAPES, HIDDEN_BYTES, OUTSIDE_BYTES, POLICY, expand
 
 pytestmark = pytest.mark.clients
-
-# Bytes from outside ROOT, and from hidden files inside it (tests/conftest.py storage_tree).
-OUTSIDE_BYTES = [CANARY, CANARY.strip()[:12]]
-HIDDEN_BYTES = [b"SECRET=1", b"[core]", b"hidden\n"]
 
 DEFAULT: tuple[str, ...] = ()
 # aiohttp CVE-2024-23334: follow_symlinks=True skipped the root check. Lexical escapes must be
@@ -35,11 +34,7 @@ PERMISSIVE = ("--follow-symlinks", "--show-hidden")
 # --------------------------------------------------------------------------- servers
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
-    shared = ServerPool(tmp_path_factory.mktemp("traversal"))
-    yield shared
-    shared.stop()
+pool = module_pool("traversal")
 
 
 @pytest.fixture
@@ -62,23 +57,10 @@ class RawResponse:
 
 def send_raw(server: FerryServer, target: str, host: str = "x", method: str = "GET") -> RawResponse:
     """Send one request with `target` exactly as given (latin-1 bytes) and read until close."""
-    request = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    chunks = []
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
-        conn.sendall(request.encode("latin-1"))
-        while chunk := conn.recv(65536):
-            chunks.append(chunk)
-    raw = b"".join(chunks)
-    assert raw, f"{target!r}: connection closed without a response"
-    head, _, _ = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    version, status, *_ = status_line.split(" ", 2)
-    assert version == "HTTP/1.1", status_line
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return RawResponse(int(status), headers, raw)
+    answer = get(server.port, target, method=method, host=host)
+    assert answer.raw, f"{target!r}: connection closed without a response"
+    status_line, fields = parse_head(answer.head)
+    return RawResponse(status_of(status_line), dict(fields), answer.raw)
 
 
 def assert_still_serving(server: FerryServer) -> None:
@@ -86,133 +68,6 @@ def assert_still_serving(server: FerryServer) -> None:
     r = send_raw(server, "/healthz")
     assert r.status == 200
     assert json.loads(r.raw.partition(b"\r\n\r\n")[2]) == {"status": "ok"}
-
-
-def expand(target: str, pool: ServerPool) -> str:
-    """Fill in absolute locations of this run's tree: {outside} is the canary's absolute path."""
-    outside = str(pool.base / "secret.txt")
-    return target.format(
-        outside=outside,
-        outside_enc=quote(outside, safe=""),
-        root=str(pool.root),
-    )
-
-
-# --------------------------------------------------------------------------- the corpus
-
-# Escapes refused by the lexical gate, whatever FOLLOW_SYMLINKS and SHOW_HIDDEN say.
-ESCAPES = [
-    # `..` plain and percent-encoded (Apache CVE-2021-41773 / CVE-2021-42013, aiohttp CVE-2024-23334)
-    pytest.param("/files/../secret.txt", id="dotdot"),
-    pytest.param("/files/%2e%2e/secret.txt", id="enc-dotdot"),
-    pytest.param("/files/%2E%2E/secret.txt", id="enc-dotdot-upper"),
-    pytest.param("/files/.%2e/secret.txt", id="half-enc-dotdot-1"),
-    pytest.param("/files/%2e./secret.txt", id="half-enc-dotdot-2"),
-    pytest.param("/files/..%2fsecret.txt", id="enc-slash"),
-    pytest.param("/files/..%2Fsecret.txt", id="enc-slash-upper"),
-    pytest.param("/files/%2e%2e%2fsecret.txt", id="enc-dotdot-slash"),
-    pytest.param("/files/%2e%2e%2f..%2fsecret.txt", id="enc-dotdot-twice"),
-    pytest.param("/files/sub/..%2f..%2fsecret.txt", id="from-subdir-enc"),
-    pytest.param("/files/sub/../../secret.txt", id="from-subdir"),
-    pytest.param("/files/sub%2f..%2f..%2fsecret.txt", id="subdir-all-enc"),
-    pytest.param("/files/%2e%2e%2f%2e%2e%2f%2e%2e%2fetc%2fpasswd", id="etc-passwd-enc"),
-    pytest.param("/files/..", id="bare-dotdot"),
-    pytest.param("/files/sub/..", id="subdir-dotdot"),
-    pytest.param("/files/hello.txt/../secret.txt", id="through-a-file"),
-    pytest.param("/files/link-inside.txt/../../secret.txt", id="through-a-symlink"),
-    pytest.param("/files/dir-outside/..%2f..%2fsecret.txt", id="through-outside-dir-link"),
-    pytest.param("//files/../secret.txt", id="double-leading-slash"),
-    pytest.param("/files/....//secret.txt", id="four-dots"),
-    pytest.param("/files/..;/secret.txt", id="dotdot-semicolon"),
-    pytest.param("/files/sub/..;/..;/secret.txt", id="dotdot-semicolon-twice"),
-    # double encoding: decoded once, the result is a literal name
-    pytest.param("/files/%252e%252e%252fsecret.txt", id="double-enc"),
-    pytest.param("/files/%252e%252e/secret.txt", id="double-enc-dots"),
-    pytest.param("/files/..%252fsecret.txt", id="double-enc-slash"),
-    pytest.param("/files/%25252e%25252e%25252fsecret.txt", id="triple-enc"),
-    # sibling-prefix confusion (Starlette CVE-2023-29159)
-    pytest.param("/files/../data_secret/x.txt", id="sibling-prefix"),
-    pytest.param("/files/%2e%2e/data_secret/x.txt", id="sibling-prefix-enc"),
-    pytest.param("/files/..%2fdata_secret%2fx.txt", id="sibling-prefix-enc-slash"),
-    pytest.param("/files/../data/../secret.txt", id="out-and-back-in-and-out"),
-    pytest.param("/files/../data/hello.txt", id="out-and-back-in"),
-    # backslashes and Windows forms (vert.x CVE-2018-12542, Starlette #981, Werkzeug CVE-2024-49766)
-    pytest.param("/files/..%5csecret.txt", id="enc-backslash"),
-    pytest.param("/files/%5c..%5csecret.txt", id="enc-backslash-leading"),
-    pytest.param("/files/..\\secret.txt", id="raw-backslash"),
-    pytest.param("/files/sub\\..\\..\\secret.txt", id="raw-backslash-subdir"),
-    pytest.param("/files/..%255csecret.txt", id="double-enc-backslash"),
-    pytest.param("/files/C:%5cwindows%5cwin.ini", id="drive-backslash"),
-    pytest.param("/files/C:/windows/win.ini", id="drive-slash"),
-    pytest.param("/files/%5c%5cserver%5cshare%5csecret.txt", id="unc"),
-    pytest.param("/files/CON", id="device-con"),
-    pytest.param("/files/nul", id="device-nul"),
-    # absolute paths
-    pytest.param("/files//etc/passwd", id="abs-etc-passwd"),
-    pytest.param("/files/%2fetc%2fpasswd", id="abs-etc-passwd-enc"),
-    pytest.param("/files/{outside}", id="abs-canary"),
-    pytest.param("/files/{outside_enc}", id="abs-canary-enc"),
-    pytest.param("/files/{root}/../secret.txt", id="abs-root-then-dotdot"),
-    # NUL and control characters (Caddy 500, http.server dropped connection)
-    pytest.param("/files/hello.txt%00", id="nul-suffix"),
-    pytest.param("/files/hello.txt%00.png", id="nul-extension"),
-    pytest.param("/files/%00../secret.txt", id="nul-then-dotdot"),
-    pytest.param("/files/..%00/secret.txt", id="dotdot-nul"),
-    pytest.param("/files/a%0ab", id="lf"),
-    pytest.param("/files/a%0db", id="cr"),
-    pytest.param("/files/%0d%0aSet-Cookie:%20x=1", id="crlf-injection"),
-    pytest.param("/files/line%0abreak.txt", id="lf-existing-name"),
-    pytest.param("/files/a%09b", id="tab"),
-    pytest.param("/files/a%7fb", id="del"),
-    # overlong and bogus UTF-8 (IIS-era decoders)
-    pytest.param("/files/%c0%ae%c0%ae/secret.txt", id="overlong-dots"),
-    pytest.param("/files/%c0%ae%c0%ae%c0%afsecret.txt", id="overlong-dots-slash"),
-    pytest.param("/files/..%c0%afsecret.txt", id="overlong-slash"),
-    pytest.param("/files/%e0%80%ae%e0%80%ae/secret.txt", id="overlong-3-byte"),
-    pytest.param("/files/\xc0\xae\xc0\xae/secret.txt", id="overlong-raw-bytes"),
-    pytest.param("/files/%u002e%u002e/secret.txt", id="iis-u-encoding"),
-    pytest.param("/files/%ff%fe/secret.txt", id="invalid-utf8"),
-    # '.' segments are dropped, and what remains is checked as any other path
-    pytest.param("/files/./../secret.txt", id="dot-then-dotdot"),
-    pytest.param("/files/sub/./../../secret.txt", id="dot-then-dotdot-subdir"),
-    pytest.param("/files/%2e/%2e%2e/secret.txt", id="enc-dot-then-enc-dotdot"),
-    pytest.param("/files/./%2e%2e%2fsecret.txt", id="dot-then-enc-dotdot-slash"),
-    pytest.param("/files/.//etc/passwd", id="dot-then-absolute"),
-    pytest.param("/files/.%2f%2fetc%2fpasswd", id="dot-then-enc-absolute"),
-    pytest.param("/files/sub/.//inner.txt", id="dot-then-empty-segment"),
-    pytest.param("/files/./{outside}", id="dot-then-abs-canary"),
-    pytest.param("/files/hello.txt/.", id="file-trailing-dot"),
-    # a file with a trailing slash is not a directory
-    pytest.param("/files/hello.txt/", id="file-trailing-slash"),
-    # absolute-form and otherwise odd request targets
-    pytest.param("http://x/files/../secret.txt", id="absolute-form"),
-    pytest.param("http://x/files/%2e%2e/secret.txt", id="absolute-form-enc"),
-    pytest.param("../secret.txt", id="relative-target"),
-    pytest.param("@evil.example/files/../secret.txt", id="at-target"),
-]
-
-# Refused only by policy: symlinks leading outside ROOT and hidden names (default settings).
-POLICY = [
-    pytest.param("/files/link-outside.txt", id="symlink-file-outside"),
-    pytest.param("/files/dir-outside/x.txt", id="symlink-dir-outside"),
-    pytest.param("/files/%64ir-outside/x.txt", id="symlink-dir-outside-enc"),
-    pytest.param("/files/dir-outside/", id="symlink-dir-outside-listing"),
-    pytest.param("/files/dir-outside", id="symlink-dir-outside-redirect"),
-    pytest.param("/files/dir-outside/?format=json", id="symlink-dir-outside-json"),
-    pytest.param("/files/link-to-hidden", id="symlink-to-hidden"),
-    pytest.param("/files/.hidden", id="hidden"),
-    pytest.param("/files/%2ehidden", id="hidden-enc"),
-    pytest.param("/files/.hidden/", id="hidden-slash"),
-    pytest.param("/files/sub/.env", id="hidden-nested"),
-    pytest.param("/files/sub/%2eenv", id="hidden-nested-enc"),
-    pytest.param("/files/.git/config", id="hidden-dir-file"),
-    pytest.param("/files/%2egit%2fconfig", id="hidden-dir-file-enc"),
-    pytest.param("/files/.git/", id="hidden-dir-listing"),
-    pytest.param("/files/.git", id="hidden-dir-redirect"),
-    pytest.param("/files/./.hidden", id="dot-then-hidden"),
-    pytest.param("/files/./link-outside.txt", id="dot-then-symlink-file-outside"),
-    pytest.param("/files/dir-outside/./x.txt", id="symlink-dir-outside-then-dot"),
-]
 
 
 def check_refused(server: FerryServer, target: str, forbidden: list[bytes]) -> None:
@@ -261,6 +116,7 @@ def test_head_is_refused_too(served: Callable[..., FerryServer], target: str, me
     assert_still_serving(server)
 
 
+@BOTH_TRANSFER_PATHS
 def test_the_tree_really_holds_the_canary(pool: ServerPool, served: Callable[..., FerryServer]) -> None:
     """The corpus means something only if the canary is where the targets point."""
     assert (pool.base / "secret.txt").read_bytes() == CANARY
@@ -287,6 +143,7 @@ DOT_SEGMENTS = [
 ]
 
 
+@BOTH_TRANSFER_PATHS
 @pytest.mark.parametrize(("target", "body"), DOT_SEGMENTS)
 def test_dot_segments_are_resolved(served: Callable[..., FerryServer], target: str, body: bytes) -> None:
     server = served()
@@ -296,6 +153,7 @@ def test_dot_segments_are_resolved(served: Callable[..., FerryServer], target: s
     assert "location" not in response.headers
 
 
+@BOTH_TRANSFER_PATHS
 def test_dot_segments_keep_head_and_ranges(served: Callable[..., FerryServer]) -> None:
     server = served()
     plain, dotted = (
@@ -312,11 +170,8 @@ def test_dot_segments_keep_head_and_ranges(served: Callable[..., FerryServer]) -
         "content-disposition",
     ):
         assert dotted.headers.get(name) == plain.headers.get(name), name
-    request = "GET /files/./digits.txt HTTP/1.1\r\nHost: x\r\nRange: bytes=16-31\r\nConnection: close\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
-        conn.sendall(request.encode())
-        raw = b"".join(iter(lambda: conn.recv(65536), b""))
-    head, _, body = raw.partition(b"\r\n\r\n")
+    ranged = get(server.port, "/files/./digits.txt", "Range: bytes=16-31")
+    head, body = ranged.head, ranged.body
     assert head.startswith(b"HTTP/1.1 206 "), head
     assert b"content-range: bytes 16-31/1024" in head.lower()
     assert body == bytes(range(16, 32))

@@ -27,6 +27,8 @@ import httpx
 import pytest
 
 from tests.conftest import CANARY, PATIENCE, FerryServer, ServerFactory, wait_for
+from tests.support.multipart import multipart_body
+from tests.support.raw import RawResponse, connect, read_response, request_head
 
 pytestmark = pytest.mark.clients
 
@@ -38,12 +40,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TEMP_PREFIX = ".ferry-upload-"
 TIMEOUT = httpx.Timeout(30.0)
 CLEANUP_SECONDS = PATIENCE
-
-
-@pytest.fixture
-def zero_copy() -> str:
-    """Uploads do not depend on the download path: one run per test, on the default one."""
-    return "auto"
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -122,27 +118,6 @@ def outside_snapshot(base: Path, root: Path) -> dict[str, str]:
 # -- raw HTTP over a socket (no client library normalising paths or handling early answers) ----
 
 
-@dataclass
-class RawResponse:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> object:
-        return json.loads(self.body)
-
-
-def raw_connect(server: FerryServer) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def raw_head(method: str, target: str, headers: dict[str, str]) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
 def chunk(data: bytes) -> bytes:
     """One chunk of a chunked transfer coding."""
     return b"%x\r\n" % len(data) + data + b"\r\n"
@@ -169,52 +144,17 @@ def send_until_answered(sock: socket.socket, pieces: Iterable[bytes], pause: flo
     return sent
 
 
-def read_response(sock: socket.socket) -> RawResponse:
-    """Read one response (head and a Content-Length body) from a raw socket."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        piece = sock.recv(65536)
-        assert piece, f"connection closed before the response head: {data!r}"
-        data += piece
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers: dict[str, str] = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        try:
-            piece = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not piece:
-            break
-        body += piece
-    return RawResponse(int(status_line.split()[1]), headers, body)
-
-
 def raw_request(
     server: FerryServer, method: str, target: str, headers: dict[str, str] | None = None, body: bytes = b""
 ) -> RawResponse:
     headers = {**(headers or {})}
     if method in ("PUT", "POST") and "Content-Length" not in headers and "Transfer-Encoding" not in headers:
         headers["Content-Length"] = str(len(body))
-    with raw_connect(server) as sock:
-        sock.sendall(raw_head(method, target, {**headers, "Connection": "close"}))
+    with connect(server.port) as sock:
+        sock.sendall(request_head(method, target, {**headers, "Connection": "close"}))
         # The server may answer (and close) before reading the body: stop sending then.
         send_until_answered(sock, (body[i : i + 64 * KiB] for i in range(0, len(body), 64 * KiB)))
         return read_response(sock)
-
-
-def multipart_body(boundary: str, parts: list[tuple[str, bytes, bytes]]) -> bytes:
-    """A multipart/form-data body of file parts (field name, raw filename bytes, content)."""
-    out = b""
-    for field, filename, content in parts:
-        out += f"--{boundary}\r\n".encode()
-        out += f'Content-Disposition: form-data; name="{field}"; filename="'.encode() + filename + b'"\r\n'
-        out += b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n"
-    return out + f"--{boundary}--\r\n".encode()
 
 
 def search_paths(server: FerryServer, query: str) -> set[str]:
@@ -427,14 +367,14 @@ TARGETS = {"new": "fresh/cut.bin", "existing": "hello.txt"}
 
 def _start_cut_upload(server: FerryServer, kind: str, path: str) -> socket.socket:
     """Start an upload of `kind` over a raw socket and send part of it (at least 2 MiB of data)."""
-    sock = raw_connect(server)
+    sock = connect(server.port)
     target = "/files/" + quote(path)
     data = os.urandom(2 * MiB)
     if kind == "content-length":
-        head = raw_head("PUT", target, {**AUTH, "Content-Length": str(8 * MiB)})
+        head = request_head("PUT", target, {**AUTH, "Content-Length": str(8 * MiB)})
         sock.sendall(head + data)
     elif kind == "chunked":
-        head = raw_head("PUT", target, {**AUTH, "Transfer-Encoding": "chunked"})
+        head = request_head("PUT", target, {**AUTH, "Transfer-Encoding": "chunked"})
         sock.sendall(head + b"".join(chunk(data[i : i + 64 * KiB]) for i in range(0, len(data), 64 * KiB)))
         sock.sendall(b"%x\r\n" % MiB + os.urandom(1000))  # a chunk that never finishes
     else:
@@ -445,7 +385,7 @@ def _start_cut_upload(server: FerryServer, kind: str, path: str) -> socket.socke
         complete = complete.removesuffix(f"--{boundary}--\r\n".encode())
         second = f'--{boundary}\r\nContent-Disposition: form-data; name="b"; filename="{name}"\r\n\r\n'
         body = complete + second.encode() + data
-        head = raw_head(
+        head = request_head(
             "POST",
             "/files/" + quote(directory) + ("/" if directory else ""),
             {
@@ -504,9 +444,9 @@ def test_declared_oversize_body_is_refused_before_it_is_read(
     ferry: ServerFactory, storage_tree: Path
 ) -> None:
     server = ferry(storage_tree, "--write-token", TOKEN, "--max-upload-size", "1MiB")
-    with raw_connect(server) as sock:
+    with connect(server.port) as sock:
         # Only the head is sent: the answer must not wait for any of the 2 MiB.
-        sock.sendall(raw_head("PUT", "/files/too-big.bin", {**AUTH, "Content-Length": str(2 * MiB)}))
+        sock.sendall(request_head("PUT", "/files/too-big.bin", {**AUTH, "Content-Length": str(2 * MiB)}))
         response = read_response(sock)
     assert response.status == 413
     assert not (storage_tree / "too-big.bin").exists()
@@ -530,8 +470,8 @@ def test_declared_oversize_body_is_refused_before_it_is_read(
 
 def test_streamed_oversize_body_is_refused_and_removed(ferry: ServerFactory, storage_tree: Path) -> None:
     server = ferry(storage_tree, "--write-token", TOKEN, "--max-upload-size", "1MiB")
-    with raw_connect(server) as sock:
-        sock.sendall(raw_head("PUT", "/files/streamed.bin", {**AUTH, "Transfer-Encoding": "chunked"}))
+    with connect(server.port) as sock:
+        sock.sendall(request_head("PUT", "/files/streamed.bin", {**AUTH, "Transfer-Encoding": "chunked"}))
         pieces = (chunk(os.urandom(64 * KiB)) for _ in range(64))  # 4 MiB, never declared
         sent = send_until_answered(sock, [*pieces, LAST_CHUNK], pause=0.02)
         response = read_response(sock)
@@ -542,8 +482,8 @@ def test_streamed_oversize_body_is_refused_and_removed(ferry: ServerFactory, sto
     assert download(server, "streamed.bin").status_code == 404
 
     # Replacing an existing file: the old content stays.
-    with raw_connect(server) as sock:
-        sock.sendall(raw_head("PUT", "/files/hello.txt", {**AUTH, "Transfer-Encoding": "chunked"}))
+    with connect(server.port) as sock:
+        sock.sendall(request_head("PUT", "/files/hello.txt", {**AUTH, "Transfer-Encoding": "chunked"}))
         send_until_answered(sock, [*(chunk(os.urandom(64 * KiB)) for _ in range(40)), LAST_CHUNK])
         assert read_response(sock).status == 413
     assert_cleaned_up(storage_tree)
@@ -592,9 +532,9 @@ def small_disk(ferry: ServerFactory, tmp_path: Path) -> Iterator[SmallDisk]:
 def test_disk_full_answers_507_and_leaves_nothing(small_disk: SmallDisk) -> None:
     server, root = small_disk.server, small_disk.root
     free_before = shutil.disk_usage(root).free
-    with raw_connect(server) as sock:
+    with connect(server.port) as sock:
         size = 20 * MiB
-        sock.sendall(raw_head("PUT", "/files/huge.bin", {**AUTH, "Content-Length": str(size)}))
+        sock.sendall(request_head("PUT", "/files/huge.bin", {**AUTH, "Content-Length": str(size)}))
         sent = send_until_answered(sock, (os.urandom(256 * KiB) for _ in range(size // (256 * KiB))))
         response = read_response(sock)
     assert response.status == 507, response
@@ -618,8 +558,8 @@ def test_disk_full_answers_507_and_leaves_nothing(small_disk: SmallDisk) -> None
         "Content-Type": f"multipart/form-data; boundary={boundary}",
         "Content-Length": str(len(form)),
     }
-    with raw_connect(server) as sock:
-        sock.sendall(raw_head("POST", "/files/", headers))
+    with connect(server.port) as sock:
+        sock.sendall(request_head("POST", "/files/", headers))
         send_until_answered(sock, (form[i : i + 256 * KiB] for i in range(0, len(form), 256 * KiB)))
         assert read_response(sock).status == 507
     assert_cleaned_up(root)
@@ -698,61 +638,11 @@ def test_if_none_match_star_refuses_to_overwrite(writable: FerryServer, storage_
     assert second.status_code == 412
     assert (storage_tree / "once.txt").read_bytes() == b"first"
     # Refused from the head alone: a large declared body is never waited for.
-    with raw_connect(writable) as sock:
-        sock.sendall(raw_head("PUT", "/files/once.txt", {**headers, "Content-Length": str(64 * MiB)}))
+    with connect(writable.port) as sock:
+        sock.sendall(request_head("PUT", "/files/once.txt", {**headers, "Content-Length": str(64 * MiB)}))
         assert read_response(sock).status == 412
     assert (storage_tree / "once.txt").read_bytes() == b"first"
     assert no_temp_files(storage_tree)
-
-
-def test_if_match_replaces_and_deletes_only_the_current_version(
-    writable: FerryServer, storage_tree: Path
-) -> None:
-    url = url_for(writable, "doc.txt")
-    created = httpx.put(url, content=b"version 1", headers=AUTH)
-    assert created.status_code == 201
-    etag1 = created.headers["etag"]
-    assert etag1 == created.json()["etag"] == download(writable, "doc.txt").headers["etag"]
-
-    replaced = httpx.put(url, content=b"version 2", headers={**AUTH, "If-Match": etag1})
-    assert replaced.status_code == 204, replaced.text
-    etag2 = replaced.headers["etag"]
-    assert etag2 != etag1
-    assert download(writable, "doc.txt").headers["etag"] == etag2
-
-    stale = httpx.put(url, content=b"version 3", headers={**AUTH, "If-Match": etag1})
-    assert stale.status_code == 412
-    assert (storage_tree / "doc.txt").read_bytes() == b"version 2"
-    assert no_temp_files(storage_tree)
-
-    missing = httpx.put(
-        url_for(writable, "nothing-here.txt"), content=b"x", headers={**AUTH, "If-Match": etag2}
-    )
-    assert missing.status_code == 412
-    assert not (storage_tree / "nothing-here.txt").exists()
-
-    assert httpx.delete(url, headers={**AUTH, "If-Match": etag1}).status_code == 412
-    assert (storage_tree / "doc.txt").read_bytes() == b"version 2"
-    deleted = httpx.delete(url, headers={**AUTH, "If-Match": etag2})
-    assert deleted.status_code == 204
-    assert not (storage_tree / "doc.txt").exists()
-    assert download(writable, "doc.txt").status_code == 404
-    assert search_paths(writable, "doc.txt") == set()
-
-
-def test_delete_files_and_directories(writable: FerryServer, storage_tree: Path) -> None:
-    assert httpx.delete(url_for(writable, "hello.txt"), headers=AUTH).status_code == 204
-    assert not (storage_tree / "hello.txt").exists()
-    assert "hello.txt" not in listing_names(writable, "")
-    assert httpx.delete(url_for(writable, "hello.txt"), headers=AUTH).status_code == 404
-    # A directory with something in it is refused; an empty one goes.
-    assert httpx.delete(f"{writable.url}/files/sub/", headers=AUTH).status_code == 409
-    assert (storage_tree / "sub" / "inner.txt").exists()
-    (storage_tree / "emptydir").mkdir()
-    assert httpx.delete(f"{writable.url}/files/emptydir/", headers=AUTH).status_code == 204
-    assert not (storage_tree / "emptydir").exists()
-    assert httpx.delete(f"{writable.url}/files/", headers=AUTH).status_code in (400, 403, 405, 409)
-    assert storage_tree.is_dir()
 
 
 # -- traversal ------------------------------------------------------------------------------------
@@ -921,25 +811,14 @@ def test_missing_or_wrong_token_is_401(writable: FerryServer, storage_tree: Path
             assert response.status == 401, (authorization, method, target, response)
             assert response.headers["www-authenticate"].lower().startswith("bearer")
         # Refused from the head alone, before any byte of a (large) body is stored.
-        with raw_connect(writable) as sock:
-            sock.sendall(raw_head("PUT", "/files/big.txt", {**headers, "Content-Length": str(GiB)}))
+        with connect(writable.port) as sock:
+            sock.sendall(request_head("PUT", "/files/big.txt", {**headers, "Content-Length": str(GiB)}))
             assert read_response(sock).status == 401, authorization
     assert not (storage_tree / "new.txt").exists()
     assert not (storage_tree / "big.txt").exists()
     assert not (storage_tree / "form.txt").exists()
     assert (storage_tree / "hello.txt").read_bytes() == b"hello, ferry\n"
     assert no_temp_files(storage_tree)
-
-
-def test_the_right_token_is_accepted(writable: FerryServer, storage_tree: Path) -> None:
-    put = httpx.put(url_for(writable, "new.txt"), content=b"data", headers=AUTH)
-    assert put.status_code == 201
-    assert (storage_tree / "new.txt").read_bytes() == b"data"
-    form = httpx.post(f"{writable.url}/files/", files={"f": ("form.txt", b"form")}, headers=AUTH)
-    assert form.status_code == 201
-    assert (storage_tree / "form.txt").read_bytes() == b"form"
-    assert httpx.delete(url_for(writable, "new.txt"), headers=AUTH).status_code == 204
-    assert not (storage_tree / "new.txt").exists()
 
 
 # -- crash clean-up -----------------------------------------------------------------------------------
@@ -950,9 +829,9 @@ def test_temp_file_of_a_killed_server_is_removed_at_start_up(
 ) -> None:
     index = storage_tree.parent / "index" / "index.sqlite3"
     server = ferry(storage_tree, "--write-token", TOKEN, "--index-path", str(index))
-    sock = raw_connect(server)
+    sock = connect(server.port)
     try:
-        sock.sendall(raw_head("PUT", "/files/sub/crash.bin", {**AUTH, "Content-Length": str(100 * MiB)}))
+        sock.sendall(request_head("PUT", "/files/sub/crash.bin", {**AUTH, "Content-Length": str(100 * MiB)}))
         sock.sendall(os.urandom(3 * MiB))
         assert wait_for(lambda: any(p.stat().st_size >= MiB for p in temp_files(storage_tree)))
         server.process.kill()
@@ -972,27 +851,3 @@ def test_temp_file_of_a_killed_server_is_removed_at_start_up(
 
 
 # -- parents ------------------------------------------------------------------------------------------
-
-
-def test_put_creates_missing_parents_visible_at_once(writable: FerryServer, storage_tree: Path) -> None:
-    body = os.urandom(10 * KiB)
-    response = httpx.put(url_for(writable, "new/deep/er/leaf.bin"), content=body, headers=AUTH)
-    assert response.status_code == 201, response.text
-    assert response.json()["path"] == "new/deep/er/leaf.bin"
-    assert response.headers["location"] == "/files/new/deep/er/leaf.bin"
-    assert (storage_tree / "new" / "deep" / "er" / "leaf.bin").read_bytes() == body
-    assert "new" in listing_names(writable, "")
-    assert listing_names(writable, "new") == {"deep"}
-    assert listing_names(writable, "new/deep") == {"er"}
-    assert listing_names(writable, "new/deep/er") == {"leaf.bin"}
-    api = httpx.get(f"{writable.url}/api/files/new/deep", timeout=TIMEOUT)
-    assert api.status_code == 200 and [e["type"] for e in api.json()["entries"]] == ["dir"]
-    html = httpx.get(f"{writable.url}/files/new/deep/", timeout=TIMEOUT)
-    assert html.status_code == 200 and "er/" in html.text
-    assert search_paths(writable, "leaf.bin") == {"new/deep/er/leaf.bin"}
-    assert search_paths(writable, "deep") == {"new/deep"}
-    assert download(writable, "new/deep/er/leaf.bin").content == body
-    # A file in the way of a parent directory is not replaced.
-    blocked = httpx.put(url_for(writable, "hello.txt/child.txt"), content=b"x", headers=AUTH)
-    assert blocked.status_code in (400, 404, 409)
-    assert (storage_tree / "hello.txt").read_bytes() == b"hello, ferry\n"

@@ -14,6 +14,7 @@ import pytest
 
 from tests.clients.test_real_clients import run
 from tests.conftest import ServerFactory
+from tests.support.servers import BOTH_TRANSFER_PATHS
 
 pytestmark = pytest.mark.clients
 
@@ -64,6 +65,7 @@ def _files_under(top: Path) -> set[str]:
     }
 
 
+@BOTH_TRANSFER_PATHS
 def test_wget_recursive_mirrors_the_tree(ferry: ServerFactory, tmp_path: Path) -> None:
     root = tmp_path / "root"
     _tree(root)

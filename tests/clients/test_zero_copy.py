@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import PATIENCE, FerryServer, ServerFactory, wait_for
+from tests.support.servers import BOTH_TRANSFER_PATHS
 
 pytestmark = pytest.mark.clients
 
@@ -126,6 +127,7 @@ def _descriptors_of(server: FerryServer, path: Path) -> set[int]:
     return found
 
 
+@BOTH_TRANSFER_PATHS
 def test_cold_file_is_read_off_the_event_loop(ferry: ServerFactory, tmp_path: Path, zero_copy: str) -> None:
     """Pages not in the page cache are read (or sendfile'd) by worker threads; the event-loop thread
     only ever touches cached pages, so other clients never wait behind the disk.
@@ -192,6 +194,7 @@ def test_cold_file_is_read_off_the_event_loop(ferry: ServerFactory, tmp_path: Pa
             cached.append((fd, offset, offset + call.result))
 
 
+@BOTH_TRANSFER_PATHS
 def test_slow_readers_cost_bounded_memory(ferry: ServerFactory, tmp_path: Path, zero_copy: str) -> None:
     root = tmp_path / "root"
     root.mkdir()
@@ -217,6 +220,7 @@ def test_slow_readers_cost_bounded_memory(ferry: ServerFactory, tmp_path: Path, 
             sock.close()
 
 
+@BOTH_TRANSFER_PATHS
 def test_workers_share_the_port(ferry: ServerFactory, storage_tree: Path) -> None:
     server = ferry(storage_tree, "--workers", "2")
     children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()

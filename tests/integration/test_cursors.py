@@ -12,6 +12,7 @@ import pytest
 
 from app.main import create_app
 from tests.conftest import make_settings
+from tests.support.inprocess import in_process
 
 
 def raw_cursor(text: str) -> str:
@@ -44,7 +45,7 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         (root / "many" / f"file-{i}.txt").write_bytes(b"x" * i)
     app = create_app(make_settings(root, index_path=tmp_path / "index.sqlite3", watch=False))
     app.services.index.scan()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ferry") as c:
+    async with in_process(app, lifespan=False) as c:
         yield c
 
 

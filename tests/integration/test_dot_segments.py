@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -17,12 +18,13 @@ import pytest
 from app.http import signing
 from app.main import create_app
 from tests.conftest import make_settings
+from tests.support.inprocess import in_process
 
 TOKEN = "dot-segments-write-token"
 KEY = "k" * 32
 
 
-async def _client(tmp_path: Path, **settings: object) -> httpx.AsyncClient:
+def _client(tmp_path: Path, **settings: object) -> AbstractAsyncContextManager[httpx.AsyncClient]:
     root = tmp_path / "root"
     (root / "a").mkdir(parents=True, exist_ok=True)
     (root / "docs").mkdir(exist_ok=True)
@@ -30,12 +32,12 @@ async def _client(tmp_path: Path, **settings: object) -> httpx.AsyncClient:
     (root / "colon:name.txt").write_bytes(b"colon\n")
     app = create_app(make_settings(root, index_path=tmp_path / "index.sqlite3", watch=False, **settings))
     app.services.index.scan()
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ferry")
+    return in_process(app, lifespan=False)
 
 
 @pytest.fixture
 async def writer(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with await _client(tmp_path, write_token=TOKEN, fsync=False) as client:
+    async with _client(tmp_path, write_token=TOKEN, fsync=False) as client:
         client.headers["authorization"] = f"Bearer {TOKEN}"
         yield client
 
@@ -91,7 +93,7 @@ async def test_a_multipart_post_to_a_dotted_directory_lands_in_it(
 async def test_signed_links_cover_their_path_spelled_with_dots(
     tmp_path: Path, path: str, prefix: bool, url: str
 ) -> None:
-    async with await _client(tmp_path, download_auth="signed", signing_keys=KEY) as client:
+    async with _client(tmp_path, download_auth="signed", signing_keys=KEY) as client:
         link = signing.new_link(path, ttl=600, now=int(time.time()), prefix=prefix)
         query = urlencode(signing.link_params(KEY.encode(), link), safe="/")
         response = await client.get(f"{url}?{query}")

@@ -15,6 +15,7 @@ import pytest
 from app.http import signing
 from app.main import create_app
 from tests.conftest import make_settings
+from tests.support.inprocess import in_process
 
 KEY = "link-scope-signing-key-0123456789"
 READER = "link-scope-read-token"
@@ -53,7 +54,7 @@ async def client(tmp_path: Path, root: Path) -> AsyncIterator[httpx.AsyncClient]
     # Rows below the symlinked folder, as a reader with a token browsing there leaves them.
     app.services.index.list_dir("docs/to-private", limit=100)
     app.services.index.list_dir("docs/to-private/deep", limit=100)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ferry") as c:
+    async with in_process(app, lifespan=False) as c:
         yield c
 
 

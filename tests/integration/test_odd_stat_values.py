@@ -12,12 +12,12 @@ import hashlib
 import os
 from pathlib import Path
 
-import httpx
 import pytest
 
 from app.main import create_app
 from app.storage.values import identity, stored_ns, stored_u64
 from tests.conftest import make_settings
+from tests.support.inprocess import in_process
 
 YEAR_2286_NS = 10**19  # past int64 nanoseconds (2262), within ext4's range
 
@@ -37,28 +37,24 @@ def test_a_far_future_file_is_listed_searched_summed_and_served(root: Path, tmp_
     settings = make_settings(root, index_path=tmp_path / "index.sqlite3", watch=False, rescan_interval=0)
 
     async def main() -> None:
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            await asyncio.wait_for(app.services.keeper.ready.wait(), timeout=60)
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://ferry.test") as http:
-                listing = await http.get("/files/sub/?format=json")
-                assert listing.status_code == 200
-                assert sorted(e["name"] for e in listing.json()["entries"]) == ["far.txt", "now.txt"]
-                assert (await http.get("/files/sub/")).status_code == 200
-                found = await http.get("/api/search", params={"q": "far.tx"})
-                assert [e["path"] for e in found.json()["entries"]] == ["sub/far.txt"]
-                entry = await http.get("/api/files/sub/far.txt")
-                # The index keeps the latest time it can hold (2262-04-11); the download's own
-                # Last-Modified comes from the file itself.
-                assert entry.status_code == 200 and entry.json()["mtime"].startswith("2262-04-11")
-                download = await http.get("/files/sub/far.txt")
-                assert download.status_code == 200 and download.content == b"far future\n"
-                assert download.headers["last-modified"] == "Sat, 20 Nov 2286 17:46:40 GMT"
-                sums = await http.get("/files/sub/?checksums")
-                assert sums.status_code == 200
-                digest = hashlib.sha256(b"far future\n").hexdigest()
-                assert f"{digest}  far.txt\n" in sums.text
+        async with in_process(create_app(settings)) as http:
+            listing = await http.get("/files/sub/?format=json")
+            assert listing.status_code == 200
+            assert sorted(e["name"] for e in listing.json()["entries"]) == ["far.txt", "now.txt"]
+            assert (await http.get("/files/sub/")).status_code == 200
+            found = await http.get("/api/search", params={"q": "far.tx"})
+            assert [e["path"] for e in found.json()["entries"]] == ["sub/far.txt"]
+            entry = await http.get("/api/files/sub/far.txt")
+            # The index keeps the latest time it can hold (2262-04-11); the download's own
+            # Last-Modified comes from the file itself.
+            assert entry.status_code == 200 and entry.json()["mtime"].startswith("2262-04-11")
+            download = await http.get("/files/sub/far.txt")
+            assert download.status_code == 200 and download.content == b"far future\n"
+            assert download.headers["last-modified"] == "Sat, 20 Nov 2286 17:46:40 GMT"
+            sums = await http.get("/files/sub/?checksums")
+            assert sums.status_code == 200
+            digest = hashlib.sha256(b"far future\n").hexdigest()
+            assert f"{digest}  far.txt\n" in sums.text
 
     asyncio.run(main())
 

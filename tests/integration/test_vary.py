@@ -15,6 +15,7 @@ import pytest
 
 from app.main import create_app
 from tests.conftest import make_settings
+from tests.support.inprocess import in_process
 
 HTML = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"  # what a browser sends
 JSON = "application/json"
@@ -34,12 +35,8 @@ def client(tmp_path: Path) -> Client:
 
     def run(body: Callable[[httpx.AsyncClient], Awaitable[None]]) -> None:
         async def main() -> None:
-            app = create_app(settings)
-            async with app.router.lifespan_context(app):
-                await asyncio.wait_for(app.services.keeper.ready.wait(), timeout=60)
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://ferry.test") as http:
-                    await body(http)
+            async with in_process(create_app(settings)) as http:
+                await body(http)
 
         asyncio.run(main())
 

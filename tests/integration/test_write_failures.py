@@ -19,6 +19,7 @@ import pytest
 
 from app.main import FerryApp, create_app
 from tests.conftest import make_settings
+from tests.support.inprocess import in_process
 
 pytestmark = pytest.mark.anyio
 
@@ -58,10 +59,8 @@ def root(tmp_path: Path) -> Path:
 @pytest.fixture
 async def client(root: Path, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     app = _app(root, tmp_path / "index.sqlite3")
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ferry") as c:
+    async with in_process(app, lifespan=False) as c:
         yield c
-    app.services.index.close()
 
 
 def everything(root: Path) -> list[str]:

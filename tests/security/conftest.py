@@ -7,23 +7,14 @@ default, so each case is not paid for twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from tests.conftest import FerryServer, ServerPool
+from tests.support.servers import module_pool
 
-
-@pytest.fixture
-def zero_copy() -> str:
-    return "auto"
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
-    shared = ServerPool(tmp_path_factory.mktemp("security"))
-    yield shared
-    shared.stop()
+pool = module_pool("security")
 
 
 @pytest.fixture

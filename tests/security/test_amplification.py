@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import FerryServer, ServerPool, quickest
 from tests.security.support import Outside, assert_healthy, assert_no_canary, get, parse_head
+from tests.support.raw import read_head
+from tests.support.servers import module_pool
 
 pytestmark = pytest.mark.clients
 
@@ -28,17 +30,16 @@ BIG_HEADERS = ("--max-header-size", "1MiB")
 MAX_RANGES = ("--max-header-size", "1MiB", "--max-ranges", "1000")
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
-    shared = ServerPool(tmp_path_factory.mktemp("amplification"))
+def _prepare(shared: ServerPool) -> None:
     with (shared.root / "big.bin").open("wb") as f:
         f.truncate(BIG)
     many = shared.root / "many"
     many.mkdir()
     for i in range(MANY):
         (many / f"entry-{i:05d}.txt").write_bytes(b"x")
-    yield shared
-    shared.stop()
+
+
+pool = module_pool("amplification", _prepare)
 
 
 @pytest.fixture
@@ -54,14 +55,10 @@ def head_only(server: FerryServer, target: str, *headers: str) -> tuple[int, dic
     start = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall("\r\n".join(lines).encode("latin-1"))
-        received = b""
-        while b"\r\n\r\n" not in received:
-            chunk = sock.recv(65536)
-            assert chunk, f"closed before the head: {received[:200]!r}"
-            received += chunk
+        head, rest = read_head(sock)
     seconds = time.monotonic() - start
-    status_line, fields = parse_head(received.partition(b"\r\n\r\n")[0])
-    assert_no_canary(received)
+    status_line, fields = parse_head(head)
+    assert_no_canary(head + rest)
     return int(status_line.split()[1]), dict(fields), seconds
 
 
@@ -341,14 +338,10 @@ def drain(server: FerryServer, target: str) -> int:
     buffer = bytearray(4 << 20)
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            assert chunk, head
-            head += chunk
-        status_line, fields = parse_head(head.partition(b"\r\n\r\n")[0])
+        head, rest = read_head(sock)
+        status_line, fields = parse_head(head)
         assert status_line.split()[1] == "200", status_line
-        total = len(head.partition(b"\r\n\r\n")[2])
+        total = len(rest)
         while n := sock.recv_into(buffer):
             total += n
     assert total == int(dict(fields)["content-length"])

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import FerryServer, ServerFactory, wait_for
+from tests.support.raw import read_head
 
 pytestmark = pytest.mark.clients
 
@@ -28,7 +29,6 @@ PAST = time.time() - 3600
 TOKEN = "t"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SHA512 = {"Want-Repr-Digest": "sha-512=10"}
-ONCE = pytest.mark.parametrize("zero_copy", ["auto"])
 
 
 def read_bytes(server: FerryServer) -> int:
@@ -73,7 +73,6 @@ def timed_put(server: FerryServer, name: str, data: bytes) -> float:
     return time.monotonic() - start
 
 
-@ONCE
 def test_a_head_never_hashes_for_an_unknown_algorithm(ferry: ServerFactory, big_root: Path) -> None:
     server = ferry(big_root, "--no-checksums")
     url = f"{server.url}/files/big.bin"
@@ -85,7 +84,6 @@ def test_a_head_never_hashes_for_an_unknown_algorithm(ferry: ServerFactory, big_
     assert before_hashed is not None and on_demand_bytes(server) == before_hashed
 
 
-@ONCE
 def test_a_flood_of_sha512_requests_hashes_once_and_spares_uploads(
     ferry: ServerFactory, big_root: Path
 ) -> None:
@@ -187,12 +185,7 @@ class StalledReader:
         self.sock.settimeout(60)
         self.sock.connect(("127.0.0.1", port))
         self.sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        self.buffer = b""
-        while b"\r\n\r\n" not in self.buffer:
-            chunk = self.sock.recv(1024)
-            assert chunk, "connection closed before the response head"
-            self.buffer += chunk
-        self.head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        self.head, self.buffer = read_head(self.sock)
 
     def status(self) -> int:
         return int(self.head.split(b" ", 2)[1])
@@ -232,7 +225,6 @@ def sums_server(ferry: ServerFactory, many_root: Path) -> Iterator[FerryServer]:
     yield server
 
 
-@ONCE
 def test_parallel_sha256sums_stream_within_bounded_memory(sums_server: FerryServer) -> None:
     server = sums_server
     url = f"{server.url}/files/?checksums=all"

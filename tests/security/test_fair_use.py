@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import FerryServer, ServerFactory, build_storage_tree, quickest, wait_for
 from tests.security.support import Outside, assert_healthy, assert_no_canary, parse_head
+from tests.support.raw import read_head
 
 pytestmark = pytest.mark.clients
 
@@ -44,12 +45,8 @@ class Stalled:
             ("127.0.0.1", server.port), timeout=10, source_address=(source, 0) if source else None
         )
         self.sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        received = b""
-        while b"\r\n\r\n" not in received:
-            chunk = self.sock.recv(65536)
-            assert chunk, received
-            received += chunk
-        head, _, self.body_start = received.partition(b"\r\n\r\n")
+        head, self.body_start = read_head(self.sock)
+        received = head + b"\r\n\r\n" + self.body_start
         status_line, fields = parse_head(head)
         self.status = int(status_line.split()[1])
         self.headers = dict(fields)

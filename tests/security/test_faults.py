@@ -34,6 +34,7 @@ from tests.security.support import (
     get,
     parse_head,
 )
+from tests.support.raw import read_head
 
 pytestmark = pytest.mark.clients
 
@@ -60,12 +61,7 @@ class Download:
     def __init__(self, server: FerryServer, target: str) -> None:
         self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         self.sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        received = b""
-        while b"\r\n\r\n" not in received:
-            chunk = self.sock.recv(65536)
-            assert chunk, received
-            received += chunk
-        head, _, self.body = received.partition(b"\r\n\r\n")
+        head, self.body = read_head(self.sock)
         status_line, fields = parse_head(head)
         self.status = int(status_line.split()[1])
         self.length = int(dict(fields)["content-length"])

@@ -28,6 +28,7 @@ from tests.security.support import (
     assert_no_canary,
     get,
 )
+from tests.support.servers import module_pool
 
 pytestmark = pytest.mark.clients
 
@@ -81,9 +82,7 @@ INLINE = ("--disposition", "inline", "--mime-types", ".page=text/html", "--write
 CORS = ("--cors-origins", "https://a.example")
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
-    shared = ServerPool(tmp_path_factory.mktemp("headers"))
+def _prepare(shared: ServerPool) -> None:
     root = shared.root
     for name in TRICKY_NAMES + UNREACHABLE_NAMES:
         (root / name).write_bytes(b"tricky name\n")
@@ -92,8 +91,9 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
         (root / name / "inside.txt").write_bytes(b"inside\n")
     for name in ACTIVE:
         (root / name).write_bytes(ACTIVE_BODY)
-    yield shared
-    shared.stop()
+
+
+pool = module_pool("headers", _prepare)
 
 
 @pytest.fixture

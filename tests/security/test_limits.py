@@ -27,6 +27,7 @@ from tests.security.support import (
     exchange,
     get,
 )
+from tests.support.servers import module_pool
 
 pytestmark = pytest.mark.clients
 
@@ -56,12 +57,11 @@ LIMITS = (
 )
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
-    shared = ServerPool(tmp_path_factory.mktemp("limits"))
+def _prepare(shared: ServerPool) -> None:
     (shared.root / "uploads").mkdir()
-    yield shared
-    shared.stop()
+
+
+pool = module_pool("limits", _prepare)
 
 
 @pytest.fixture

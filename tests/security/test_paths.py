@@ -27,7 +27,6 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import pytest
 
-from tests.clients.test_traversal import ESCAPES, POLICY, expand
 from tests.conftest import CANARY, FerryServer, ServerFactory, ServerPool, build_storage_tree, start_server
 from tests.security.support import (
     AUTH,
@@ -39,6 +38,8 @@ from tests.security.support import (
     exchange,
     get,
 )
+from tests.support.servers import module_pool
+from tests.support.traversal import ESCAPES, POLICY, expand
 
 pytestmark = pytest.mark.clients
 
@@ -61,21 +62,13 @@ def _extend_tree(root: Path) -> None:
     os.mkfifo(root / "fifo")
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
-    shared = ServerPool(tmp_path_factory.mktemp("paths"))
+def _extend_pool(shared: ServerPool) -> None:
     _extend_tree(shared.root)
-    yield shared
-    shared.stop()
 
 
-@pytest.fixture(scope="module")
-def write_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
-    """A tree of its own for uploads: a refused write must change nothing, an accepted one may."""
-    shared = ServerPool(tmp_path_factory.mktemp("paths-writes"))
-    _extend_tree(shared.root)
-    yield shared
-    shared.stop()
+pool = module_pool("paths", _extend_pool)
+# A tree of its own for uploads: a refused write must change nothing, an accepted one may.
+write_pool = module_pool("paths-writes", _extend_pool)
 
 
 @pytest.fixture

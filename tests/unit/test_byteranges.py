@@ -14,7 +14,7 @@ from app.http.conditional import Validators
 from app.http.headers import content_disposition
 from app.http.plan import DownloadRequest, FileFacts, plan_download
 from app.http.ranges import ByteRange
-from tests.unit.multipart_parse import boundary_of, materialise, parse_byteranges
+from tests.support.multipart import boundary_of, materialise, parse_byteranges
 
 T = 784111777
 BOUNDARY = "3d6b6a416f9b5c0d7e8f1a2b3c"

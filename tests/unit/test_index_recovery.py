@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client import REGISTRY
 
@@ -31,6 +30,7 @@ from app.storage.index import Index
 from app.storage.paths import PathPolicy
 from app.storage.watch import IndexKeeper
 from tests.conftest import make_settings, wait_for
+from tests.support.inprocess import in_process
 
 PAGE = 4096
 
@@ -257,8 +257,7 @@ def test_damage_found_while_serving_rebuilds_without_a_500(
     rebuilds = sample("ferry_index_rebuilds_total")
 
     async def run() -> None:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ferry") as client:
+        async with in_process(app, lifespan=False) as client:
             assert (await client.get("/healthz")).json() == {"status": "ok"}
             checkpoint(idx.db_path)
             damage_middle_pages(idx.db_path)
@@ -316,8 +315,7 @@ def test_an_upload_whose_index_record_fails_leaves_no_temporary_file(
     monkeypatch.setattr(app.services.index, "begin_upload", refuse)
 
     async def run() -> int:
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ferry") as client:
+        async with in_process(app, lifespan=False, raise_app_exceptions=False) as client:
             r = await client.put(
                 "/files/d00/up.bin", content=b"y" * 1000, headers={"authorization": "Bearer " + "t" * 20}
             )
@@ -325,7 +323,6 @@ def test_an_upload_whose_index_record_fails_leaves_no_temporary_file(
 
     assert asyncio.run(run()) >= 500
     assert [p.name for p in (root / "d00").iterdir()] == ["file-00-0.txt"]
-    app.services.index.close()
 
 
 # --------------------------------------------------------------------------- the healthcheck command

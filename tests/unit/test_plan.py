@@ -11,7 +11,7 @@ import pytest
 from app.http.conditional import RequestConditions, Validators
 from app.http.headers import content_disposition
 from app.http.plan import DownloadRequest, FileFacts, ResponsePlan, plan_download
-from tests.unit.multipart_parse import boundary_of, materialise, parse_byteranges
+from tests.support.multipart import boundary_of, materialise, parse_byteranges
 
 T = 784111777
 LAST_MODIFIED = "Sun, 06 Nov 1994 08:49:37 GMT"

@@ -1,5 +1,5 @@
-"""The HTML pages against a real `ferry serve`: names escaped, links that resolve, sorting through the
-column forms, pagination, search, and the packaged CSS/JS.
+"""The HTML pages, in-process: names escaped, links that resolve, sorting through the column forms,
+pagination, search, and the packaged CSS/JS.
 
 Pages are parsed with the standard library's HTMLParser and every link is followed the way a browser
 would resolve it (urljoin against the page URL), so a wrong escape or a wrong relative path fails.
@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlencode, urljoin, urlsplit
 
-import httpx
 import pytest
 
 import app.views
-from tests.conftest import PATIENCE, FerryServer, start_server
-
-pytestmark = pytest.mark.clients
+from tests.conftest import PATIENCE
+from tests.support.inprocess import AppPool, InProcessServer, module_app_pool
 
 # Every name a person might meet; each file's bytes are unique, so a wrong link shows.
 AWKWARD = [
@@ -78,14 +76,13 @@ def build_tree(base: Path) -> Path:
     return root
 
 
+apps = module_app_pool("browsing", tree=build_tree)
+
+
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerryServer]:
-    """One real `ferry serve` for the module (pages do not depend on the transfer path)."""
-    base = tmp_path_factory.mktemp("browsing")
-    (base / "cwd").mkdir()
-    server = start_server(build_tree(base), base / "cwd", "--zero-copy", "off")
-    yield server
-    server.stop()
+def site(apps: AppPool) -> InProcessServer:
+    """One app for the module."""
+    return apps.get()
 
 
 # -- reading pages --------------------------------------------------------------------------------
@@ -186,18 +183,18 @@ class Page(HTMLParser):
         return next(form for form in self.forms if ("sort", key) in form.buttons)
 
 
-def fetch(url: str) -> Page:
-    response = httpx.get(url)
+def fetch(site: InProcessServer, url: str) -> Page:
+    response = site.client.get(url)
     assert response.status_code == 200, (url, response.status_code, response.text[:200])
     assert response.headers["content-type"].startswith("text/html")
     return Page(str(response.url), response.text)
 
 
-def submit(page: Page, key: str) -> Page:
+def submit(site: InProcessServer, page: Page, key: str) -> Page:
     """Press a column's sort button: the GET form's fields plus the button's name=value."""
     form = page.sort_form(key)
     query = urlencode([*form.fields, ("sort", key)])
-    return fetch(urljoin(page.url, "?" + query))
+    return fetch(site, urljoin(page.url, "?" + query))
 
 
 def eventually(check: Callable[[], bool], seconds: float = PATIENCE) -> None:
@@ -211,8 +208,8 @@ def eventually(check: Callable[[], bool], seconds: float = PATIENCE) -> None:
 # -- listings -------------------------------------------------------------------------------------
 
 
-def test_listing_shows_every_servable_name_escaped(site: FerryServer) -> None:
-    response = httpx.get(f"{site.url}/files/names/")
+def test_listing_shows_every_servable_name_escaped(site: InProcessServer) -> None:
+    response = site.client.get(f"{site.url}/files/names/")
     page = Page(str(response.url), response.text)
     assert sorted(page.names()) == sorted([*AWKWARD, AWKWARD_DIR])
     for hidden in HIDDEN:
@@ -228,10 +225,10 @@ def test_listing_shows_every_servable_name_escaped(site: FerryServer) -> None:
     assert all("hidden" in b for b in page.copy_buttons)
 
 
-def test_every_link_resolves_to_the_right_bytes(site: FerryServer) -> None:
-    page = fetch(f"{site.url}/files/names/")
+def test_every_link_resolves_to_the_right_bytes(site: InProcessServer) -> None:
+    page = fetch(site, f"{site.url}/files/names/")
     for link in page.entries():
-        response = httpx.get(page.url_of(link.href))
+        response = site.client.get(page.url_of(link.href))
         assert response.status_code == 200, link.text
         if "dir" in link.ancestors:
             assert link.href.endswith("/")
@@ -241,30 +238,30 @@ def test_every_link_resolves_to_the_right_bytes(site: FerryServer) -> None:
         assert not urlsplit(link.href).scheme and not link.href.startswith("/")  # relative
 
 
-def test_sizes_are_human_with_exact_bytes_on_hover(site: FerryServer) -> None:
-    text = httpx.get(f"{site.url}/files/sorting/").text
+def test_sizes_are_human_with_exact_bytes_on_hover(site: InProcessServer) -> None:
+    text = site.client.get(f"{site.url}/files/sorting/").text
     assert '<span title="50 bytes">50 B</span>' in text
     _write(site.root / "sizes" / "large.bin", b"")
     os.truncate(site.root / "sizes" / "large.bin", 3 * 1024**3 + 512 * 1024**2)
-    text = httpx.get(f"{site.url}/files/sizes/").text
+    text = site.client.get(f"{site.url}/files/sizes/").text
     assert '<span title="3,758,096,384 bytes">3.5 GiB</span>' in text
 
 
-def test_breadcrumb_links_every_ancestor(site: FerryServer) -> None:
-    page = fetch(f"{site.url}/files/deep/x%20y/z%23%3F/")
+def test_breadcrumb_links_every_ancestor(site: InProcessServer) -> None:
+    page = fetch(site, f"{site.url}/files/deep/x%20y/z%23%3F/")
     crumbs = [link for link in page.links if "crumbs" in link.ancestors]
     assert [c.text for c in crumbs] == ["Files", "deep", "x y"]
     assert page.current == ["z#?"]
     targets = [urlsplit(page.url_of(c.href)).path for c in crumbs]
     assert targets == ["/files/", "/files/deep/", "/files/deep/x%20y/"]
     for crumb in crumbs:
-        assert httpx.get(page.url_of(crumb.href)).status_code == 200
+        assert site.client.get(page.url_of(crumb.href)).status_code == 200
     parent = next(link for link in page.links if link.attrs.get("rel") == "up")
-    assert fetch(page.url_of(parent.href)).names() == ["z#?"]
+    assert fetch(site, page.url_of(parent.href)).names() == ["z#?"]
 
 
-def test_an_empty_folder_says_so(site: FerryServer) -> None:
-    response = httpx.get(f"{site.url}/files/empty/")
+def test_an_empty_folder_says_so(site: InProcessServer) -> None:
+    response = site.client.get(f"{site.url}/files/empty/")
     assert Page(str(response.url), response.text).names() == []
     assert "This folder is empty." in response.text
 
@@ -275,23 +272,23 @@ def _expected(key: str) -> list[str]:
 
 
 @pytest.mark.parametrize("key", ["size", "mtime"])
-def test_sorting_through_the_column_forms(site: FerryServer, key: str) -> None:
-    page = fetch(f"{site.url}/files/sorting/")
+def test_sorting_through_the_column_forms(site: InProcessServer, key: str) -> None:
+    page = fetch(site, f"{site.url}/files/sorting/")
     assert page.names() == sorted(SORTING)
     # Sorting is a form, never a link a crawler would follow.
     assert not any("sort=" in link.href for link in page.links)
-    ascending = submit(page, key)
+    ascending = submit(site, page, key)
     assert ascending.names() == _expected(key)
     assert dict(ascending.sort_form(key).fields)["order"] == "desc"  # pressing again flips it
-    descending = submit(ascending, key)
+    descending = submit(site, ascending, key)
     assert descending.names() == _expected(key)[::-1]
     assert dict(descending.sort_form(key).fields)["order"] == "asc"
-    by_name = submit(descending, "name")
+    by_name = submit(site, descending, "name")
     assert by_name.names() == sorted(SORTING)
 
 
 @pytest.mark.parametrize(("key", "order"), [("name", "asc"), ("size", "desc"), ("mtime", "asc")])
-def test_next_page_links_walk_a_large_directory(site: FerryServer, key: str, order: str) -> None:
+def test_next_page_links_walk_a_large_directory(site: InProcessServer, key: str, order: str) -> None:
     def sort_key(i: int) -> tuple[int | str, str]:
         name = f"f{i:04d}.dat"
         values: dict[str, int | str] = {"name": name, "size": i % 7, "mtime": (i * 37) % 11}
@@ -302,7 +299,7 @@ def test_next_page_links_walk_a_large_directory(site: FerryServer, key: str, ord
     seen: list[str] = []
     pages = 0
     while url is not None:
-        page = fetch(url)
+        page = fetch(site, url)
         assert len(page.names()) <= 100
         seen += page.names()
         url = page.next_url()
@@ -311,15 +308,15 @@ def test_next_page_links_walk_a_large_directory(site: FerryServer, key: str, ord
     assert seen == expected  # nothing missing, nothing repeated, in order
 
 
-def test_search_finds_part_of_a_name_anywhere_ignoring_case(site: FerryServer) -> None:
+def test_search_finds_part_of_a_name_anywhere_ignoring_case(site: InProcessServer) -> None:
     url = f"{site.url}/files/sorting/?q=rEpOrT"  # from a subdirectory: the search covers ROOT
-    eventually(lambda: len(fetch(url).names()) == 3)
-    page = fetch(url)
+    eventually(lambda: len(fetch(site, url).names()) == 3)
+    page = fetch(site, url)
     assert sorted(page.names()) == ["Annual-REPORT-final.pdf", "Reports", "report notes.txt"]
     hits = {link.text: link for link in page.entries()}
-    assert httpx.get(page.url_of(hits["report notes.txt"].href)).content == b"notes\n"
-    assert httpx.get(page.url_of(hits["Annual-REPORT-final.pdf"].href)).content == b"%PDF annual\n"
-    assert fetch(page.url_of(hits["Reports"].href)).names() == ["2023"]
+    assert site.client.get(page.url_of(hits["report notes.txt"].href)).content == b"notes\n"
+    assert site.client.get(page.url_of(hits["Annual-REPORT-final.pdf"].href)).content == b"%PDF annual\n"
+    assert fetch(site, page.url_of(hits["Reports"].href)).names() == ["2023"]
     # Each hit links to its directory too, and that listing shows it.
     folders = {link.text: link for link in page.links if link.parent == "where"}
     assert sorted(folders) == ["/", "/Reports/2023/", "/misc/"]
@@ -328,25 +325,25 @@ def test_search_finds_part_of_a_name_anywhere_ignoring_case(site: FerryServer) -
         ("/Reports/2023/", "Annual-REPORT-final.pdf"),
         ("/misc/", "report notes.txt"),
     ]:
-        assert name in fetch(page.url_of(folders[folder].href)).names()
+        assert name in fetch(site, page.url_of(folders[folder].href)).names()
 
 
 @pytest.mark.parametrize("query", ["数据", "<SCRIPT>", "100%", "#tag", "t?.t"])
-def test_search_with_awkward_queries(site: FerryServer, query: str) -> None:
+def test_search_with_awkward_queries(site: InProcessServer, query: str) -> None:
     url = f"{site.url}/files/?" + urlencode({"q": query})
-    eventually(lambda: len(fetch(url).names()) == 1)
-    response = httpx.get(url)
+    eventually(lambda: len(fetch(site, url).names()) == 1)
+    response = site.client.get(url)
     page = Page(str(response.url), response.text)
     [hit] = page.entries()
     assert query.lower() in hit.text.lower()
-    assert httpx.get(page.url_of(hit.href)).content == f"bytes of {hit.text}\n".encode()
+    assert site.client.get(page.url_of(hit.href)).content == f"bytes of {hit.text}\n".encode()
     assert "<script>" not in response.text.lower()
 
 
-def test_search_never_shows_hidden_names(site: FerryServer) -> None:
-    eventually(lambda: len(fetch(f"{site.url}/files/?q=inner").names()) == 1)
+def test_search_never_shows_hidden_names(site: InProcessServer) -> None:
+    eventually(lambda: len(fetch(site, f"{site.url}/files/?q=inner").names()) == 1)
     for query in ("secret", ".hidden", "x.txt"):
-        assert fetch(f"{site.url}/files/?" + urlencode({"q": query})).names() == []
+        assert fetch(site, f"{site.url}/files/?" + urlencode({"q": query})).names() == []
 
 
 # -- packaged assets ------------------------------------------------------------------------------
@@ -355,21 +352,21 @@ STATIC_DIR = Path(app.views.__file__).parent / "static"
 TYPES = {"ferry.css": "text/css", "ferry.js": "text/javascript", "favicon.svg": "image/svg+xml"}
 
 
-def test_css_and_js_come_from_the_package(site: FerryServer) -> None:
-    page = fetch(f"{site.url}/files/deep/x%20y/")
+def test_css_and_js_come_from_the_package(site: InProcessServer) -> None:
+    page = fetch(site, f"{site.url}/files/deep/x%20y/")
     assert len(page.assets) == 3
     for href in page.assets:
         url = page.url_of(href)
         name = urlsplit(url).path.rpartition("/")[2]
         assert urlsplit(url).path == f"/_ferry/static/{name}"
-        response = httpx.get(url)
+        response = site.client.get(url)
         assert response.status_code == 200
         assert response.headers["content-type"].split(";")[0] == TYPES[name]
         assert response.headers["cache-control"] == "public, max-age=86400"
         assert response.content == (STATIC_DIR / name).read_bytes()
         etag = response.headers["etag"]
-        assert httpx.get(url, headers={"if-none-match": etag}).status_code == 304
-        head = httpx.head(url)
+        assert site.client.get(url, headers={"if-none-match": etag}).status_code == 304
+        head = site.client.head(url)
         assert head.status_code == 200 and int(head.headers["content-length"]) == len(response.content)
 
 
@@ -377,7 +374,7 @@ def test_css_and_js_come_from_the_package(site: FerryServer) -> None:
     "path",
     ["nope.css", "html.py", "..%2Fhtml.py", "%2E%2E%2Fassets.py", "..%2F..%2Fsettings.py", "ferry.css%00"],
 )
-def test_unknown_static_names_are_404(site: FerryServer, path: str) -> None:
-    response = httpx.get(f"{site.url}/_ferry/static/{path}")
+def test_unknown_static_names_are_404(site: InProcessServer, path: str) -> None:
+    response = site.client.get(f"{site.url}/_ferry/static/{path}")
     assert response.status_code == 404
     assert b"import" not in response.content

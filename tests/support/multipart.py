@@ -1,4 +1,5 @@
-"""Test helpers: turn planned body segments into bytes, and parse multipart/byteranges back.
+"""Multipart bodies: form-data built for uploads; planned byteranges bodies turned into bytes and
+parsed back.
 
 The parsing is python-multipart's streaming `MultipartParser`, an independent implementation of
 RFC 2046 framing, so a body Ferry frames wrongly does not parse back to the requested bytes.
@@ -78,3 +79,13 @@ def parse_byteranges(body: bytes, boundary: str) -> list[Part]:
     parser.finalize()
     assert ended == [True], "no closing delimiter"
     return parts
+
+
+def multipart_body(boundary: str, parts: list[tuple[str, bytes, bytes]]) -> bytes:
+    """A multipart/form-data body of file parts (field name, raw filename bytes, content)."""
+    out = b""
+    for name, filename, content in parts:
+        out += f"--{boundary}\r\n".encode()
+        out += f'Content-Disposition: form-data; name="{name}"; filename="'.encode() + filename + b'"\r\n'
+        out += b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
