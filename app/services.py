@@ -17,8 +17,8 @@ from starlette.requests import Request
 from app.auth import Gate
 from app.settings import Settings
 from app.storage.async_index import AsyncIndex
+from app.storage.hasher import DigestWorker
 from app.storage.index import Index
-from app.storage.integrity import DigestWorker
 from app.storage.on_demand import OnDemandHasher
 from app.storage.paths import PathPolicy
 from app.storage.watch import IndexKeeper

@@ -116,18 +116,10 @@ class Downloads:
             request.method, fields.get("range"), fields.get("if-range"), request.conditions
         )
         plan = plan_download(wanted, facts, max_ranges=settings.max_ranges, now=int(time.time()))
-        on_close = None
+        release = None
         if plan.body and request.method == "GET":
             release = self.slots.acquire(request.client)  # 429 past FERRY_MAX_CONNECTIONS_PER_IP
-            activity = self.services.activity
-            activity.begin()  # the background hasher waits while bytes are moving
-
-            def on_close() -> None:
-                activity.end()
-                if release is not None:
-                    release()
-
-        return FileSender(plan, fd, st, self.options, on_close=on_close)
+        return FileSender(plan, fd, st, self.options, on_close=release, activity=self.services.activity)
 
     def _directory(
         self, request: FileRequest, access: Access, safe: SafePath, granted: LinkScope | None

@@ -8,6 +8,7 @@ that is going to be refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -106,14 +107,13 @@ class Writes:
         if declared is not None and declared.isdigit() and int(declared) > self.settings.max_upload_size:
             raise PayloadTooLarge()
         expected = expected_digests(fields)
-        chunks = body_chunks(receive, self.settings.max_upload_size)
-        self.activity.begin()  # the background hasher waits while bytes are moving
-        try:
+        # The body's arrival is marked as a transfer (the background hasher waits meanwhile).
+        async with contextlib.aclosing(
+            body_chunks(receive, self.settings.max_upload_size, self.activity)
+        ) as chunks:
             if method == "PUT":
                 return await self._put(path, chunks, request.conditions, expected)
             return await self._post(path, chunks, fields.get("content-type"), expected)
-        finally:
-            self.activity.end()
 
     async def _put(
         self,

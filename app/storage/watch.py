@@ -27,8 +27,8 @@ import watchfiles
 
 from app import metrics
 from app.storage.errors import StorageError
+from app.storage.hasher import DigestWorker
 from app.storage.index import Index
-from app.storage.integrity import DigestWorker
 from app.storage.paths import open_write_target
 from app.storage.upload_store import STALE_UPLOAD_SECONDS
 from app.storage.values import decodable

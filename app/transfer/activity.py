@@ -1,5 +1,5 @@
 """Whether any Ferry process sharing the index is moving file bytes: the transfer layer marks
-each transfer, and the background digest worker (app/storage/integrity.py) yields while one is in
+each transfer, and the background digest worker (app/storage/hasher.py) yields while one is in
 flight, so hashing never competes with a download or upload for the disk."""
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import asyncio
 import fcntl
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -30,6 +32,16 @@ class Activity:
         self._held = False
         self._last_end = 0.0
         self._release: asyncio.TimerHandle | None = None
+
+    @contextmanager
+    def transfer(self) -> Iterator[None]:
+        """Marks one transfer for as long as the block runs (the downloads and uploads of
+        app/transfer mark their own bytes)."""
+        self.begin()
+        try:
+            yield
+        finally:
+            self.end()
 
     def begin(self) -> None:
         self._active += 1

@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from app.http.plan import ResponsePlan
 from app.http.ranges import ByteRange
 from app.settings import Settings
+from app.transfer.activity import Activity
 from app.transfer.messages import TypedSend, body, file_segment, sender, start
 from app.transfer.zero_copy import FileChanged, can_zero_copy, read_cached
 
@@ -122,8 +123,10 @@ class FileSender:
         st: os.stat_result,
         options: TransferOptions,
         on_close: Callable[[], None] | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.status_code = plan.status
+        self.activity = activity  # marked while body bytes are being sent
         self.plan = plan
         self.fd = fd
         self.st = st
@@ -145,7 +148,11 @@ class FileSender:
             if scope["method"] == "HEAD" or not self.plan.body:
                 await typed(body(b"", more=False))
                 return
-            await self._send_body(scope, receive, typed)
+            if self.activity is None:
+                await self._send_body(scope, receive, typed)
+            else:
+                with self.activity.transfer():
+                    await self._send_body(scope, receive, typed)
         finally:
             os.close(self.fd)
             if self.on_close is not None:

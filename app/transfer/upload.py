@@ -9,8 +9,9 @@ memory stays near one chunk per file being written, whatever the body size.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from app.errors import BadRequest, PayloadTooLarge
 from app.http.digests import ALGORITHMS, WANT_CONTENT_DIGEST, DigestFieldError, parse_digest_field
 from app.storage.digests import DigestBuilder
 from app.storage.writes import AtomicWrite
+from app.transfer.activity import Activity
 
 MAX_PARTS = 1000
 MAX_FIELD_BYTES = 64 * 1024  # non-file form fields are read and dropped, but never without bound
@@ -30,21 +32,26 @@ class ClientGone(Exception):
     """The client disconnected before the body was complete."""
 
 
-async def body_chunks(receive: Receive, limit: int) -> AsyncIterator[bytes]:
-    """The request body as it arrives; raises PayloadTooLarge past `limit`, ClientGone if cut."""
+async def body_chunks(
+    receive: Receive, limit: int, activity: Activity | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The request body as it arrives; raises PayloadTooLarge past `limit`, ClientGone if cut.
+    `activity` is marked from the first read until the body ends or the reader is closed (close
+    it with `contextlib.aclosing` when it may be left unfinished)."""
     total = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk: bytes = message.get("body", b"")
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge()
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
+    with activity.transfer() if activity is not None else contextlib.nullcontext():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk: bytes = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge()
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
 
 
 class _Buffered:

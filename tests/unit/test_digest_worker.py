@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from app.storage.digests import MIN_PIECE, hash_open_file
+from app.storage.hasher import DigestWorker
 from app.storage.index import Index
-from app.storage.integrity import DigestWorker
 from app.storage.paths import PathPolicy
 from app.storage.values import FileDigest, identity
 from app.transfer.activity import Activity
