@@ -1,5 +1,6 @@
 """Checks of app/'s shape that `make lint` runs (`python -m tests.architecture`): no import cycle
-between Ferry's modules, and no module too long to read without a reason.
+between Ferry's modules, each layer importing only what lies below it (LAYERS), and no module too
+long to read without a reason.
 
 Every import counts, at the top of a module, under ``if TYPE_CHECKING:`` or inside a function:
 deferring an import is the usual way a cycle is hidden from the interpreter, and the dependency is
@@ -32,6 +33,15 @@ KNOWN_LONG: frozenset[str] = frozenset(
         "app/views/html.py",
     }
 )
+
+
+# What each layer may import of Ferry's (its own modules always): pure HTTP logic nothing else,
+# storage nothing about HTTP or requests, the transfer layer nothing of the routes or the app.
+LAYERS: Mapping[str, frozenset[str]] = {
+    "app.http": frozenset(),
+    "app.storage": frozenset({"app.metrics"}),
+    "app.transfer": frozenset({"app.http", "app.storage", "app.errors", "app.settings", "app.metrics"}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +251,24 @@ def seam_problems(modules: Mapping[str, Module], *, adapter: str = UVICORN_ADAPT
     return sorted(set(problems))
 
 
+def layer_problems(edges: Graph, layers: Mapping[str, frozenset[str]] = LAYERS) -> list[str]:
+    """Imports that reach above their layer: a module of a layer in `layers` importing a module of
+    Ferry's outside that layer and outside what the layer may use."""
+    problems = []
+    for importer, targets in edges.items():
+        for layer, allowed in layers.items():
+            if not _within(importer, layer):
+                continue
+            for target in sorted(targets):
+                if not any(_within(target, ok) for ok in (layer, *allowed)):
+                    problems.append(f"{importer} imports {target}: {layer} sits below it")
+    return sorted(problems)
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
 def _uvicorn_private(dotted: str) -> bool:
     parts = dotted.split(".")
     return parts[1] == "protocols" or any(part.startswith("_") for part in parts[1:])
@@ -249,7 +277,7 @@ def _uvicorn_private(dotted: str) -> bool:
 def main() -> int:
     modules = load()
     problems = cycle_problems(graph(modules), KNOWN_CYCLE_IMPORTS) + size_problems(modules, KNOWN_LONG)
-    problems += untyped_state_problems(modules) + seam_problems(modules)
+    problems += untyped_state_problems(modules) + seam_problems(modules) + layer_problems(graph(modules))
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests import architecture
-from tests.architecture import cycle_problems, cycles, graph, load, size_problems
+from tests.architecture import cycle_problems, cycles, graph, layer_problems, load, size_problems
 
 
 def _package(root: Path, files: dict[str, str]) -> Path:
@@ -99,3 +99,25 @@ def test_app_has_no_cycle_or_long_module_beyond_the_known_ones() -> None:
     modules = load()
     assert cycle_problems(graph(modules), architecture.KNOWN_CYCLE_IMPORTS) == []
     assert size_problems(modules, architecture.KNOWN_LONG) == []
+
+
+def test_an_import_from_above_a_layer_is_reported(tmp_path: Path) -> None:
+    pkg = _package(
+        tmp_path,
+        {
+            "http/pure.py": "from pkg.http import other\n",
+            "http/other.py": "def f():\n    from pkg.errors import NotFound\n",  # deferred counts too
+            "storage/index.py": "from pkg import metrics\nfrom pkg.http import pure\n",
+            "errors.py": "",
+            "metrics.py": "",
+        },
+    )
+    layers = {"pkg.http": frozenset(), "pkg.storage": frozenset({"pkg.metrics"})}
+    assert layer_problems(graph(load(pkg)), layers) == [
+        "pkg.http.other imports pkg.errors: pkg.http sits below it",
+        "pkg.storage.index imports pkg.http.pure: pkg.storage sits below it",
+    ]
+
+
+def test_app_layers_import_only_what_lies_below_them() -> None:
+    assert layer_problems(graph(load())) == []
