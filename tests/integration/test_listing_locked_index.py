@@ -19,6 +19,7 @@ import pytest
 from app.main import create_app
 from app.storage.async_index import REFRESH_PATIENCE
 from tests.conftest import make_settings
+from tests.support.inprocess import in_process
 
 # A listing waits at most REFRESH_PATIENCE for its directory's rescan; the database's busy timeout
 # (what a listing waited for before) is 30 s. The margin is for a loaded machine.
@@ -41,10 +42,8 @@ async def tree(tmp_path: Path) -> AsyncIterator[Tree]:
     index = tmp_path / "index.sqlite3"
     app = create_app(make_settings(root, index_path=index, watch=False))
     app.services.index.scan()
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ferry", timeout=60) as client:
+    async with in_process(app, lifespan=False, timeout=60) as client:
         yield Tree(root, index, client)
-    app.services.async_index.close()
 
 
 @pytest.fixture

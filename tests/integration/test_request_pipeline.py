@@ -4,6 +4,7 @@ bind address), one blank-value rule for the query, Ferry's errors answered in on
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 
 from app.main import create_app
 from tests.conftest import make_settings
+from tests.support.inprocess import in_process
 
 KEY = "pipeline-signing-key-0123456789ab"
 WRITER = "pipeline-write-token"
@@ -25,7 +27,9 @@ def root(tmp_path: Path) -> Path:
     return root
 
 
-def _client(tmp_path: Path, root: Path, base_url: str, **overrides: object) -> httpx.AsyncClient:
+def _client(
+    tmp_path: Path, root: Path, base_url: str, **overrides: object
+) -> AbstractAsyncContextManager[httpx.AsyncClient]:
     settings = make_settings(
         root,
         index_path=tmp_path / "index.sqlite3",
@@ -36,7 +40,7 @@ def _client(tmp_path: Path, root: Path, base_url: str, **overrides: object) -> h
     )
     app = create_app(settings)
     app.services.index.scan()
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
+    return in_process(app, lifespan=False, base_url=base_url)
 
 
 @pytest.fixture

@@ -50,17 +50,23 @@ async def until_ready(app: FerryApp) -> None:
 
 @asynccontextmanager
 async def in_process(
-    app: FerryApp, *, lifespan: bool = True, raise_app_exceptions: bool = True
+    app: FerryApp,
+    *,
+    lifespan: bool = True,
+    raise_app_exceptions: bool = True,
+    base_url: str = BASE_URL,
+    timeout: float = 5.0,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client on `app`; with `lifespan`, the app is started (and stopped) as the server does it.
 
     Without it the app is used cold (a test that scans by hand); its index writer thread is ended
-    and its index closed at the end, as the lifespan would.
+    and its index closed at the end, as the lifespan would. `base_url` is where the client believes
+    the server is (the scope's server address and Host come from it).
     """
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
     if not lifespan:
         try:
-            async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as http:
+            async with httpx.AsyncClient(transport=transport, base_url=base_url, timeout=timeout) as http:
                 yield http
         finally:
             await asyncio.to_thread(app.services.async_index.close)
@@ -68,7 +74,7 @@ async def in_process(
         return
     async with app.router.lifespan_context(app):
         await until_ready(app)
-        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as http:
+        async with httpx.AsyncClient(transport=transport, base_url=base_url, timeout=timeout) as http:
             yield http
 
 
