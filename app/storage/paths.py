@@ -213,14 +213,21 @@ def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_resul
             return _open_unpinned(path, policy)
         pinned = os.open(path, _O_PATH | os.O_CLOEXEC)
     try:
-        st = os.fstat(pinned)
-        location = _fd_location(pinned)
-        if not _servable_type(st) or location is None or not _allowed(location, policy):
-            raise NotServable()
+        st = _checked(pinned, policy)
         with _refusals():
             return _reopen(pinned, st)
     finally:
         os.close(pinned)
+
+
+def _checked(pinned: int, policy: PathPolicy) -> os.stat_result:
+    """The stat of a pinned (O_PATH) descriptor, if it is a regular file or directory lying where
+    the policy allows; NotServable otherwise."""
+    st = os.fstat(pinned)
+    location = _fd_location(pinned)
+    if not _servable_type(st) or location is None or not _allowed(location, policy):
+        raise NotServable()
+    return st
 
 
 def stat_beneath(path: SafePath, policy: PathPolicy) -> os.stat_result:
@@ -238,11 +245,7 @@ def stat_beneath(path: SafePath, policy: PathPolicy) -> os.stat_result:
             return st
         pinned = os.open(path, _O_PATH | os.O_CLOEXEC)
     try:
-        st = os.fstat(pinned)
-        location = _fd_location(pinned)
-        if not _servable_type(st) or location is None or not _allowed(location, policy):
-            raise NotServable()
-        return st
+        return _checked(pinned, policy)
     finally:
         os.close(pinned)
 
