@@ -90,7 +90,7 @@ def _answers() -> Iterator[None]:
     """The store's refusals as storage errors (app/errors.py makes them HTTP answers)."""
     try:
         yield
-    except (s3.NotFoundError, FileNotFoundError):
+    except (s3.NotFoundError, FileNotFoundError, s3.InvalidPathError):
         raise NotServable() from None
     except (s3.PreconditionError, s3.AlreadyExistsError, s3.NotModifiedError):
         raise Changed() from None
@@ -168,7 +168,7 @@ class S3Storage:
                 got = await obstore.get_async(self.store(), key, options={"head": True})
         except NotServable:
             if await self._has_children(key):
-                return Stat(path.strip("/"), True, 0, 0, None, "")
+                return Stat(key, True, 0, 0, None, "")
             raise
         digest = got.attributes.get("sha256")
         return self._stat(got.meta, sha256=bytes.fromhex(str(digest)) if digest else None)
