@@ -131,7 +131,7 @@ async def test_conditional_writes_small_and_multipart(storage: S3Storage) -> Non
         assert second.etag != first.etag and await read(storage, path, 0, 4) == b"4444"
 
 
-async def test_a_failing_body_leaves_nothing_visible(storage: S3Storage) -> None:
+async def test_a_failing_body_leaves_nothing_visible(seaweed: Seaweed, storage: S3Storage) -> None:
     async def broken() -> AsyncIterator[bytes]:
         yield b"x" * (6 * MiB)
         raise ConnectionResetError("the client went away")
@@ -145,15 +145,17 @@ async def test_a_failing_body_leaves_nothing_visible(storage: S3Storage) -> None
         await storage.stat("new.bin")
     assert await read(storage, "kept.bin", 0, 3) == b"old"
     assert [e.name for e in (await storage.list_page("")).entries] == ["kept.bin"]
+    assert seaweed.pending_uploads() == []  # the multipart uploads were aborted, not left behind
 
 
-async def test_a_declared_digest_is_verified_and_stored(storage: S3Storage) -> None:
+async def test_a_declared_digest_is_verified_and_stored(seaweed: Seaweed, storage: S3Storage) -> None:
     data = os.urandom(6 * MiB)
     good = hashlib.sha256(data).digest()
     with pytest.raises(InvalidInput):
         await storage.write("d.bin", body(data), sha256=hashlib.sha256(b"other").digest())
     with pytest.raises(NotServable):
         await storage.stat("d.bin")
+    assert seaweed.pending_uploads() == []
     await storage.write("d.bin", body(data), sha256=good)
     assert (await storage.stat("d.bin")).sha256 == good
 

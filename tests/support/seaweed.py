@@ -23,6 +23,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +102,20 @@ class Seaweed:
             client_options={"allow_http": True, "timeout": "30s", "connect_timeout": "5s"},
             **options,
         )
+
+    def pending_uploads(self) -> list[str]:
+        """The bucket's multipart uploads begun and neither completed nor aborted, as SeaweedFS's
+        filer keeps them (one folder each under /buckets/BUCKET/.uploads/)."""
+        url = f"http://127.0.0.1:{self.ports['filer.port']}/buckets/{self.bucket}/.uploads/"
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                listing = json.load(answer)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return []
+            raise
+        return [str(entry["FullPath"]) for entry in listing.get("Entries") or []]
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after STOP_DEADLINE; returns once the process is gone."""
