@@ -23,6 +23,7 @@ from app import __version__
 from app.http import signing
 from app.request import server_url
 from app.settings import ENV_FILE, ENV_PREFIX, PublicUrl, Settings, SigningKeys, env_name
+from app.storage.locations import AwsCredentials
 
 EXIT_BAD_SETTINGS = 2
 EXIT_UNHEALTHY = 1
@@ -189,6 +190,19 @@ def check_index(settings: Settings) -> int:
     return 0
 
 
+def check_storage(settings: Settings) -> int:
+    """0 when the storage chosen can be served; else one line on stderr and exit status 2."""
+    if settings.storage is None:
+        return 0
+    load_settings({}, AwsCredentials)  # half-given credentials: one line naming them, exit 2
+    print(  # noqa: T201
+        f"ferry: FERRY_STORAGE={settings.storage}: the S3 storage backend is not available yet "
+        "in `ferry serve`; unset FERRY_STORAGE to serve FERRY_ROOT",
+        file=sys.stderr,
+    )
+    return EXIT_BAD_SETTINGS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
@@ -196,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from app.server import serve
 
         settings: Settings = load_settings(args)
-        return check_index(settings) or serve(settings)
+        return check_storage(settings) or check_index(settings) or serve(settings)
     if command == "healthcheck":
         return healthcheck(args["url"], args["timeout"])
     if command == "sign":

@@ -152,6 +152,10 @@ def http_error(exc: StorageError) -> FerryError:
             return ServiceUnavailable(detail)
         case storage.IndexRebuilding():
             return ServiceUnavailable(detail, retry_after=5)
+        case storage.Changed():
+            return PreconditionFailed(detail)
+        case storage.Unreachable():
+            return ServiceUnavailable(detail, retry_after=5)
     return FerryError(detail)
 
 

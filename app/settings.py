@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.storage.locations import S3Location, check_s3, parse_endpoint, parse_storage
+
 ENV_PREFIX = "FERRY_"
 ENV_FILE = "config/ferry.env"
 
@@ -100,6 +102,10 @@ def parse_public_url(value: Any) -> Any:
     return value.strip().rstrip("/")
 
 
+def _blank_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 def _absolute(path: Path) -> Path:
     return path.expanduser().resolve()
 
@@ -128,6 +134,19 @@ class Settings(BaseSettings):
 
     root: Annotated[Path, AfterValidator(_existing_directory)] = Field(
         Path("./storage"), description="the directory served"
+    )
+    storage: Annotated[S3Location | None, BeforeValidator(parse_storage)] = Field(
+        None,
+        description="where files live: unset serves ROOT; s3://BUCKET[/PREFIX] an S3-compatible bucket",
+    )
+    s3_endpoint: Annotated[str | None, BeforeValidator(parse_endpoint)] = Field(
+        None, description="the S3 endpoint URL for a bucket not on AWS, e.g. http://127.0.0.1:8333"
+    )
+    s3_region: Annotated[str | None, BeforeValidator(_blank_none)] = Field(
+        None, min_length=1, description="the bucket's region (unset: AWS_REGION, else us-east-1)"
+    )
+    s3_allow_http: bool = Field(
+        False, description="allow a plain-HTTP S3_ENDPOINT (credentials and bytes unencrypted)"
     )
     host: str = Field("0.0.0.0", min_length=1, description="bind address")
     port: int = Field(8000, ge=0, le=65535, description="bind port (0 picks a free one)")
@@ -248,6 +267,11 @@ class Settings(BaseSettings):
     def _index_outside_root(self) -> Settings:
         if self.index_path is not None and self.index_path.is_relative_to(self.root):
             raise ValueError(f"FERRY_INDEX_PATH {str(self.index_path)!r} must be outside FERRY_ROOT")
+        return self
+
+    @model_validator(mode="after")
+    def _s3_consistent(self) -> Settings:
+        check_s3(self.storage, self.s3_endpoint, allow_http=self.s3_allow_http, show_hidden=self.show_hidden)
         return self
 
     @model_validator(mode="after")

@@ -26,6 +26,9 @@ from tests.support.servers import (
     wait_for,
 )
 
+# The `seaweed` fixture (a real S3-compatible engine) and the report section showing its log.
+pytest_plugins = ["tests.support.seaweed"]
+
 __all__ = [
     "CANARY",
     "PATIENCE",

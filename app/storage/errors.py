@@ -11,7 +11,10 @@ StorageError          base: an optional detail (None: the answer's usual words)
 ├── NameTooLong       a path too long for the file system
 ├── NoSpace           no space (or quota) left
 ├── OutOfDescriptors  the process is out of file descriptors, for now
-└── IndexRebuilding   the index was found damaged and is being rebuilt from the disk
+├── IndexRebuilding   the index was found damaged and is being rebuilt from the disk
+├── Changed           an object store's copy no longer matches the version a request named
+│                     (If-Match / If-None-Match evaluated by the store itself)
+└── Unreachable       the object store did not answer, or refused Ferry's credentials
 """
 
 from __future__ import annotations
@@ -78,3 +81,11 @@ def write_refusal(exc: OSError) -> StorageError | None:
     if exc.errno in (errno.EMFILE, errno.ENFILE):
         return OutOfDescriptors()
     return None
+
+
+class Changed(StorageError):
+    default_detail = "the file changed meanwhile"
+
+
+class Unreachable(StorageError):
+    default_detail = "the storage is not reachable; try again shortly"

@@ -103,6 +103,23 @@ def split_url_path(url_path: str, policy: PathPolicy) -> list[str]:
     return segments
 
 
+def split_key(key: str, *, show_hidden: bool) -> list[str]:
+    """The segments of an object key or key prefix ('a/b' or 'a/b/'), by the names' lexical rules:
+    in an object store "folders" are key prefixes, and a key is served only if the same name
+    would be as a path. Unlike a request path a key is not normalised: 'a/./b' is another object
+    than 'a/b', so a '.' segment is refused like '..' and an empty one."""
+    if _has_control(key):
+        raise InvalidInput("control characters are not allowed in keys")
+    trimmed = key[:-1] if key.endswith("/") else key
+    if not trimmed:
+        return []
+    segments = trimmed.split("/")
+    policy = PathPolicy(root=Path("/"), show_hidden=show_hidden)  # the lexical rules use no root
+    if not all(_plain_name(segment, policy) for segment in segments):
+        raise NotServable()
+    return segments
+
+
 def servable_name(name: str, policy: PathPolicy) -> bool:
     """Whether a directory entry's name could be requested at all (what listings may show)."""
     if _has_control(name) or not _plain_name(name, policy):

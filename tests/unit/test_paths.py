@@ -26,6 +26,7 @@ from app.storage.paths import (
     open_beneath,
     open_write_target,
     resolve,
+    split_key,
     split_url_path,
     stat_child,
 )
@@ -139,6 +140,66 @@ def test_normal_url_path_drops_only_dot_segments(url_path: str, normal: str) -> 
 def test_split_url_path_control_characters_are_bad_requests(url_path: str) -> None:
     with pytest.raises(InvalidInput):
         split_url_path(url_path, POLICY)
+
+
+# Object keys (an S3 bucket's "paths") obey the same names' rules, without a request path's '.'
+# normalisation: 'a/./b' is another key than 'a/b', so it is refused rather than rewritten.
+@pytest.mark.parametrize(
+    ("key", "show_hidden", "segments"),
+    [
+        ("", False, []),
+        ("a", False, ["a"]),
+        ("a/b/c.txt", False, ["a", "b", "c.txt"]),
+        ("films/", False, ["films"]),
+        ("résumé 数据.bin", False, ["résumé 数据.bin"]),
+        ("100% #1?.txt", False, ["100% #1?.txt"]),
+        (".env", True, [".env"]),
+        ("a/.git/config", True, ["a", ".git", "config"]),
+        (".env", False, None),
+        ("a/.git/config", False, None),
+        ("..", True, None),
+        ("a/../b", True, None),
+        ("a/./b", True, None),
+        ("./a", True, None),
+        (".", True, None),
+        ("a//b", True, None),
+        ("/a", True, None),
+        ("a\\b", True, None),
+        (".ferry-upload-x.part", True, None),
+        ("a/.ferry-upload-x.part", True, None),
+    ],
+)
+def test_split_key_applies_the_names_rules_without_normalising(
+    key: str, show_hidden: bool, segments: list[str] | None
+) -> None:
+    if segments is None:
+        with pytest.raises(NotServable):
+            split_key(key, show_hidden=show_hidden)
+    else:
+        assert split_key(key, show_hidden=show_hidden) == segments
+
+
+@pytest.mark.parametrize("key", ["a\x00b", "a/\nb", "\x7f", "a\tb/c"])
+def test_split_key_control_characters_are_invalid_input(key: str) -> None:
+    with pytest.raises(InvalidInput):
+        split_key(key, show_hidden=True)
+
+
+@given(st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=4))
+@settings(max_examples=300)
+def test_split_key_agrees_with_split_url_path_where_no_dot_segment_is_involved(names: list[str]) -> None:
+    key = "/".join(names)
+    if "." in key.split("/"):
+        return
+    try:
+        expected: list[str] | type[Exception] = split_url_path(key, SHOW_HIDDEN)
+    except (NotServable, InvalidInput) as exc:
+        expected = type(exc)
+    try:
+        got: list[str] | type[Exception] = split_key(key, show_hidden=True)
+    except (NotServable, InvalidInput) as exc:
+        got = type(exc)
+    assert got == expected
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,13 @@ import pytest
 from pydantic import ByteSize, TypeAdapter, ValidationError
 
 from app.cli import build_parser, load_settings
-from app.settings import Settings, env_name, parse_mime_types, parse_size
+from app.settings import (
+    Settings,
+    env_name,
+    parse_mime_types,
+    parse_size,
+)
+from app.storage.locations import AwsCredentials, S3Location, parse_storage
 from tests.conftest import make_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -262,10 +268,14 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         "download_auth": "signed",
         "read_tokens": "reader-1, reader-2",
         "signing_keys": "new-key-0123456789,old-key-0123456789",
+        "storage": "s3://media/films/",
+        "s3_endpoint": "http://127.0.0.1:8333/",
+        "s3_region": "eu-west-3",
     }
     argv = [arg for name, value in values.items() for arg in ("--" + name.replace("_", "-"), value)]
     argv += ["--follow-symlinks", "--show-hidden", "--no-watch", "--no-fsync", "--no-checksums"]
-    flags = {"follow_symlinks", "show_hidden", "watch", "fsync", "checksums"}
+    argv += ["--s3-allow-http"]
+    flags = {"follow_symlinks", "show_hidden", "watch", "fsync", "checksums", "s3_allow_http"}
     assert set(values) | flags == set(Settings.model_fields)
     s = load_settings(serve_args(*argv))
     check_env_values(s, tmp_path)
@@ -275,6 +285,8 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
     assert s.download_auth == "signed"
     assert [t.get_secret_value() for t in s.read_tokens] == ["reader-1", "reader-2"]
     assert [k.get_secret_value() for k in s.signing_keys] == ["new-key-0123456789", "old-key-0123456789"]
+    assert s.storage == S3Location("media", "films/")
+    assert (s.s3_endpoint, s.s3_region, s.s3_allow_http) == ("http://127.0.0.1:8333", "eu-west-3", True)
 
 
 def test_cli_flags_beat_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -461,3 +473,151 @@ def test_readme_documents_every_setting() -> None:
         f"FERRY_{name.upper()}" for name in Settings.model_fields if f"FERRY_{name.upper()}" not in table
     ]
     assert not missing, f"README's settings table lacks {missing}"
+
+
+# --- object storage (FERRY_STORAGE=s3://...) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", None),
+        ("  ", None),
+        ("s3://media", S3Location("media", "")),
+        ("s3://media/", S3Location("media", "")),
+        ("s3://my.bucket-1/films", S3Location("my.bucket-1", "films/")),
+        ("s3://media/films/2024/", S3Location("media", "films/2024/")),
+        ("s3://media/résumé 数据", S3Location("media", "résumé 数据/")),
+    ],
+)
+def test_storage_reads_a_bucket_and_a_prefix(text: str, expected: S3Location | None) -> None:
+    assert parse_storage(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("/srv/files", "is not s3://BUCKET"),
+        ("S3://media", "is not s3://BUCKET"),
+        ("https://media.s3.amazonaws.com", "is not s3://BUCKET"),
+        ("s3://", "is not an S3 bucket name"),
+        ("s3://ab", "is not an S3 bucket name"),
+        ("s3://Media", "is not an S3 bucket name"),
+        ("s3://me_dia", "is not an S3 bucket name"),
+        ("s3://-media", "is not an S3 bucket name"),
+        ("s3://me..dia", "is not an S3 bucket name"),
+        ("s3://" + "a" * 64, "is not an S3 bucket name"),
+        ("s3://media/../etc", "is not a plain key prefix"),
+        ("s3://media/a/../b", "is not a plain key prefix"),
+        ("s3://media/a/./b", "is not a plain key prefix"),
+        ("s3://media/a//b", "is not a plain key prefix"),
+        ("s3://media/a\\b", "is not a plain key prefix"),
+        ("s3://media/a\x01b", "is not a plain key prefix"),
+        ("s3://media/.ferry-upload-x", "is not a plain key prefix"),
+    ],
+)
+def test_storage_refuses_what_is_not_a_bucket_and_plain_prefix(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(words)):
+        parse_storage(text)
+
+
+def test_storage_prefix_hidden_needs_show_hidden(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="FERRY_STORAGE prefix '.private/' is hidden"):
+        make_settings(tmp_path, storage="s3://media/.private")
+    assert make_settings(tmp_path, storage="s3://media/.private", show_hidden=True).storage == S3Location(
+        "media", ".private/"
+    )
+
+
+def test_storage_default_is_the_local_root(tmp_path: Path) -> None:
+    s = make_settings(tmp_path)
+    assert (s.storage, s.s3_endpoint, s.s3_region, s.s3_allow_http) == (None, None, None, False)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("https://s3.example.net", "https://s3.example.net"),
+        ("http://127.0.0.1:8333/", "http://127.0.0.1:8333"),
+        ("", None),
+    ],
+)
+def test_s3_endpoint_is_a_base_url(tmp_path: Path, endpoint: str, expected: str | None) -> None:
+    assert make_settings(tmp_path, s3_endpoint=endpoint, s3_allow_http=True).s3_endpoint == expected
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:8333", "ftp://host", "http://host/path", "http://"])
+def test_s3_endpoint_refuses_what_is_not_a_base_url(tmp_path: Path, endpoint: str) -> None:
+    with pytest.raises(ValidationError, match="is not an endpoint URL"):
+        make_settings(tmp_path, s3_endpoint=endpoint, s3_allow_http=True)
+
+
+def test_plain_http_endpoint_needs_allow_http(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="plain HTTP: set FERRY_S3_ALLOW_HTTP=true"):
+        make_settings(tmp_path, s3_endpoint="http://127.0.0.1:8333")
+    assert make_settings(tmp_path, s3_endpoint="https://s3.example.net").s3_allow_http is False
+
+
+def test_aws_credentials_come_from_the_standard_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "")
+    creds = AwsCredentials()
+    assert creds.aws_access_key_id is not None and creds.aws_secret_access_key is not None
+    assert creds.aws_access_key_id.get_secret_value() == "AKIDEXAMPLE"
+    assert creds.aws_secret_access_key.get_secret_value() == "wJalrXUtnFEMI"
+    assert creds.aws_session_token is None  # empty is unset
+    assert "wJalrXUtnFEMI" not in repr(creds)
+
+
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        ({"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE"}, "go together"),
+        ({"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI"}, "go together"),
+        ({"AWS_SESSION_TOKEN": "token"}, "AWS_SESSION_TOKEN needs"),
+    ],
+)
+def test_aws_credentials_half_given_are_refused(
+    monkeypatch: pytest.MonkeyPatch, given: dict[str, str], words: str
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=words):
+        AwsCredentials()
+
+
+def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FERRY_", "AWS_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--root", str(tmp_path), "--port", "0"],
+        env={**clean, **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_serve_with_s3_storage_exits_2_with_one_line_until_the_backend_is_wired(tmp_path: Path) -> None:
+    result = _serve(tmp_path, {"FERRY_STORAGE": "s3://media/films"})
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "FERRY_STORAGE=s3://media/films/" in lines[0] and "not available yet" in lines[0]
+
+
+def test_serve_with_half_given_credentials_names_them(tmp_path: Path) -> None:
+    result = _serve(tmp_path, {"FERRY_STORAGE": "s3://media", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE"})
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "AWS_SECRET_ACCESS_KEY" in lines[0], result.stderr
+
+
+def test_serve_with_a_bad_storage_names_the_setting(tmp_path: Path) -> None:
+    result = _serve(tmp_path, {"FERRY_STORAGE": "s3://media/../etc"})
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ferry: invalid setting FERRY_STORAGE:"), result.stderr

@@ -31,6 +31,8 @@ ANSWERS = [
         "the index is being rebuilt from the disk; try again shortly",
         {"retry-after": "5"},
     ),
+    (storage.Changed(), 412, "the file changed meanwhile", {}),
+    (storage.Unreachable(), 503, "the storage is not reachable; try again shortly", {"retry-after": "5"}),
 ]
 
 
