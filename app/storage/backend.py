@@ -8,11 +8,11 @@ the path gate, a key under the bucket's prefix through the same lexical rules) a
 evaluated by Ferry against `Stat.etag` and `Stat.mtime_ns`; a storage's own `if_match` only guards
 against a change between that decision and the bytes (a download never mixes two versions).
 
-The local file system becomes an implementation when the request path is wired to this interface:
-`stat` is the gate's `stat_beneath`, `open_range` a `FileSender` over `open_beneath`'s descriptor
-(sendfile stays: the local storage hands the route a descriptor, not chunks), `list_page` and
-`walk` the scanner's `os.scandir` pass, `write` an `AtomicWrite`, `delete` writes.delete. Until
-then the local request path does not go through this module.
+The local file system is one too (app/storage/local.py: the path gate, AtomicWrite and the
+scanner's rules behind this interface). The request path does not go through this module yet:
+when it does, the local storage may still hand downloads a descriptor (sendfile stays) rather
+than chunks. tests/clients/test_storage_contract.py holds both implementations to the same
+behaviour, and says where they legitimately differ.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ class Storage(Protocol):
     ) -> Stat:
         """Store `chunks` at `path` atomically: readers see the old file or the whole new one, never
         a part. `if_match` (an ETag) / `if_none_match` (nothing there yet): Changed otherwise.
-        `sha256`: the digest the body must have (Changed otherwise, nothing stored), kept with it."""
+        `sha256`: the digest the body must have (InvalidInput otherwise, nothing stored), kept with
+        it where the storage can keep it (the object store; the local one has the index)."""
 
     async def delete(self, path: str, *, if_match: str | None = None) -> None:
         """Remove the file at `path`; NotServable if there is none, Changed if `if_match` fails."""

@@ -189,18 +189,24 @@ class S3Storage:
         if not key:
             raise NotServable()
         if if_match is None:
-            if_match = (await self.stat(path)).etag
+            current = await self.stat(path)
+            if current.is_dir:
+                raise NotServable()  # a folder (a prefix) has no bytes
+            if_match = current.etag
         return _Windows(
             self.store(), key, start, end, if_match, self.config.chunk_size, self.config.readahead
         )
 
     async def list_page(self, folder: str, *, cursor: str | None = None, limit: int = 1000) -> StatPage:
-        """One page of `folder`'s children by name. The store lists a folder whole (object_store
-        pages through it); the index, not this, serves listings of big folders."""
+        """One page of `folder`'s children by name; NotServable for a folder that does not exist.
+        The store lists a folder whole (object_store pages through it); the index, not this,
+        serves listings of big folders."""
         base = self.key(folder)
         prefix = base + "/" if base else None
         with _answers():
             found = await obstore.list_with_delimiter_async(self.store(), prefix)
+        if base and not found["objects"] and not found["common_prefixes"]:
+            raise NotServable()  # no such folder (nor a file's children), as on a disk
         entries = [self._stat(meta) for meta in found["objects"] if self.servable(meta["path"])]
         entries += [Stat(p.rstrip("/"), True, 0, 0, None, "") for p in found["common_prefixes"]]
         entries = sorted((e for e in entries if self.servable(e.path)), key=lambda e: e.name)

@@ -233,11 +233,20 @@ class Scanner(EntryStore):
         if not decodable(d.name):
             metrics.INDEX_SKIPPED_NAMES.inc()  # not valid UTF-8: no URL can name it
             return None
-        if d.is_symlink():
-            return stat_child(dir_fd, d.name, self.policy)  # followed only where the gate allows
-        if not servable_name(d.name, self.policy):
-            return None
-        try:
-            return d.stat(follow_symlinks=False)
-        except OSError:
-            return None
+        return servable_stat(dir_fd, d, self.policy)
+
+
+def servable_stat(dir_fd: int, d: os.DirEntry[str], policy: PathPolicy) -> os.stat_result | None:
+    """The stat of a directory entry the index and listings may show (None: leave it out): a
+    servable name, a symlink followed only where the gate allows, never an upload in progress.
+    The local storage's listings and walks (local.py) show exactly what the index holds."""
+    if TEMP_NAME.fullmatch(d.name) or not decodable(d.name):
+        return None
+    if d.is_symlink():
+        return stat_child(dir_fd, d.name, policy)  # followed only where the gate allows
+    if not servable_name(d.name, policy):
+        return None
+    try:
+        return d.stat(follow_symlinks=False)
+    except OSError:
+        return None
