@@ -1,4 +1,7 @@
-"""The S3 storage backend (app/storage/s3.py) against a real engine (`weed mini`, tests/support/seaweed.py).
+"""The S3 storage backend (app/storage/s3.py) against a real engine (`weed mini`, tests/support/seaweed.py):
+what only it has (credentials, an engine that does not answer, the interpreter's exit, forks).
+What every storage must do (ranges, conditional writes, digests, names, listings, and that no
+failed upload leaves a multipart upload behind in the engine) is tests/clients/test_storage_contract.py.
 
 Each test gets a storage on a prefix of its own in the session's bucket, and closes it (the
 store's connections must be gone before the interpreter finalises: see s3.py).
@@ -6,7 +9,6 @@ store's connections must be gone before the interpreter finalises: see s3.py).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -14,12 +16,11 @@ import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import obstore
 import pytest
 from pydantic import SecretStr
 
 from app.storage.backend import Storage
-from app.storage.errors import Changed, InvalidInput, NotServable, Unreachable
+from app.storage.errors import Unreachable
 from app.storage.locations import AwsCredentials, S3Location
 from app.storage.s3 import S3Config, S3Storage
 from tests.support.seaweed import Seaweed
@@ -64,172 +65,6 @@ async def body(*parts: bytes) -> AsyncIterator[bytes]:
 async def read(backend: Storage, path: str, start: int, end: int, **kw: str) -> bytes:
     stream = await backend.open_range(path, start, end, **kw)
     return b"".join([chunk async for chunk in stream])
-
-
-async def test_write_stat_read_ranges_and_delete(storage: S3Storage) -> None:
-    data = os.urandom(3 * MiB + 123)
-    written = await storage.write("dir/sub/file.bin", body(data[:MiB], data[MiB:]))
-    assert written.sha256 == hashlib.sha256(data).digest()
-    stat = await storage.stat("dir/sub/file.bin")
-    assert (stat.path, stat.is_dir, stat.size, stat.etag) == (
-        "dir/sub/file.bin",
-        False,
-        len(data),
-        written.etag,
-    )
-    assert stat.etag and stat.etag.startswith('"') and stat.mtime_ns > 0
-    assert (await storage.stat("dir")).is_dir and (await storage.stat("dir/sub")).is_dir
-    assert await read(storage, "dir/sub/file.bin", 0, len(data)) == data
-    for start, end in [(0, 1), (5, 65541), (MiB - 1, MiB + 1), (len(data) - 10, len(data))]:
-        assert await read(storage, "dir/sub/file.bin", start, end) == data[start:end]
-    await storage.delete("dir/sub/file.bin")
-    with pytest.raises(NotServable):
-        await storage.stat("dir/sub/file.bin")
-    with pytest.raises(NotServable):
-        await storage.stat("dir")  # a folder is a prefix: gone with its last key
-
-
-async def test_a_range_is_read_in_bounded_windows_and_stops_when_the_reader_stops(storage: S3Storage) -> None:
-    data = os.urandom(2 * MiB)
-    await storage.write("big.bin", body(data))
-    stream = await storage.open_range("big.bin", 0, len(data))
-    sizes = []
-    async for chunk in stream:
-        sizes.append(len(chunk))
-        if len(sizes) == 2:
-            break
-    await stream.aclose()
-    assert sizes == [256 * KiB, 256 * KiB]  # CHUNK_SIZE windows, never the whole object
-
-
-async def test_a_download_never_mixes_two_versions(storage: S3Storage) -> None:
-    # 16 windows of 256 KiB: more than are ever requested ahead of the one being read.
-    await storage.write("v.bin", body(b"a" * 4 * MiB))
-    stream = await storage.open_range("v.bin", 0, 4 * MiB)
-    chunks = aiter(stream)
-    first = await anext(chunks)
-    await storage.write("v.bin", body(b"b" * 4 * MiB))
-    with pytest.raises(Changed):
-        async for chunk in chunks:
-            assert set(first + chunk) == {ord("a")}
-    old = (await storage.stat("v.bin")).etag
-    await storage.write("v.bin", body(b"c" * 10))
-    with pytest.raises(Changed):
-        await read(storage, "v.bin", 0, 10, if_match=old or "")
-
-
-async def test_conditional_writes_small_and_multipart(storage: S3Storage) -> None:
-    for size in (10, 6 * MiB):  # one conditional PUT; a multipart upload
-        path = f"cond-{size}.bin"
-        first = await storage.write(path, body(b"1" * size), if_none_match=True)
-        with pytest.raises(Changed):
-            await storage.write(path, body(b"2" * size), if_none_match=True)
-        with pytest.raises(Changed):
-            await storage.write(path, body(b"3" * size), if_match='"not-the-etag"')
-        assert await read(storage, path, 0, 4) == b"1111"
-        second = await storage.write(path, body(b"4" * size), if_match=first.etag)
-        assert second.etag != first.etag and await read(storage, path, 0, 4) == b"4444"
-
-
-async def test_a_failing_body_leaves_nothing_visible(seaweed: Seaweed, storage: S3Storage) -> None:
-    async def broken() -> AsyncIterator[bytes]:
-        yield b"x" * (6 * MiB)
-        raise ConnectionResetError("the client went away")
-
-    for path in ("new.bin", "kept.bin"):
-        if path == "kept.bin":
-            await storage.write(path, body(b"old"))
-        with pytest.raises(ConnectionResetError):
-            await storage.write(path, broken())
-    with pytest.raises(NotServable):
-        await storage.stat("new.bin")
-    assert await read(storage, "kept.bin", 0, 3) == b"old"
-    assert [e.name for e in (await storage.list_page("")).entries] == ["kept.bin"]
-    assert seaweed.pending_uploads() == []  # the multipart uploads were aborted, not left behind
-
-
-async def test_a_declared_digest_is_verified_and_stored(seaweed: Seaweed, storage: S3Storage) -> None:
-    data = os.urandom(6 * MiB)
-    good = hashlib.sha256(data).digest()
-    with pytest.raises(InvalidInput):
-        await storage.write("d.bin", body(data), sha256=hashlib.sha256(b"other").digest())
-    with pytest.raises(NotServable):
-        await storage.stat("d.bin")
-    assert seaweed.pending_uploads() == []
-    await storage.write("d.bin", body(data), sha256=good)
-    assert (await storage.stat("d.bin")).sha256 == good
-
-
-async def test_delete_honours_if_match(storage: S3Storage) -> None:
-    stat = await storage.write("x.txt", body(b"x"))
-    with pytest.raises(Changed):
-        await storage.delete("x.txt", if_match='"other"')
-    await storage.delete("x.txt", if_match=stat.etag)
-    with pytest.raises(NotServable):
-        await storage.delete("x.txt")
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        "../x",
-        "a/../../x",
-        "a//b",
-        "./a",
-        "a/./b",
-        ".hidden",
-        "a/.env",
-        "a\x01b",
-        "a\\b",
-        ".ferry-upload-1.part",
-    ],
-)
-async def test_names_are_refused_as_the_path_gate_refuses_them(storage: S3Storage, path: str) -> None:
-    with pytest.raises((NotServable, InvalidInput)):
-        await storage.stat(path)
-    with pytest.raises((NotServable, InvalidInput)):
-        await storage.write(path, body(b"x"))
-    with pytest.raises((NotServable, InvalidInput)):
-        await storage.open_range(path, 0, 1)
-
-
-async def test_listing_and_walk_show_only_servable_names(seaweed: Seaweed, storage: S3Storage) -> None:
-    prefix = storage.config.location.prefix
-    store = seaweed.store()
-    names = ["a.txt", "résumé 数据.bin", "100% #1?.txt", "sub/inner.txt", "sub/deep/z.txt"]
-    # (keys with "..", "//" or control characters cannot even be written through obstore)
-    hidden = [".hidden", "sub/.env", ".git/config", "sub/.ferry-upload-x.part"]
-    for name in names + hidden:
-        await obstore.put_async(store, prefix + name, name.encode())
-    page = await storage.list_page("")
-    assert [(e.name, e.is_dir) for e in page.entries] == [
-        ("100% #1?.txt", False),
-        ("a.txt", False),
-        ("résumé 数据.bin", False),
-        ("sub", True),
-    ]
-    first = await storage.list_page("", limit=2)
-    rest = await storage.list_page("", cursor=first.cursor)
-    assert [e.name for e in first.entries + rest.entries] == [e.name for e in page.entries]
-    assert rest.cursor is None
-    walked = [(s.path, s.is_dir) async for s in storage.walk()]
-    assert sorted(walked) == sorted([(n, False) for n in names] + [("sub", True), ("sub/deep", True)])
-    assert [s.path async for s in storage.walk("sub/deep")] == ["sub/deep/z.txt"]
-    with pytest.raises(NotServable):
-        await storage.stat(".git/config")
-
-
-async def test_hidden_names_are_served_with_show_hidden(seaweed: Seaweed) -> None:
-    backend = S3Storage(
-        config(seaweed, f"hidden-{os.urandom(4).hex()}/", show_hidden=True), credentials(seaweed)
-    )
-    try:
-        await backend.write(".env", body(b"A=1\n"))
-        assert await read(backend, ".env", 0, 4) == b"A=1\n"
-        with pytest.raises(NotServable):
-            await backend.write(".ferry-upload-1.part", body(b"x"))  # never, hidden names or not
-    finally:
-        await backend.aclose()
 
 
 async def test_wrong_credentials_and_a_stopped_engine_are_unreachable(seaweed: Seaweed) -> None:
