@@ -31,7 +31,7 @@ class Stat:
     size: int
     mtime_ns: int
     # A strong validator of this version's bytes: the object store's ETag, quotes included
-    # (None for a folder; the local storage makes its ETag from `version`, as today).
+    # (None for a folder; a local file's is the one downloads send today, from its identity).
     etag: str | None
     # Changes whenever the content may have: ETag and version id of an object; (dev, ino, size,
     # mtime) of a local file. What the index compares to know a digest is still this file's.

@@ -46,7 +46,8 @@ ETag = Callable[[os.stat_result], str]  # a local file's ETag from its stat
 
 
 async def _blocking(call: Callable[..., T], *args: object, **kwargs: object) -> T:
-    """A blocking call in a worker thread, a write the file system refused as storage's error."""
+    """A blocking step of a write in a worker thread, a write the file system refused as storage's
+    error (reads need none: the gate answers a refused open as NotServable)."""
     try:
         return await asyncio.to_thread(call, *args, **kwargs)
     except OSError as exc:
@@ -92,11 +93,12 @@ class LocalStorage:
 
     async def stat(self, path: str) -> Stat:
         clean = self.path(path)
-        st = await _blocking(stat_beneath, resolve_to_open(clean, self.policy), self.policy)
+        st = await asyncio.to_thread(stat_beneath, resolve_to_open(clean, self.policy), self.policy)
         return self.to_stat(clean, st)
 
     async def open_range(self, path: str, start: int, end: int, *, if_match: str | None = None) -> ByteStream:
-        fd, st = await _blocking(open_beneath, resolve_to_open(self.path(path), self.policy), self.policy)
+        safe = resolve_to_open(self.path(path), self.policy)
+        fd, st = await asyncio.to_thread(open_beneath, safe, self.policy)
         if stat.S_ISDIR(st.st_mode):
             os.close(fd)
             raise NotServable()
@@ -127,7 +129,7 @@ class LocalStorage:
         return sorted(found, key=lambda pair: pair[0].name)
 
     async def list_page(self, folder: str, *, cursor: str | None = None, limit: int = 1000) -> StatPage:
-        children = await _blocking(self._children, self.path(folder))
+        children = await asyncio.to_thread(self._children, self.path(folder))
         entries = [s for s, _ in children if cursor is None or s.name > cursor]
         page = entries[:limit]
         return StatPage(page, page[-1].name if len(entries) > limit else None)
@@ -138,7 +140,7 @@ class LocalStorage:
         stack = [self.path(top)]
         while stack:
             try:
-                children = await _blocking(self._children, stack.pop())
+                children = await asyncio.to_thread(self._children, stack.pop())
             except (OSError, StorageError):
                 continue
             for child, descend in children:
