@@ -112,7 +112,9 @@ async def test_write_stat_read_ranges_and_delete(backend: Backend) -> None:
         written.version,
     )
     assert stat.etag and stat.etag.startswith('"') and stat.etag.endswith('"') and stat.mtime_ns > 0
-    assert (await storage.stat("dir")).is_dir and (await storage.stat("dir/sub")).is_dir
+    folder = await storage.stat("dir")
+    assert (folder.path, folder.is_dir, folder.size, folder.etag) == ("dir", True, 0, None)
+    assert (await storage.stat("dir/sub")).is_dir
     assert (await storage.stat("")).is_dir
     assert await read(storage, "dir/sub/file.bin", 0, len(data)) == data
     for start, end in [(0, 1), (5, 65541), (MiB - 1, MiB + 1), (len(data) - 10, len(data))]:
@@ -346,3 +348,24 @@ async def test_local_read_of_a_file_changed_in_place_fails(tmp_path: Path) -> No
         f.truncate(MiB // 2)  # changed in place, behind Ferry's back
     with pytest.raises(Changed):
         await anext(stream)
+
+
+async def test_local_descriptors_are_closed_when_a_read_ends_or_stops(tmp_path: Path) -> None:
+    storage = local(tmp_path)
+    await storage.write("f.bin", body(b"z" * MiB))
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    assert await read(storage, "f.bin", 0, MiB) == b"z" * MiB  # read to its end
+    assert open_fds() == before
+    stream = await storage.open_range("f.bin", 0, MiB)
+    assert open_fds() == before + 1
+    async for _ in stream:
+        break  # the reader goes away after one chunk
+    await stream.aclose()
+    assert open_fds() == before
+    with pytest.raises(Changed):
+        await storage.open_range("f.bin", 0, 1, if_match='"other"')
+    assert open_fds() == before
