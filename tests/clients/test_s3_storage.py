@@ -17,34 +17,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
-from app.storage.backend import Storage
 from app.storage.errors import Unreachable
-from app.storage.locations import AwsCredentials, S3Location
+from app.storage.locations import S3Location
 from app.storage.s3 import S3Config, S3Storage
 from tests.support.seaweed import Seaweed
+from tests.support.storage import body, config, credentials
 
 pytestmark = [pytest.mark.engine, pytest.mark.anyio]
 
 KiB, MiB = 1024, 1024**2
-
-
-def credentials(engine: Seaweed, secret: str | None = None) -> AwsCredentials:
-    return AwsCredentials(
-        aws_access_key_id=SecretStr(engine.access_key),
-        aws_secret_access_key=SecretStr(secret or engine.secret_key),
-    )
-
-
-def config(engine: Seaweed, prefix: str, **options: object) -> S3Config:
-    return S3Config(
-        S3Location(engine.bucket, prefix),
-        endpoint=engine.endpoint,
-        region=engine.region,
-        allow_http=True,
-        **options,  # type: ignore[arg-type]
-    )
 
 
 @pytest.fixture
@@ -55,16 +37,6 @@ async def storage(seaweed: Seaweed, request: pytest.FixtureRequest) -> AsyncIter
     )
     yield backend
     await backend.aclose()
-
-
-async def body(*parts: bytes) -> AsyncIterator[bytes]:
-    for part in parts:
-        yield part
-
-
-async def read(backend: Storage, path: str, start: int, end: int, **kw: str) -> bytes:
-    stream = await backend.open_range(path, start, end, **kw)
-    return b"".join([chunk async for chunk in stream])
 
 
 async def test_wrong_credentials_and_a_stopped_engine_are_unreachable(seaweed: Seaweed) -> None:

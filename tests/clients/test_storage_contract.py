@@ -22,8 +22,8 @@ from app.storage.errors import Changed, InvalidInput, NotServable
 from app.storage.local import LocalStorage
 from app.storage.paths import TEMP_PREFIX, PathPolicy
 from app.storage.s3 import S3Storage
-from tests.clients.test_s3_storage import body, config, credentials, read
 from tests.support.seaweed import Seaweed
+from tests.support.storage import body, config, credentials, read
 
 pytestmark = pytest.mark.anyio
 
