@@ -89,7 +89,7 @@ def quickest(attempt: Callable[[], T], tries: int = 3) -> tuple[list[T], float]:
     return results, fastest
 
 
-def _ephemeral_floor() -> int:
+def ephemeral_floor() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -100,7 +100,7 @@ def free_port() -> int:
     """A loopback port free now, chosen below the kernel's ephemeral range: a port the kernel hands
     out (bind to 0) can be taken meanwhile as the local port of any client connection on the
     machine, and suites running side by side make thousands of those."""
-    floor = _ephemeral_floor()
+    floor = ephemeral_floor()
     for _ in range(200):
         port = random.randrange(max(1024, floor - 20000), floor)
         with socket.socket() as s:
