@@ -7,6 +7,7 @@ naming the setting and exit status 2.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -26,6 +27,7 @@ from app.settings import ENV_FILE, ENV_PREFIX, PublicUrl, Settings, SigningKeys,
 from app.storage.locations import AwsCredentials
 
 EXIT_BAD_SETTINGS = 2
+PROBE_SECONDS = 5.0  # how long `serve` retries a bucket that does not answer before serving anyway
 EXIT_UNHEALTHY = 1
 _S = TypeVar("_S", bound=BaseSettings)
 
@@ -191,16 +193,39 @@ def check_index(settings: Settings) -> int:
 
 
 def check_storage(settings: Settings) -> int:
-    """0 when the storage chosen can be served; else one line on stderr and exit status 2."""
+    """0 when the storage chosen can be served; else one line on stderr and exit status 2.
+
+    A bucket is asked once before serving: credentials or a bucket the store refuses are a bad
+    setting (exit 2, one line); a store that does not answer yet is not: Ferry serves, /healthz
+    answers 503 until it does (a compose file may start Ferry before its storage)."""
     if settings.storage is None:
         return 0
     load_settings({}, AwsCredentials)  # half-given credentials: one line naming them, exit 2
-    print(  # noqa: T201
-        f"ferry: FERRY_STORAGE={settings.storage}: the S3 storage backend is not available yet "
-        "in `ferry serve`; unset FERRY_STORAGE to serve FERRY_ROOT",
-        file=sys.stderr,
-    )
-    return EXIT_BAD_SETTINGS
+    from app.storage.errors import Refused, Unreachable
+
+    try:
+        asyncio.run(_probe(settings))
+    except Refused as exc:
+        print(f"ferry: FERRY_STORAGE={settings.storage}: {exc.detail}", file=sys.stderr)  # noqa: T201
+        return EXIT_BAD_SETTINGS
+    except Unreachable as exc:
+        print(  # noqa: T201
+            f"ferry: FERRY_STORAGE={settings.storage}: {exc.detail}; serving anyway "
+            "(/healthz answers 503 until the storage answers)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+async def _probe(settings: Settings) -> None:
+    from app.services import object_storage
+
+    bucket = object_storage(settings, retry_seconds=PROBE_SECONDS)
+    assert bucket is not None
+    try:
+        await bucket.check()
+    finally:
+        await bucket.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -98,6 +98,13 @@ class Integrity:
             self.digests.remember(identity(st), hashed.digest)
         return hashed.digest, {a: d for a, n in ALGORITHMS.items() if (d := hashed.extra.get(n)) is not None}
 
+    def known_fields(
+        self, path: str, ident: Identity, digest: FileDigest | None, link: LinkAccess | None
+    ) -> Fields:
+        """Repr-Digest, Digest and Link from what is known (nothing hashed now: an object in a
+        bucket is hashed by the bucket keeper, not by a download)."""
+        return self._format(path, ident, digest, {}, link)
+
     def _format(
         self,
         path: str,

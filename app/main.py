@@ -6,7 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -25,6 +25,14 @@ from app.settings import Settings
 from app.storage.errors import StorageError
 
 
+class Reads(Protocol):
+    async def __call__(self, request: FileRequest) -> ASGIApp: ...
+
+
+class Stores(Protocol):
+    async def __call__(self, request: FileRequest, receive: Receive) -> ASGIApp | None: ...
+
+
 class FerryApp(FastAPI):
     """FastAPI for the API and operations routes; requests under /files/ go straight to
     `Downloads` and `Writes`."""
@@ -32,8 +40,14 @@ class FerryApp(FastAPI):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(lifespan=_lifespan, **kwargs)
         self.services = Services.build(settings)
-        self.downloads = Downloads(self.services)
-        self.writes = Writes(self.services)
+        self.downloads: Reads = Downloads(self.services)
+        self.writes: Stores = Writes(self.services)
+        if self.services.bucket is not None:  # FERRY_STORAGE=s3://…
+            from app.routes.bucket_files import BucketDownloads
+            from app.routes.bucket_writes import BucketWrites
+
+            self.downloads = BucketDownloads(self.services, self.services.bucket)
+            self.writes = BucketWrites(self.services, self.services.bucket)
         self.log_format = settings.log_format
         self.cors = (
             Cors(settings.cors_origins, writes=settings.write_token is not None)
@@ -86,6 +100,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await services.keeper.stop()
         # Cleanup queued by requests that shutdown cancelled (an upload's end) still runs.
         await asyncio.to_thread(services.async_index.close)
+        if services.bucket is not None:
+            await services.bucket.aclose()  # before the interpreter finalises (app/storage/s3.py)
         metrics.process_exited(os.getpid())
 
 

@@ -9,8 +9,10 @@ plain-ASGI routes are handed it when the app is built. Nothing lives in the unty
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.requests import Request
 
@@ -24,6 +26,21 @@ from app.storage.paths import PathPolicy
 from app.storage.watch import IndexKeeper
 from app.transfer.activity import Activity
 
+if TYPE_CHECKING:
+    from app.storage.s3 import S3Storage
+
+
+class Keeper(Protocol):
+    """What keeps the index in step with the storage: IndexKeeper (a local root: scan, inotify,
+    rescans) or BucketKeeper (a bucket: listing rounds). `ready` is set once the first scan or
+    listing is done (or another process keeps the index)."""
+
+    ready: asyncio.Event
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Services:
@@ -32,9 +49,11 @@ class Services:
     index: Index
     async_index: AsyncIndex  # what code on the event loop uses
     activity: Activity
-    keeper: IndexKeeper
+    keeper: Keeper
     gate: Gate
     on_demand: OnDemandHasher
+    # FERRY_STORAGE=s3://…: the bucket files live in (None: the local FERRY_ROOT, through `policy`).
+    bucket: S3Storage | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -42,21 +61,54 @@ class Services:
             root=settings.root, show_hidden=settings.show_hidden, follow_symlinks=settings.follow_symlinks
         )
         index = Index(settings.index_file, policy)
+        async_index = AsyncIndex(index)
         # Every process marks its transfers on the index's activity file; the hasher yields to them.
         activity = Activity(Path(str(settings.index_file) + ".busy"))
-        hasher = DigestWorker(index, activity, rate=settings.hash_rate) if settings.checksums else None
+        bucket = object_storage(settings)
+        keeper: Keeper
+        if bucket is not None:
+            from app.storage.bucket_index import BucketKeeper
+
+            index.on_disk = False  # what is under FERRY_ROOT is not what is served
+            keeper = BucketKeeper(index, async_index, bucket, rescan_interval=settings.rescan_interval)
+        else:
+            hasher = DigestWorker(index, activity, rate=settings.hash_rate) if settings.checksums else None
+            keeper = IndexKeeper(
+                index, watch=settings.watch, rescan_interval=settings.rescan_interval, hasher=hasher
+            )
         return cls(
             settings=settings,
             policy=policy,
             index=index,
-            async_index=AsyncIndex(index),
+            async_index=async_index,
             activity=activity,
-            keeper=IndexKeeper(
-                index, watch=settings.watch, rescan_interval=settings.rescan_interval, hasher=hasher
-            ),
+            keeper=keeper,
             gate=Gate(settings),
             on_demand=OnDemandHasher(index, max_backlog=settings.hash_on_demand_max),
+            bucket=bucket,
         )
+
+
+def object_storage(settings: Settings, *, retry_seconds: float = 20.0) -> S3Storage | None:
+    """The bucket FERRY_STORAGE names, reached with the AWS_* credentials of the environment
+    (obstore is imported only when one is configured: a local server never loads it). Made
+    unconnected: its client is created on first use, in the worker process that uses it."""
+    if settings.storage is None:
+        return None
+    from app.storage.locations import AwsCredentials
+    from app.storage.s3 import S3Config, S3Storage
+
+    config = S3Config(
+        settings.storage,
+        endpoint=settings.s3_endpoint,
+        region=settings.s3_region,
+        allow_http=settings.s3_allow_http,
+        show_hidden=settings.show_hidden,
+        part_size=settings.s3_part_size,
+        chunk_size=settings.chunk_size,
+        retry_seconds=retry_seconds,
+    )
+    return S3Storage(config, AwsCredentials())
 
 
 def services_of(request: Request) -> Services:

@@ -6,6 +6,8 @@ The CLI flags are generated from these fields, and each field's description is i
 ``--help`` text (app/cli.py; `ferry sign` and `ferry healthcheck` read the few they need the same
 way, without needing ROOT). ``config/ferry.env.example`` is written by hand: its tests check that
 it lists exactly these settings with valid values, not that its comments repeat the descriptions.
+
+Long because: every setting is one field with its default, bounds and description, in one class.
 """
 
 from __future__ import annotations
@@ -148,6 +150,13 @@ class Settings(BaseSettings):
     s3_allow_http: bool = Field(
         False, description="allow a plain-HTTP S3_ENDPOINT (credentials and bytes unencrypted)"
     )
+    s3_downloads: Literal["proxy", "redirect"] = Field(
+        "proxy",
+        description="proxy: bytes stream through Ferry; redirect: 302 to a short-lived presigned URL",
+    )
+    s3_part_size: Size = Field(
+        8 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3, description="part size of S3 multipart uploads"
+    )
     host: str = Field("0.0.0.0", min_length=1, description="bind address")
     port: int = Field(8000, ge=0, le=65535, description="bind port (0 picks a free one)")
     workers: int = Field(1, ge=1, le=256, description="server processes sharing the port")
@@ -288,12 +297,16 @@ class Settings(BaseSettings):
         ROOT (as with ``--root .``), else a per-user cache file named after ROOT."""
         if self.index_path is not None:
             return self.index_path
-        local = _absolute(Path("./var/index.sqlite3"))
+        name = "index.sqlite3"
+        if self.storage is not None:  # a bucket's index is its own, never a local root's
+            bucket = hashlib.sha256(f"{self.s3_endpoint} {self.storage}".encode()).hexdigest()[:16]
+            name = f"index-s3-{bucket}.sqlite3"
+        local = _absolute(Path("./var") / name)
         if not local.is_relative_to(self.root):
             return local
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
-        return _absolute(cache / "ferry" / f"index-{digest}.sqlite3")
+        return _absolute(cache / "ferry" / name.replace("index", f"index-{digest}", 1))
 
 
 def env_name(field: str) -> str:

@@ -101,7 +101,7 @@ class Downloads:
     ) -> FileSender:
         settings = self.services.settings
         content_type = content_type_for(safe.name, settings.mime_types)
-        disposition = _disposition(request, settings.disposition, content_type)
+        disposition = disposition_for(request, settings.disposition, content_type)
         facts = FileFacts(
             size=st.st_size,
             validators=make_validators(
@@ -138,7 +138,7 @@ class Downloads:
         return DirectoryListing(directory, self.services, request, access, keep=keep)
 
 
-def _disposition(request: FileRequest, default: str, content_type: str) -> str:
+def disposition_for(request: FileRequest, default: str, content_type: str) -> str:
     # Stored HTML, SVG or XML never renders as a page of this origin (stored XSS).
     if request.query.get("download") == "1" or content_type.partition(";")[0] in ACTIVE_TYPES:
         return "attachment"

@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from app import metrics
 from app.request import PREFIX
 from app.services import services_of
+from app.storage.errors import Unreachable
 
 router = APIRouter()
 
@@ -16,16 +17,22 @@ router = APIRouter()
     "/healthz",
     responses={
         200: {"description": 'ready: {"status": "ok"}; or {"status": "degraded", "index": "rebuilding"}'},
-        503: {"description": "the storage root is missing"},
+        503: {"description": "the storage root is missing, or the bucket does not answer"},
     },
 )
 async def healthz(request: Request) -> JSONResponse:
-    """200 once ready to serve; 503 while the storage root is not there (an unmounted volume).
+    """200 once ready to serve; 503 while the storage root is not there (an unmounted volume), or
+    while the bucket does not answer a listing (checked at most once a second).
 
     While a damaged index is rebuilt, downloads, listings and writes work and search answers 503:
     still 200 (a restart would only rebuild again), but "degraded", so a look tells the truth."""
     services = services_of(request)
-    if not os.path.isdir(services.settings.root):
+    if services.bucket is not None:
+        try:
+            await services.bucket.reachable()
+        except Unreachable as exc:
+            return JSONResponse({"status": "unavailable", "detail": exc.detail}, status_code=503)
+    elif not os.path.isdir(services.settings.root):
         return JSONResponse(
             {"status": "unavailable", "detail": "the storage root is missing"}, status_code=503
         )

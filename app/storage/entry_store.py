@@ -15,7 +15,7 @@ from app.storage.cursor import decode_cursor, encode_cursor
 from app.storage.database import Database, recovering
 from app.storage.errors import IndexRebuilding, InvalidInput
 from app.storage.schema import DIGEST_JOIN, SHA256_COLUMN, WITH_DIGEST, entry_from_row, subtree_bounds
-from app.storage.values import Entry, Page, SortKey, split
+from app.storage.values import Entry, Page, SortKey, join, split
 
 _SORT_COLUMNS: dict[str, str] = {"name": "name", "size": "size", "mtime": "mtime_ns"}
 
@@ -115,6 +115,25 @@ class EntryStore(Database):
         parent, name = split(entry.path)
         with self._write() as w:
             self._upsert(w, parent, entry)
+
+    @recovering
+    def put_many(self, entries: list[Entry]) -> None:
+        """Add or update entries in one transaction (a bucket listing's page)."""
+        with self._write() as w:
+            for entry in entries:
+                self._upsert(w, split(entry.path)[0], entry)
+
+    @recovering
+    def keep_only(self, paths: set[str]) -> int:
+        """Drop every entry whose path is not in `paths` (what a full listing did not see);
+        returns how many were dropped."""
+        with self._connection() as conn:
+            rows = conn.execute("SELECT id, parent, name FROM entries").fetchall()
+        gone = [(r["id"],) for r in rows if join(r["parent"], r["name"]) not in paths]
+        if gone:
+            with self._write() as w:
+                w.executemany("DELETE FROM entries WHERE id = ?", gone)
+        return len(gone)
 
     @recovering
     def forget(self, path: str) -> None:

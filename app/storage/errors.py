@@ -14,7 +14,8 @@ StorageError          base: an optional detail (None: the answer's usual words)
 ├── IndexRebuilding   the index was found damaged and is being rebuilt from the disk
 ├── Changed           an object store's copy no longer matches the version a request named
 │                     (If-Match / If-None-Match evaluated by the store itself)
-└── Unreachable       the object store did not answer, or refused Ferry's credentials
+└── Unreachable       the object store did not answer
+    └── Refused       … or refused Ferry's credentials or bucket
 """
 
 from __future__ import annotations
@@ -89,3 +90,8 @@ class Changed(StorageError):
 
 class Unreachable(StorageError):
     default_detail = "the storage is not reachable; try again shortly"
+
+
+class Refused(Unreachable):
+    """The store answered, and refused: wrong credentials, or no such bucket. Waiting does not
+    help (`ferry serve` exits 2 on it at start-up)."""

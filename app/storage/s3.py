@@ -48,6 +48,7 @@ import contextlib
 import gc
 import hashlib
 import os
+import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ from obstore import exceptions as s3
 from obstore.store import S3Store
 
 from app.storage.backend import ByteStream, Stat, StatPage
-from app.storage.errors import Changed, InvalidInput, NotServable, StorageError, Unreachable
+from app.storage.errors import Changed, InvalidInput, NotServable, Refused, StorageError, Unreachable
 from app.storage.locations import AwsCredentials, S3Location
 from app.storage.paths import TEMP_PREFIX, split_key
 
@@ -68,6 +69,8 @@ if TYPE_CHECKING:
     from obstore import GetOptions, PutMode
 
 DEFAULT_REGION = "us-east-1"
+# A prefix no servable key has (a temporary upload name): listing it is a cheap reachability probe.
+_PROBE_PREFIX = TEMP_PREFIX + "probe/"
 QUIESCE_DEADLINE = 10.0  # seconds `aclose` waits for the store's connections to close
 
 
@@ -95,9 +98,23 @@ def _answers() -> Iterator[None]:
     except (s3.PreconditionError, s3.AlreadyExistsError, s3.NotModifiedError):
         raise Changed() from None
     except (s3.PermissionDeniedError, s3.UnauthenticatedError, PermissionError):
-        raise Unreachable("the storage refused Ferry's credentials") from None
+        raise Refused("the storage refused Ferry's credentials") from None
     except s3.BaseError as exc:
-        raise Unreachable(f"the storage did not answer: {type(exc).__name__}") from None
+        raise _unanswered(exc) from None
+
+
+def _unanswered(exc: BaseException) -> Unreachable:
+    """A store error obstore leaves generic, told apart by the store's answer in its message."""
+    text = str(exc)
+    code = re.search(r"<Code>([A-Za-z]+)</Code>", text)
+    status = re.search(r"status code: (\d{3})", text)
+    if code is not None and code[1] == "NoSuchBucket":
+        return Refused("the bucket does not exist")
+    if status is not None and status[1] in ("401", "403"):
+        return Refused(f"the storage refused Ferry's credentials ({code[1] if code else status[1]})")
+    if status is not None:
+        return Unreachable(f"the storage answered {status[1]}" + (f" ({code[1]})" if code else ""))
+    return Unreachable(f"the storage did not answer: {type(exc).__name__}")
 
 
 def _ns(when: datetime) -> int:
@@ -110,6 +127,7 @@ class S3Storage:
         self._credentials = credentials
         self._store: S3Store | None = None
         self._owner = 0  # the process the store was made in (see `store`)
+        self._checked: tuple[float, Unreachable | None] | None = None  # `reachable`'s last answer
 
     # --- names -----------------------------------------------------------------------------------
 
@@ -233,6 +251,34 @@ class S3Storage:
                             seen.add(folder)
                             yield Stat(folder, True, 0, 0, None, "")
                     yield self._stat(meta)
+
+    async def presign(self, path: str, expires: timedelta) -> str:
+        """A URL that GETs the object at `path` without credentials until `expires` has passed."""
+        key = self.key(path)
+        if not key:
+            raise NotServable()
+        with _answers():
+            return await obstore.sign_async(self.store(), "GET", key, expires)
+
+    async def check(self) -> None:
+        """Return when the bucket answers a listing with these credentials; Unreachable (naming
+        refused credentials as such) otherwise."""
+        with _answers():
+            await obstore.list_with_delimiter_async(self.store(), _PROBE_PREFIX)
+
+    async def reachable(self) -> None:
+        """`check`, its answer kept for a second: /healthz polled by a load balancer every few
+        hundred milliseconds costs the store at most one listing a second per process."""
+        now = time.monotonic()
+        if self._checked is None or now - self._checked[0] > 1.0:
+            error: Unreachable | None = None
+            try:
+                await self.check()
+            except Unreachable as exc:
+                error = exc
+            self._checked = (time.monotonic(), error)
+        if self._checked[1] is not None:
+            raise self._checked[1]
 
     # --- writes ----------------------------------------------------------------------------------
 

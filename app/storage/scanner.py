@@ -46,6 +46,9 @@ class Scanner(EntryStore):
 
     def __init__(self, db_path: Path, policy: PathPolicy) -> None:
         self._stop_scans = threading.Event()  # before the database opens: a rebuild may scan at once
+        # False when files live in a bucket: nothing on disk is read into the index (the bucket
+        # keeper, app/storage/bucket_index.py, fills it from listings instead).
+        self.on_disk = True
         super().__init__(db_path, policy)
 
     def stop_scans(self) -> None:
@@ -70,7 +73,7 @@ class Scanner(EntryStore):
     def sync_path(self, path: str) -> None:
         """Bring one path up to date with the disk: add, update or drop it (a new directory is
         scanned whole)."""
-        if not os.path.isdir(self.policy.root):
+        if not self.on_disk or not os.path.isdir(self.policy.root):
             return  # ROOT itself is gone (an unmounted volume): nothing is known to be deleted
         found = self._stat(path)
         if found is None:
@@ -87,14 +90,14 @@ class Scanner(EntryStore):
     @recovering
     def refresh_if_changed(self, directory: str) -> None:
         """Rescan a directory's own entries if its mtime differs from the indexed one."""
-        found = self._stat(directory)
+        found = self._stat(directory) if self.on_disk else None
         if found is not None and self.dir_mtime(directory) != stored_ns(found[1].st_mtime_ns):
             self._rescan_dir(directory, found[0])
 
     def changed(self, directory: str) -> bool:
         """Whether a directory's mtime on disk differs from the indexed one (a read: the rescan
         `refresh_if_changed` does is a write)."""
-        found = self._stat(directory)
+        found = self._stat(directory) if self.on_disk else None
         return found is not None and self.dir_mtime(directory) != stored_ns(found[1].st_mtime_ns)
 
     def _stat(self, path: str) -> tuple[SafePath, os.stat_result] | None:
@@ -111,7 +114,7 @@ class Scanner(EntryStore):
         are not read again, only descended through. A directory that cannot be read is logged and
         passed over, never the end of the scan; `stop_scans` ends it at the next directory."""
         began = time.monotonic()
-        stack = [start]
+        stack = [start] if self.on_disk else []
         directories = rescanned = 0
         while stack:
             if self._stop_scans.is_set():

@@ -39,7 +39,7 @@ _RESTART_DELAYS = (0.5, 60.0)  # first and longest wait before watching starts a
 _HEALTHY_RUN = 300.0  # a watcher that ran this long before failing starts again at the first delay
 
 
-def _owner_lock(index: Index) -> int | None:
+def owner_lock(index: Index) -> int | None:
     """Take the index's writer lock without waiting; the descriptor holds it until closed."""
     fd = os.open(str(index.db_path) + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
@@ -78,7 +78,7 @@ class IndexKeeper:
         self._watching = False
 
     async def start(self) -> None:
-        self._lock = _owner_lock(self.index)
+        self._lock = owner_lock(self.index)
         if self._lock is None:
             self.ready.set()  # another worker keeps the index; this one only reads it
             return

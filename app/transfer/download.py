@@ -112,15 +112,13 @@ class _Disconnect:
             self._task.cancel()
 
 
-class FileSender:
-    """An ASGI app that owns an open file descriptor and sends a plan from it (closing it at the
-    end, whatever happens)."""
+class PlanSender:
+    """An ASGI app that sends a plan: its headers, then its body's segments, each file range
+    through `_send_file_range` (a subclass's: from a descriptor, or from a bucket)."""
 
     def __init__(
         self,
         plan: ResponsePlan,
-        fd: int,
-        st: os.stat_result,
         options: TransferOptions,
         on_close: Callable[[], None] | None = None,
         activity: Activity | None = None,
@@ -128,8 +126,6 @@ class FileSender:
         self.status_code = plan.status
         self.activity = activity  # marked while body bytes are being sent
         self.plan = plan
-        self.fd = fd
-        self.st = st
         self.options = options
         self.on_close = on_close
         self.chunk_size = options.chunk_size
@@ -154,25 +150,22 @@ class FileSender:
                 with self.activity.transfer():
                     await self._send_body(scope, receive, typed)
         finally:
-            os.close(self.fd)
+            await self._release()
             if self.on_close is not None:
                 self.on_close()
 
+    async def _release(self) -> None:
+        """Give back what the answer holds (a descriptor), whatever happened."""
+
     async def _send_body(self, scope: Scope, receive: Receive, send: TypedSend) -> None:
         disconnect = _Disconnect(receive)
-        # A small body costs less as one cached read and one write than as corked sendfile calls.
-        zero_copy = can_zero_copy(scope, self.options.zero_copy) and self.plan.content_length > SMALL_BODY
         last = len(self.plan.body) - 1
         try:
             for i, segment in enumerate(self.plan.body):
                 if not isinstance(segment, ByteRange):
                     await send(body(segment, more=True))
                     continue
-                if zero_copy:
-                    sent = await self._sendfile_range(segment, send, disconnect, last=i == last)
-                else:
-                    sent = await self._send_range(segment, send, disconnect)
-                if not sent:
+                if not await self._send_file_range(scope, segment, send, disconnect, last=i == last):
                     return
             await send(body(b"", more=False))
         except FileChanged:
@@ -181,6 +174,12 @@ class FileSender:
             logger.warning("file changed while it was being sent; connection aborted")
         finally:
             disconnect.close()
+
+    async def _send_file_range(
+        self, scope: Scope, r: ByteRange, send: TypedSend, disconnect: _Disconnect, *, last: bool
+    ) -> bool:
+        """Send bytes `r` of the file; False when the client has gone (nothing more to send)."""
+        raise NotImplementedError
 
     async def _pace(self, size: int) -> None:
         """Yield between chunks and, past FERRY_RATE_LIMIT_AFTER bytes, keep to FERRY_RATE_LIMIT."""
@@ -195,18 +194,54 @@ class FileSender:
         delay = self._paced_from + (self._sent - after) / rate - now
         await asyncio.sleep(max(0.0, delay))
 
+    async def _send_chunk(self, data: bytes, send: TypedSend) -> None:
+        view = memoryview(data)
+        for i in range(0, len(data), self.slice_size):
+            await send(body(view[i : i + self.slice_size], more=True))
+        await self._pace(len(data))
+
+
+class FileSender(PlanSender):
+    """A plan sent from an open file descriptor, which it owns (closed at the end, whatever
+    happens): sendfile where the connection allows it, else reads in a thread."""
+
+    def __init__(
+        self,
+        plan: ResponsePlan,
+        fd: int,
+        st: os.stat_result,
+        options: TransferOptions,
+        on_close: Callable[[], None] | None = None,
+        activity: Activity | None = None,
+    ) -> None:
+        super().__init__(plan, options, on_close, activity)
+        self.fd = fd
+        self.st = st
+        self._zero_copy: bool | None = None
+
+    async def _release(self) -> None:
+        os.close(self.fd)
+
+    async def _send_file_range(
+        self, scope: Scope, r: ByteRange, send: TypedSend, disconnect: _Disconnect, *, last: bool
+    ) -> bool:
+        if self._zero_copy is None:
+            # A small body costs less as one cached read and one write than as corked sendfile calls.
+            self._zero_copy = (
+                can_zero_copy(scope, self.options.zero_copy) and self.plan.content_length > SMALL_BODY
+            )
+        if self._zero_copy:
+            return await self._sendfile_range(r, send, disconnect, last=last)
+        return await self._send_range(r, send, disconnect)
+
     async def _send_range(self, r: ByteRange, send: TypedSend, disconnect: _Disconnect) -> bool:
         offset = r.start
         while offset < r.stop:
             if disconnect.happened:
                 return False
             size = min(self.chunk_size, r.stop - offset)
-            data = await read_checked(self.fd, size, offset, self.st)
-            view = memoryview(data)
-            for i in range(0, size, self.slice_size):
-                await send(body(view[i : i + self.slice_size], more=True))
+            await self._send_chunk(await read_checked(self.fd, size, offset, self.st), send)
             offset += size
-            await self._pace(size)
         return True
 
     async def _sendfile_range(

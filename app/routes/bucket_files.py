@@ -1,0 +1,139 @@
+"""GET/HEAD /files/{path} when files live in a bucket (FERRY_STORAGE=s3://…).
+
+The same steps as app/routes/files.py — authenticate → name rules → object or folder → plan →
+respond — with the object's stat (one HEAD) in place of an opened descriptor: conditional requests
+and ranges are decided by Ferry's own planner against the object's ETag and Last-Modified, and the
+bytes are read in windows pinned to that ETag (app/transfer/objects.py), so a download never
+mixes two versions. "Folders" are key prefixes; their listings come from the index, which the
+bucket keeper fills by listing the bucket (app/storage/bucket_index.py).
+
+FERRY_S3_DOWNLOADS=redirect: once Ferry has authorised a GET of a file, it answers 302 to a
+presigned URL valid for PRESIGN_SECONDS, and the bytes go from the store to the client directly.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from urllib.parse import quote
+
+from starlette.responses import RedirectResponse
+from starlette.types import ASGIApp
+
+from app.auth import Access, link_of
+from app.errors import NotFound, ServiceUnavailable
+from app.http.conditional import Validators, make_validators
+from app.http.headers import file_disposition
+from app.http.mime import content_type_for
+from app.http.plan import DownloadRequest, FileFacts, plan_download
+from app.integrity import Integrity
+from app.request import PREFIX, FileRequest
+from app.routes.files import disposition_for
+from app.services import Services
+from app.storage.backend import Stat
+from app.storage.errors import NotServable
+from app.storage.s3 import S3Storage
+from app.storage.values import FileDigest, Identity, entry_from_object
+from app.transfer.download import TransferOptions
+from app.transfer.objects import ObjectSender
+from app.transfer.slots import DownloadSlots
+from app.views import documents
+from app.views.listing import DirectoryListing
+
+PRESIGN_SECONDS = 300  # how long a redirect's presigned URL is valid
+
+
+def object_identity(st: Stat) -> Identity:
+    entry = entry_from_object(st.path, False, st.size, st.mtime_ns, st.version)
+    return (entry.dev, entry.ino, entry.size, entry.mtime_ns)
+
+
+def object_validators(st: Stat) -> Validators:
+    """The validators of an object's version, made from its identity (the store's ETag and
+    version id, size, mtime) exactly as a local file's are from its stat: strong (any change of
+    the bytes changes the store's ETag), the same in a listing as in a download, and the same on
+    every replica."""
+    dev, ino, size, mtime_ns = object_identity(st)
+    return make_validators(dev=dev, ino=ino, size=size, mtime_ns=mtime_ns)
+
+
+class BucketDownloads:
+    """GET/HEAD /files/{path} of a bucket: an object, a folder redirect, or a listing."""
+
+    def __init__(self, services: Services, bucket: S3Storage) -> None:
+        self.services = services
+        self.bucket = bucket
+        self.integrity = Integrity(
+            services.settings, services.index, services.async_index, services.on_demand
+        )
+        self.slots = DownloadSlots(services.settings.max_connections_per_ip)
+        self.options = TransferOptions.of(services.settings)
+
+    async def __call__(self, request: FileRequest) -> ASGIApp:
+        gate = self.services.gate
+        access = gate.authenticate(request)
+        gate.read(access)  # FERRY_DOWNLOAD_AUTH, before any object is looked at
+        path = request.path.strip("/")
+        try:
+            st = await self.bucket.stat(path)  # the name rules first: a refused name is a 404
+        except NotServable:
+            if path:  # gone from the bucket: from the index too
+                self.services.async_index.enqueue(self.services.index.forget, path)
+            raise
+        if st.is_dir:
+            return self._directory(request, access, path)
+        if request.path.endswith("/"):
+            raise NotFound()
+        if "meta4" in request.query or "checksums" in request.query:
+            digest = await self._digest(st)
+            if digest is None:
+                raise ServiceUnavailable("this file's checksum is not computed yet; try again later", 60)
+            if "meta4" in request.query:
+                mirrors = self.services.settings.mirrors
+                return documents.metalink(request, st.name, st.size, digest, mirrors, link_of(access))
+            return documents.checksum_file(st.name, digest)
+        if self.services.settings.s3_downloads == "redirect" and request.method == "GET":
+            url = await self.bucket.presign(path, timedelta(seconds=PRESIGN_SECONDS))
+            return RedirectResponse(url, 302, headers={"cache-control": "no-store"})
+        return await self._send(request, access, st)
+
+    async def _digest(self, st: Stat) -> FileDigest | None:
+        """The object's SHA-256: stored with it by Ferry's upload, else known to the index."""
+        if st.sha256 is not None:
+            return FileDigest(st.sha256)
+        return await self.integrity.digests.get(object_identity(st), wait=True)
+
+    async def _send(self, request: FileRequest, access: Access, st: Stat) -> ASGIApp:
+        settings = self.services.settings
+        ident = object_identity(st)
+        digest = FileDigest(st.sha256) if st.sha256 is not None else await self.integrity.digests.get(ident)
+        content_type = content_type_for(st.name, settings.mime_types)
+        disposition = disposition_for(request, settings.disposition, content_type)
+        facts = FileFacts(
+            size=st.size,
+            validators=object_validators(st),
+            content_type=content_type,
+            content_disposition=file_disposition(disposition, st.name, query=bool(request.query_string)),
+            integrity=self.integrity.known_fields(request.path, ident, digest, link_of(access)),
+        )
+        fields = request.headers
+        wanted = DownloadRequest(
+            request.method, fields.get("range"), fields.get("if-range"), request.conditions
+        )
+        plan = plan_download(wanted, facts, max_ranges=settings.max_ranges, now=int(time.time()))
+        release = None
+        if plan.body and request.method == "GET":
+            release = self.slots.acquire(request.client)  # 429 past FERRY_MAX_CONNECTIONS_PER_IP
+        return ObjectSender(
+            plan, self.bucket, st, self.options, on_close=release, activity=self.services.activity
+        )
+
+    def _directory(self, request: FileRequest, access: Access, path: str) -> ASGIApp:
+        if request.path and not request.path.endswith("/"):
+            # Same-origin by construction: the Location is always a path under /files/.
+            query = request.query_string
+            return RedirectResponse(PREFIX + quote(request.path) + "/" + ("?" + query if query else ""), 301)
+        if "checksums" in request.query:
+            raise NotFound()  # a folder's SHA256SUMS is served from a local root only
+        # A signed link's coverage is lexical (app/http/signing.py): a bucket has no symlinks.
+        return DirectoryListing(path, self.services, request, access, keep=None)
