@@ -21,7 +21,9 @@ import time
 from app import metrics
 from app.storage.async_index import AsyncIndex
 from app.storage.backend import Stat
-from app.storage.errors import Unreachable
+from app.storage.digests import DigestBuilder
+from app.storage.errors import Changed, NotServable, Unreachable
+from app.storage.hasher import Busy
 from app.storage.index import Index
 from app.storage.s3 import S3Storage
 from app.storage.values import Entry, FileDigest, entry_from_object
@@ -39,14 +41,22 @@ class BucketKeeper:
     """Runs the listing rounds for one index over one bucket, if this process owns the index."""
 
     def __init__(
-        self, index: Index, async_index: AsyncIndex, bucket: S3Storage, *, rescan_interval: float
+        self,
+        index: Index,
+        async_index: AsyncIndex,
+        bucket: S3Storage,
+        *,
+        rescan_interval: float,
+        hasher: BucketHasher | None = None,
     ) -> None:
         self.index = index
         self.async_index = async_index
         self.bucket = bucket
         self.rescan_interval = rescan_interval
+        self.hasher = hasher
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._hashing: asyncio.Task[None] | None = None
         self._lock: int | None = None
         self._stop = asyncio.Event()
 
@@ -59,10 +69,11 @@ class BucketKeeper:
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._hashing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -71,6 +82,8 @@ class BucketKeeper:
         while True:
             await self.sync()
             self.ready.set()
+            if self.hasher is not None and self._hashing is None:
+                self._hashing = asyncio.create_task(self.hasher.run(self._stop), name="ferry-bucket-hash")
             if self.rescan_interval <= 0:
                 return
             with contextlib.suppress(TimeoutError):
@@ -105,6 +118,98 @@ class BucketKeeper:
             seconds,
         )
         return True
+
+
+class BucketHasher:
+    """The background hasher of a bucket: gives every object the index lists a digest.
+
+    An object Ferry stored carries its SHA-256 (an attribute of the object): one HEAD, no read.
+    Any other is read once, in the storage's windows pinned to its version, at most `rate` bytes
+    a second (FERRY_HASH_RATE; 0: unpaced), and not while this process sends or receives file
+    bytes (`activity`), as the local hasher does. An object that changed or went meanwhile is
+    passed over: the next listing round brings its new version.
+    """
+
+    def __init__(
+        self, index: Index, async_index: AsyncIndex, bucket: S3Storage, activity: Busy, *, rate: int
+    ) -> None:
+        self.index = index
+        self.async_index = async_index
+        self.bucket = bucket
+        self.activity = activity
+        self.rate = rate
+        self.hashed_files = 0
+        self.read_files = 0
+
+    async def run(self, stop: asyncio.Event, idle_poll: float = 1.0) -> None:
+        """Hash until `stop` is set: passes over the queue, waiting `idle_poll` when it is empty."""
+        cursor = 0
+        while not stop.is_set():
+            batch = await self.async_index.read(self.index.pending_digests, 64, cursor)
+            for entry_id, entry in batch:
+                if stop.is_set():
+                    return
+                try:
+                    await self.hash_entry(entry_id, entry)
+                except Unreachable as exc:
+                    logger.warning("hashing %r: %s; trying again later", entry.path, exc)
+                    await _wait(stop, 10.0)
+                    break
+            cursor = batch[-1][0] if batch else 0
+            if not batch:
+                await _wait(stop, idle_poll)
+
+    async def hash_entry(self, entry_id: int, entry: Entry) -> None:
+        ident = (entry.dev, entry.ino, entry.size, entry.mtime_ns)
+        if await self.async_index.read(self.index.digest, ident) is not None:
+            await self.async_index.write(self.index.done_digest, entry_id)
+            return
+        try:
+            stat = await self.bucket.stat(entry.path)
+        except NotServable:
+            stat = None
+        if stat is None or stat.is_dir or entry_of(stat) != entry:
+            await self.async_index.write(self.index.done_digest, entry_id)  # changed or gone
+            return
+        if stat.sha256 is None:
+            built = await self._read(stat)
+            if built is None:
+                await self.async_index.write(self.index.done_digest, entry_id)
+                return
+            digest = built.result()
+            self.read_files += 1
+        else:
+            digest = FileDigest(stat.sha256)
+        await self.async_index.write(self.index.put_digest, ident, digest, done=entry_id)
+        self.hashed_files += 1
+        metrics.HASHED_FILES.inc()
+
+    async def _read(self, stat: Stat) -> DigestBuilder | None:
+        builder = DigestBuilder(stat.size)
+        began, sent = time.monotonic(), 0
+        stream = await self.bucket.open_range(stat.path, 0, stat.size, if_match=stat.etag)
+        try:
+            async for data in stream:
+                while self.activity.busy():
+                    await asyncio.sleep(0.25)
+                    began, sent = time.monotonic(), 0
+                builder.update(data)
+                metrics.HASHED_BYTES.inc(len(data))
+                sent += len(data)
+                if self.rate:
+                    ahead = began + sent / self.rate - time.monotonic()
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+        except Changed:
+            return None
+        finally:
+            await stream.aclose()
+        return builder
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 def remember_digest(index: Index, stat: Stat) -> None:

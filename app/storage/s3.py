@@ -118,7 +118,9 @@ def _unanswered(exc: BaseException) -> Unreachable:
 
 
 def _ns(when: datetime) -> int:
-    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+    """Whole seconds: a HEAD's Last-Modified has no more, and a listing's must give the same
+    identity (and ETag) as a download's stat, whichever store rounds how."""
+    return int(when.timestamp()) * 1_000_000_000
 
 
 class S3Storage:
