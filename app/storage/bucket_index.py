@@ -57,10 +57,19 @@ class BucketKeeper:
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._hashing: asyncio.Task[None] | None = None
+        self._filling: asyncio.Task[None] | None = None  # a refill by a process not running rounds
         self._lock: int | None = None
         self._stop = asyncio.Event()
+        self._again = asyncio.Event()  # a listing round is wanted before the interval is over
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        # A damaged index replaced by an empty one is filled by a listing round at once.
+        def wanted() -> None:
+            loop.call_soon_threadsafe(self._refill)
+
+        self.index.refill_wanted = wanted
         self._lock = owner_lock(self.index)
         if self._lock is None:
             self.ready.set()  # another worker keeps the index; this one only reads it
@@ -69,7 +78,7 @@ class BucketKeeper:
 
     async def stop(self) -> None:
         self._stop.set()
-        for task in (self._task, self._hashing):
+        for task in (self._task, self._hashing, self._filling):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -78,17 +87,39 @@ class BucketKeeper:
             os.close(self._lock)
             self._lock = None
 
+    def _refill(self) -> None:
+        if self._task is not None:
+            self._again.set()  # this process runs the rounds: one more, now
+        elif self._filling is None or self._filling.done():
+            self._filling = asyncio.create_task(self._round(), name="ferry-bucket-refill")
+
     async def _run(self) -> None:
         while True:
-            await self.sync()
+            await self._round()
             self.ready.set()
             if self.hasher is not None and self._hashing is None:
                 self._hashing = asyncio.create_task(self.hasher.run(self._stop), name="ferry-bucket-hash")
-            if self.rescan_interval <= 0:
+            if await self._wait_round():
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self.rescan_interval)
-                return
+
+    async def _wait_round(self) -> bool:
+        """Wait for the next round: True when stopping instead."""
+        stop = asyncio.ensure_future(self._stop.wait())
+        again = asyncio.ensure_future(self._again.wait())
+        timeout = self.rescan_interval if self.rescan_interval > 0 else None
+        try:
+            await asyncio.wait((stop, again), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            again.cancel()
+        self._again.clear()
+        return self._stop.is_set()
+
+    async def _round(self) -> None:
+        try:
+            await self.sync()
+        except Exception:
+            logger.exception("index listing of the bucket failed; trying again at the next round")
 
     async def sync(self) -> bool:
         """One listing round; False when the store could not be listed (the index is kept)."""

@@ -15,6 +15,7 @@ import re
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app import metrics
@@ -49,6 +50,7 @@ class Scanner(EntryStore):
         # False when files live in a bucket: nothing on disk is read into the index (the bucket
         # keeper, app/storage/bucket_index.py, fills it from listings instead).
         self.on_disk = True
+        self.refill_wanted: Callable[[], None] | None = None  # called instead of a scan then
         super().__init__(db_path, policy)
 
     def stop_scans(self) -> None:
@@ -56,6 +58,10 @@ class Scanner(EntryStore):
         self._stop_scans.set()
 
     def refill(self) -> None:
+        if not self.on_disk:
+            if self.refill_wanted is not None:
+                self.refill_wanted()  # the bucket keeper lists the bucket again now
+            return
         stats = self.scan(incremental=False)
         if stats.stopped:
             logger.info("index rebuild stopped; the next start reads the rest of the disk")

@@ -124,3 +124,23 @@ async def test_an_object_replaced_after_its_listing_is_not_given_the_new_bytes_d
     await hasher.hash_entry(entry_id, entry)
     now = parts.index.get("moving.bin")
     assert now is not None and now.sha256 == hashlib.sha256(b"second version, longer").digest()
+
+
+async def test_an_index_replaced_after_damage_is_filled_again_at_once(parts: Parts) -> None:
+    """A damaged index is replaced by an empty one and its `refill` is called (database.py):
+    with a bucket, that is a listing round now, not at the next interval five minutes away."""
+    await parts.plant("kept/file.txt", b"kept")
+    keeper = BucketKeeper(parts.index, parts.async_index, parts.bucket, rescan_interval=300)
+    await keeper.start()
+    try:
+        await asyncio.wait_for(keeper.ready.wait(), DEADLINE)
+        assert parts.index.get("kept/file.txt") is not None
+        parts.index.keep_only(set())  # what the replacement database holds: nothing
+        await asyncio.to_thread(parts.index.refill)  # as the rebuild calls it, from a thread
+
+        async def back() -> bool:
+            return parts.index.get("kept/file.txt") is not None
+
+        await until(back)
+    finally:
+        await keeper.stop()
