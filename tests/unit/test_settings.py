@@ -271,6 +271,8 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         "storage": "s3://media/films/",
         "s3_endpoint": "http://127.0.0.1:8333/",
         "s3_region": "eu-west-3",
+        "s3_downloads": "redirect",
+        "s3_part_size": "16MiB",
     }
     argv = [arg for name, value in values.items() for arg in ("--" + name.replace("_", "-"), value)]
     argv += ["--follow-symlinks", "--show-hidden", "--no-watch", "--no-fsync", "--no-checksums"]
@@ -287,6 +289,7 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
     assert [k.get_secret_value() for k in s.signing_keys] == ["new-key-0123456789", "old-key-0123456789"]
     assert s.storage == S3Location("media", "films/")
     assert (s.s3_endpoint, s.s3_region, s.s3_allow_http) == ("http://127.0.0.1:8333", "eu-west-3", True)
+    assert (s.s3_downloads, s.s3_part_size) == ("redirect", 16 * MiB)
 
 
 def test_cli_flags_beat_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -599,14 +602,6 @@ def _serve(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[s
         text=True,
         timeout=60,
     )
-
-
-def test_serve_with_s3_storage_exits_2_with_one_line_until_the_backend_is_wired(tmp_path: Path) -> None:
-    result = _serve(tmp_path, {"FERRY_STORAGE": "s3://media/films"})
-    assert result.returncode == 2
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "FERRY_STORAGE=s3://media/films/" in lines[0] and "not available yet" in lines[0]
 
 
 def test_serve_with_half_given_credentials_names_them(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ ANSWERS = [
     ),
     (storage.Changed(), 412, "the file changed meanwhile", {}),
     (storage.Unreachable(), 503, "the storage is not reachable; try again shortly", {"retry-after": "5"}),
+    (storage.Refused("the bucket does not exist"), 503, "the bucket does not exist", {"retry-after": "5"}),
 ]
 
 
