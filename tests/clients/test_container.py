@@ -17,10 +17,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -454,6 +456,7 @@ def test_compose_matches_the_image_and_the_shutdown_timeout() -> None:
 S3_COMPOSE = REPO / "docker-compose.s3.yml"
 CADDYFILE = REPO / "config" / "Caddyfile"
 CADDY = VENV / "bin" / "caddy"
+MiB = 1024**2
 
 
 def _s3_compose() -> dict[str, Any]:
@@ -623,6 +626,90 @@ def _start_caddy(base: Path, upstreams: list[str]) -> Balancer:
             stderr=out,
         )
     return Balancer(process, f"http://127.0.0.1:{port}", log)
+
+
+class _StreamingUpstream(BaseHTTPRequestHandler):
+    """An upstream for the balancer that proves bytes are not held back: a PUT's first MiB must
+    arrive before the client sends the rest, a GET's first MiB must reach the client before this
+    sends the rest (each side waits for the other's event; 30 s at most)."""
+
+    protocol_version = "HTTP/1.1"
+    received_first = threading.Event()
+    client_got_first = threading.Event()
+    sent_after_client_got_first: list[bool] = []
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            self._answer(b'{"status": "ok"}')
+            return
+        self.send_response(200)
+        self.send_header("content-length", str(2 * MiB))
+        self.end_headers()
+        self.wfile.write(b"a" * MiB)
+        self.wfile.flush()
+        self.sent_after_client_got_first.append(self.client_got_first.wait(30))
+        self.wfile.write(b"b" * MiB)
+
+    def do_PUT(self) -> None:
+        assert self.headers["transfer-encoding"] == "chunked"
+        body = bytearray()
+        while size := int(self.rfile.readline().strip(), 16):
+            body += self.rfile.read(size)
+            self.rfile.readline()
+            if len(body) >= MiB:
+                self.received_first.set()
+        self.rfile.readline()
+        self._answer(str(len(body)).encode())
+
+    def _answer(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_s3_compose_balancer_streams_both_ways(tmp_path: Path) -> None:
+    """config/Caddyfile (addresses substituted) passes request and response bodies on as they come:
+    nothing is buffered whole, so a 50 GB upload or download starts at once and costs no memory."""
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _StreamingUpstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    balancer = _start_caddy(tmp_path, [f"127.0.0.1:{upstream.server_address[1]}"])
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{balancer.url}/healthz", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        assert wait_for(ready, timeout=60), balancer.log.read_text()[-3000:]
+
+        forwarded_before_the_rest: list[bool] = []
+
+        def body() -> Iterator[bytes]:
+            yield b"x" * MiB
+            forwarded_before_the_rest.append(_StreamingUpstream.received_first.wait(30))
+            yield b"y" * MiB
+
+        put = httpx.put(f"{balancer.url}/upload", content=body(), timeout=60)
+        assert forwarded_before_the_rest == [True], "the request body was held back"
+        assert (put.status_code, put.text) == (200, str(2 * MiB))
+
+        with httpx.stream("GET", f"{balancer.url}/download", timeout=60) as download:
+            got = 0
+            for chunk in download.iter_raw():
+                got += len(chunk)
+                if got >= MiB:
+                    _StreamingUpstream.client_got_first.set()
+            assert got == 2 * MiB
+        assert _StreamingUpstream.sent_after_client_got_first == [True], "the response was held back"
+    finally:
+        balancer.stop()
+        upstream.shutdown()
+        upstream.server_close()
 
 
 def _replica_env(seaweed: Seaweed, prefix: str, index: Path, endpoint: str | None = None) -> dict[str, str]:
