@@ -93,7 +93,12 @@ lint: $(VENV)/.dev-installed
 	@# The image and its compose file, without a Docker engine: hadolint (binary from PyPI) and
 	@# the Compose Specification's JSON schema as vendored in check-jsonschema (no network).
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.s3.yml
+	@# The load balancer of docker-compose.s3.yml (caddy binary from PyPI): valid, and formatted.
+	@$(BIN)/caddy validate --config config/Caddyfile --adapter caddyfile >/dev/null 2>&1 \
+		|| $(BIN)/caddy validate --config config/Caddyfile --adapter caddyfile
+	@$(BIN)/caddy fmt config/Caddyfile | diff -u config/Caddyfile - \
+		|| (echo "config/Caddyfile: not as \`caddy fmt --overwrite\` writes it" && false)
 	@# app/http is pure: no I/O, no framework, no storage.
 	@! grep -rnE '^\s*(import|from) (os|asyncio|aiofiles|fastapi|starlette|uvicorn|app\.(storage|transfer|routes|views))\b' app/http \
 		|| (echo "app/http must stay pure" && false)

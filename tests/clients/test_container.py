@@ -8,6 +8,7 @@ against the Dockerfile and Settings.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,10 +17,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -28,7 +31,9 @@ import pytest
 from ruamel.yaml import YAML
 
 from app.settings import Settings
-from tests.conftest import free_port
+from app.storage.locations import parse_storage
+from tests.conftest import free_port, wait_for
+from tests.support.seaweed import Seaweed
 
 pytestmark = pytest.mark.clients
 
@@ -444,3 +449,390 @@ def test_compose_matches_the_image_and_the_shutdown_timeout() -> None:
     assert service["env_file"] == [{"path": "config/ferry.env", "required": False}]
     assert service["healthcheck"]["test"] == ["CMD", *FINAL.exec_form("HEALTHCHECK")]
     assert service["restart"] == "unless-stopped"
+
+
+# -- docker-compose.s3.yml: one bucket, replicas, a load balancer --------------------------------
+
+S3_COMPOSE = REPO / "docker-compose.s3.yml"
+CADDYFILE = REPO / "config" / "Caddyfile"
+CADDY = VENV / "bin" / "caddy"
+MiB = 1024**2
+
+
+def _s3_compose() -> dict[str, Any]:
+    compose: dict[str, Any] = YAML(typ="safe").load(S3_COMPOSE.read_text())
+    return compose
+
+
+def _replicas(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services built from the project's Dockerfile: the Ferry replicas."""
+    return {name: service for name, service in compose["services"].items() if service.get("build") == "."}
+
+
+def _engine_flags(service: dict[str, Any]) -> dict[str, str]:
+    """`-name=value` flags of the engine's command (a bare `-flag` is "true")."""
+    flags = [arg for arg in service["command"] if arg.startswith("-")]
+    return dict((flag[1:].partition("=")[0], flag.partition("=")[2] or "true") for flag in flags)
+
+
+def _caddy_site(text: str) -> tuple[str, list[str], dict[str, str]]:
+    """The Caddyfile's site address, its reverse_proxy upstreams and that block's subdirectives."""
+    (site,) = re.findall(r"^(\S+) \{$", text, re.MULTILINE)
+    (upstreams,) = re.findall(r"^\s*reverse_proxy ([^{\n]+)\{$", text, re.MULTILINE)
+    block = text.split("reverse_proxy", 1)[1].split("}", 1)[0]
+    directives = dict(
+        (line.split(None, 1) + [""])[:2]
+        for line in (raw.strip() for raw in block.splitlines()[1:])
+        if line and not line.startswith("#")
+    )
+    return site, upstreams.split(), directives
+
+
+def test_s3_compose_replicas_share_one_bucket_behind_the_balancer() -> None:
+    """Every replica is the same service on the same bucket and settings; the engine's bucket,
+    S3 port and credentials are the ones the replicas use; the load balancer's upstreams are the
+    replicas, checked on /healthz; only the balancer publishes a port."""
+    compose = _s3_compose()
+    services = compose["services"]
+    replicas = _replicas(compose)
+    assert len(replicas) >= 2
+    first, *others = replicas.values()
+    assert all(other == first for other in others), "replicas differ: tokens, bucket or keys would too"
+
+    # The replica: the image's layout, the Dockerfile's healthcheck, Ferry's shutdown timeout.
+    env = {name: str(value) for name, value in first["environment"].items()}
+    image_env = FINAL.env()
+    for name in ("FERRY_ROOT", "FERRY_INDEX_PATH", "FERRY_HOST", "FERRY_PORT"):
+        assert env[name] == image_env[name], f"{name} differs from the Dockerfile"
+    for name in env:
+        assert name.removeprefix("FERRY_").lower() in Settings.model_fields, f"{name} is no setting"
+    assert first["healthcheck"]["test"] == ["CMD", *FINAL.exec_form("HEALTHCHECK")]
+    assert _seconds(first["stop_grace_period"]) > Settings.model_fields["shutdown_timeout"].default
+    assert "ports" not in first, "replicas are reached through the load balancer only"
+    # Credentials from the file the operator fills (the engine reads the same one); settings such
+    # as FERRY_WRITE_TOKEN and FERRY_SIGNING_KEYS from config/ferry.env, shared by every replica.
+    credentials = {"path": "config/s3.env", "required": True}
+    assert first["env_file"] == [credentials, {"path": "config/ferry.env", "required": False}]
+    example = (REPO / "config" / "s3.env.example").read_text()
+    assert re.findall(r"^(\w+)=", example, re.MULTILINE) == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+
+    # The engine: the bucket and S3 port the replicas use, telemetry off, nothing published.
+    storage = parse_storage(env["FERRY_STORAGE"])
+    endpoint = httpx.URL(env["FERRY_S3_ENDPOINT"])
+    engine = services[endpoint.host]
+    flags = _engine_flags(engine)
+    assert engine["command"][0] == "mini"
+    assert storage.bucket in flags["bucket"].split(",")
+    assert int(flags["s3.port"]) == endpoint.port
+    assert endpoint.scheme == "http" and env["FERRY_S3_ALLOW_HTTP"] == "true"
+    assert flags["master.telemetry"] == "false"
+    assert (flags["webdav"], flags["admin.ui"], flags["s3.port.iceberg"], flags["s3.port.lance"]) == (
+        "false",
+        "false",
+        "0",
+        "0",
+    )
+    assert "ports" not in engine, "the engine's S3 port stays inside the compose network"
+    assert engine["env_file"] == [credentials]
+    assert first["depends_on"] == {endpoint.host: {"condition": "service_healthy"}}
+    assert f":{endpoint.port}/healthz" in " ".join(engine["healthcheck"]["test"])
+
+    # The load balancer: config/Caddyfile mounted; its upstreams are the replicas, checked on /healthz.
+    (balancer,) = (s for s in services.values() if s.get("image", "").startswith("caddy:"))
+    assert "./config/Caddyfile:/etc/caddy/Caddyfile:ro" in balancer["volumes"]
+    site, upstreams, directives = _caddy_site(CADDYFILE.read_text())
+    assert upstreams == [f"{name}:{env['FERRY_PORT']}" for name in replicas]
+    assert balancer["depends_on"] == {name: {"condition": "service_healthy"} for name in replicas}
+    (published,) = balancer["ports"]
+    assert published.partition(":")[2] == site.lstrip(":")
+    assert directives["health_uri"] == "/healthz"
+    assert directives["flush_interval"] == "-1", "downloads stream through, unbuffered"
+    assert [name for name, service in services.items() if "ports" in service] == [
+        name for name, service in services.items() if service is balancer
+    ]
+
+
+def test_s3_compose_engine_refuses_to_start_without_credentials(tmp_path: Path) -> None:
+    """The engine's entrypoint (run by /bin/sh as in the image, `weed` a stand-in that records its
+    arguments): blank credentials stop it with one line; given ones start `weed` with the command."""
+    engine = _s3_compose()["services"]["seaweedfs"]
+    # Compose turns $$ into $ before the container sees it.
+    entrypoint = [arg.replace("$$", "$") for arg in engine["entrypoint"]]
+    (tmp_path / "weed").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path / "args"}\n')
+    (tmp_path / "weed").chmod(0o755)
+    base = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+
+    blank = subprocess.run(
+        [*entrypoint, *engine["command"]],
+        env={**base, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "secret"},
+        capture_output=True,
+        timeout=30,
+    )
+    assert blank.returncode == 2
+    assert blank.stderr.decode().splitlines() == [
+        "seaweedfs: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in config/s3.env"
+    ]
+    assert not (tmp_path / "args").exists()
+
+    given = subprocess.run(
+        [*entrypoint, *engine["command"]],
+        env={**base, "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret"},
+        capture_output=True,
+        timeout=30,
+    )
+    assert (given.returncode, given.stderr) == (0, b"")
+    assert (tmp_path / "args").read_text().splitlines() == engine["command"]
+
+
+@dataclass
+class Balancer:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _start_caddy(base: Path, upstreams: list[str]) -> Balancer:
+    """config/Caddyfile as shipped, but for its addresses: the replicas' are `upstreams`, it listens
+    on a loopback port, and its admin endpoint takes another (CADDY_ADMIN)."""
+    port, admin = free_port(), free_port()
+    site, shipped, _ = _caddy_site(CADDYFILE.read_text())
+    text = CADDYFILE.read_text().replace(" ".join(shipped), " ".join(upstreams), 1)
+    text = text.replace(f"\n{site} {{\n", f"\nhttp://127.0.0.1:{port} {{\n\tbind 127.0.0.1\n", 1)
+    config = base / "Caddyfile"
+    config.write_text(text)
+    log = base / "caddy.log"
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(base),
+        "XDG_DATA_HOME": str(base / "data"),
+        "XDG_CONFIG_HOME": str(base / "config"),
+        "CADDY_ADMIN": f"127.0.0.1:{admin}",
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(CADDY), "run", "--config", str(config), "--adapter", "caddyfile"],
+            env=env,
+            cwd=base,
+            stdout=out,
+            stderr=out,
+        )
+    return Balancer(process, f"http://127.0.0.1:{port}", log)
+
+
+class _StreamingUpstream(BaseHTTPRequestHandler):
+    """An upstream for the balancer that proves bytes are not held back: a PUT's first MiB must
+    arrive before the client sends the rest, a GET's first MiB must reach the client before this
+    sends the rest (each side waits for the other's event; 30 s at most)."""
+
+    protocol_version = "HTTP/1.1"
+    received_first = threading.Event()
+    client_got_first = threading.Event()
+    sent_after_client_got_first: list[bool] = []
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            self._answer(b'{"status": "ok"}')
+            return
+        self.send_response(200)
+        self.send_header("content-length", str(2 * MiB))
+        self.end_headers()
+        self.wfile.write(b"a" * MiB)
+        self.wfile.flush()
+        self.sent_after_client_got_first.append(self.client_got_first.wait(30))
+        self.wfile.write(b"b" * MiB)
+
+    def do_PUT(self) -> None:
+        assert self.headers["transfer-encoding"] == "chunked"
+        body = bytearray()
+        while size := int(self.rfile.readline().strip(), 16):
+            body += self.rfile.read(size)
+            self.rfile.readline()
+            if len(body) >= MiB:
+                self.received_first.set()
+        self.rfile.readline()
+        self._answer(str(len(body)).encode())
+
+    def _answer(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_s3_compose_balancer_streams_both_ways(tmp_path: Path) -> None:
+    """config/Caddyfile (addresses substituted) passes request and response bodies on as they come:
+    nothing is buffered whole, so a 50 GB upload or download starts at once and costs no memory."""
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _StreamingUpstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    balancer = _start_caddy(tmp_path, [f"127.0.0.1:{upstream.server_address[1]}"])
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{balancer.url}/healthz", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        assert wait_for(ready, timeout=60), balancer.log.read_text()[-3000:]
+
+        forwarded_before_the_rest: list[bool] = []
+
+        def body() -> Iterator[bytes]:
+            yield b"x" * MiB
+            forwarded_before_the_rest.append(_StreamingUpstream.received_first.wait(30))
+            yield b"y" * MiB
+
+        put = httpx.put(f"{balancer.url}/upload", content=body(), timeout=60)
+        assert forwarded_before_the_rest == [True], "the request body was held back"
+        assert (put.status_code, put.text) == (200, str(2 * MiB))
+
+        with httpx.stream("GET", f"{balancer.url}/download", timeout=60) as download:
+            got = 0
+            for chunk in download.iter_raw():
+                got += len(chunk)
+                if got >= MiB:
+                    _StreamingUpstream.client_got_first.set()
+            assert got == 2 * MiB
+        assert _StreamingUpstream.sent_after_client_got_first == [True], "the response was held back"
+    finally:
+        balancer.stop()
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def _replica_env(seaweed: Seaweed, prefix: str, index: Path, endpoint: str | None = None) -> dict[str, str]:
+    """A replica's environment from docker-compose.s3.yml: the engine's address and credentials,
+    the bucket under this test's key prefix, the index in `index`."""
+    (replica, *_) = _replicas(_s3_compose()).values()
+    env = {name: str(value) for name, value in replica["environment"].items()}
+    env.update(seaweed.env())
+    env["FERRY_S3_ENDPOINT"] = endpoint or seaweed.endpoint
+    env["FERRY_STORAGE"] = env["FERRY_STORAGE"].rstrip("/") + "/" + prefix
+    env["FERRY_INDEX_PATH"] = str(index)
+    return env
+
+
+def _launch_replica(root: Path, cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    port = env["FERRY_PORT"]
+    with (cwd / f"ferry-{port}.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--root", str(root), "--host", "127.0.0.1"],
+            env={k: v for k, v in os.environ.items() if not k.startswith("FERRY_")} | env,
+            cwd=cwd,
+            stdout=log,
+            stderr=log,
+        )
+
+
+@pytest.mark.engine
+def test_s3_compose_replicas_serve_one_bucket_through_caddy(seaweed: Seaweed, tmp_path: Path) -> None:
+    """Two replicas as the compose file configures them, plus one whose bucket is unreachable,
+    behind config/Caddyfile: every request through the balancer is answered by a healthy replica
+    (the unreachable one fails /healthz and gets none), ranges and validators are the same on every
+    replica, a 24 MiB object streams through whole, and a replica that stops is routed around."""
+    import obstore
+
+    prefix = f"compose-{os.urandom(4).hex()}"
+    store = seaweed.store()
+    big = os.urandom(24 * 1024**2 + 5)
+    obstore.put(store, f"{prefix}/hello.txt", b"hello, bucket\n")
+    obstore.put(store, f"{prefix}/sub/big.bin", big)
+
+    processes: list[subprocess.Popen[bytes]] = []
+    balancer: Balancer | None = None
+    try:
+        urls = []
+        for i, endpoint in enumerate([None, None, f"http://127.0.0.1:{free_port()}"]):
+            cwd = tmp_path / f"replica-{i}"
+            (cwd / "root").mkdir(parents=True)
+            env = _replica_env(seaweed, prefix, cwd / "index.sqlite3", endpoint)
+            env["FERRY_PORT"] = str(free_port())
+            processes.append(_launch_replica(cwd / "root", cwd, env))
+            urls.append(f"http://127.0.0.1:{env['FERRY_PORT']}")
+        healthy, unreachable = urls[:2], urls[2]
+
+        def health(url: str) -> int | None:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=5).status_code
+            except httpx.TransportError:
+                return None
+
+        def logs() -> str:
+            return "\n".join(
+                log.read_text()[-2000:] for log in sorted(tmp_path.glob("replica-*/ferry-*.log"))
+            )
+
+        assert wait_for(lambda: all(health(url) == 200 for url in healthy), timeout=120), logs()
+        assert wait_for(lambda: health(unreachable) == 503, timeout=120), logs()
+        assert httpx.get(f"{unreachable}/files/hello.txt", timeout=30).status_code == 503
+
+        balancer = _start_caddy(tmp_path, [url.removeprefix("http://") for url in [*healthy, unreachable]])
+        lb = balancer.url
+
+        def served() -> bool:
+            try:
+                response = httpx.get(f"{lb}/files/hello.txt", timeout=30)
+            except httpx.TransportError:
+                return False
+            return response.status_code == 200
+
+        # Until the balancer has checked every replica once (and routes around the unreachable
+        # one), then every request: a replica failing /healthz would otherwise take a share.
+        assert wait_for(lambda: all(served() for _ in range(10)), timeout=120), balancer.log.read_text()[
+            -3000:
+        ]
+        answers = [httpx.get(f"{lb}/files/hello.txt", timeout=30) for _ in range(40)]
+        assert [(a.status_code, a.content) for a in answers] == [(200, b"hello, bucket\n")] * 40
+
+        # One validator for one object on every replica: a resume may land on any of them.
+        etags = {httpx.head(f"{url}/files/sub/big.bin", timeout=30).headers["etag"] for url in healthy}
+        (etag,) = etags
+        ranged = httpx.get(
+            f"{lb}/files/sub/big.bin", headers={"Range": "bytes=1000-70999", "If-Range": etag}, timeout=30
+        )
+        assert (ranged.status_code, ranged.headers["etag"]) == (206, etag)
+        assert ranged.content == big[1000:71000]
+        with httpx.stream("GET", f"{lb}/files/sub/big.bin", timeout=60) as whole:
+            assert whole.status_code == 200
+            assert int(whole.headers["content-length"]) == len(big)
+            digest = hashlib.sha256()
+            for chunk in whole.iter_bytes():
+                digest.update(chunk)
+        assert digest.hexdigest() == hashlib.sha256(big).hexdigest()
+
+        def listed() -> bool:
+            page = httpx.get(f"{lb}/files/", params={"format": "json"}, timeout=30)
+            return page.status_code == 200 and {"hello.txt", "sub"} <= {
+                e["name"] for e in page.json()["entries"]
+            }
+
+        assert wait_for(listed, timeout=60)
+
+        # A replica stops: the balancer tries the other one (passive check, then the active one).
+        processes[0].terminate()
+        processes[0].wait(timeout=30)
+        answers = [httpx.get(f"{lb}/files/hello.txt", timeout=30) for _ in range(20)]
+        assert [a.status_code for a in answers] == [200] * 20
+    finally:
+        if balancer is not None:
+            balancer.stop()
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
