@@ -31,6 +31,7 @@ from app.storage.watch import owner_lock
 
 logger = logging.getLogger("ferry.index")
 _BATCH = 500  # entries per index write
+_RETRY = (2.0, 60.0)  # first and longest wait before a failed listing round is tried again
 
 
 def entry_of(stat: Stat) -> Entry:
@@ -91,22 +92,29 @@ class BucketKeeper:
         if self._task is not None:
             self._again.set()  # this process runs the rounds: one more, now
         elif self._filling is None or self._filling.done():
-            self._filling = asyncio.create_task(self._round(), name="ferry-bucket-refill")
+            self._filling = asyncio.create_task(self._refill_round(), name="ferry-bucket-refill")
+
+    async def _refill_round(self) -> None:
+        await self._round()
 
     async def _run(self) -> None:
+        retry = _RETRY[0]
         while True:
-            await self._round()
+            listed = await self._round()
             self.ready.set()
             if self.hasher is not None and self._hashing is None:
                 self._hashing = asyncio.create_task(self.hasher.run(self._stop), name="ferry-bucket-hash")
-            if await self._wait_round():
+            # A round that failed (the store not up yet) is tried again soon, not an interval later.
+            wait = self.rescan_interval if listed else min(retry, self.rescan_interval or retry)
+            retry = _RETRY[0] if listed else min(retry * 2, _RETRY[1])
+            if await self._wait_round(wait):
                 return
 
-    async def _wait_round(self) -> bool:
+    async def _wait_round(self, seconds: float) -> bool:
         """Wait for the next round: True when stopping instead."""
         stop = asyncio.ensure_future(self._stop.wait())
         again = asyncio.ensure_future(self._again.wait())
-        timeout = self.rescan_interval if self.rescan_interval > 0 else None
+        timeout = seconds if seconds > 0 else None
         try:
             await asyncio.wait((stop, again), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -115,11 +123,12 @@ class BucketKeeper:
         self._again.clear()
         return self._stop.is_set()
 
-    async def _round(self) -> None:
+    async def _round(self) -> bool:
         try:
-            await self.sync()
+            return await self.sync()
         except Exception:
-            logger.exception("index listing of the bucket failed; trying again at the next round")
+            logger.exception("index listing of the bucket failed; trying again shortly")
+            return False
 
     async def sync(self) -> bool:
         """One listing round; False when the store could not be listed (the index is kept)."""

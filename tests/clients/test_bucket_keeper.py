@@ -144,3 +144,30 @@ async def test_an_index_replaced_after_damage_is_filled_again_at_once(parts: Par
         await until(back)
     finally:
         await keeper.stop()
+
+
+async def test_a_failed_first_listing_is_tried_again_soon_not_an_interval_later(parts: Parts) -> None:
+    """Replicas may start before their storage answers: the first round fails, and the next
+    comes within seconds (backing off), not FERRY_RESCAN_INTERVAL later."""
+    await parts.plant("late.txt", b"late")
+
+    class Flaky(BucketKeeper):
+        rounds = 0
+
+        async def sync(self) -> bool:
+            self.rounds += 1
+            if self.rounds == 1:
+                return False  # as when the store is unreachable
+            return await super().sync()
+
+    keeper = Flaky(parts.index, parts.async_index, parts.bucket, rescan_interval=300)
+    await keeper.start()
+    try:
+
+        async def listed() -> bool:
+            return parts.index.get("late.txt") is not None
+
+        await until(listed)
+        assert keeper.rounds == 2
+    finally:
+        await keeper.stop()
