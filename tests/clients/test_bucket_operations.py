@@ -99,13 +99,27 @@ def found(server: FerryServer, query: str) -> set[str]:
     return {entry["path"] for entry in answer.json()["entries"]}
 
 
-def appears_in_listing_and_search(server: FerryServer, folder: str, name: str) -> bool:
-    """Whether `folder/name` is in the server's listing of `folder` and found by its name; waits
-    up to several rescan intervals (a round lists the whole prefix) with a generous deadline."""
-    return wait_for(
-        lambda: name in listing(server, folder) and f"{folder}/{name}" in found(server, name),
-        timeout=PATIENCE + 10 * RESCAN,
+def api_listing(server: FerryServer, folder: str) -> dict[str, dict[str, Any]]:
+    answer = httpx.get(f"{server.url}/api/files/{quote(folder)}", headers=AUTH, timeout=PATIENCE)
+    if answer.status_code == 404:
+        return {}
+    assert answer.status_code == 200, answer.text
+    return {entry["name"]: entry for entry in answer.json()["entries"]}
+
+
+def listed_everywhere(server: FerryServer, folder: str, name: str) -> bool:
+    return (
+        name in listing(server, folder)
+        and name in api_listing(server, folder)
+        and f"{folder}/{name}" in found(server, name)
     )
+
+
+def appears_in_listing_and_search(server: FerryServer, folder: str, name: str) -> bool:
+    """Whether `folder/name` is in the server's listings of `folder` (the page's JSON and the API)
+    and found by its name; waits up to several rescan intervals (a round lists the whole prefix)
+    with a generous deadline."""
+    return wait_for(lambda: listed_everywhere(server, folder, name), timeout=PATIENCE + 10 * RESCAN)
 
 
 def test_an_upload_through_one_replica_downloads_through_the_other_at_once(replicas: Replicas) -> None:
