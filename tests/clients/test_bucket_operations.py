@@ -36,6 +36,7 @@ from tests.support.replicas import (
     plant,
     random_blob,
     serve_bucket,
+    stop_cleanly,
     stopping,
     workdir,
 )
@@ -223,6 +224,7 @@ def test_the_engine_stopped_mid_download_cuts_the_body_short_and_ferry_keeps_ser
     # Another request gets an answer, not a hang: the store is unreachable.
     assert httpx.get(url(server, "small.txt"), timeout=ANSWER_DEADLINE).status_code == 503
     assert "Traceback" not in log_of(server), log_of(server)
+    assert not (problem := stop_cleanly(server)), problem  # with its store gone
 
 
 def test_the_engine_down_at_start_up_then_back(
@@ -246,7 +248,7 @@ def test_the_engine_down_at_start_up_then_back(
         assert (got.status_code, got.content) == (200, b"hello from the bucket\n")
         # The index's listing rounds resume too.
         assert wait_for(lambda: "hello.txt" in listing(server, "docs"), timeout=4 * PATIENCE)
-        assert server.process.poll() is None
+        assert not (problem := stop_cleanly(server)), problem
     finally:
         back.stop()
 

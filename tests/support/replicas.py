@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,6 +86,21 @@ def launch_bucket(base: Path, name: str, env: dict[str, str]) -> FerryServer:
         server.stop()
         raise AssertionError(f"ferry serve did not listen:\n{server.log.read_text(errors='replace')}")
     return server
+
+
+def stop_cleanly(server: FerryServer) -> str:
+    """SIGTERM, and what went wrong if the process did not then exit 0 on its own within a
+    generous deadline (an abort at interpreter exit, a shutdown that hangs); "" if it did."""
+    server.process.terminate()
+    try:
+        code = server.process.wait(timeout=4 * PATIENCE)
+    except subprocess.TimeoutExpired:
+        server.stop()
+        return "ferry serve did not exit after SIGTERM"
+    log = server.log.read_text(errors="replace")
+    if code != 0:
+        return f"ferry serve exited with {code} after SIGTERM:\n{log[-3000:]}"
+    return ""
 
 
 def stopping(servers: list[FerryServer]) -> Iterator[list[FerryServer]]:
