@@ -263,15 +263,21 @@ def refused_start(env: dict[str, str], base: Path) -> subprocess.CompletedProces
     )
 
 
-def test_wrong_credentials_exit_2_with_one_line(seaweed: Seaweed, tmp_path: Path) -> None:
-    env = {**bucket_env(seaweed, fresh_prefix("creds")), "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("AWS_SECRET_ACCESS_KEY", "not-the-secret"), ("AWS_ACCESS_KEY_ID", "nobody-we-know")],
+)
+def test_wrong_credentials_exit_2_with_one_line(
+    seaweed: Seaweed, tmp_path: Path, variable: str, value: str
+) -> None:
+    env = {**bucket_env(seaweed, fresh_prefix("creds")), variable: value}
     done = refused_start(env, tmp_path)
     assert done.returncode == 2, (done.returncode, done.stderr)
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("ferry: FERRY_STORAGE=s3://ferry/"), lines
-    assert "credentials" in lines[0], lines
-    assert "not-the-secret" not in done.stderr
+    assert lines[0].startswith("ferry: FERRY_STORAGE=s3://ferry/creds-"), lines
+    assert "refused Ferry's credentials" in lines[0], lines
+    assert seaweed.secret_key not in done.stderr and value not in done.stderr
 
 
 def test_a_missing_bucket_exits_2_with_one_line(seaweed: Seaweed, tmp_path: Path) -> None:
