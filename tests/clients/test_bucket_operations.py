@@ -135,6 +135,19 @@ def test_an_upload_through_one_replica_downloads_through_the_other_at_once(repli
     assert appears_in_listing_and_search(replicas.b, "up", "from-a.bin")
 
 
+def test_a_delete_through_one_replica_is_gone_from_the_other(replicas: Replicas, seaweed: Seaweed) -> None:
+    plant(seaweed, replicas.prefix, {"gone/doomed.txt": b"soon gone\n", "gone/kept.txt": b"kept\n"})
+    assert appears_in_listing_and_search(replicas.b, "gone", "doomed.txt")
+    deleted = httpx.delete(url(replicas.a, "gone/doomed.txt"), headers=AUTH, timeout=PATIENCE)
+    assert deleted.status_code == 204, (deleted.status_code, deleted.text)
+    # At once for downloads; within a listing round for B's listings and search.
+    assert httpx.get(url(replicas.b, "gone/doomed.txt"), headers=AUTH, timeout=PATIENCE).status_code == 404
+    assert wait_for(
+        lambda: set(listing(replicas.b, "gone")) == {"kept.txt"} and not found(replicas.b, "doomed"),
+        timeout=PATIENCE + 10 * RESCAN,
+    )
+
+
 def test_an_object_put_in_the_bucket_is_served_and_listed_by_both(
     replicas: Replicas, seaweed: Seaweed
 ) -> None:
