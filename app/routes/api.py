@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from app.errors import NotFound
 from app.services import Services, services_of
+from app.storage.index import Index
 from app.storage.paths import resolve
+from app.storage.values import Entry
 from app.views.entries import EntryModel, Listing, SearchResults, entry_model, listing_model, search_model
+
+if TYPE_CHECKING:
+    from app.storage.s3 import S3Storage  # obstore is loaded only when a bucket is configured
 
 router = APIRouter(prefix="/api", tags=["index"])
 
@@ -31,7 +36,10 @@ def directory_listing(services: Services, path: str, limit: int, cursor: str | N
     """A file's entry, or one page of a directory (the same JSON as /files/{dir}/?format=json)."""
     index, mime_types = services.index, services.settings.mime_types
     writes = services.async_index  # index writes go to its one writer thread
-    entry = index.entry_for(resolve(path, services.policy), write=writes.enqueue)
+    if services.bucket is None:
+        entry = index.entry_for(resolve(path, services.policy), write=writes.enqueue)
+    else:
+        entry = indexed_entry(services.bucket, index, path)
     if entry is None:
         raise NotFound()
     if not entry.is_dir:
@@ -39,6 +47,16 @@ def directory_listing(services: Services, path: str, limit: int, cursor: str | N
     writes.refresh(entry.path)
     page = index.list_dir(entry.path, limit=limit, cursor=cursor)
     return listing_model(entry.path, page, mime_types)
+
+
+def indexed_entry(bucket: S3Storage, index: Index, path: str) -> Entry | None:
+    """A bucket's entry as its index knows it: there is no disk to stat (under FERRY_ROOT is not
+    what is served, and what is missing there must not be forgotten from the index); the name
+    rules are the bucket's own."""
+    key = bucket.key(path)
+    if not key:
+        return Entry("", "", True, 0, 0, 0, 0)
+    return index.get(key)
 
 
 # Sync handlers: FastAPI runs them in its thread pool, so SQLite never blocks the event loop.

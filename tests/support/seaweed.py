@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -190,26 +190,7 @@ def launch(base: Path, bucket: str = "ferry") -> Seaweed:
         )
     )
     ports = _distinct_ports(_PORT_FLAGS)
-    args = [
-        weed_binary(),
-        "mini",
-        f"-dir={data}",
-        "-master.telemetry=false",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-webdav=false",
-        "-admin.ui=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        f"-s3.config={identities}",
-        f"-bucket={bucket}",
-        *(f"-{flag}={port}" for flag, port in ports.items()),
-    ]
-    log = (base / "weed.log").open("wb")
-    process = subprocess.Popen(
-        args, cwd=base, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    log.close()
+    process = _spawn(base, _arguments(base, bucket, ports), "wb")
     return Seaweed(
         endpoint=f"http://127.0.0.1:{ports['s3.port']}",
         bucket=bucket,
@@ -219,6 +200,47 @@ def launch(base: Path, bucket: str = "ferry") -> Seaweed:
         process=process,
         ports=ports,
     )
+
+
+def _arguments(base: Path, bucket: str, ports: dict[str, int]) -> list[str]:
+    return [
+        weed_binary(),
+        "mini",
+        f"-dir={base / 'data'}",
+        "-master.telemetry=false",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.config={base / 'identities.json'}",
+        f"-bucket={bucket}",
+        *(f"-{flag}={port}" for flag, port in ports.items()),
+    ]
+
+
+def _spawn(base: Path, args: list[str], mode: str) -> subprocess.Popen[bytes]:
+    log = (base / "weed.log").open(mode)
+    try:
+        return subprocess.Popen(
+            args,
+            cwd=base,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+
+
+def relaunch(engine: Seaweed) -> Seaweed:
+    """The same engine again after `stop` (its ports, data, identities and bucket): what a client
+    sees when its store comes back. Launched, not yet ready (`wait_ready`); the caller stops it."""
+    assert engine.process.poll() is not None, "stop the engine before relaunching it"
+    process = _spawn(engine.base, _arguments(engine.base, engine.bucket, engine.ports), "ab")
+    return replace(engine, process=process)
 
 
 def _bucket_answers(engine: Seaweed) -> bool:
