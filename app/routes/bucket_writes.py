@@ -64,7 +64,7 @@ from app.services import Services
 from app.storage.backend import Stat
 from app.storage.bucket_index import entry_of, remember_digest
 from app.storage.digests import DigestBuilder
-from app.storage.errors import InTheWay, InvalidInput, NotServable, StorageError
+from app.storage.errors import InTheWay, InvalidInput, NotServable, StorageError, write_refusal
 from app.storage.paths import WriteTarget
 from app.storage.s3 import S3Storage
 from app.storage.values import Entry
@@ -145,12 +145,18 @@ class BucketWrites:
         """The answer to a write (None when the client went away: nobody is left to answer). A
         FerryError or StorageError is raised for app/main.py to answer, closing the connection."""
         try:
-            self.gate.write(self.gate.authenticate(request))  # the write token, before anything
-            if request.method == "DELETE":
-                return await self._delete(request.path, request.conditions)
-            if request.method == "PUT":
-                return await self._put(request, receive)
-            return await self._post(request, receive)
+            try:
+                self.gate.write(self.gate.authenticate(request))  # the write token, before anything
+                if request.method == "DELETE":
+                    return await self._delete(request.path, request.conditions)
+                if request.method == "PUT":
+                    return await self._put(request, receive)
+                return await self._post(request, receive)
+            except OSError as exc:  # a form's spool files, on the local disk
+                refusal = write_refusal(exc)
+                if refusal is None:
+                    raise
+                raise refusal from exc
         except ClientGone:
             metrics.UPLOADS.labels("failed").inc()
             return None

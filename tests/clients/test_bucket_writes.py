@@ -17,7 +17,8 @@ import contextlib
 import dataclasses
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable, MutableMapping
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,9 @@ import pytest
 from app import metrics
 from app.main import FerryApp, create_app
 from tests.support.inprocess import in_process, make_settings
+from tests.support.raw import connect, request_head
 from tests.support.seaweed import Seaweed
+from tests.support.servers import FerryServer, start_server, wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.anyio]
 
@@ -473,3 +476,54 @@ async def test_an_unreachable_engine_is_503(serve: Serve) -> None:
         assert answer.status_code == 503
         assert answer.headers["retry-after"]
         assert (await b.http.delete("/files/x.txt", headers=AUTH)).status_code == 503
+
+
+# --------------------------------------------------------------------------- through `ferry serve`
+
+
+@pytest.fixture
+def served(seaweed: Seaweed, tmp_path: Path) -> Iterator[tuple[FerryServer, str]]:
+    """A real `ferry serve` (uvicorn, its own event loop and obstore runtime) on a fresh prefix."""
+    prefix = f"w-served-{os.urandom(4).hex()}/"
+    (tmp_path / "root").mkdir()
+    (tmp_path / "cwd").mkdir()
+    env = {**seaweed.env(), "FERRY_STORAGE": f"s3://{seaweed.bucket}/{prefix}", "FERRY_S3_PART_SIZE": "5MiB"}
+    server = start_server(tmp_path / "root", tmp_path / "cwd", "--write-token", TOKEN, env=env)
+    try:
+        yield server, prefix
+    finally:
+        server.stop()
+
+
+def test_curl_uploads_and_a_cut_upload_through_a_real_server(
+    served: tuple[FerryServer, str], seaweed: Seaweed, tmp_path: Path
+) -> None:
+    server, prefix = served
+    big, small = tmp_path / "big.bin", tmp_path / "small.txt"
+    big.write_bytes(os.urandom(12 * MiB))
+    small.write_bytes(b"small\n")
+    auth = ["-H", f"Authorization: Bearer {TOKEN}"]
+    curl = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *auth]
+    put = subprocess.run([*curl, "-T", str(big), f"{server.url}/files/in/big.bin"], capture_output=True)
+    assert put.stdout == b"201", put.stderr
+    # The same bytes again under another key (so the same store ETag): each keeps its own digest.
+    form = [*curl, "-F", f"f=@{small}", "-F", f"g=@{big};filename=copy.bin", f"{server.url}/files/form/"]
+    assert subprocess.run(form, capture_output=True).stdout == b"201"
+    for path, source in (("in/big.bin", big), ("form/small.txt", small), ("form/copy.bin", big)):
+        got = httpx.get(f"{server.url}/files/{path}", timeout=60)
+        assert got.status_code == 200 and got.content == source.read_bytes(), path
+        assert got.headers.get("repr-digest") == sha256_field(source.read_bytes()), path
+
+    # A client gone mid-body, once its multipart upload has begun in the engine: aborted.
+    sock = connect(server.port)
+    try:
+        head = request_head("PUT", "/files/in/cut.bin", {**AUTH, "Content-Length": str(12 * MiB)})
+        sock.sendall(head + os.urandom(7 * MiB))
+        assert wait_for(lambda: seaweed.pending_uploads() != []), "no multipart upload began"
+    finally:
+        sock.close()
+    assert wait_for(lambda: seaweed.pending_uploads() == []), seaweed.pending_uploads()
+    assert httpx.get(f"{server.url}/files/in/cut.bin", timeout=60).status_code == 404
+    keys = {m["path"] for batch in obstore.list(seaweed.store(), prefix) for m in batch}
+    assert keys == {prefix + p for p in ("in/big.bin", "form/small.txt", "form/copy.bin")}
+    assert httpx.get(f"{server.url}/healthz", timeout=60).status_code == 200
