@@ -37,12 +37,12 @@ import hashlib
 import hmac
 import os
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive
+from starlette.types import ASGIApp, Message, Receive
 
 from app import metrics
 from app.errors import (
@@ -82,6 +82,7 @@ from app.transfer.upload import (
 from app.views.entries import entry_model
 
 MAX_KEY_BYTES = 1024  # the longest key S3 stores, the bucket's prefix included
+ABORT_PATIENCE = 30.0  # seconds a cancelled upload waits for the store to abort it
 
 
 def _ancestors(path: str) -> list[str]:
@@ -118,15 +119,52 @@ def _spool_file(directory: Path) -> int:
     return fd
 
 
-async def _spooled(write: AtomicWrite, chunk_size: int) -> AsyncIterator[bytes]:
-    """A spooled form part read back in chunks (each read in a worker thread)."""
+async def _spooled(write: AtomicWrite, chunk_size: int, stop: asyncio.Event) -> AsyncIterator[bytes]:
+    """A spooled form part read back in chunks (each read in a worker thread), until `stop`."""
     offset = 0
     while offset < write.size:
+        if stop.is_set():
+            raise ClientGone()
         data = await asyncio.to_thread(os.pread, write.fd, min(chunk_size, write.size - offset), offset)
         if not data:
             raise OSError("the spooled upload is shorter than what was written")
         offset += len(data)
         yield data
+
+
+class _Stoppable:
+    """A request's `receive` that answers a disconnect once `stop` is set, even while it waits
+    for the client: the body then fails as if the client had left."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.stop = asyncio.Event()
+
+    async def __call__(self) -> Message:
+        if self.stop.is_set():
+            return {"type": "http.disconnect"}
+        message = asyncio.ensure_future(self.receive())
+        stopped = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({message, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if message.done():
+            stopped.cancel()
+            return message.result()
+        message.cancel()
+        return {"type": "http.disconnect"}
+
+
+async def _to_the_end(write: Awaitable[Stat], stop: asyncio.Event) -> Stat:
+    """`write`, which stops only once the store has its answer. Cancelled (a shutdown past
+    FERRY_SHUTDOWN_TIMEOUT), it is not abandoned, which would leave its multipart upload pending in
+    the store: `stop` makes its body fail, the store aborts the upload, then the cancel goes on."""
+    task = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, ABORT_PATIENCE)
+        raise
 
 
 class BucketWrites:
@@ -178,10 +216,11 @@ class BucketWrites:
         if not write_allowed(conditions, None if before is None else object_validators(before)):
             raise PreconditionFailed()
         pinned = _conditional(conditions)  # a write racing since the check is refused, not lost
+        stoppable = _Stoppable(receive)
         async with contextlib.aclosing(
-            body_chunks(receive, self.settings.max_upload_size, self.activity)
+            body_chunks(stoppable, self.settings.max_upload_size, self.activity)
         ) as chunks:
-            stat = await self.bucket.write(
+            write = self.bucket.write(
                 path,
                 _checked(chunks, expected),
                 if_match=before.etag if pinned and before is not None else None,
@@ -189,6 +228,7 @@ class BucketWrites:
                 sha256=expected.get("sha-256"),
                 content_type=content_type_for(path.rpartition("/")[2], self.settings.mime_types),
             )
+            stat = await _to_the_end(write, stoppable.stop)
         entry = await self.async_index.write(self._indexed, stat, before is None)
         model = entry_model(entry, self.settings.mime_types)
         headers = {"etag": model.etag or "", "location": model.url}
@@ -242,12 +282,14 @@ class BucketWrites:
             entries = []
             stored: set[str] = set()
             for write, before in zip(upload.files, befores, strict=True):
-                stat = await self.bucket.write(
+                stop = asyncio.Event()
+                stored_part = self.bucket.write(
                     write.target.path,
-                    _spooled(write, self.settings.chunk_size),
+                    _spooled(write, self.settings.chunk_size, stop),
                     sha256=write.builder.digest(),
                     content_type=content_type_for(write.target.name, self.settings.mime_types),
                 )
+                stat = await _to_the_end(stored_part, stop)
                 created = before is None and write.target.path not in stored
                 stored.add(write.target.path)
                 entries.append(await self.async_index.write(self._indexed, stat, created))

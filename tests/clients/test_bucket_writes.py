@@ -339,6 +339,29 @@ async def test_a_client_gone_mid_body_leaves_nothing(serve: Serve) -> None:
         assert "new.bin" not in await b.listing("")  # (kept.bin, planted, waits for a listing round)
 
 
+async def test_an_upload_cancelled_by_shutdown_is_aborted_in_the_store(serve: Serve) -> None:
+    """Past FERRY_SHUTDOWN_TIMEOUT the server cancels what still runs: an upload whose client is
+    still sending is aborted in the store, not left pending there."""
+    async with serve() as b:
+        sent = asyncio.Event()
+
+        async def stalled() -> Body:
+            for _ in range(7):  # past the first 5 MiB part: a multipart upload has begun
+                yield {"type": "http.request", "body": b"z" * MiB, "more_body": True}
+            sent.set()
+            await asyncio.Event().wait()  # the client sends nothing more, nor goes away
+            yield {}
+
+        request = asyncio.ensure_future(drive(b.app, "PUT", "/files/stalled.bin", AUTH, stalled()))
+        await asyncio.wait_for(sent.wait(), timeout=60)
+        assert await asyncio.to_thread(wait_for, lambda: b.engine.pending_uploads() != [])
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        assert b.engine.pending_uploads() == []
+        assert await b.objects() == {}
+
+
 async def test_writes_need_the_token(serve: Serve) -> None:
     async with serve(write_token=None) as b:
         for method in ("PUT", "DELETE", "POST"):
