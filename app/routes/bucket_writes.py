@@ -4,19 +4,18 @@ The same contract as a local root (app/routes/writes.py), over `S3Storage.write`
 the write token first, then the name rules and the size, then the preconditions, and only then the
 body, so a refused upload never sends a byte of it (``Expect: 100-continue``).
 
-- **PUT** streams the body into the bucket (one PUT, or a multipart upload of FERRY_S3_PART_SIZE
-  parts that is aborted when the body fails, is cut off or does not match its declared digest:
-  nothing partial is ever visible). If-Match / If-None-Match / If-Unmodified-Since are evaluated by
-  Ferry against the ETag it shows for the current object (the same in listings and downloads, on
-  every replica), then pinned at the store with the store's own ETag (or "nothing there"), so a
-  write racing in between is refused (412) rather than overwritten.
+- **PUT** streams the body into the bucket: one PUT, or a multipart upload of FERRY_S3_PART_SIZE
+  parts aborted when the body fails, is cut off, does not match its digest or shutdown cancels it
+  (app/transfer/object_upload.py): nothing partial is ever visible or left pending. Preconditions
+  are evaluated by Ferry against the ETag it shows (the same in listings and downloads, on every
+  replica), then pinned at the store with the store's own ETag (or "nothing there"): a write
+  racing in between is refused (412) rather than overwritten.
 - **POST** (multipart/form-data) spools every file part to an unlinked temporary file beside the
   index (local disk, up to FERRY_MAX_UPLOAD_SIZE) while the form arrives: a form cut off, too
   large or failing a digest stores nothing. Once it is whole and verified, and every part's name
-  checked against the bucket, the parts are written to the bucket one after the other, each
-  atomically with its SHA-256 stored with it. An object store has no transaction over several
-  keys: should the store fail while the parts are being written, the parts written before stay
-  (each whole) and the answer is the error; no part is ever stored partially.
+  checked against the bucket, the parts are written one after the other, each atomically with its
+  SHA-256. An object store has no transaction over several keys: should the store fail while the
+  parts are written, those written before stay (each whole) and the answer is the error.
 - **DELETE** of a file honours If-Match. A folder is a key prefix that exists only while a key lies
   below it, so it is never empty: deleting one is 409, as for a folder with something in it on a
   local root (a folder holding nothing does not exist: 404).
@@ -24,25 +23,17 @@ body, so a refused upload never sends a byte of it (``Expect: 100-continue``).
 A bucket keeps files and folders apart as a disk does: a PUT where a folder is, or below a file,
 is 409. The index is updated at once (the entry, its parent folders, the digest by the object's
 identity); other replicas see the change at their next listing round.
-
-Long because: PUT, POST and DELETE share their checks (names, what is in the way, preconditions)
-and the index update, which keeps them together as in writes.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import os
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive
+from starlette.types import ASGIApp, Receive
 
 from app import metrics
 from app.errors import (
@@ -56,7 +47,7 @@ from app.errors import (
     UriTooLong,
 )
 from app.http.conditional import RequestConditions, write_allowed
-from app.http.digests import ALGORITHMS, format_digest_field
+from app.http.digests import format_digest_field
 from app.http.mime import content_type_for
 from app.request import FileRequest
 from app.routes.bucket_files import object_validators
@@ -69,6 +60,7 @@ from app.storage.paths import WriteTarget
 from app.storage.s3 import S3Storage
 from app.storage.values import Entry
 from app.storage.writes import AtomicWrite
+from app.transfer.object_upload import Stoppable, checked, spool_file, spooled, to_the_end
 from app.transfer.upload import (
     ClientGone,
     MultipartUpload,
@@ -82,7 +74,6 @@ from app.transfer.upload import (
 from app.views.entries import entry_model
 
 MAX_KEY_BYTES = 1024  # the longest key S3 stores, the bucket's prefix included
-ABORT_PATIENCE = 30.0  # seconds a cancelled upload waits for the store to abort it
 
 
 def _ancestors(path: str) -> list[str]:
@@ -96,75 +87,6 @@ def _conditional(conditions: RequestConditions) -> bool:
         value is not None
         for value in (conditions.if_match, conditions.if_none_match, conditions.if_unmodified_since)
     )
-
-
-async def _checked(chunks: AsyncIterator[bytes], expected: dict[str, bytes]) -> AsyncIterator[bytes]:
-    """The body unchanged, verified at its end against the declared digests other than SHA-256
-    (the storage verifies that one): a mismatch raises before the upload completes, so the store
-    aborts it and nothing is stored."""
-    hashes = {a: hashlib.new(ALGORITHMS[a]) for a in expected if a != "sha-256"}
-    async for chunk in chunks:
-        for h in hashes.values():
-            h.update(chunk)
-        yield chunk
-    for algorithm, h in hashes.items():
-        if not hmac.compare_digest(h.digest(), expected[algorithm]):
-            raise BadRequest(f"the body does not match its {algorithm} digest; nothing was stored")
-
-
-def _spool_file(directory: Path) -> int:
-    """An anonymous temporary file in `directory`: gone with its descriptor, even after a crash."""
-    fd, name = tempfile.mkstemp(prefix=".ferry-spool-", dir=directory)
-    os.unlink(name)
-    return fd
-
-
-async def _spooled(write: AtomicWrite, chunk_size: int, stop: asyncio.Event) -> AsyncIterator[bytes]:
-    """A spooled form part read back in chunks (each read in a worker thread), until `stop`."""
-    offset = 0
-    while offset < write.size:
-        if stop.is_set():
-            raise ClientGone()
-        data = await asyncio.to_thread(os.pread, write.fd, min(chunk_size, write.size - offset), offset)
-        if not data:
-            raise OSError("the spooled upload is shorter than what was written")
-        offset += len(data)
-        yield data
-
-
-class _Stoppable:
-    """A request's `receive` that answers a disconnect once `stop` is set, even while it waits
-    for the client: the body then fails as if the client had left."""
-
-    def __init__(self, receive: Receive) -> None:
-        self.receive = receive
-        self.stop = asyncio.Event()
-
-    async def __call__(self) -> Message:
-        if self.stop.is_set():
-            return {"type": "http.disconnect"}
-        message = asyncio.ensure_future(self.receive())
-        stopped = asyncio.ensure_future(self.stop.wait())
-        await asyncio.wait({message, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if message.done():
-            stopped.cancel()
-            return message.result()
-        message.cancel()
-        return {"type": "http.disconnect"}
-
-
-async def _to_the_end(write: Awaitable[Stat], stop: asyncio.Event) -> Stat:
-    """`write`, which stops only once the store has its answer. Cancelled (a shutdown past
-    FERRY_SHUTDOWN_TIMEOUT), it is not abandoned, which would leave its multipart upload pending in
-    the store: `stop` makes its body fail, the store aborts the upload, then the cancel goes on."""
-    task = asyncio.ensure_future(write)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, ABORT_PATIENCE)
-        raise
 
 
 class BucketWrites:
@@ -216,19 +138,19 @@ class BucketWrites:
         if not write_allowed(conditions, None if before is None else object_validators(before)):
             raise PreconditionFailed()
         pinned = _conditional(conditions)  # a write racing since the check is refused, not lost
-        stoppable = _Stoppable(receive)
+        stoppable = Stoppable(receive)
         async with contextlib.aclosing(
             body_chunks(stoppable, self.settings.max_upload_size, self.activity)
         ) as chunks:
             write = self.bucket.write(
                 path,
-                _checked(chunks, expected),
+                checked(chunks, expected),
                 if_match=before.etag if pinned and before is not None else None,
                 if_none_match=pinned and before is None,
                 sha256=expected.get("sha-256"),
                 content_type=content_type_for(path.rpartition("/")[2], self.settings.mime_types),
             )
-            stat = await _to_the_end(write, stoppable.stop)
+            stat = await to_the_end(write, stoppable.stop)
         entry = await self.async_index.write(self._indexed, stat, before is None)
         model = entry_model(entry, self.settings.mime_types)
         headers = {"etag": model.etag or "", "location": model.url}
@@ -260,7 +182,7 @@ class BucketWrites:
             write = AtomicWrite(
                 WriteTarget(-1, name, target, []), fsync=False, builder=DigestBuilder(None, extra)
             )
-            write.fd = _spool_file(spool)
+            write.fd = spool_file(spool)
             return write
 
         upload = MultipartUpload(boundary, open_part, self.settings.chunk_size)
@@ -285,11 +207,11 @@ class BucketWrites:
                 stop = asyncio.Event()
                 stored_part = self.bucket.write(
                     write.target.path,
-                    _spooled(write, self.settings.chunk_size, stop),
+                    spooled(write, self.settings.chunk_size, stop),
                     sha256=write.builder.digest(),
                     content_type=content_type_for(write.target.name, self.settings.mime_types),
                 )
-                stat = await _to_the_end(stored_part, stop)
+                stat = await to_the_end(stored_part, stop)
                 created = before is None and write.target.path not in stored
                 stored.add(write.target.path)
                 entries.append(await self.async_index.write(self._indexed, stat, created))
