@@ -31,7 +31,7 @@ import pytest
 from app import metrics
 from app.main import FerryApp, create_app
 from tests.support.inprocess import in_process, make_settings
-from tests.support.raw import connect, request_head
+from tests.support.raw import connect, read_head, request_head
 from tests.support.seaweed import Seaweed
 from tests.support.servers import FerryServer, start_server, wait_for
 
@@ -536,6 +536,19 @@ def test_curl_uploads_and_a_cut_upload_through_a_real_server(
         got = httpx.get(f"{server.url}/files/{path}", timeout=60)
         assert got.status_code == 200 and got.content == source.read_bytes(), path
         assert got.headers.get("repr-digest") == sha256_field(source.read_bytes()), path
+
+    # Refused before the body: a client waiting for 100 Continue never sends it.
+    for headers, status in (({}, b"401"), ({**AUTH, "If-Match": '"stale"'}, b"412")):
+        with contextlib.closing(connect(server.port)) as sock:
+            sock.sendall(
+                request_head(
+                    "PUT",
+                    "/files/in/big.bin",
+                    {**headers, "Expect": "100-continue", "Content-Length": str(9 * MiB)},
+                )
+            )
+            head, _ = read_head(sock)
+            assert head.split(b" ")[1] == status, head
 
     # A client gone mid-body, once its multipart upload has begun in the engine: aborted.
     sock = connect(server.port)
