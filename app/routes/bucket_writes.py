@@ -211,7 +211,7 @@ class BucketWrites:
                     sha256=write.builder.digest(),
                     content_type=content_type_for(write.target.name, self.settings.mime_types),
                 )
-                stat = await to_the_end(stored_part, stop)
+                stat = await to_the_end(stored_part, stop.set)
                 created = before is None and write.target.path not in stored
                 stored.add(write.target.path)
                 entries.append(await self.async_index.write(self._indexed, stat, created))

@@ -11,8 +11,9 @@ import hashlib
 import hmac
 import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from starlette.types import Message, Receive
 
@@ -60,27 +61,30 @@ async def spooled(write: AtomicWrite, chunk_size: int, stop: asyncio.Event) -> A
 
 
 class Stoppable:
-    """A request's `receive` that answers a disconnect once `stop` is set, even while it waits
-    for the client: the body then fails as if the client had left."""
+    """A request's `receive` that answers a disconnect once stopped, even while it waits for the
+    client: the body then fails as if the client had left."""
 
     def __init__(self, receive: Receive) -> None:
         self.receive = receive
-        self.stop = asyncio.Event()
+        self._stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def stop(self) -> None:
+        if not self._stopped.done():
+            self._stopped.set_result(None)
 
     async def __call__(self) -> Message:
-        if self.stop.is_set():
+        if self._stopped.done():
             return {"type": "http.disconnect"}
-        message = asyncio.ensure_future(self.receive())
-        stopped = asyncio.ensure_future(self.stop.wait())
-        await asyncio.wait({message, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        message: asyncio.Future[Message] = asyncio.ensure_future(self.receive())
+        waits: set[asyncio.Future[Any]] = {message, self._stopped}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if message.done():
-            stopped.cancel()
             return message.result()
         message.cancel()
         return {"type": "http.disconnect"}
 
 
-async def to_the_end(write: Awaitable[Stat], stop: asyncio.Event) -> Stat:
+async def to_the_end(write: Awaitable[Stat], stop: Callable[[], None]) -> Stat:
     """`write`, which stops only once the store has its answer. Cancelled (a shutdown past
     FERRY_SHUTDOWN_TIMEOUT), it is not abandoned, which would leave its multipart upload pending in
     the store: `stop` makes its body fail, the store aborts the upload, then the cancel goes on."""
@@ -88,7 +92,7 @@ async def to_the_end(write: Awaitable[Stat], stop: asyncio.Event) -> Stat:
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        stop.set()
+        stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, ABORT_PATIENCE)
         raise
