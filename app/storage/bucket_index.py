@@ -133,6 +133,9 @@ class BucketKeeper:
     async def sync(self) -> bool:
         """One listing round; False when the store could not be listed (the index is kept)."""
         began = time.monotonic()
+        # Ferry's own uploads while the bucket is listed are indexed at once; the listing may have
+        # passed their names already, so what was added since it began is not dropped at its end.
+        known = await self.async_index.read(self.index.last_entry_id)
         seen: set[str] = set()
         batch: list[Entry] = []
         try:
@@ -147,7 +150,7 @@ class BucketKeeper:
             return False
         if batch:
             await self.async_index.write(self.index.put_many, batch)
-        dropped = await self.async_index.write(self.index.keep_only, seen)
+        dropped = await self.async_index.write(self.index.keep_only, seen, up_to=known)
         seconds = time.monotonic() - began
         metrics.INDEX_SCAN_SECONDS.set(seconds)
         logger.info(

@@ -124,12 +124,23 @@ class EntryStore(Database):
                 self._upsert(w, split(entry.path)[0], entry)
 
     @recovering
-    def keep_only(self, paths: set[str]) -> int:
-        """Drop every entry whose path is not in `paths` (what a full listing did not see);
-        returns how many were dropped."""
+    def last_entry_id(self) -> int:
+        """The highest entry id: an entry added later has a higher one."""
+        with self._connection() as conn:
+            return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM entries").fetchone()[0])
+
+    @recovering
+    def keep_only(self, paths: set[str], *, up_to: int | None = None) -> int:
+        """Drop every entry whose path is not in `paths` (what a full listing did not see) and,
+        with `up_to`, whose id is at most that (`last_entry_id` when the listing began: what was
+        added since, by Ferry's own writes, stays); returns how many were dropped."""
         with self._connection() as conn:
             rows = conn.execute("SELECT id, parent, name FROM entries").fetchall()
-        gone = [(r["id"],) for r in rows if join(r["parent"], r["name"]) not in paths]
+        gone = [
+            (r["id"],)
+            for r in rows
+            if join(r["parent"], r["name"]) not in paths and (up_to is None or r["id"] <= up_to)
+        ]
         if gone:
             with self._write() as w:
                 w.executemany("DELETE FROM entries WHERE id = ?", gone)

@@ -112,15 +112,17 @@ def entry_from_stat(path: str, st: os.stat_result) -> Entry:
     return Entry(path, name, is_dir, 0 if is_dir else size, mtime_ns, dev, ino)
 
 
-def object_identity(version: str) -> tuple[int, int]:
-    """(dev, ino) standing in for an object's: 0, and 63 bits of its version (ETag and version id),
-    so an object's digest is kept by identity as a local file's is, and a new version never
-    inherits the old one's."""
-    return 0, int.from_bytes(hashlib.sha256(version.encode()).digest()[:8], "big") >> 1
+def object_identity(path: str, version: str) -> tuple[int, int]:
+    """(dev, ino) standing in for an object's: 0, and 63 bits of its key and version (ETag and
+    version id), so an object's digest is kept by identity as a local file's is, and a new version
+    never inherits the old one's. The key is part of it because the ETag alone is not: two
+    objects with the same bytes have the same ETag, and would share (and take turns to overwrite)
+    one digest row, as two names of one inode do."""
+    return 0, int.from_bytes(hashlib.sha256(f"{path}\n{version}".encode()).digest()[:8], "big") >> 1
 
 
 def entry_from_object(path: str, is_dir: bool, size: int, mtime_ns: int, version: str) -> Entry:
     """The index entry of an object (or of a folder, a key prefix) in a bucket."""
     parent, name = split(path)
-    dev, ino = object_identity(version) if not is_dir else (0, 0)
+    dev, ino = object_identity(path, version) if not is_dir else (0, 0)
     return Entry(path, name, is_dir, 0 if is_dir else size, stored_ns(mtime_ns), dev, ino)
