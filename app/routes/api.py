@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from app.errors import NotFound
 from app.services import Services, services_of
-from app.storage.paths import resolve
+from app.storage.paths import resolve, split_url_path
+from app.storage.values import Entry, entry_from_object
 from app.views.entries import EntryModel, Listing, SearchResults, entry_model, listing_model, search_model
 
 router = APIRouter(prefix="/api", tags=["index"])
@@ -31,7 +32,10 @@ def directory_listing(services: Services, path: str, limit: int, cursor: str | N
     """A file's entry, or one page of a directory (the same JSON as /files/{dir}/?format=json)."""
     index, mime_types = services.index, services.settings.mime_types
     writes = services.async_index  # index writes go to its one writer thread
-    entry = index.entry_for(resolve(path, services.policy), write=writes.enqueue)
+    if services.bucket is not None:
+        entry = indexed_entry(services, path)
+    else:
+        entry = index.entry_for(resolve(path, services.policy), write=writes.enqueue)
     if entry is None:
         raise NotFound()
     if not entry.is_dir:
@@ -39,6 +43,13 @@ def directory_listing(services: Services, path: str, limit: int, cursor: str | N
     writes.refresh(entry.path)
     page = index.list_dir(entry.path, limit=limit, cursor=cursor)
     return listing_model(entry.path, page, mime_types)
+
+
+def indexed_entry(services: Services, path: str) -> Entry | None:
+    """In a bucket (FERRY_STORAGE=s3://…) there is nothing under ROOT to stat: a path's entry is
+    the index's, which the bucket keeper's listing rounds keep (the same name rules refuse it)."""
+    key = "/".join(split_url_path(path, services.policy))
+    return services.index.get(key) if key else entry_from_object("", True, 0, 0, "")
 
 
 # Sync handlers: FastAPI runs them in its thread pool, so SQLite never blocks the event loop.
