@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import obstore
 import pytest
 
-from tests.support.buckets import bucket_app, bucket_settings, new_prefix
-from tests.support.inprocess import in_process
+from tests.support.buckets import new_prefix, plant, serving
 from tests.support.seaweed import Seaweed
 from tests.support.servers import PATIENCE
 
@@ -32,30 +29,6 @@ pytestmark = [pytest.mark.engine, pytest.mark.anyio]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-async def plant(engine: Seaweed, prefix: str, objects: dict[str, bytes], *, parallel: int = 16) -> None:
-    store = engine.store()
-    gate = asyncio.Semaphore(parallel)
-
-    async def put(key: str, data: bytes) -> None:
-        async with gate:
-            await obstore.put_async(store, f"{prefix}/{key}", data)
-
-    await asyncio.gather(*(put(key, data) for key, data in objects.items()))
-
-
-@asynccontextmanager
-async def serving(
-    engine: Seaweed, tmp_path: Path, prefix: str, *flags: str, **overrides: object
-) -> AsyncIterator[httpx.AsyncClient]:
-    """An app serving `prefix` of the bucket, started (its first listing round done)."""
-    root = tmp_path / "empty-root"
-    root.mkdir(exist_ok=True)
-    index = tmp_path / f"index-{prefix}.sqlite3"
-    app = bucket_app(engine, bucket_settings(engine, prefix, root, *flags, index_path=index, **overrides))
-    async with in_process(app, timeout=PATIENCE) as http:
-        yield http
 
 
 async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 2 * PATIENCE) -> bool:

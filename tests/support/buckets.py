@@ -16,20 +16,22 @@ both_backends`; a case that only makes sense on a disk (symlinks, inodes, sendfi
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 from app.main import FerryApp, create_app
 from app.settings import Settings
-from tests.support.inprocess import AppPool, settings_from_flags
+from tests.support.inprocess import AppPool, in_process, settings_from_flags
 from tests.support.seaweed import Seaweed
-from tests.support.servers import FerryServer, ServerPool, build_storage_tree, start_server
+from tests.support.servers import PATIENCE, FerryServer, ServerPool, build_storage_tree, start_server
 
 F = TypeVar("F", bound=Callable[..., Any])
 BACKENDS = ["local", pytest.param("s3", marks=pytest.mark.engine)]
@@ -126,6 +128,33 @@ def wait_until_past(mtime: int) -> None:
     RFC 9110 §8.8.2.2) only from then on, and an object planted just now is not yet."""
     while time.time() < mtime + 1.5:
         time.sleep(0.1)
+
+
+async def plant(engine: Seaweed, prefix: str, objects: dict[str, bytes], *, parallel: int = 16) -> None:
+    """`objects` ({key below prefix: bytes}) put in the bucket, `parallel` at a time."""
+    import obstore
+
+    store = engine.store()
+    gate = asyncio.Semaphore(parallel)
+
+    async def put(key: str, data: bytes) -> None:
+        async with gate:
+            await obstore.put_async(store, f"{prefix}/{key}", data)
+
+    await asyncio.gather(*(put(key, data) for key, data in objects.items()))
+
+
+@asynccontextmanager
+async def serving(
+    engine: Seaweed, tmp_path: Path, prefix: str, *flags: str, **overrides: object
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An app serving `prefix` of the bucket, started (its first listing round done)."""
+    root = tmp_path / "empty-root"
+    root.mkdir(exist_ok=True)
+    index = tmp_path / f"index-{prefix}.sqlite3"
+    app = bucket_app(engine, bucket_settings(engine, prefix, root, *flags, index_path=index, **overrides))
+    async with in_process(app, timeout=PATIENCE) as http:
+        yield http
 
 
 class BucketAppPool(AppPool):
