@@ -368,9 +368,9 @@ def test_redirect_mode_sends_clients_to_a_presigned_url_after_ferrys_own_checks(
     assert part.returncode == 0 and part.stdout == data[100:200]
     head = httpx.head(url)  # HEAD is answered by Ferry itself
     assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
-    for refused in ("/files/.hidden", "/files/dir/missing.bin"):
-        answer = httpx.get(public.url + refused)
-        assert answer.status_code == 404 and "location" not in answer.headers, refused
+    for path in ("/files/.hidden", "/files/dir/missing.bin"):
+        answer = httpx.get(public.url + path)
+        assert answer.status_code == 404 and "location" not in answer.headers, path
 
     token = serve(prefix, "--s3-downloads", "redirect", "--download-auth", "token", "--read-tokens", READ)
     tokened = f"{token.url}/files/dir/file%20name.bin"
