@@ -67,10 +67,17 @@ class Services:
         bucket = object_storage(settings)
         keeper: Keeper
         if bucket is not None:
-            from app.storage.bucket_index import BucketKeeper
+            from app.storage.bucket_index import BucketHasher, BucketKeeper
 
             index.on_disk = False  # what is under FERRY_ROOT is not what is served
-            keeper = BucketKeeper(index, async_index, bucket, rescan_interval=settings.rescan_interval)
+            digests = BucketHasher(index, async_index, bucket, activity, rate=settings.hash_rate)
+            keeper = BucketKeeper(
+                index,
+                async_index,
+                bucket,
+                rescan_interval=settings.rescan_interval,
+                hasher=digests if settings.checksums else None,
+            )
         else:
             hasher = DigestWorker(index, activity, rate=settings.hash_rate) if settings.checksums else None
             keeper = IndexKeeper(

@@ -8,6 +8,11 @@ listing in memory but the set of paths seen, to drop what is gone), writes entri
 the index's writer thread and then drops the entries no longer listed. Only one process per index
 runs the rounds (the one holding ``<index>.lock``, as for a local root); an unreachable store
 skips a round with one warning, and the index keeps what it had.
+
+The same process hashes what the index lists without a digest (FERRY_CHECKSUMS): an object
+stored with Ferry's `sha256` attribute costs one HEAD and is never read; any other is read once,
+in windows pinned to its ETag, at most FERRY_HASH_RATE bytes a second and not while downloads
+are in flight, as the local hasher does (app/storage/hasher.py).
 """
 
 from __future__ import annotations
@@ -21,14 +26,17 @@ import time
 from app import metrics
 from app.storage.async_index import AsyncIndex
 from app.storage.backend import Stat
-from app.storage.errors import Unreachable
+from app.storage.digests import DigestBuilder
+from app.storage.errors import Changed, NotServable, Unreachable
+from app.storage.hasher import Busy
 from app.storage.index import Index
 from app.storage.s3 import S3Storage
-from app.storage.values import Entry, FileDigest, entry_from_object
+from app.storage.values import Entry, FileDigest, Identity, entry_from_object
 from app.storage.watch import owner_lock
 
 logger = logging.getLogger("ferry.index")
 _BATCH = 500  # entries per index write
+_RETRY_SECONDS = 30.0  # an object the store would not read is tried again after this
 
 
 def entry_of(stat: Stat) -> Entry:
@@ -39,14 +47,22 @@ class BucketKeeper:
     """Runs the listing rounds for one index over one bucket, if this process owns the index."""
 
     def __init__(
-        self, index: Index, async_index: AsyncIndex, bucket: S3Storage, *, rescan_interval: float
+        self,
+        index: Index,
+        async_index: AsyncIndex,
+        bucket: S3Storage,
+        *,
+        rescan_interval: float,
+        hasher: BucketHasher | None = None,
     ) -> None:
         self.index = index
         self.async_index = async_index
         self.bucket = bucket
         self.rescan_interval = rescan_interval
+        self.hasher = hasher
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._hashing: asyncio.Task[None] | None = None
         self._lock: int | None = None
         self._stop = asyncio.Event()
 
@@ -56,13 +72,16 @@ class BucketKeeper:
             self.ready.set()  # another worker keeps the index; this one only reads it
             return
         self._task = asyncio.create_task(self._run(), name="ferry-bucket-index")
+        if self.hasher is not None:
+            self._hashing = asyncio.create_task(self.hasher.run(self._stop), name="ferry-bucket-digests")
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._hashing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -105,6 +124,102 @@ class BucketKeeper:
             seconds,
         )
         return True
+
+
+class BucketHasher:
+    """The digests of the objects the index lists without one (see the module's docstring)."""
+
+    def __init__(
+        self, index: Index, async_index: AsyncIndex, bucket: S3Storage, activity: Busy, *, rate: int
+    ) -> None:
+        self.index = index
+        self.async_index = async_index
+        self.bucket = bucket
+        self.activity = activity
+        self.rate = rate
+        self.idle_poll = 1.0
+        self._later: dict[int, float] = {}  # entry id → when to try again (the store did not answer)
+        self._window_start = time.monotonic()
+        self._window_bytes = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                worked = await self._pass(stop)
+            except Exception:
+                logger.exception("hashing the bucket's objects failed; trying again shortly")
+                worked = False
+            if not worked:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.idle_poll)
+
+    async def _pass(self, stop: asyncio.Event) -> bool:
+        """One pass over the index's queue of entries without a digest; whether any was settled."""
+        cursor, worked = 0, False
+        while not stop.is_set():
+            batch = await self.async_index.read(self.index.pending_digests, 64, after=cursor)
+            if not batch:
+                break
+            now = time.monotonic()
+            for entry_id, entry in batch:
+                if stop.is_set():
+                    break
+                if self._later.get(entry_id, 0.0) <= now:
+                    worked = await self._settle(entry_id, entry) or worked
+            cursor = batch[-1][0]
+        return worked
+
+    async def _settle(self, entry_id: int, entry: Entry) -> bool:
+        ident: Identity = (entry.dev, entry.ino, entry.size, entry.mtime_ns)
+        if entry.is_dir or await self.async_index.read(self.index.digest, ident) is not None:
+            await self.async_index.write(self.index.done_digest, entry_id)
+            return False
+        try:
+            stat = await self.bucket.stat(entry.path)
+            now = entry_of(stat)
+            if stat.is_dir or (now.dev, now.ino, now.size, now.mtime_ns) != ident:
+                raise Changed()  # replaced or gone: the next listing round queues what is there now
+            if stat.sha256 is not None:  # stored by Ferry's upload: no need to read it
+                digest = FileDigest(stat.sha256)
+            else:
+                digest = await self._read(stat)
+        except (Changed, NotServable):
+            await self.async_index.write(self.index.done_digest, entry_id)
+            return False
+        except Unreachable as exc:
+            logger.warning("could not hash %s (%s); trying again later", entry.path, exc)
+            self._later[entry_id] = time.monotonic() + _RETRY_SECONDS
+            return False
+        self._later.pop(entry_id, None)
+        await self.async_index.write(self.index.put_digest, ident, digest, done=entry_id)
+        if stat.sha256 is None:
+            metrics.HASHED_FILES.inc()
+        return True
+
+    async def _read(self, stat: Stat) -> FileDigest:
+        builder = DigestBuilder(stat.size)
+        stream = await self.bucket.open_range(stat.path, 0, stat.size, if_match=stat.etag)
+        try:
+            async for data in stream:
+                await self._pace(len(data))
+                builder.update(data)
+                metrics.HASHED_BYTES.inc(len(data))
+        finally:
+            await stream.aclose()
+        return builder.result()
+
+    async def _pace(self, size: int) -> None:
+        """Wait while downloads are in flight and while over FERRY_HASH_RATE (0: no limit)."""
+        while self.activity.busy():
+            await asyncio.sleep(0.25)
+            self._window_start, self._window_bytes = time.monotonic(), 0
+        if self.rate:
+            self._window_bytes += size
+            ahead = self._window_start + self._window_bytes / self.rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            if ahead < -1:  # idle for a while: do not burst to catch up
+                self._window_start, self._window_bytes = time.monotonic(), size
 
 
 def remember_digest(index: Index, stat: Stat) -> None:

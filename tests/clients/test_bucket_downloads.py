@@ -120,7 +120,7 @@ async def test_repr_digest_comes_from_the_sha256_stored_with_the_object(
         await ferry.write("written.bin", body(written), sha256=hashlib.sha256(written).digest())
     finally:
         await ferry.aclose()
-    async with serving(seaweed, tmp_path, prefix, "--hash-rate", "0") as http:
+    async with serving(seaweed, tmp_path, prefix, "--no-checksums") as http:  # no hashing here
         for name, content in (("planted.bin", data), ("written.bin", written)):
             field = sha256_field(content)
             full = await http.get(f"/files/{name}")
@@ -393,3 +393,42 @@ def test_redirect_mode_sends_clients_to_a_presigned_url_after_ferrys_own_checks(
     assert outside.status_code == 403 and "location" not in outside.headers
     done = curl("-L", "-o", str(out), f"{signed.url}/files/dir/file%20name.bin?{query}")
     assert done.returncode == 0 and out.read_bytes() == data
+
+
+@pytest.mark.clients
+def test_the_hasher_reads_only_objects_without_a_stored_sha256(seaweed: Seaweed, serve: Serve) -> None:
+    prefix = new_prefix("hasher")
+    stored, bare = os.urandom(3 * MiB), os.urandom(5 * MiB + 1)
+    store = seaweed.store()
+    obstore.put(
+        store, f"{prefix}/stored.bin", stored, attributes={"sha256": hashlib.sha256(stored).hexdigest()}
+    )
+    obstore.put(store, f"{prefix}/bare.bin", bare)
+    server = serve(prefix)  # a fresh process: its hashing counters start at 0
+
+    def sums(name: str) -> httpx.Response:
+        return httpx.get(f"{server.url}/files/{name}?checksums", timeout=PATIENCE)
+
+    assert wait_for(lambda: sums("bare.bin").status_code == 200, timeout=2 * PATIENCE)
+    assert sums("bare.bin").text.split() == [hashlib.sha256(bare).hexdigest(), "bare.bin"]
+    assert httpx.get(f"{server.url}/files/bare.bin", timeout=PATIENCE).headers["repr-digest"] == sha256_field(
+        bare
+    )
+    meta4 = httpx.get(f"{server.url}/files/bare.bin?meta4", timeout=PATIENCE)
+    assert meta4.status_code == 200 and "<pieces" in meta4.text  # a large object's piece hashes too
+    listed = httpx.get(f"{server.url}/files/?format=json", timeout=PATIENCE).json()
+    digests = {entry["name"]: entry["sha256"] for entry in listed["entries"]}
+    assert digests["bare.bin"] == hashlib.sha256(bare).hexdigest()
+    assert wait_for(lambda: scrape(server).get("ferry_hashed_files_total", 0.0) >= 1)
+    after = scrape(server)
+    assert after["ferry_hashed_bytes_total"] == len(bare)  # the stored object was never read
+    assert after["ferry_hashed_files_total"] == 1
+    assert sums("stored.bin").text.split() == [hashlib.sha256(stored).hexdigest(), "stored.bin"]
+
+    def listed_digest(name: str) -> str | None:
+        listing = httpx.get(f"{server.url}/files/?format=json", timeout=PATIENCE).json()
+        digests: dict[str, str | None] = {e["name"]: e["sha256"] for e in listing["entries"]}
+        return digests[name]
+
+    assert wait_for(lambda: listed_digest("stored.bin") == hashlib.sha256(stored).hexdigest())
+    assert scrape(server)["ferry_hashed_bytes_total"] == len(bare)
