@@ -19,6 +19,7 @@ from urllib.parse import quote
 import obstore
 import pytest
 
+from tests.integration.test_index_listings import AWKWARD, AWKWARD_DIR, NESTED_DIR
 from tests.support.buckets import new_prefix, plant, serving
 from tests.support.seaweed import Seaweed
 from tests.support.servers import PATIENCE
@@ -183,3 +184,43 @@ async def test_a_folder_of_more_than_a_thousand_keys_is_listed_whole_in_pages(
         found = (await http.get("/api/search", params={"q": "k01099"})).json()
         assert [entry["path"] for entry in found["entries"]] == ["big/k01099.bin"]
         assert (await http.get("/files/big/k00000.bin")).status_code == 200
+
+
+async def test_awkward_names_list_download_and_search_as_on_a_disk(seaweed: Seaweed, tmp_path: Path) -> None:
+    prefix = new_prefix("awkward")
+    objects = {name: data for name, data in AWKWARD.items()}
+    objects |= {f"{AWKWARD_DIR}/{name}": data + b"in a dir\n" for name, data in AWKWARD.items()}
+    objects[f"{NESTED_DIR}/inner file.txt"] = b"nested\n"
+    await plant(seaweed, prefix, objects)
+    async with serving(seaweed, tmp_path, prefix) as http:
+        for folder in ("", AWKWARD_DIR, NESTED_DIR):
+            url = "/files/" + (quote(folder) + "/" if folder else "")
+            listing = (await http.get(url, params={"format": "json"})).json()
+            assert listing["path"] == folder
+            below = {
+                key[len(folder) + 1 if folder else 0 :].split("/")[0]
+                for key in objects
+                if not folder or key.startswith(folder + "/")
+            }
+            assert [e["name"] for e in listing["entries"]] == sorted(below), folder
+            for entry in listing["entries"]:
+                path = f"{folder}/{entry['name']}" if folder else entry["name"]
+                if entry["type"] == "dir":
+                    assert (await http.get(entry["url"], params={"format": "json"})).json()["path"] == path
+                    continue
+                got = await http.get(entry["url"])
+                assert got.status_code == 200 and got.content == objects[path], path
+                assert entry["etag"] == got.headers["etag"], path
+                assert entry["content_type"] == got.headers["content-type"], path
+                single = (await http.get("/api/files/" + quote(path))).json()
+                assert {**single, "sha256": None} == {**entry, "sha256": None}, path
+            page = (await http.get(url)).text
+            for entry in listing["entries"]:
+                assert f'href="{quote(entry["name"])}{"/" if entry["type"] == "dir" else ""}"' in page
+        found = (await http.get("/api/search", params={"q": "ñ"})).json()
+        assert [e["path"] for e in found["entries"]] == [NESTED_DIR]
+        found = (await http.get("/api/search", params={"q": "ÜNÏCÖDÉ"})).json()
+        assert {e["path"] for e in found["entries"]} == {
+            "Ünïcödé name.txt",
+            f"{AWKWARD_DIR}/Ünïcödé name.txt",
+        }
