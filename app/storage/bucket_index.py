@@ -36,7 +36,7 @@ from app.storage.watch import owner_lock
 
 logger = logging.getLogger("ferry.index")
 _BATCH = 500  # entries per index write
-_RETRY_SECONDS = 30.0  # an object the store would not read is tried again after this
+_RETRY_SECONDS = 30.0  # how long hashing waits after the store stopped answering
 
 
 def entry_of(stat: Stat) -> Entry:
@@ -138,20 +138,22 @@ class BucketHasher:
         self.activity = activity
         self.rate = rate
         self.idle_poll = 1.0
-        self._later: dict[int, float] = {}  # entry id → when to try again (the store did not answer)
         self._window_start = time.monotonic()
         self._window_bytes = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            pause = self.idle_poll
             try:
-                worked = await self._pass(stop)
+                if await self._pass(stop):
+                    continue
+            except Unreachable as exc:  # one line per pause, not one per object
+                logger.warning("hashing paused: the storage did not answer (%s)", exc)
+                pause = _RETRY_SECONDS
             except Exception:
                 logger.exception("hashing the bucket's objects failed; trying again shortly")
-                worked = False
-            if not worked:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.idle_poll)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=pause)
 
     async def _pass(self, stop: asyncio.Event) -> bool:
         """One pass over the index's queue of entries without a digest; whether any was settled."""
@@ -160,12 +162,10 @@ class BucketHasher:
             batch = await self.async_index.read(self.index.pending_digests, 64, after=cursor)
             if not batch:
                 break
-            now = time.monotonic()
             for entry_id, entry in batch:
                 if stop.is_set():
                     break
-                if self._later.get(entry_id, 0.0) <= now:
-                    worked = await self._settle(entry_id, entry) or worked
+                worked = await self._settle(entry_id, entry) or worked
             cursor = batch[-1][0]
         return worked
 
@@ -186,11 +186,6 @@ class BucketHasher:
         except (Changed, NotServable):
             await self.async_index.write(self.index.done_digest, entry_id)
             return False
-        except Unreachable as exc:
-            logger.warning("could not hash %s (%s); trying again later", entry.path, exc)
-            self._later[entry_id] = time.monotonic() + _RETRY_SECONDS
-            return False
-        self._later.pop(entry_id, None)
         await self.async_index.write(self.index.put_digest, ident, digest, done=entry_id)
         if stat.sha256 is None:
             metrics.HASHED_FILES.inc()
