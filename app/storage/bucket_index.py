@@ -8,6 +8,11 @@ listing in memory but the set of paths seen, to drop what is gone), writes entri
 the index's writer thread and then drops the entries no longer listed. Only one process per index
 runs the rounds (the one holding ``<index>.lock``, as for a local root); an unreachable store
 skips a round with one warning, and the index keeps what it had.
+
+The same process hashes what the index lists without a digest (FERRY_CHECKSUMS): an object
+stored with Ferry's `sha256` attribute costs one HEAD and is never read; any other is read once,
+in windows pinned to its ETag, at most FERRY_HASH_RATE bytes a second and not while downloads
+are in flight, as the local hasher does (app/storage/hasher.py).
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ from app.storage.errors import Changed, NotServable, Unreachable
 from app.storage.hasher import Busy
 from app.storage.index import Index
 from app.storage.s3 import S3Storage
-from app.storage.values import Entry, FileDigest, entry_from_object
+from app.storage.values import Entry, FileDigest, Identity, entry_from_object
 from app.storage.watch import owner_lock
 
 logger = logging.getLogger("ferry.index")
 _BATCH = 500  # entries per index write
+_RETRY_SECONDS = 30.0  # how long hashing waits after the store stopped answering
 _RETRY = (2.0, 60.0)  # first and longest wait before a failed listing round is tried again
 
 
@@ -164,14 +170,7 @@ class BucketKeeper:
 
 
 class BucketHasher:
-    """The background hasher of a bucket: gives every object the index lists a digest.
-
-    An object Ferry stored carries its SHA-256 (an attribute of the object): one HEAD, no read.
-    Any other is read once, in the storage's windows pinned to its version, at most `rate` bytes
-    a second (FERRY_HASH_RATE; 0: unpaced), and not while this process sends or receives file
-    bytes (`activity`), as the local hasher does. An object that changed or went meanwhile is
-    passed over: the next listing round brings its new version.
-    """
+    """The digests of the objects the index lists without one (see the module's docstring)."""
 
     def __init__(
         self, index: Index, async_index: AsyncIndex, bucket: S3Storage, activity: Busy, *, rate: int
@@ -181,78 +180,86 @@ class BucketHasher:
         self.bucket = bucket
         self.activity = activity
         self.rate = rate
-        self.hashed_files = 0
-        self.read_files = 0
+        self.idle_poll = 1.0
+        self.read_files = 0  # objects read to be hashed (a stored SHA-256 costs none)
+        self._window_start = time.monotonic()
+        self._window_bytes = 0
 
-    async def run(self, stop: asyncio.Event, idle_poll: float = 1.0) -> None:
-        """Hash until `stop` is set: passes over the queue, waiting `idle_poll` when it is empty."""
-        cursor = 0
+    async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            batch = await self.async_index.read(self.index.pending_digests, 64, cursor)
+            pause = self.idle_poll
+            try:
+                if await self._pass(stop):
+                    continue
+            except Unreachable as exc:  # one line per pause, not one per object
+                logger.warning("hashing paused: the storage did not answer (%s)", exc)
+                pause = _RETRY_SECONDS
+            except Exception:
+                logger.exception("hashing the bucket's objects failed; trying again shortly")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=pause)
+
+    async def _pass(self, stop: asyncio.Event) -> bool:
+        """One pass over the index's queue of entries without a digest; whether any was settled."""
+        cursor, worked = 0, False
+        while not stop.is_set():
+            batch = await self.async_index.read(self.index.pending_digests, 64, after=cursor)
+            if not batch:
+                break
             for entry_id, entry in batch:
                 if stop.is_set():
-                    return
-                try:
-                    await self.hash_entry(entry_id, entry)
-                except Unreachable as exc:
-                    logger.warning("hashing %r: %s; trying again later", entry.path, exc)
-                    await _wait(stop, 10.0)
                     break
-            cursor = batch[-1][0] if batch else 0
-            if not batch:
-                await _wait(stop, idle_poll)
+                worked = await self._settle(entry_id, entry) or worked
+            cursor = batch[-1][0]
+        return worked
 
-    async def hash_entry(self, entry_id: int, entry: Entry) -> None:
-        ident = (entry.dev, entry.ino, entry.size, entry.mtime_ns)
-        if await self.async_index.read(self.index.digest, ident) is not None:
+    async def _settle(self, entry_id: int, entry: Entry) -> bool:
+        ident: Identity = (entry.dev, entry.ino, entry.size, entry.mtime_ns)
+        if entry.is_dir or await self.async_index.read(self.index.digest, ident) is not None:
             await self.async_index.write(self.index.done_digest, entry_id)
-            return
+            return False
         try:
             stat = await self.bucket.stat(entry.path)
-        except NotServable:
-            stat = None
-        if stat is None or stat.is_dir or entry_of(stat) != entry:
-            await self.async_index.write(self.index.done_digest, entry_id)  # changed or gone
-            return
-        if stat.sha256 is None:
-            built = await self._read(stat)
-            if built is None:
-                await self.async_index.write(self.index.done_digest, entry_id)
-                return
-            digest = built.result()
-            self.read_files += 1
-        else:
-            digest = FileDigest(stat.sha256)
+            now = entry_of(stat)
+            if stat.is_dir or (now.dev, now.ino, now.size, now.mtime_ns) != ident:
+                raise Changed()  # replaced or gone: the next listing round queues what is there now
+            if stat.sha256 is not None:  # stored by Ferry's upload: no need to read it
+                digest = FileDigest(stat.sha256)
+            else:
+                digest = await self._read(stat)
+        except (Changed, NotServable):
+            await self.async_index.write(self.index.done_digest, entry_id)
+            return False
         await self.async_index.write(self.index.put_digest, ident, digest, done=entry_id)
-        self.hashed_files += 1
-        metrics.HASHED_FILES.inc()
+        if stat.sha256 is None:
+            metrics.HASHED_FILES.inc()
+        return True
 
-    async def _read(self, stat: Stat) -> DigestBuilder | None:
+    async def _read(self, stat: Stat) -> FileDigest:
         builder = DigestBuilder(stat.size)
-        began, sent = time.monotonic(), 0
         stream = await self.bucket.open_range(stat.path, 0, stat.size, if_match=stat.etag)
         try:
             async for data in stream:
-                while self.activity.busy():
-                    await asyncio.sleep(0.25)
-                    began, sent = time.monotonic(), 0
+                await self._pace(len(data))
                 builder.update(data)
                 metrics.HASHED_BYTES.inc(len(data))
-                sent += len(data)
-                if self.rate:
-                    ahead = began + sent / self.rate - time.monotonic()
-                    if ahead > 0:
-                        await asyncio.sleep(ahead)
-        except Changed:
-            return None
         finally:
             await stream.aclose()
-        return builder
+        self.read_files += 1
+        return builder.result()
 
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    async def _pace(self, size: int) -> None:
+        """Wait while downloads are in flight and while over FERRY_HASH_RATE (0: no limit)."""
+        while self.activity.busy():
+            await asyncio.sleep(0.25)
+            self._window_start, self._window_bytes = time.monotonic(), 0
+        if self.rate:
+            self._window_bytes += size
+            ahead = self._window_start + self._window_bytes / self.rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            if ahead < -1:  # idle for a while: do not burst to catch up
+                self._window_start, self._window_bytes = time.monotonic(), size
 
 
 def remember_digest(index: Index, stat: Stat) -> None:

@@ -91,7 +91,8 @@ async def test_the_hasher_takes_stored_digests_and_reads_the_rest_once(parts: Pa
     assert await keeper.sync()
     hasher = BucketHasher(parts.index, parts.async_index, parts.bucket, Idle(), rate=0)
     stop = asyncio.Event()
-    task = asyncio.create_task(hasher.run(stop, idle_poll=0.05))
+    hasher.idle_poll = 0.05
+    task = asyncio.create_task(hasher.run(stop))
     try:
 
         async def both_known() -> bool:
@@ -116,12 +117,12 @@ async def test_an_object_replaced_after_its_listing_is_not_given_the_new_bytes_d
     await parts.plant("moving.bin", b"second version, longer")
     hasher = BucketHasher(parts.index, parts.async_index, parts.bucket, Idle(), rate=0)
     [(entry_id, entry)] = parts.index.pending_digests(10)
-    await hasher.hash_entry(entry_id, entry)
+    await hasher._settle(entry_id, entry)
     assert parts.index.digest((listed.dev, listed.ino, listed.size, listed.mtime_ns)) is None
     assert parts.index.pending_count() == 0  # passed over; the next round lists the new version
     assert await keeper.sync()
     [(entry_id, entry)] = parts.index.pending_digests(10)
-    await hasher.hash_entry(entry_id, entry)
+    await hasher._settle(entry_id, entry)
     now = parts.index.get("moving.bin")
     assert now is not None and now.sha256 == hashlib.sha256(b"second version, longer").digest()
 

@@ -1,6 +1,7 @@
 """The download contract where bytes cross a real socket: ranges, multipart/byteranges, whole and
 empty files and their framing, against a real `ferry serve` on both transfer paths (FERRY_ZERO_COPY
-off: read and send; on: sendfile).
+off: read and send; on: sendfile) of a local ROOT, and serving the same tree from a bucket
+(FERRY_STORAGE=s3://…, `weed mini`, marker `engine`: bytes read in windows pinned to the ETag).
 
 The cases are tests/integration/test_download_contract.py's own, run here again over loopback: one
 server per distinct set of flags and transfer path is started once for the module and shared by
@@ -29,7 +30,7 @@ from tests.integration.test_download_contract import (
     test_single_range_is_a_plain_206,
     test_symlink_inside_root_is_served,
 )
-from tests.support.servers import BOTH_TRANSFER_PATHS, module_pool
+from tests.support.buckets import backend_fixture, module_server_pools
 
 # The imported cases run here again, against a real server (and so on both transfer paths).
 __all__ = [
@@ -42,9 +43,22 @@ __all__ = [
     "test_symlink_inside_root_is_served",
 ]
 
-pytestmark = [pytest.mark.clients, BOTH_TRANSFER_PATHS]
+pytestmark = [pytest.mark.clients]
 
-pool = module_pool("contract", lambda shared: add_extra_files(shared.root))
+backend = backend_fixture()
+pool = module_server_pools("contract", lambda shared: add_extra_files(shared.root))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A local ROOT on both transfer paths; a bucket (no sendfile there) once, unless the case is
+    `disk_only`."""
+    if "backend" not in metafunc.fixturenames:
+        metafunc.parametrize("zero_copy", ["off", "on"])
+        return
+    cases = [pytest.param("local", "off", id="local-off"), pytest.param("local", "on", id="local-on")]
+    if not getattr(metafunc.function, "disk_only", False):
+        cases.append(pytest.param("s3", "auto", id="s3", marks=pytest.mark.engine))
+    metafunc.parametrize(("backend", "zero_copy"), cases, indirect=["backend"], scope="module")
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """FERRY_DOWNLOAD_AUTH in-process: signed links (head and ranges, prefix listings and redirects),
 expiry, tampering, rotation, address binding; token mode; minting; and no answer that says whether
-a file exists. Real clients following links (curl, wget, aria2c, the browser's share button), `ferry
+a file exists; on a local ROOT and on the same tree in a bucket (tests/support/buckets.py, marker
+`engine`). Real clients following links (curl, wget, aria2c, the browser's share button), `ferry
 sign` and the access log are tests/clients/test_access_control.py's, against a real `ferry serve`.
 """
 
@@ -16,7 +17,8 @@ import httpx
 import pytest
 
 from app.http.signing import link_target, new_link
-from tests.support.inprocess import AppPool, module_app_pool
+from tests.support.buckets import backend_fixture, both_backends, module_app_pools
+from tests.support.inprocess import AppPool
 from tests.support.servers import Server
 
 NEW = "new-signing-key-0123456789abcdef"
@@ -65,7 +67,9 @@ def bearer(token: str) -> dict[str, str]:
 
 # -- the apps ------------------------------------------------------------------------------------
 
-apps = module_app_pool("access", tree=_root)
+backend = backend_fixture()
+apps = module_app_pools("access", tree=_root)
+pytest_generate_tests = both_backends
 
 
 @pytest.fixture(scope="module")

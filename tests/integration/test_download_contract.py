@@ -1,9 +1,10 @@
-"""The download contract (CONTRACT.md "Downloads", "Listings") against a real `ferry serve`.
+"""The download contract (CONTRACT.md "Downloads", "Listings"), in-process, on both storages.
 
-Every case here goes over loopback HTTP to a subprocess started from `tests/conftest.py`; nothing is
-served in-process. Servers are expensive next to a request, so one server per distinct set of flags
-(and per `zero_copy` transfer path) is started once for the module and shared by every case that
-only reads the tree. The one test that modifies files gets its own server and tree via `ferry`.
+One app per distinct set of flags is started once for the module and shared by every case that
+only reads the tree. Every case runs on a local ROOT and on the same tree planted in a bucket
+(FERRY_STORAGE=s3://…, `weed mini`, marker `engine`: tests/support/buckets.py), except those
+about what only a disk has (symlinks), marked `disk_only`. The cases where bytes cross a real
+socket run again in tests/clients/test_download_contract.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pytest
 
 from tests.conftest import CANARY
 from tests.support import multipart
-from tests.support.inprocess import AppPool, module_app_pool
+from tests.support.buckets import backend_fixture, both_backends, disk_only, module_app_pools, wait_until_past
+from tests.support.inprocess import AppPool
 from tests.support.servers import Server
 
 DIGITS = bytes(range(256)) * 4  # tests/conftest.py: ROOT/digits.txt
@@ -53,7 +55,9 @@ def add_extra_files(root: Path) -> None:
     os.utime(root / "dated.txt", (DATED_MTIME, DATED_MTIME))
 
 
-pool = module_app_pool("contract", lambda shared: add_extra_files(shared.root))
+backend = backend_fixture()
+pool = module_app_pools("contract", lambda shared: add_extra_files(shared.root))
+pytest_generate_tests = both_backends
 
 Served = Callable[..., Server]
 
@@ -298,26 +302,38 @@ def http_date(ts: int) -> str:
     return email.utils.formatdate(ts, usegmt=True)
 
 
+Dated = tuple[Server, str, int]
+
+
 @pytest.fixture
-def dated(served: Served, http: httpx.Client) -> tuple[Server, str]:
-    """The default server and the current ETag of dated.txt (Last-Modified == DATED_MTIME)."""
+def dated(served: Served, http: httpx.Client, pool: AppPool) -> Dated:
+    """The default server, the current ETag of dated.txt and its Last-Modified (DATED_MTIME on a
+    disk; in a bucket, when the object was planted: past by a second, so that it is strong)."""
     server = served()
     r = fetch(http, server, "/files/dated.txt")
     assert r.status_code == 200 and r.content == DATED
-    return server, r.headers["etag"]
+    last_modified = pool.mtime("dated.txt")
+    wait_until_past(last_modified)
+    return server, r.headers["etag"], last_modified
+
+
+def fill(value: str, etag: str, last_modified: int) -> str:
+    """A header value with {etag} and {lm±N} (an HTTP date N seconds from Last-Modified) filled in."""
+    dated = re.sub(r"\{lm([+-]\d+)\}", lambda m: http_date(last_modified + int(m[1])), value)
+    return dated.replace(ETAG, etag)
 
 
 def test_last_modified_is_the_file_mtime(served: Served, http: httpx.Client, pool: AppPool) -> None:
     server = served()
     for name in ("dated.txt", "hello.txt", "digits.txt"):
         r = fetch(http, server, f"/files/{name}")
-        mtime = int((pool.root / name).stat().st_mtime)
+        mtime = pool.mtime(name)
         assert r.headers["last-modified"] == http_date(mtime)
         assert email.utils.parsedate_to_datetime(r.headers["last-modified"]).timestamp() == mtime
 
 
-def test_etag_is_strong_and_stable(dated: tuple[Server, str], http: httpx.Client) -> None:
-    server, etag = dated
+def test_etag_is_strong_and_stable(dated: Dated, http: httpx.Client) -> None:
+    server, etag, _ = dated
     assert etag.startswith('"') and etag.endswith('"')  # not W/
     assert fetch(http, server, "/files/dated.txt").headers["etag"] == etag
     assert fetch(http, server, "/files/dated.txt", "HEAD").headers["etag"] == etag
@@ -325,7 +341,11 @@ def test_etag_is_strong_and_stable(dated: tuple[Server, str], http: httpx.Client
     assert fetch(http, server, "/files/hello.txt").headers["etag"] != etag
 
 
-LM = DATED_MTIME
+def lm(offset: int = 0) -> str:
+    """An HTTP date `offset` seconds from the file's Last-Modified (filled in by `fill`)."""
+    return "{lm" + f"{offset:+d}" + "}"
+
+
 ETAG = "{etag}"  # replaced by the file's current ETag
 WEAK_ETAG = "W/{etag}"
 
@@ -337,13 +357,11 @@ PRECONDITIONS = [
     pytest.param({"if-match": '"nope"'}, 412, id="if-match-other"),
     pytest.param({"if-match": WEAK_ETAG}, 412, id="if-match-weak-never-matches"),
     # If-Unmodified-Since (§13.1.4), ignored when If-Match is present
-    pytest.param({"if-unmodified-since": http_date(LM - 3600)}, 412, id="ius-older"),
-    pytest.param({"if-unmodified-since": http_date(LM)}, 200, id="ius-equal"),
-    pytest.param({"if-unmodified-since": http_date(LM + 3600)}, 200, id="ius-newer"),
+    pytest.param({"if-unmodified-since": lm(-3600)}, 412, id="ius-older"),
+    pytest.param({"if-unmodified-since": lm()}, 200, id="ius-equal"),
+    pytest.param({"if-unmodified-since": lm(3600)}, 200, id="ius-newer"),
     pytest.param({"if-unmodified-since": "not a date"}, 200, id="ius-invalid-ignored"),
-    pytest.param(
-        {"if-match": ETAG, "if-unmodified-since": http_date(LM - 3600)}, 200, id="if-match-wins-over-ius"
-    ),
+    pytest.param({"if-match": ETAG, "if-unmodified-since": lm(-3600)}, 200, id="if-match-wins-over-ius"),
     # If-None-Match (weak comparison, §13.1.2)
     pytest.param({"if-none-match": ETAG}, 304, id="inm-current"),
     pytest.param({"if-none-match": WEAK_ETAG}, 304, id="inm-weak-matches"),
@@ -351,19 +369,19 @@ PRECONDITIONS = [
     pytest.param({"if-none-match": '"a", ' + ETAG}, 304, id="inm-list"),
     pytest.param({"if-none-match": '"other"'}, 200, id="inm-other"),
     # If-Modified-Since (§13.1.3), ignored when If-None-Match is present
-    pytest.param({"if-modified-since": http_date(LM)}, 304, id="ims-equal"),
-    pytest.param({"if-modified-since": http_date(LM + 3600)}, 304, id="ims-newer"),
-    pytest.param({"if-modified-since": http_date(LM - 3600)}, 200, id="ims-older"),
+    pytest.param({"if-modified-since": lm()}, 304, id="ims-equal"),
+    pytest.param({"if-modified-since": lm(3600)}, 304, id="ims-newer"),
+    pytest.param({"if-modified-since": lm(-3600)}, 200, id="ims-older"),
     pytest.param({"if-modified-since": "yesterday-ish"}, 200, id="ims-invalid-ignored"),
     pytest.param(
-        {"if-none-match": '"other"', "if-modified-since": http_date(LM + 3600)},
+        {"if-none-match": '"other"', "if-modified-since": lm(3600)},
         200,
         id="inm-present-ims-ignored",
     ),
     # §13.2.2 order: 412 before 304
     pytest.param({"if-match": '"nope"', "if-none-match": ETAG}, 412, id="if-match-before-inm"),
     pytest.param(
-        {"if-unmodified-since": http_date(LM - 3600), "if-modified-since": http_date(LM)},
+        {"if-unmodified-since": lm(-3600), "if-modified-since": lm()},
         412,
         id="ius-before-ims",
     ),
@@ -377,10 +395,10 @@ PRECONDITIONS = [
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 @pytest.mark.parametrize(("headers", "status"), PRECONDITIONS)
 def test_preconditions(
-    dated: tuple[Server, str], http: httpx.Client, headers: dict[str, str], status: int, method: str
+    dated: Dated, http: httpx.Client, headers: dict[str, str], status: int, method: str
 ) -> None:
-    server, etag = dated
-    sent = {k: v.format(etag=etag) for k, v in headers.items()}
+    server, etag, last_modified = dated
+    sent = {k: fill(v, etag, last_modified) for k, v in headers.items()}
     r = fetch(http, server, "/files/dated.txt", method, **sent)
     if method == "HEAD" and status == 206:
         status = 200  # Range is for GET only
@@ -402,17 +420,19 @@ IF_RANGE = [
     pytest.param(ETAG, 206, id="current-strong-etag"),
     pytest.param('"stale"', 200, id="stale-etag"),
     pytest.param(WEAK_ETAG, 200, id="weak-etag"),
-    pytest.param(http_date(LM), 206, id="exact-last-modified"),
-    pytest.param(http_date(LM - 1), 200, id="older-date"),
-    pytest.param(http_date(LM + 1), 200, id="newer-date"),
+    pytest.param(lm(), 206, id="exact-last-modified"),
+    pytest.param(lm(-1), 200, id="older-date"),
+    pytest.param(lm(1), 200, id="newer-date"),
     pytest.param("garbage", 200, id="not-a-validator"),
 ]
 
 
 @pytest.mark.parametrize(("if_range", "status"), IF_RANGE)
-def test_if_range(dated: tuple[Server, str], http: httpx.Client, if_range: str, status: int) -> None:
-    server, etag = dated
-    r = fetch(http, server, "/files/dated.txt", range="bytes=0-4", if_range=if_range.format(etag=etag))
+def test_if_range(dated: Dated, http: httpx.Client, if_range: str, status: int) -> None:
+    server, etag, last_modified = dated
+    r = fetch(
+        http, server, "/files/dated.txt", range="bytes=0-4", if_range=fill(if_range, etag, last_modified)
+    )
     assert r.status_code == status
     if status == 206:
         assert r.content == DATED[:5]
@@ -623,7 +643,12 @@ def listed_hrefs(html: str) -> set[str]:
     return {part.split('"', 1)[0] for part in html.split('href="')[1:]}
 
 
-def test_html_listing(served: Served, http: httpx.Client) -> None:
+def links_in(backend: str) -> set[str]:
+    """The tree's symlink to a file inside ROOT, listed on a disk (a bucket has no symlinks)."""
+    return {"link-inside.txt"} if backend == "local" else set()
+
+
+def test_html_listing(served: Served, http: httpx.Client, backend: str) -> None:
     server = served()
     r = fetch(http, server, "/files/sub/")
     assert r.status_code == 200
@@ -634,7 +659,7 @@ def test_html_listing(served: Served, http: httpx.Client) -> None:
     root = fetch(http, server, "/files/")
     assert root.status_code == 200
     hrefs = listed_hrefs(root.text)
-    assert {"hello.txt", "sub/", "digits.txt", "link-inside.txt"} <= hrefs
+    assert {"hello.txt", "sub/", "digits.txt"} | links_in(backend) <= hrefs
     assert quote("résumé 数据.bin") in hrefs
     for name in HIDDEN_NAMES | OUTSIDE_NAMES:
         assert name not in root.text
@@ -648,7 +673,9 @@ def test_html_listing(served: Served, http: httpx.Client) -> None:
         pytest.param("", {"accept": "application/json"}, id="accept"),
     ],
 )
-def test_json_listing(served: Served, http: httpx.Client, query: str, headers: dict[str, str]) -> None:
+def test_json_listing(
+    served: Served, http: httpx.Client, backend: str, query: str, headers: dict[str, str]
+) -> None:
     server = served()
     r = fetch(http, server, "/files/sub/" + query, **headers)
     assert r.status_code == 200
@@ -657,7 +684,7 @@ def test_json_listing(served: Served, http: httpx.Client, query: str, headers: d
     assert names == {"inner.txt"}
     root = fetch(http, server, "/files/" + query, **headers).json()
     names = {entry["name"] for entry in root["entries"]}
-    assert {"hello.txt", "sub", "résumé 数据.bin", "link-inside.txt"} <= names
+    assert {"hello.txt", "sub", "résumé 数据.bin"} | links_in(backend) <= names
     assert not names & (HIDDEN_NAMES | OUTSIDE_NAMES)
 
 
@@ -682,7 +709,6 @@ HIDDEN_FILES = [
     pytest.param("/files/.hidden", b"hidden\n", id="dotfile"),
     pytest.param("/files/sub/.env", b"SECRET=1\n", id="nested-dotfile"),
     pytest.param("/files/.git/config", b"[core]\n", id="in-dot-dir"),
-    pytest.param("/files/link-to-hidden", b"hidden\n", id="symlink-to-dotfile"),
 ]
 
 
@@ -697,6 +723,11 @@ def test_hidden_files(served: Served, http: httpx.Client, path: str, content: by
     assert r.content == content
 
 
+@disk_only
+def test_symlink_to_a_hidden_file_is_hidden(served: Served, http: httpx.Client) -> None:
+    test_hidden_files(served, http, "/files/link-to-hidden", b"hidden\n")
+
+
 def test_show_hidden_lists_hidden_names(served: Served, http: httpx.Client) -> None:
     server = served("--show-hidden")
     names = {e["name"] for e in fetch(http, server, "/files/sub/?format=json").json()["entries"]}
@@ -704,6 +735,7 @@ def test_show_hidden_lists_hidden_names(served: Served, http: httpx.Client) -> N
     assert 'href=".env"' in fetch(http, server, "/files/sub/").text
 
 
+@disk_only
 def test_symlink_inside_root_is_served(served: Served, http: httpx.Client) -> None:
     r = fetch(http, served(), "/files/link-inside.txt")
     assert r.status_code == 200
@@ -718,6 +750,7 @@ def test_symlink_inside_root_is_served(served: Served, http: httpx.Client) -> No
         pytest.param("/files/dir-outside/", id="dir-link-listing"),
     ],
 )
+@disk_only
 def test_symlink_outside_root(served: Served, http: httpx.Client, path: str) -> None:
     for method in ("GET", "HEAD"):
         r = fetch(http, served(), path, method)

@@ -190,13 +190,24 @@ class AppPool:
             host = f"ferry-{len(self.servers)}.test"
             # Each app keeps its own index, as each pooled server does.
             index = self.cwd / f"index-{len(self.servers)}.sqlite3"
-            app = create_app(settings_from_flags(self.root, *flags, index_path=index))
+            app = self.create(self.settings(flags, index))
             started = _Started(app, self._loop)
             started.start()
             self._transport.apps[host] = started
             server = InProcessServer(f"http://{host}", self.root, app, self.client)
             self.servers[flags] = server
         return server
+
+    def settings(self, flags: tuple[str, ...], index: Path) -> Settings:
+        """The settings of the app started for `flags` (tests/support/buckets.py: from a bucket)."""
+        return settings_from_flags(self.root, *flags, index_path=index)
+
+    def create(self, settings: Settings) -> FerryApp:
+        return create_app(settings)
+
+    def mtime(self, name: str) -> int:
+        """The Last-Modified (whole seconds) a download of `name` says."""
+        return int((self.root / name).stat().st_mtime)
 
     def client_for(self, url: str) -> httpx.Client:
         """A client of its own whose relative URLs go to `url` (one of this pool's servers)."""

@@ -270,6 +270,10 @@ class ServerPool:
             self.servers[key] = server
         return server
 
+    def mtime(self, name: str) -> int:
+        """The Last-Modified (whole seconds) a download of `name` says."""
+        return int((self.root / name).stat().st_mtime)
+
     def stop(self) -> None:
         for server in self.servers.values():
             server.stop()
