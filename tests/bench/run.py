@@ -9,12 +9,15 @@ variant per measure, and the Ferry/nginx ratio against issue 3's targets. Then t
 the index at scale (issue 4: a tree of a million empty files, Ferry's scan, index size, memory,
 listing and search latency; index_scale.py) and background hashing (issue 8: its rate, and serving
 with the hasher busy against serving without it and nginx; integrity.py), each in a table of its
-own. The markdown goes to stdout and to bench-results/latest.md; progress goes to stderr.
+own; and Ferry over S3 (issue 15: a `weed mini` started for the run, Ferry serving its bucket
+against the same clients reading it directly; s3.py). The markdown goes to stdout and to
+bench-results/latest.md; progress goes to stderr.
 
     .venv/bin/python -m tests.bench.run                  # the full run (~10 minutes on 2 cores)
     .venv/bin/python -m tests.bench.run --quick          # tiny sizes, one run: a smoke test
     .venv/bin/python -m tests.bench.run --chunk-sizes 256KiB,1MiB,4MiB   # Ferry's chunked path
-    .venv/bin/python -m tests.bench.run --index-files 0 --upload-size 0  # downloads only
+    .venv/bin/python -m tests.bench.run --index-files 0 --upload-size 0 --s3-size 0  # downloads only
+    .venv/bin/python -m tests.bench.run --s3-only        # Ferry over S3 against SeaweedFS directly
 
 Every server is stopped at the end, on Ctrl-C, on SIGTERM and when the run passes --time-limit.
 """
