@@ -20,12 +20,18 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from tests.bench.clients import RssSampler, curl, upload, write_scripts, wrk
 from tests.bench.measures import GB, Measure, Sample, Target, format_size
 from tests.bench.report import Results, Section, format_value
 from tests.bench.servers import FerryOptions, Server, start_ferry
 from tests.bench.system import Tools, log, warm, write_random_file
+
+if TYPE_CHECKING:
+    from obstore.store import S3Store
+
+    from tests.support.seaweed import Seaweed
 
 FERRY = "Ferry S3"
 DIRECT = "SeaweedFS direct"
@@ -72,16 +78,15 @@ def catalog(plan: S3Plan) -> list[Measure]:
 class Bucket:
     """The running engine, presigned URLs of its objects, and the Ferry servers serving it."""
 
-    engine: object  # tests.support.seaweed.Seaweed
-    store: object  # an obstore S3Store, used for signing only (no connection is made by it)
+    engine: Seaweed
+    store: S3Store  # used for signing only: no connection is made by it
     proxy: Server
     redirect: Server
 
-    def signed(self, method: str, name: str) -> str:
+    def signed(self, method: Literal["GET", "PUT"], name: str) -> str:
         import obstore
 
-        url: str = obstore.sign(self.store, method, f"{PREFIX}/{name}", PRESIGN)  # type: ignore[arg-type]
-        return url
+        return obstore.sign(self.store, method, f"{PREFIX}/{name}", PRESIGN)
 
 
 @contextlib.contextmanager
