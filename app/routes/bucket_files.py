@@ -13,7 +13,6 @@ presigned URL valid for PRESIGN_SECONDS, and the bytes go from the store to the 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from datetime import timedelta
 from urllib.parse import quote
@@ -33,7 +32,7 @@ from app.request import PREFIX, FileRequest
 from app.routes.files import disposition_for
 from app.services import Services
 from app.storage.backend import Stat
-from app.storage.errors import NotServable, StorageError
+from app.storage.errors import NotServable
 from app.storage.s3 import S3Storage
 from app.storage.values import FileDigest, Identity, entry_from_object
 from app.transfer.download import TransferOptions
@@ -104,12 +103,12 @@ class BucketDownloads:
         """The object's stat, and for a GET that will send bytes the first of them, from one
         request: a GET of the bytes the request asks for first (its one range's first window, or
         the file's) carries the object's metadata too, so no HEAD is needed. Anything else (a
-        folder, a missing key, a range past the end, HEAD, several ranges) is one HEAD."""
+        folder, a missing key, a range past the end, HEAD, several ranges, a revalidation) is one
+        HEAD."""
         window = self._first_window(request) if path and not request.path.endswith("/") else None
-        if window is not None:
-            with contextlib.suppress(StorageError):  # `stat` tells what the refusal was
-                st, data = await self.bucket.stat_reading(path, *window)
-                return st, Head(window[0], data)
+        found = await self.bucket.stat_reading(path, *window) if window is not None else None
+        if found is not None and window is not None:
+            return found[0], Head(window[0], found[1])
         return await self.bucket.stat(path), None
 
     def _first_window(self, request: FileRequest) -> tuple[int, int] | None:
@@ -120,6 +119,8 @@ class BucketDownloads:
             return None
         if "meta4" in request.query or "checksums" in request.query:
             return None
+        if "if-none-match" in request.headers or "if-modified-since" in request.headers:
+            return None  # a revalidation, most often answered 304: no bytes to fetch ahead
         chunk = settings.chunk_size
         header = request.headers.get("range")
         specs = parse_range_header(header, max_ranges=settings.max_ranges) if header else None

@@ -78,6 +78,8 @@ if TYPE_CHECKING:
 DEFAULT_REGION = "us-east-1"
 # A prefix no servable key has (a temporary upload name): listing it is a cheap reachability probe.
 _PROBE_PREFIX = TEMP_PREFIX + "probe/"
+# How obstore reports a store's 416 (a range starting at or past the end, an empty object).
+_RANGE_REFUSED = "status code: 416"
 QUIESCE_DEADLINE = 10.0  # seconds `aclose` waits for the store's connections to close
 
 
@@ -199,16 +201,25 @@ class S3Storage:
         digest = got.attributes.get("sha256")
         return self._stat(got.meta, sha256=bytes.fromhex(str(digest)) if digest else None)
 
-    async def stat_reading(self, path: str, start: int, stop: int) -> tuple[Stat, Bytes]:
+    async def stat_reading(self, path: str, start: int, stop: int) -> tuple[Stat, Bytes] | None:
         """The object at `path` and its bytes [start, stop) (fewer past its end), from one GET: a
-        download's stat and its first bytes in one request instead of a HEAD and then a GET. A
-        refusal (no such key, a folder, a range past the end) is for `stat` to tell apart."""
+        download's stat and its first bytes in one request instead of a HEAD and then a GET. None
+        where that GET cannot tell (no such key, perhaps a folder; a range past the end, or an
+        empty object): `stat` does. A store that does not answer is Unreachable at once."""
         key = self.key(path)
         if not key:
             raise NotServable()
-        with _answers():
-            got = await obstore.get_async(self.store(), key, options={"range": (start, stop)})
-            data = await got.bytes_async()
+        try:
+            with _answers():
+                try:
+                    got = await obstore.get_async(self.store(), key, options={"range": (start, stop)})
+                except s3.BaseError as exc:
+                    if _RANGE_REFUSED in str(exc):
+                        return None
+                    raise
+                data = await got.bytes_async()
+        except NotServable:
+            return None
         digest = got.attributes.get("sha256")
         return self._stat(got.meta, sha256=bytes.fromhex(str(digest)) if digest else None), data
 

@@ -118,7 +118,9 @@ async def test_a_whole_download_needs_no_head_and_keeps_its_validators(
     assert head.headers["etag"] == etag
     assert head.headers["last-modified"] == got.headers["last-modified"]
     assert requests.take() == [("HEAD", None)]
+    # A revalidation is mostly answered 304: a HEAD, no bytes fetched ahead for nothing.
     assert (await client.get("/files/big.bin", headers={"If-None-Match": etag})).status_code == 304
+    assert requests.take() == [("HEAD", None)]
 
 
 async def test_what_the_first_get_cannot_answer_is_answered_as_before(client: httpx.AsyncClient) -> None:
