@@ -55,7 +55,8 @@ test-security: $(VENV)/.dev-installed
 test-smoke: $(VENV)/.dev-installed bench-tools
 	$(BIN)/pytest tests/bench tests/load
 
-# `make bench`: Ferry against nginx over loopback (tests/bench/run.py); the table goes to stdout
+# `make bench`: Ferry against nginx over loopback, and over S3 against SeaweedFS read directly
+# (tests/bench/run.py); the table goes to stdout
 # and bench-results/latest.md. Options: make bench BENCH_ARGS="--chunk-sizes 256KiB,1MiB,4MiB".
 .PHONY: bench bench-tools
 BENCH_ARGS ?=

@@ -26,6 +26,7 @@ from app.http.conditional import Validators, make_validators
 from app.http.headers import file_disposition
 from app.http.mime import content_type_for
 from app.http.plan import DownloadRequest, FileFacts, plan_download
+from app.http.ranges import parse_range_header
 from app.integrity import Integrity
 from app.request import PREFIX, FileRequest
 from app.routes.files import disposition_for
@@ -35,12 +36,13 @@ from app.storage.errors import NotServable
 from app.storage.s3 import S3Storage
 from app.storage.values import FileDigest, Identity, entry_from_object
 from app.transfer.download import TransferOptions
-from app.transfer.objects import ObjectSender
+from app.transfer.objects import Head, ObjectSender
 from app.transfer.slots import DownloadSlots
 from app.views import documents
 from app.views.listing import DirectoryListing
 
 PRESIGN_SECONDS = 300  # how long a redirect's presigned URL is valid
+MAX_OFFSET = 2**62  # no object is larger: a bigger range start is left to the planner (416)
 
 
 def object_identity(st: Stat) -> Identity:
@@ -75,7 +77,7 @@ class BucketDownloads:
         gate.read(access)  # FERRY_DOWNLOAD_AUTH, before any object is looked at
         path = request.path.strip("/")
         try:
-            st = await self.bucket.stat(path)  # the name rules first: a refused name is a 404
+            st, head = await self._look(request, path)  # the name rules first: a refused name is a 404
         except NotServable:
             if path:  # gone from the bucket: from the index too
                 self.services.async_index.enqueue(self.services.index.forget, path)
@@ -95,7 +97,39 @@ class BucketDownloads:
         if self.services.settings.s3_downloads == "redirect" and request.method == "GET":
             url = await self.bucket.presign(path, timedelta(seconds=PRESIGN_SECONDS))
             return RedirectResponse(url, 302, headers={"cache-control": "no-store"})
-        return await self._send(request, access, st)
+        return await self._send(request, access, st, head)
+
+    async def _look(self, request: FileRequest, path: str) -> tuple[Stat, Head | None]:
+        """The object's stat, and for a GET that will send bytes the first of them, from one
+        request: a GET of the bytes the request asks for first (its one range's first window, or
+        the file's) carries the object's metadata too, so no HEAD is needed. Anything else (a
+        folder, a missing key, a range past the end, HEAD, several ranges, a revalidation) is one
+        HEAD."""
+        window = self._first_window(request) if path and not request.path.endswith("/") else None
+        found = await self.bucket.stat_reading(path, *window) if window is not None else None
+        if found is not None and window is not None:
+            return found[0], Head(window[0], found[1])
+        return await self.bucket.stat(path), None
+
+    def _first_window(self, request: FileRequest) -> tuple[int, int] | None:
+        """The bytes a GET will send first, as far as its Range field tells before the size is
+        known: [first, first + a chunk) of its one range, or the file's first chunk."""
+        settings = self.services.settings
+        if request.method != "GET" or settings.s3_downloads == "redirect":
+            return None
+        if "meta4" in request.query or "checksums" in request.query:
+            return None
+        if "if-none-match" in request.headers or "if-modified-since" in request.headers:
+            return None  # a revalidation, most often answered 304: no bytes to fetch ahead
+        chunk = settings.chunk_size
+        header = request.headers.get("range")
+        specs = parse_range_header(header, max_ranges=settings.max_ranges) if header else None
+        if specs is None:
+            return (0, chunk)  # no Range, or one to be ignored: the whole file
+        first, last = specs[0]
+        if len(specs) != 1 or first is None or first > MAX_OFFSET:
+            return None  # several ranges, a suffix, or an offset past any object
+        return (first, first + chunk if last is None else min(last + 1, first + chunk))
 
     async def _digest(self, st: Stat) -> FileDigest | None:
         """The object's SHA-256: stored with it by Ferry's upload, else known to the index."""
@@ -103,7 +137,7 @@ class BucketDownloads:
             return FileDigest(st.sha256)
         return await self.integrity.digests.get(object_identity(st), wait=True)
 
-    async def _send(self, request: FileRequest, access: Access, st: Stat) -> ASGIApp:
+    async def _send(self, request: FileRequest, access: Access, st: Stat, head: Head | None) -> ASGIApp:
         settings = self.services.settings
         ident = object_identity(st)
         digest = FileDigest(st.sha256) if st.sha256 is not None else await self.integrity.digests.get(ident)
@@ -125,7 +159,7 @@ class BucketDownloads:
         if plan.body and request.method == "GET":
             release = self.slots.acquire(request.client)  # 429 past FERRY_MAX_CONNECTIONS_PER_IP
         return ObjectSender(
-            plan, self.bucket, st, self.options, on_close=release, activity=self.services.activity
+            plan, self.bucket, st, self.options, on_close=release, activity=self.services.activity, head=head
         )
 
     def _directory(self, request: FileRequest, access: Access, path: str) -> ASGIApp:

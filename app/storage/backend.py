@@ -51,11 +51,21 @@ class StatPage:
     cursor: str | None
 
 
+class Chunk(Protocol):
+    """Bytes as a storage hands them out: `bytes`, or a read-only buffer of the storage's own
+    client (an object store's response, sliced without a copy). `memoryview(chunk)` reads it;
+    `bytes(chunk)` copies it."""
+
+    def __len__(self) -> int: ...
+
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
+
 class ByteStream(Protocol):
     """The bytes of one range, as chunks of at most the storage's chunk size: memory stays bounded
     whatever the range, and a consumer that stops reading stops the reads (backpressure)."""
 
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    def __aiter__(self) -> AsyncIterator[Chunk]: ...
 
     async def aclose(self) -> None:
         """Stop early and release the connection or descriptor (idempotent)."""

@@ -5,16 +5,23 @@ Names: a path becomes a key below the bucket's prefix through the path gate's pu
 SHOW_HIDDEN, never an upload's temporary name); a key that breaks them is neither listed, walked
 nor served. "Folders" are key prefixes: a folder exists while a key lies below it.
 
-Reads: a range is fetched in windows of CHUNK_SIZE, one GET each with If-Match on the ETag the
-download started from (so a download never mixes two versions: the store answers 412, Changed),
-`readahead` windows requested while the consumer sends the current one. Memory per download is
-at most readahead + 1 windows, a consumer that stops reading stops the GETs, and no request
-outlives one window, so a slow client never trips the HTTP client's per-request timeout. The price
-is per-request latency: one 256 MiB read through this class on the 2-core machine below ran at
-137-180 MiB/s with 1 MiB windows one ahead, 275-317 MiB/s with 2-8 ahead, 300-350 MiB/s with 4 MiB
-windows, against 515-616 MiB/s for one streaming GET (and 361/437 MiB/s for streamed 8/32 MiB
-windows); 64 KiB ranges stay at 1.2-2.1 ms p50. Wiring downloads may trade some of this back
-(streamed windows under a longer timeout) where a bench shows it matters.
+Reads: a range is fetched in windows, one GET each with If-Match on the ETag the download started
+from (so a download never mixes two versions: the store answers 412, Changed), `readahead`
+windows requested while the consumer sends the current one. The first window is one CHUNK_SIZE
+chunk, each next one twice as long, up to `window_chunks` chunks (4 MiB by default); a window is
+handed out as chunk-long slices of the store client's own buffer, never copied. Memory per
+download is at most readahead + 1 windows, a consumer that stops reading stops the GETs, and no
+request outlives one window, so a slow client never trips the HTTP client's per-request timeout.
+A download's stat and its first bytes can come from one GET (`stat_reading`): its metadata is
+what a HEAD would have said.
+
+What chose these (`make bench`'s S3 section, 1 GiB through Ferry against curl on a presigned URL,
+interleaved, on a shared 2-core machine; README "Performance"): 1 MiB windows 4 ahead reached
+0.18 GB/s (0.3-0.4 of direct); 4 MiB windows 0.37-0.40 GB/s, 8 MiB no better; read-ahead 2, 4 or
+8 the same within noise; handing out the buffer instead of a `bytes` copy +15-25 %; one streaming
+GET per 16-64 MiB window (obstore's stream, which copies every piece into a new `bytes` and
+needs re-slicing into chunks) 0.30 GB/s, below plain 4 MiB windows. For random 64 KiB ranges the
+store's requests decide: a HEAD then a GET ran at 0.54 of direct, the one GET at 1.0.
 
 Writes: the body streams into a multipart upload of PART_SIZE parts, which obstore aborts when the
 body fails (nothing partial is ever visible under the key). A body that fits in one part is one
@@ -68,11 +75,13 @@ from app.storage.locations import AwsCredentials, S3Location
 from app.storage.paths import TEMP_PREFIX, split_key
 
 if TYPE_CHECKING:
-    from obstore import GetOptions, PutMode
+    from obstore import Bytes, GetOptions, PutMode
 
 DEFAULT_REGION = "us-east-1"
 # A prefix no servable key has (a temporary upload name): listing it is a cheap reachability probe.
 _PROBE_PREFIX = TEMP_PREFIX + "probe/"
+# How obstore reports a store's 416 (a range starting at or past the end, an empty object).
+_RANGE_REFUSED = "status code: 416"
 QUIESCE_DEADLINE = 10.0  # seconds `aclose` waits for the store's connections to close
 
 
@@ -85,7 +94,8 @@ class S3Config:
     show_hidden: bool = False
     chunk_size: int = 1024**2
     part_size: int = 8 * 1024**2
-    readahead: int = 4  # windows requested ahead of the one being sent
+    window_chunks: int = 4  # the most chunks one GET fetches
+    readahead: int = 2  # windows requested ahead of the one being sent
     timeout: str = "60s"
     retry_seconds: float = 20.0
 
@@ -205,6 +215,28 @@ class S3Storage:
         digest = got.attributes.get("sha256")
         return self._stat(got.meta, sha256=bytes.fromhex(str(digest)) if digest else None)
 
+    async def stat_reading(self, path: str, start: int, stop: int) -> tuple[Stat, Bytes] | None:
+        """The object at `path` and its bytes [start, stop) (fewer past its end), from one GET: a
+        download's stat and its first bytes in one request instead of a HEAD and then a GET. None
+        where that GET cannot tell (no such key, perhaps a folder; a range past the end, or an
+        empty object): `stat` does. A store that does not answer is Unreachable at once."""
+        key = self.key(path)
+        if not key:
+            raise NotServable()
+        try:
+            with _answers():
+                try:
+                    got = await obstore.get_async(self.store(), key, options={"range": (start, stop)})
+                except s3.BaseError as exc:
+                    if _RANGE_REFUSED in str(exc):
+                        return None
+                    raise
+                data = await got.bytes_async()
+        except NotServable:
+            return None
+        digest = got.attributes.get("sha256")
+        return self._stat(got.meta, sha256=bytes.fromhex(str(digest)) if digest else None), data
+
     async def _has_children(self, key: str) -> bool:
         with _answers():
             async for batch in obstore.list(self.store(), key + "/", chunk_size=1):
@@ -225,9 +257,8 @@ class S3Storage:
             if current.is_dir:
                 raise NotServable()  # a folder (a prefix) has no bytes
             if_match = current.etag
-        return _Windows(
-            self.store(), key, start, end, if_match, self.config.chunk_size, self.config.readahead
-        )
+        c = self.config
+        return _Windows(self.store(), key, start, end, if_match, c.chunk_size, c.window_chunks, c.readahead)
 
     async def list_page(self, folder: str, *, cursor: str | None = None, limit: int = 1000) -> StatPage:
         """One page of `folder`'s children by name; NotServable for a folder that does not exist.
@@ -374,44 +405,49 @@ class S3Storage:
 
 
 class _Windows:
-    """A range read in windows, `ahead` of them requested before they are sent (see the module's
-    docstring): at most `ahead` windows of memory, whatever the range."""
+    """A range read in windows, one GET each, `ahead` windows requested before they are sent (see
+    the module's docstring), handed out chunk by chunk as views of the window's buffer (no copy).
+    The first window is one chunk, each next one twice as long up to `chunks` chunks: a short
+    read asks for no more than it sends. At most `ahead` + 1 windows of memory, whatever the range."""
 
     def __init__(
-        self, store: S3Store, key: str, start: int, end: int, etag: str | None, window: int, ahead: int
-    ) -> None:
-        self._store, self._key, self._etag, self._window = store, key, etag, window
+        self, store: S3Store, key: str, start: int, end: int, etag: str | None, chunk: int, chunks: int,
+        ahead: int,
+    ) -> None:  # fmt: skip
+        self._store, self._key, self._etag = store, key, etag
+        self._chunk, self._window, self._widest = chunk, chunk, chunk * max(1, chunks)
         self._next, self._end, self._depth = start, end, max(1, ahead)
-        self._ahead: collections.deque[asyncio.Task[bytes]] = collections.deque()
+        self._ahead: collections.deque[asyncio.Task[Bytes]] = collections.deque()
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[Bytes]:
         return self._chunks()
 
     def _fill(self) -> None:
         while len(self._ahead) < self._depth and self._next < self._end:
             start, stop = self._next, min(self._next + self._window, self._end)
-            self._next = stop
+            self._next, self._window = stop, min(2 * self._window, self._widest)
             options: GetOptions = {"range": (start, stop)}
             if self._etag:
                 options["if_match"] = self._etag
             self._ahead.append(asyncio.ensure_future(self._get(start, stop, options)))
 
-    async def _get(self, start: int, stop: int, options: GetOptions) -> bytes:
+    async def _get(self, start: int, stop: int, options: GetOptions) -> Bytes:
         with _answers():
             got = await obstore.get_async(self._store, self._key, options=options)
-            data = bytes(await got.bytes_async())
+            data = await got.bytes_async()  # the store client's buffer (slices of it are not copies)
         if len(data) != stop - start:
             raise Changed("the file is shorter than it was")
         return data
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
+    async def _chunks(self) -> AsyncIterator[Bytes]:
         try:
             self._fill()
             while self._ahead:
-                current = await self._ahead[0]
+                window = await self._ahead[0]
                 self._ahead.popleft()
                 self._fill()
-                yield current
+                for at in range(0, len(window), self._chunk):
+                    yield window[at : at + self._chunk]  # type: ignore[index]  # (obstore's stub wants a step)
         finally:
             await self.aclose()
 

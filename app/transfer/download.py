@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from app.http.plan import ResponsePlan
 from app.http.ranges import ByteRange
 from app.settings import Settings
+from app.storage.backend import Chunk
 from app.transfer.activity import Activity
 from app.transfer.messages import TypedSend, body, file_segment, sender, start
 from app.transfer.zero_copy import FileChanged, can_zero_copy, read_cached
@@ -194,7 +195,7 @@ class PlanSender:
         delay = self._paced_from + (self._sent - after) / rate - now
         await asyncio.sleep(max(0.0, delay))
 
-    async def _send_chunk(self, data: bytes, send: TypedSend) -> None:
+    async def _send_chunk(self, data: Chunk, send: TypedSend) -> None:
         view = memoryview(data)
         for i in range(0, len(data), self.slice_size):
             await send(body(view[i : i + self.slice_size], more=True))

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.types import Scope
 
 from app.http.plan import ResponsePlan
 from app.http.ranges import ByteRange
-from app.storage.backend import ByteStream, Stat, Storage
+from app.storage.backend import ByteStream, Chunk, Stat, Storage
 from app.storage.errors import Changed, Unreachable
 from app.transfer.activity import Activity
 from app.transfer.download import PlanSender, TransferOptions, _Disconnect
@@ -25,6 +26,15 @@ from app.transfer.messages import TypedSend
 from app.transfer.zero_copy import FileChanged
 
 logger = logging.getLogger("ferry.transfer")
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Bytes of the object's version that came with its stat (one GET gave both): sent first when
+    the body's first range starts at `start`, instead of being asked for again."""
+
+    start: int
+    data: Chunk
 
 
 class ObjectSender(PlanSender):
@@ -38,10 +48,12 @@ class ObjectSender(PlanSender):
         options: TransferOptions,
         on_close: Callable[[], None] | None = None,
         activity: Activity | None = None,
+        head: Head | None = None,
     ) -> None:
         super().__init__(plan, options, on_close, activity)
         self.storage = storage
         self.stat = stat
+        self.head = head
         self._stream: ByteStream | None = None
 
     async def _release(self) -> None:
@@ -51,10 +63,16 @@ class ObjectSender(PlanSender):
     async def _send_file_range(
         self, scope: Scope, r: ByteRange, send: TypedSend, disconnect: _Disconnect, *, last: bool
     ) -> bool:
+        start, head, self.head = r.start, self.head, None  # only the first range may start there
+        if head is not None and head.start == start and head.data:
+            first = memoryview(head.data)[: r.stop - start]
+            await self._send_chunk(first, send)
+            start += len(first)
+            if start == r.stop or disconnect.happened:
+                return not disconnect.happened
         try:
-            self._stream = await self.storage.open_range(
-                self.stat.path, r.start, r.stop, if_match=self.stat.etag
-            )
+            path, etag = self.stat.path, self.stat.etag
+            self._stream = await self.storage.open_range(path, start, r.stop, if_match=etag)
             async for data in self._stream:
                 if disconnect.happened:
                     return False

@@ -27,9 +27,9 @@ done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     "BENCH requests=%.0f bytes=%.0f duration_us=%.0f connect=%.0f read=%.0f write=%.0f"
-    .. " status=%.0f timeout=%.0f p99_us=%.0f\\n",
+    .. " status=%.0f timeout=%.0f p50_us=%.0f p99_us=%.0f\\n",
     summary.requests, summary.bytes, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(99)))
+    latency:percentile(50), latency:percentile(99)))
 end
 """
 
@@ -65,11 +65,20 @@ class Transfer:
 
 
 def curl(
-    curl_bin: str, url: str, *, timeout: float, expect: tuple[int, int], headers: tuple[str, ...] = ()
+    curl_bin: str,
+    url: str,
+    *,
+    timeout: float,
+    expect: tuple[int, int],
+    headers: tuple[str, ...] = (),
+    follow: bool = False,
 ) -> Transfer:
-    """One download to /dev/null; `expect` is (status, body size)."""
+    """One download to /dev/null; `expect` is (status, body size) of the last response (`follow`:
+    redirects followed, curl -L)."""
     write_out = "%{http_code} %{size_download} %{speed_download} %{time_starttransfer}"
     command = [curl_bin, "-s", "--noproxy", "*", "-o", "/dev/null", "--max-time", f"{timeout:.0f}"]
+    if follow:
+        command.append("-L")
     for header in headers:
         command += ["-H", header]
     command += ["-w", write_out, url]
@@ -90,8 +99,17 @@ class Upload:
     speed: float  # bytes per second over the whole request, response included
 
 
-def upload(curl_bin: str, url: str, source: Path, *, token: str | None, timeout: float) -> Upload:
-    """One PUT of `source` (curl -T: Expect: 100-continue, then the body from the file)."""
+def upload(
+    curl_bin: str,
+    url: str,
+    source: Path,
+    *,
+    token: str | None,
+    timeout: float,
+    refused: tuple[int, ...] = (),
+) -> Upload:
+    """One PUT of `source` (curl -T: Expect: 100-continue, then the body from the file). A status
+    in `refused` is returned as it is (the server does not take uploads), any other non-2xx fails."""
     command = [curl_bin, "-sS", "--noproxy", "*", "-o", "/dev/null", "--max-time", f"{timeout:.0f}"]
     command += ["-T", str(source), "-w", "%{http_code} %{size_upload} %{speed_upload}"]
     if token is not None:
@@ -103,6 +121,8 @@ def upload(curl_bin: str, url: str, source: Path, *, token: str | None, timeout:
         raise BenchError(f"curl -T {url} exited {result.returncode}: {result.stderr.strip()}")
     status, size, speed = result.stdout.split()
     sent = Upload(int(status), int(size), float(speed))
+    if sent.status in refused:
+        return sent
     expected = source.stat().st_size
     if sent.status not in (200, 201, 204) or sent.size != expected:
         raise BenchError(
@@ -184,6 +204,7 @@ class WrkResult:
     seconds: float
     errors: dict[str, int]
     p99_ms: float
+    p50_ms: float
 
     @property
     def rate(self) -> float:
@@ -210,7 +231,8 @@ def _parse_wrk(output: str) -> WrkResult:
     values = {key: int(value) for key, value in (item.split("=") for item in line.split()[1:])}
     errors = {kind: values[kind] for kind in ("connect", "read", "write", "status", "timeout")}
     seconds = values["duration_us"] / 1e6
-    return WrkResult(values["requests"], values["bytes"], seconds, errors, values["p99_us"] / 1000)
+    p50, p99 = values["p50_us"] / 1000, values["p99_us"] / 1000
+    return WrkResult(values["requests"], values["bytes"], seconds, errors, p99, p50)
 
 
 def wrk(wrk_bin: str, url: str, *, script: Path, connections: int, duration: int) -> WrkResult:

@@ -9,12 +9,15 @@ variant per measure, and the Ferry/nginx ratio against issue 3's targets. Then t
 the index at scale (issue 4: a tree of a million empty files, Ferry's scan, index size, memory,
 listing and search latency; index_scale.py) and background hashing (issue 8: its rate, and serving
 with the hasher busy against serving without it and nginx; integrity.py), each in a table of its
-own. The markdown goes to stdout and to bench-results/latest.md; progress goes to stderr.
+own; and Ferry over S3 (issue 15: a `weed mini` started for the run, Ferry serving its bucket
+against the same clients reading it directly; s3.py). The markdown goes to stdout and to
+bench-results/latest.md; progress goes to stderr.
 
     .venv/bin/python -m tests.bench.run                  # the full run (~10 minutes on 2 cores)
     .venv/bin/python -m tests.bench.run --quick          # tiny sizes, one run: a smoke test
     .venv/bin/python -m tests.bench.run --chunk-sizes 256KiB,1MiB,4MiB   # Ferry's chunked path
-    .venv/bin/python -m tests.bench.run --index-files 0 --upload-size 0  # downloads only
+    .venv/bin/python -m tests.bench.run --index-files 0 --upload-size 0 --s3-size 0  # downloads only
+    .venv/bin/python -m tests.bench.run --s3-only        # Ferry over S3 against SeaweedFS directly
 
 Every server is stopped at the end, on Ctrl-C, on SIGTERM and when the run passes --time-limit.
 """
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.settings import Settings, parse_size
-from tests.bench import index_scale
+from tests.bench import index_scale, s3
 from tests.bench import integrity as hashing
 from tests.bench import measures as m
 from tests.bench import uploads as up
@@ -74,15 +77,16 @@ class Defaults:
     upload: str
     index_files: int
     index_requests: int
+    s3: str
 
 
 FULL = Defaults(
     "1GiB", "100MiB", runs=3, duration=8, connections=64, ttfb=50, time_limit=1800,
-    upload="1GiB", index_files=1_000_000, index_requests=50,
+    upload="1GiB", index_files=1_000_000, index_requests=50, s3="1GiB",
 )  # fmt: skip
 QUICK = Defaults(
     "8MiB", "4MiB", runs=1, duration=1, connections=8, ttfb=10, time_limit=200,
-    upload="32MiB", index_files=2_000, index_requests=10,
+    upload="32MiB", index_files=2_000, index_requests=10, s3="8MiB",
 )  # fmt: skip
 
 
@@ -107,6 +111,8 @@ class Plan:
     index_files: int  # 0: no index at scale
     index_requests: int
     hashing: bool  # the background hashing section
+    s3_size: int  # the object of the S3 section; 0: no S3 section
+    s3_only: bool  # the S3 section alone
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -132,6 +138,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--medium-size", default="1MiB", help="the medium file (default 1MiB)")
     add("--upload-size", help="the PUT (default 1GiB; quick 32MiB; 0 skips the uploads)")
     add("--no-hashing", action="store_true", help="skip the background hashing section (issue 8)")
+    add("--s3-size", help="the S3 section's object (default 1GiB; quick 8MiB; 0 skips the section)")
+    add("--s3-only", action="store_true", help="the S3 section (Ferry over SeaweedFS) alone")
     add("--index-files", type=int, help="files in the index tree (default 1000000; quick 2000; 0 skips)")
     add(
         "--data-dir",
@@ -175,6 +183,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
         index_files=index_files,
         index_requests=base.index_requests,
         hashing=not args.no_hashing,
+        s3_size=parse_size(args.s3_size or base.s3),
+        s3_only=args.s3_only,
     )
 
 
@@ -361,6 +371,31 @@ def measure_index(plan: Plan, workdir: Path) -> Extra:
     return Extra(section, [], [])
 
 
+def measure_s3(plan: Plan, tools: Tools, workdir: Path, results: Results) -> Extra:
+    s3_plan = s3.S3Plan(
+        size=plan.s3_size, runs=plan.runs, duration=plan.duration, connections=plan.small_connections
+    )
+    section, measures = s3.measure_s3(s3_plan, plan.ferry, tools, workdir, results)
+    return Extra(section, measures, [s3.FERRY, s3.DIRECT])
+
+
+def s3_alone(plan: Plan, tools: Tools, info: dict[str, str], load_before: str) -> str:
+    """`--s3-only`: the S3 section and its runs, no nginx."""
+    results = Results()
+    with tempfile.TemporaryDirectory(prefix="ferry-bench-", dir=plan.data_dir) as temp:
+        extra = measure_s3(plan, tools, Path(temp), results)
+    context = [
+        f"date: {info['date']}",
+        f"machine: nproc {info['nproc']}, {info['CPU']}, kernel {info['kernel']}, Python {info['Python']}",
+        f"tools: {info['wrk']}; {info['curl']}",
+        f"load average (1/5/15 min) before: {load_before}, after: {load_average()}",
+    ]
+    parts = ["# Ferry over S3 — `make bench` (S3 section only)", "", *(f"- {line}" for line in context), ""]
+    parts += extra.section.markdown()
+    parts += ["## Every run", "", details(results, extra.measures, extra.servers), ""]
+    return "\n".join(parts)
+
+
 def render(
     plan: Plan,
     results: Results,
@@ -392,6 +427,8 @@ def render(
 def run(plan: Plan, tools: Tools) -> str:
     load_before = load_average()
     info = machine_info(tools)
+    if plan.s3_only:
+        return s3_alone(plan, tools, info, load_before)
     catalog = m.catalog(
         plan.sizes,
         connections=plan.connections,
@@ -425,6 +462,8 @@ def run(plan: Plan, tools: Tools) -> str:
             extras.append(measure_hashing(plan, bench, workdir, results))
         if not plan.chunk_sizes and plan.upload_size:
             extras.append(measure_uploads(plan, tools, workdir, results))
+        if not plan.chunk_sizes and plan.s3_size:
+            extras.append(measure_s3(plan, tools, workdir, results))
         if not plan.chunk_sizes and plan.index_files:
             extras.append(measure_index(plan, workdir))
         context = context_lines(plan, info, data, load_before)

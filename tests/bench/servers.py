@@ -108,18 +108,20 @@ def start_ferry(
     *,
     index_path: Path | None = None,
     extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Server:
     """`ferry serve` with its access log (on by default) going to a file in `workdir`, and its own
-    index (default: a fresh file in `workdir`, so no two servers of a run share one)."""
+    index (default: a fresh file in `workdir`, so no two servers of a run share one). `env`: more
+    variables (FERRY_STORAGE and the bucket's credentials, say); no other FERRY_* reaches it."""
     port = free_port()
     index = index_path or workdir / f"ferry-{port}-index.sqlite3"
     command = [sys.executable, "-m", "app", "serve", "--root", str(root), "--host", HOST]
     command += ["--port", str(port), "--index-path", str(index), *options.flags(), *extra]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("FERRY_")}
-    env["PYTHONPATH"] = str(REPO)
+    variables = {key: value for key, value in os.environ.items() if not key.startswith("FERRY_")}
+    variables |= {"PYTHONPATH": str(REPO), **(env or {})}
     log = workdir / f"ferry-{port}.log"
     # cwd is the temp dir: no config/ferry.env there, so only the flags above apply.
-    process = _spawn(command, log=log, cwd=workdir, env=env)
+    process = _spawn(command, log=log, cwd=workdir, env=variables)
     return wait_ready(Server(name, "ferry", process, port, log))
 
 

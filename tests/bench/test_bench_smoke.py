@@ -1,7 +1,9 @@
 """`python -m tests.bench.run --quick` end to end: one table row per measure, with numeric Ferry
 and nginx figures, on stdout and in the --output file; the uploads' rows (nginx's WebDAV PUT, or
 Ferry alone where nginx has no dav module); the index table at 2,000 files. Marked `clients` (not
-`bench`): it runs in `make test`.
+`bench`): it runs in `make test`. The S3 section, on a `weed mini` the bench starts itself: every
+figure through Ferry and directly, with a ratio; the PUT through Ferry "not measured" while Ferry
+answers 405 to it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ DOWNLOAD_KEYS = [str(key) for key in range(1, 10)]
 UPLOAD_KEYS = ["10", "11", "12"]
 HASH_RATE_KEYS = ["13", "14"]
 HASH_SERVING_KEYS = ["15", "16", "17"]
+S3_COMPARED_KEYS = ["18", "19", "20", "21"]  # through Ferry and directly, with a ratio
+S3_PUT_KEY, S3_RSS_KEY = "22", "23"
+S3_TITLE = "S3: Ferry over SeaweedFS against SeaweedFS directly, 8 MiB"
 INDEX_FILES = 2_000  # --quick
 # The index table's rows, by the start of their label.
 INDEX_ROWS = [
@@ -77,12 +82,13 @@ def test_quick_bench_reports_every_measure_for_ferry_and_nginx(tmp_path: Path) -
     output = tmp_path / "latest.md"
     command = [sys.executable, "-m", "tests.bench.run", "--quick", "--output", str(output)]
     command += ["--data-dir", str(tmp_path)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=360, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     report = result.stdout
 
     rows = table_rows(report)
-    assert sorted(rows, key=int) == DOWNLOAD_KEYS + UPLOAD_KEYS + HASH_RATE_KEYS + HASH_SERVING_KEYS, report
+    expected = DOWNLOAD_KEYS + UPLOAD_KEYS + HASH_RATE_KEYS + HASH_SERVING_KEYS + S3_COMPARED_KEYS
+    assert sorted(rows, key=int) == [*expected, S3_PUT_KEY, S3_RSS_KEY], report
     for key in DOWNLOAD_KEYS:
         measure, ferry, nginx, ratio, _target = rows[key]
         assert number(ferry) > 0, measure
@@ -111,6 +117,22 @@ def test_quick_bench_reports_every_measure_for_ferry_and_nginx(tmp_path: Path) -
     ]
     # The hasher pauses while transfers are in flight: what it read during each measure is shown.
     assert "hashed during it:" in report
+
+    s3 = section_rows(report, S3_TITLE)
+    assert [row[0].split(")")[0] + ")" for row in s3] == [
+        f"({k})" for k in [*S3_COMPARED_KEYS, S3_PUT_KEY, S3_RSS_KEY]
+    ]
+    for key in S3_COMPARED_KEYS:
+        measure, ferry, direct, ratio, _target = rows[key]
+        assert min(number(ferry), number(direct), number(ratio)) > 0, measure
+    measure, ferry, direct, ratio, _target = rows[S3_PUT_KEY]
+    assert number(direct) > 0, measure
+    if ferry == "not measured":  # no uploads into a bucket yet: said so, not failed
+        assert ratio == "n/a" and "(22) not measured through Ferry" in report, measure
+    else:
+        assert number(ferry) > 0 and number(ratio) > 0, measure
+    measure, ferry, direct, ratio, _target = rows[S3_RSS_KEY]
+    assert number(ferry) > 0 and (direct, ratio) == ("—", "n/a"), measure
 
     index = section_rows(report, f"Index at {INDEX_FILES:,} files")
     assert len(index) == len(INDEX_ROWS), index
