@@ -241,7 +241,7 @@ class BucketHasher:
         try:
             async for data in stream:
                 await self._pace(len(data))
-                builder.update(data)
+                builder.update(memoryview(data))
                 metrics.HASHED_BYTES.inc(len(data))
         finally:
             await stream.aclose()
