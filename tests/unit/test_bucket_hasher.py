@@ -151,3 +151,25 @@ def test_a_store_that_stops_answering_pauses_hashing_with_one_line(caplog: pytes
         "hashing paused: the storage did not answer (the storage did not answer: test)"
     ]
     assert len(index.pending) == 50  # kept for when the store answers again
+
+
+def test_reads_keep_to_the_hash_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FERRY_HASH_RATE: the waits the hasher asks for add up to the bytes read over the rate (the
+    clock is the test's, so a loaded machine cannot make it pass or fail)."""
+    data = b"r" * 50_000
+    objects = {"paced.bin": (stat("paced.bin", data, '"p"'), data)}
+    index, bucket = FakeIndex([entry_of(objects["paced.bin"][0])]), FakeBucket(objects)
+    now = [1000.0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr("app.storage.bucket_index.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("app.storage.bucket_index.asyncio.sleep", sleep)
+    worker = BucketHasher(cast(Any, index), cast(Any, Direct()), cast(Any, bucket), Idle(), rate=10_000)
+
+    assert asyncio.run(worker._pass(asyncio.Event())) is True
+    assert bucket.reads == ["paced.bin"]
+    assert sum(waits) == pytest.approx(len(data) / 10_000, rel=0.05)  # 5 s for 50 kB at 10 kB/s
