@@ -39,6 +39,7 @@ KNOWN_LONG: frozenset[str] = frozenset(
 # storage nothing about HTTP or requests, the transfer layer nothing of the routes or the app.
 LAYERS: Mapping[str, frozenset[str]] = {
     "app.http": frozenset(),
+    "app.archives": frozenset(),  # archive layouts: pure format logic, like app.http
     "app.storage": frozenset({"app.metrics"}),
     "app.transfer": frozenset({"app.http", "app.storage", "app.errors", "app.settings", "app.metrics"}),
 }
