@@ -73,6 +73,7 @@ from app.storage.backend import ByteStream, Stat, StatPage
 from app.storage.errors import Changed, InvalidInput, NotServable, Refused, StorageError, Unreachable
 from app.storage.locations import AwsCredentials, S3Location
 from app.storage.paths import TEMP_PREFIX, split_key
+from app.storage.s3_http import Answer, OpenBody, Signer, Upstream, open_body, raise_for
 
 if TYPE_CHECKING:
     from obstore import Bytes, GetOptions, PutMode
@@ -142,6 +143,8 @@ class S3Storage:
         self._store: S3Store | None = None
         self._owner = 0  # the process the store was made in (see `store`)
         self._checked: tuple[float, Unreachable | None] | None = None  # `reachable`'s last answer
+        self._upstream: Upstream | None = None  # Ferry's own GETs (a plain-HTTP endpoint only)
+        self._signer: Signer | None = None
 
     # --- names -----------------------------------------------------------------------------------
 
@@ -167,6 +170,21 @@ class S3Storage:
         if self._store is None:
             self._store, self._owner = self._new_store(), os.getpid()
         return self._store
+
+    def upstream(self) -> tuple[Upstream, Signer] | None:
+        """Ferry's own GET of presigned URLs (app/storage/s3_http.py), for a plain-HTTP endpoint;
+        None where obstore reads (TLS)."""
+        c = self.config
+        if c.endpoint is None or not c.allow_http or urlsplit(c.endpoint).scheme != "http":
+            return None
+        if self._credentials.aws_access_key_id is None:
+            return None  # nothing to sign with: obstore asks anonymously
+        if self._upstream is None or self._signer is None:
+            store = self.store()
+            expires = timedelta(seconds=900)
+            self._signer = Signer(lambda key: obstore.sign(store, "GET", key, expires))
+            self._upstream = Upstream(c.endpoint, timeout=_seconds(c.timeout))
+        return self._upstream, self._signer
 
     def _new_store(self) -> S3Store:
         c, creds = self.config, self._credentials
@@ -223,6 +241,9 @@ class S3Storage:
         key = self.key(path)
         if not key:
             raise NotServable()
+        own = self.upstream()
+        if own is not None:
+            return await self._stat_reading(own, key, start, stop)
         try:
             with _answers():
                 try:
@@ -236,6 +257,25 @@ class S3Storage:
             return None
         digest = got.attributes.get("sha256")
         return self._stat(got.meta, sha256=bytes.fromhex(str(digest)) if digest else None), data
+
+    async def _stat_reading(
+        self, own: tuple[Upstream, Signer], key: str, start: int, stop: int
+    ) -> tuple[Stat, Bytes] | None:
+        upstream, signer = own
+        answer = await upstream.get(signer.url(key), {"Range": f"bytes={start}-{stop - 1}"})
+        if answer.status in (404, 416):
+            return None
+        raise_for(answer.status)
+        data = answer.body if answer.status == 206 else answer.body[start:stop]  # a store ignoring Range
+        return self._answer_stat(key, answer), data  # type: ignore[return-value]  # (a bytearray)
+
+    def _answer_stat(self, key: str, answer: Answer) -> Stat:
+        """The stat obstore's `_stat` makes of the same answer's headers."""
+        etag = answer.header(b"etag")
+        version = f"{etag}:{answer.header(b'x-amz-version-id') or ''}"
+        digest = answer.header(b"x-amz-meta-sha256")
+        sha256 = bytes.fromhex(digest) if digest else None
+        return Stat(key, False, answer.size(), answer.mtime_ns(), etag, version, sha256)
 
     async def _has_children(self, key: str) -> bool:
         with _answers():
@@ -259,6 +299,29 @@ class S3Storage:
             if_match = current.etag
         c = self.config
         return _Windows(self.store(), key, start, end, if_match, c.chunk_size, c.window_chunks, c.readahead)
+
+    async def open_socket(self, path: str, start: int, end: int, *, if_match: str | None) -> OpenBody | None:
+        """Bytes [start, end) of the version `if_match` as one GET whose body is left in its socket
+        (for splicing to a client); None where Ferry's own GET is not used (TLS). The store's
+        answer is the whole range or an error: Changed if the version is gone."""
+        own = self.upstream()
+        if own is None:
+            return None
+        upstream, signer = own
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if if_match:
+            headers["If-Match"] = if_match
+        opened = await open_body(upstream, signer.url(self.key(path)), headers)
+        try:
+            if opened.answer.status == 404:
+                raise Changed("the file is gone")
+            raise_for(opened.answer.status)
+            if opened.answer.status != 206 or len(opened.answer.body) + opened.remaining != end - start:
+                raise Changed("the store did not answer the range asked for")
+        except BaseException:
+            opened.close()
+            raise
+        return opened
 
     async def list_page(self, folder: str, *, cursor: str | None = None, limit: int = 1000) -> StatPage:
         """One page of `folder`'s children by name; NotServable for a folder that does not exist.
@@ -395,6 +458,8 @@ class S3Storage:
         """Drop the store, then wait (bounded) until none of its connections remains open: the
         Tokio runtime must be idle before the interpreter finalises (see the module's docstring)."""
         had_store, self._store = self._store is not None, None
+        if self._upstream is not None:
+            self._upstream.close()
         if not had_store:
             return
         gc.collect()  # streams and stores abandoned by their readers hold connections too
@@ -498,6 +563,14 @@ class _Body:
         self.verify()
         if self.before_end is not None:
             await self.before_end()
+
+
+def _seconds(text: str) -> float:
+    """A duration as obstore's client options spell it ("60s", "500ms", "2m")."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", text.strip())
+    if match is None:
+        return 60.0
+    return float(match[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0}[match[2]]
 
 
 def _endpoint_port(config: S3Config) -> int:

@@ -20,6 +20,7 @@ import pytest
 
 from app.main import create_app
 from app.storage.s3 import S3Storage
+from app.storage.s3_http import Upstream
 from tests.support.inprocess import in_process, make_settings
 from tests.support.seaweed import Seaweed
 from tests.support.storage import body, config, credentials
@@ -30,7 +31,8 @@ KiB, MiB = 1024, 1024**2
 
 
 class Requests:
-    """Every GET/HEAD Ferry makes to the store, as ("HEAD" | "GET", range or None)."""
+    """Every GET/HEAD Ferry makes to the store, as ("HEAD" | "GET", range or None): through obstore
+    or through Ferry's own client of presigned URLs (app/storage/s3_http.py)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.seen: list[tuple[str, Any]] = []
@@ -42,6 +44,14 @@ class Requests:
             return await original(store, key, options=options)
 
         monkeypatch.setattr(obstore, "get_async", counted)
+        own = Upstream.get
+
+        async def counted_own(upstream: Upstream, url: str, headers: dict[str, str]) -> Any:
+            first, _, last = headers["Range"].removeprefix("bytes=").partition("-")
+            self.seen.append(("GET", (int(first), int(last) + 1)))
+            return await own(upstream, url, headers)
+
+        monkeypatch.setattr(Upstream, "get", counted_own)
 
     def take(self) -> list[tuple[str, Any]]:
         seen, self.seen = self.seen, []
