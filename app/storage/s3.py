@@ -437,6 +437,9 @@ class S3Storage:
         had_store, self._store = self._store is not None, None
         if self._upstream is not None:
             self._upstream.close()
+        # The signer holds the store too (it signs with it): dropped with it, or the store's
+        # connections outlive this wait.
+        self._upstream = self._signer = None
         if not had_store:
             return
         gc.collect()  # streams and stores abandoned by their readers hold connections too
