@@ -38,11 +38,13 @@ def identity(st: os.stat_result) -> Identity:
 
 @dataclass(frozen=True, slots=True)
 class FileDigest:
-    """The SHA-256 of a whole file and, for a file of more than one piece, of each piece."""
+    """The SHA-256 of a whole file and, for a file of more than one piece, of each piece; and
+    the file's CRC-32 (what a ZIP entry carries: app/archives/), when it was computed beside."""
 
     sha256: bytes
     piece_length: int = 0
     pieces: bytes = b""  # the 32-byte SHA-256 of each piece, concatenated
+    crc32: int | None = None
 
     @property
     def hex(self) -> str:
@@ -53,7 +55,7 @@ class FileDigest:
 
 
 EMPTY_SHA256 = hashlib.sha256(b"").digest()
-EMPTY_DIGEST = FileDigest(EMPTY_SHA256)
+EMPTY_DIGEST = FileDigest(EMPTY_SHA256, crc32=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,7 @@ class Entry:
     dev: int
     ino: int
     sha256: bytes | None = field(default=None, compare=False)  # known digest of this identity
+    crc32: int | None = field(default=None, compare=False)  # known CRC-32 of this identity
 
 
 @dataclass(frozen=True, slots=True)
