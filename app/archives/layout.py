@@ -9,8 +9,9 @@ range with header bytes to send and `FileSpan`s to send from the files themselve
 the bucket's ranged reads), so a folder download can carry a Content-Length, resume with Range
 and be sent zero-copy.
 
-Memory is a few integers per member (`array` of offsets); header bytes are rebuilt on demand
-for the parts a range touches, never kept for the whole archive.
+Memory is a few integers per member (`array` of offsets) beside the members themselves; header
+bytes are rebuilt on demand for the parts a range touches, never kept for the whole archive, and
+the trailer is built in parts as it is sent.
 
 The formats: zip.py (stored ZIP, ZIP64 where needed) and tar.py (POSIX pax tar).
 """
@@ -56,9 +57,9 @@ class Layout:
         offset = 0
         for i, member in enumerate(members):
             self.starts.append(offset)
-            offset += len(self.header(i, offset))
+            offset += self.header_length(i, offset)
             self.data.append(offset)
-            offset += member.size + len(self.padding(i))
+            offset += member.size + self.padding_length(i)
         self.trailer_start = offset
         self.length = offset + self.trailer_length()
 
@@ -67,13 +68,21 @@ class Layout:
     def header(self, index: int, offset: int) -> bytes:
         raise NotImplementedError
 
+    def header_length(self, index: int, offset: int) -> int:
+        return len(self.header(index, offset))
+
     def padding(self, index: int) -> bytes:
+        """What follows member `index`'s bytes (tar's padding, ZIP's data descriptor)."""
         return b""
+
+    def padding_length(self, index: int) -> int:
+        return len(self.padding(index))
 
     def trailer_length(self) -> int:
         raise NotImplementedError
 
-    def trailer(self) -> bytes:
+    def trailer_parts(self) -> Iterator[bytes]:
+        """The trailer's bytes in order, in parts (a ZIP's central directory can be large)."""
         raise NotImplementedError
 
     # Ranges -------------------------------------------------------------------------------------
@@ -96,7 +105,12 @@ class Layout:
                 yield FileSpan(i, low - data, high - low)
             yield from _clip(self.padding(i), data + size, start, stop)
         if stop > self.trailer_start:
-            yield from _clip(self.trailer(), self.trailer_start, start, stop)
+            at = self.trailer_start
+            for part in self.trailer_parts():
+                if at >= stop:
+                    return
+                yield from _clip(part, at, start, stop)
+                at += len(part)
 
 
 def _last_at_or_before(values: array[int], target: int) -> int:

@@ -6,6 +6,8 @@ Read back by Python's tarfile and GNU tar (tests/unit/test_archive_layout.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from app.archives.layout import Layout
 
 BLOCK = 512
@@ -87,5 +89,5 @@ class TarLayout(Layout):
     def trailer_length(self) -> int:
         return 2 * BLOCK
 
-    def trailer(self) -> bytes:
-        return b"\0" * (2 * BLOCK)
+    def trailer_parts(self) -> Iterator[bytes]:
+        yield b"\0" * (2 * BLOCK)

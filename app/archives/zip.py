@@ -1,24 +1,36 @@
-"""A stored ZIP as a `Layout` (layout.py): every entry "stored" (method 0), CRC-32 and sizes in the
-local header (no data descriptor: the CRC is known beforehand), the UTF-8 name flag (bit 11), an
-extended-timestamp field with the exact mtime beside the DOS one; ZIP64 fields for an entry whose
+"""A stored ZIP as a `Layout` (layout.py): every entry "stored" (method 0) and followed by a data
+descriptor with its CRC-32 and sizes (general-purpose flag bit 3), the UTF-8 name flag (bit 11),
+an extended-timestamp field with the exact mtime beside the DOS one; ZIP64 fields for an entry whose
 size or offset reaches 4 GiB, and the ZIP64 end records when the directory's entries, size or
-offset do. Read back by Python's zipfile and unzip (tests/unit/test_archive_layout.py).
+offset do. Read back by Python's zipfile and unzip (tests/unit/test_archive_layout.py), bsdtar,
+7z (tests/clients/test_archive_readers.py).
+
+Why data descriptors although the sizes are known: the CRC-32s then appear only after each file's
+bytes (its descriptor) and in the central directory at the end, never before a file's bytes. So
+the archive's bytes depend only on the files, whether Ferry knew each CRC-32 beforehand (from the
+index: then any range can be sent) or computes it from the bytes it is sending (a whole archive of
+files not hashed yet) — a download resumed later is the same archive, never a splice of two
+encodings. A member's CRC-32 may be None until `set_crc32` gives it; the descriptor and the
+directory are built only when they are sent.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from app.archives.layout import Layout, Member
 
 _U32 = 0xFFFFFFFF
 _U16 = 0xFFFF
 
-_UTF8 = 0x0800
+_FLAGS = 0x0800 | 0x0008  # UTF-8 names; CRC-32 and sizes in a data descriptor after the bytes
 _UNIX = 3 << 8
 _FILE_MODE = 0o100644 << 16
+_LOCAL = 30
+_CENTRAL = 46
+_TIMESTAMP = 9  # the 0x5455 field with the mtime only
 
 
 def dos_time(mtime: int) -> tuple[int, int]:
@@ -29,54 +41,78 @@ def dos_time(mtime: int) -> tuple[int, int]:
     ) | t.tm_mday
 
 
+def _has_timestamp(mtime: int) -> bool:
+    return 0 <= mtime <= 0x7FFFFFFF
+
+
 def _timestamp_field(mtime: int) -> bytes:
     """Info-ZIP's extended timestamp (0x5455): the exact mtime, where 32 bits hold it."""
-    if not 0 <= mtime <= 0x7FFFFFFF:
-        return b""
-    return struct.pack("<HHBI", 0x5455, 5, 1, mtime)
+    return struct.pack("<HHBI", 0x5455, 5, 1, mtime) if _has_timestamp(mtime) else b""
 
 
 class ZipLayout(Layout):
     def __init__(self, members: Sequence[Member]) -> None:
-        if any(m.crc32 is None for m in members):
-            raise ValueError("every member of a ZIP needs its CRC-32")
         self._names = [m.path.encode("utf-8") for m in members]
+        self.crc32s: list[int | None] = [0 if m.size == 0 else m.crc32 for m in members]
         self.directory_start = self.directory_size = 0  # measured by trailer_length
         super().__init__(members)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every CRC-32 is known (so any range of the archive can be built)."""
+        return all(c is not None for c in self.crc32s)
+
+    def set_crc32(self, index: int, crc32: int) -> None:
+        """Member `index`'s CRC-32, computed from the bytes being sent."""
+        self.crc32s[index] = crc32
+
+    def _crc(self, index: int) -> int:
+        crc = self.crc32s[index]
+        if crc is None:
+            raise LookupError(f"the CRC-32 of {self.members[index].path!r} is not known")
+        return crc
+
+    def header_length(self, index: int, offset: int) -> int:
+        m = self.members[index]
+        return _LOCAL + len(self._names[index]) + (20 if m.size >= _U32 else 0) + (
+            _TIMESTAMP if _has_timestamp(m.mtime) else 0
+        )
 
     def header(self, index: int, offset: int) -> bytes:
         m, name = self.members[index], self._names[index]
         big = m.size >= _U32
-        extra = struct.pack("<HHQQ", 1, 16, m.size, m.size) if big else b""
+        # A ZIP64 field (zeros, as the descriptor holds the sizes) tells readers that the
+        # descriptor's sizes are 8 bytes each.
+        extra = struct.pack("<HHQQ", 1, 16, 0, 0) if big else b""
         extra += _timestamp_field(m.mtime)
         clock, date = dos_time(m.mtime)
-        size = _U32 if big else m.size
-        return (
-            struct.pack(
-                "<IHHHHHIIIHH",
-                0x04034B50,
-                45 if big else 20,
-                _UTF8,
-                0,
-                clock,
-                date,
-                m.crc32 or 0,
-                size,
-                size,
-                len(name),
-                len(extra),
-            )
-            + name
-            + extra
-        )
+        size = _U32 if big else 0
+        fields = (0x04034B50, 45 if big else 20, _FLAGS, 0, clock, date, 0, size, size, len(name), len(extra))
+        return struct.pack("<IHHHHHIIIHH", *fields) + name + extra
+
+    def padding_length(self, index: int) -> int:
+        return 24 if self.members[index].size >= _U32 else 16
+
+    def padding(self, index: int) -> bytes:
+        """The data descriptor: signature, CRC-32 and the two (equal) sizes."""
+        size, crc = self.members[index].size, self._crc(index)
+        if size >= _U32:
+            return struct.pack("<IIQQ", 0x08074B50, crc, size, size)
+        return struct.pack("<IIII", 0x08074B50, crc, size, size)
+
+    def _zip64_fields(self, index: int) -> list[int]:
+        size, offset = self.members[index].size, self.starts[index]
+        fields = [size, size] if size >= _U32 else []
+        return fields + [offset] if offset >= _U32 else fields
+
+    def _central_length(self, index: int) -> int:
+        n = len(self._zip64_fields(index))
+        extra = (4 + 8 * n if n else 0) + (_TIMESTAMP if _has_timestamp(self.members[index].mtime) else 0)
+        return _CENTRAL + len(self._names[index]) + extra
 
     def _central(self, index: int) -> bytes:
         m, name, offset = self.members[index], self._names[index], self.starts[index]
-        zip64: list[int] = []
-        if m.size >= _U32:
-            zip64 += [m.size, m.size]
-        if offset >= _U32:
-            zip64.append(offset)
+        zip64 = self._zip64_fields(index)
         extra = struct.pack(f"<HH{len(zip64)}Q", 1, 8 * len(zip64), *zip64) if zip64 else b""
         extra += _timestamp_field(m.mtime)
         clock, date = dos_time(m.mtime)
@@ -88,11 +124,11 @@ class ZipLayout(Layout):
                 0x02014B50,
                 _UNIX | version,
                 version,
-                _UTF8,
+                _FLAGS,
                 0,
                 clock,
                 date,
-                m.crc32 or 0,
+                self._crc(index),
                 size,
                 size,
                 len(name),
@@ -112,13 +148,19 @@ class ZipLayout(Layout):
 
     def trailer_length(self) -> int:
         # Called by Layout.__init__ before the directory is measured: measure it here.
-        directory = sum(len(self._central(i)) for i in range(len(self.members)))
+        directory = sum(self._central_length(i) for i in range(len(self.members)))
         self.directory_start, self.directory_size = self.trailer_start, directory
         return directory + (56 + 20 if self._needs_zip64_end() else 0) + 22
 
-    def trailer(self) -> bytes:
-        directory = b"".join(self._central(i) for i in range(len(self.members)))
-        return directory + self._end()
+    def trailer_parts(self) -> Iterator[bytes]:
+        """The central directory, a batch of records at a time, then the end records."""
+        batch: list[bytes] = []
+        for i in range(len(self.members)):
+            batch.append(self._central(i))
+            if len(batch) == 256:
+                yield b"".join(batch)
+                batch = []
+        yield b"".join(batch) + self._end()
 
     def _end(self) -> bytes:
         count, start, size = len(self.members), self.directory_start, self.directory_size

@@ -6,6 +6,7 @@ written where the formats need them."""
 from __future__ import annotations
 
 import io
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -164,3 +165,43 @@ def test_zip_dates_are_utc_and_clamped_to_what_dos_holds() -> None:
     assert dos_time(1_700_000_000) == ((22 << 11) | (13 << 5) | 10, ((2023 - 1980) << 9) | (11 << 5) | 14)
     assert dos_time(0) == dos_time(315532800)  # before 1980: 1980-01-01
     assert dos_time(2**40)[1] >> 9 == 2107 - 1980
+
+
+@settings(max_examples=40, deadline=None)
+@given(files=_files)
+def test_a_zip_is_the_same_bytes_whether_its_crcs_were_known_or_computed_while_sending(
+    files: list[tuple[str, int, int]],
+) -> None:
+    known = render(ZipLayout(members_of(files)))
+    later = ZipLayout([Member(path, size, mtime) for path, size, mtime in files])
+    assert later.length == len(known) and later.complete == all(f[1] == 0 for f in files)
+    out = bytearray()
+    for piece in later.pieces(0, later.length):
+        if isinstance(piece, FileSpan):  # the sender computes the CRC-32 of what it sends
+            data = contents_of(piece.index, later.members[piece.index].size)
+            later.set_crc32(piece.index, zlib.crc32(data))
+            out += data
+        else:
+            out += piece
+    assert bytes(out) == known and later.complete
+
+
+def test_a_zip_descriptor_cannot_be_built_before_its_crc_is_known() -> None:
+    layout = ZipLayout([Member("a.txt", 3, 1_700_000_000)])
+    pieces = layout.pieces(0, layout.length)
+    assert isinstance(next(pieces), bytes) and isinstance(next(pieces), FileSpan)
+    try:
+        next(pieces)
+    except LookupError as exc:
+        assert "a.txt" in str(exc)
+    else:
+        raise AssertionError("a descriptor was built without its CRC-32")
+
+
+def test_zip_entries_carry_data_descriptors_with_8_byte_sizes_past_4_gib() -> None:
+    big = 5 * 1024**3
+    layout = ZipLayout([Member("big.bin", big, 1_700_000_000, 7), Member("s", 1, 1_700_000_000, 9)])
+    assert layout.padding(0) == struct.pack("<IIQQ", 0x08074B50, 7, big, big)
+    assert layout.padding(1) == struct.pack("<IIII", 0x08074B50, 9, 1, 1)
+    head = render_headers(layout, 0)
+    assert struct.unpack_from("<H", head, 6)[0] & 0x0808 == 0x0808  # UTF-8 names, descriptor
