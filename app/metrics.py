@@ -42,6 +42,10 @@ IN_FLIGHT = Gauge(
 )
 TTFB = Histogram("ferry_time_to_first_byte_seconds", "From request to first body byte", buckets=_BUCKETS)
 DURATION = Histogram("ferry_transfer_duration_seconds", "From request to last body byte", buckets=_BUCKETS)
+ARCHIVES = Counter(
+    "ferry_archives_total", "Folder archives answered with a body, by format (zip, tar)", ["format"]
+)
+ARCHIVE_BYTES = Counter("ferry_archive_bytes_total", "Bytes of folder archives sent, by format", ["format"])
 UPLOADS = Counter("ferry_uploads_total", "Uploaded files, by result (created, replaced, failed)", ["result"])
 UPLOAD_BYTES = Counter("ferry_upload_bytes_total", "Bytes of uploads stored")
 INDEX_ENTRIES = Gauge("ferry_index_entries", "Entries in the storage index", multiprocess_mode="max")

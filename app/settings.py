@@ -264,6 +264,13 @@ class Settings(BaseSettings):
         ge=0,
         description="largest file (or SHA256SUMS total) hashed during a request that asks for a digest",
     )
+    archives: bool = Field(True, description="folders download as zip or tar archives (?archive=zip|tar)")
+    archive_max_files: int = Field(
+        100_000, ge=1, le=10_000_000, description="most files in one folder archive (else 403)"
+    )
+    archive_max_size: Size = Field(
+        0, ge=0, description="most bytes in one folder archive (else 403); 0: no limit"
+    )
     mirrors: Annotated[list[str], NoDecode, BeforeValidator(parse_base_urls)] = Field(
         default_factory=list,
         description="base URLs of mirrors of ROOT (comma-separated): Link rel=duplicate and .meta4 sources",

@@ -41,7 +41,9 @@ LAYERS: Mapping[str, frozenset[str]] = {
     "app.http": frozenset(),
     "app.archives": frozenset(),  # archive layouts: pure format logic, like app.http
     "app.storage": frozenset({"app.metrics"}),
-    "app.transfer": frozenset({"app.http", "app.storage", "app.errors", "app.settings", "app.metrics"}),
+    "app.transfer": frozenset(
+        {"app.http", "app.archives", "app.storage", "app.errors", "app.settings", "app.metrics"}
+    ),
 }
 
 

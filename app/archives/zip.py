@@ -74,8 +74,11 @@ class ZipLayout(Layout):
 
     def header_length(self, index: int, offset: int) -> int:
         m = self.members[index]
-        return _LOCAL + len(self._names[index]) + (20 if m.size >= _U32 else 0) + (
-            _TIMESTAMP if _has_timestamp(m.mtime) else 0
+        return (
+            _LOCAL
+            + len(self._names[index])
+            + (20 if m.size >= _U32 else 0)
+            + (_TIMESTAMP if _has_timestamp(m.mtime) else 0)
         )
 
     def header(self, index: int, offset: int) -> bytes:

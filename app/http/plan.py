@@ -41,6 +41,9 @@ class FileFacts:
     link: str | None = None
     # The same two as ready header fields (`integrity_headers`), when the caller keeps them.
     integrity: tuple[tuple[str, str], ...] | None = None
+    # False: only the whole representation can be sent now (a ZIP of files whose CRC-32s are not
+    # known yet), so Range is ignored and `Accept-Ranges: none` says so.
+    ranges: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,8 @@ def plan_download(
     The body is always the GET body; a HEAD answer carries the same headers and sends none of it.
     """
     v = facts.validators
-    common = [("accept-ranges", "bytes"), *_validator_headers(v), ("x-content-type-options", "nosniff")]
+    accept = "bytes" if facts.ranges else "none"
+    common = [("accept-ranges", accept), *_validator_headers(v), ("x-content-type-options", "nosniff")]
     outcome = evaluate(request.method, request.conditions, v)
     if outcome is Precondition.FAILED:
         return ResponsePlan(412, [*common, _length(0)], [])
@@ -90,7 +94,7 @@ def plan_download(
     whole = ByteRange(0, facts.size)
     # RFC 9110 §14.2: Range is defined for GET only; HEAD (and an If-Range that does not match,
     # §13.1.5) gets the whole representation.
-    use_range = request.method == "GET" and request.range is not None
+    use_range = request.method == "GET" and request.range is not None and facts.ranges
     if use_range and request.if_range is not None:
         use_range = if_range_matches(request.if_range, v, now=now)
     plan = plan_ranges(request.range, facts.size, max_ranges=max_ranges) if use_range else Ignore()

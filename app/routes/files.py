@@ -6,7 +6,8 @@ the rest of a small download together); `FerryApp` parses every request under /f
 → respond. Digests come from app/integrity.py, the bytes go out through app/transfer/download.py.
 
 Besides the file itself: `?meta4` answers the file's Metalink document, `?checksums` its line of
-a SHA256SUMS file, and a directory's `?checksums` its SHA256SUMS (app/views/checksums.py).
+a SHA256SUMS file, a directory's `?checksums` its SHA256SUMS (app/views/checksums.py) and its
+`?archive=zip|tar` the folder as one archive (app/routes/archives.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from app.http.mime import ACTIVE_TYPES, content_type_for
 from app.http.plan import DownloadRequest, FileFacts, plan_download
 from app.integrity import Fields, Integrity
 from app.request import PREFIX, FileRequest
+from app.routes.archives import Archives
 from app.services import Services
 from app.storage.errors import NotServable
 from app.storage.paths import LinkScope, SafePath, open_beneath, relative, resolve_to_open
@@ -48,6 +50,7 @@ class Downloads:
         self.checksum_generations = Generations()
         self.slots = DownloadSlots(services.settings.max_connections_per_ip)
         self.options = TransferOptions.of(services.settings)
+        self.archives = Archives(services, self.slots, self.options)
 
     async def __call__(self, request: FileRequest) -> ASGIApp:
         gate, policy = self.services.gate, self.services.policy
@@ -70,7 +73,7 @@ class Downloads:
             os.close(fd)
             if link is not None and granted is None:  # a link to this folder's listing
                 granted = LinkScope.of(request.path, policy)
-            return self._directory(request, access, safe, granted)
+            return await self._directory(request, access, safe, granted)
         return await self._file(request, access, safe, fd, st)
 
     async def _file(
@@ -121,7 +124,7 @@ class Downloads:
             release = self.slots.acquire(request.client)  # 429 past FERRY_MAX_CONNECTIONS_PER_IP
         return FileSender(plan, fd, st, self.options, on_close=release, activity=self.services.activity)
 
-    def _directory(
+    async def _directory(
         self, request: FileRequest, access: Access, safe: SafePath, granted: LinkScope | None
     ) -> ASGIApp:
         if request.path and not request.path.endswith("/"):
@@ -129,6 +132,8 @@ class Downloads:
             query = request.query_string
             return RedirectResponse(PREFIX + quote(request.path) + "/" + ("?" + query if query else ""), 301)
         directory = relative(safe, self.services.policy)
+        if "archive" in request.query:
+            return await self.archives.answer(request, directory, granted)
         keep = None if granted is None else granted.holds
         if "checksums" in request.query:
             recursive = request.query["checksums"] == "all"

@@ -273,11 +273,13 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         "s3_region": "eu-west-3",
         "s3_downloads": "redirect",
         "s3_part_size": "16MiB",
+        "archive_max_files": "5000",
+        "archive_max_size": "2GiB",
     }
     argv = [arg for name, value in values.items() for arg in ("--" + name.replace("_", "-"), value)]
     argv += ["--follow-symlinks", "--show-hidden", "--no-watch", "--no-fsync", "--no-checksums"]
-    argv += ["--s3-allow-http"]
-    flags = {"follow_symlinks", "show_hidden", "watch", "fsync", "checksums", "s3_allow_http"}
+    argv += ["--s3-allow-http", "--no-archives"]
+    flags = {"follow_symlinks", "show_hidden", "watch", "fsync", "checksums", "s3_allow_http", "archives"}
     assert set(values) | flags == set(Settings.model_fields)
     s = load_settings(serve_args(*argv))
     check_env_values(s, tmp_path)
@@ -290,6 +292,7 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
     assert s.storage == S3Location("media", "films/")
     assert (s.s3_endpoint, s.s3_region, s.s3_allow_http) == ("http://127.0.0.1:8333", "eu-west-3", True)
     assert (s.s3_downloads, s.s3_part_size) == ("redirect", 16 * MiB)
+    assert (s.archives, s.archive_max_files, s.archive_max_size) == (False, 5000, 2048 * MiB)
 
 
 def test_cli_flags_beat_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
