@@ -1,7 +1,8 @@
 """`GET/HEAD /files/{dir}/?archive=zip|tar`: a folder (or a selection in it) as one archive.
 
 The archive is every servable file below the folder as the index lists it (hidden names and
-symlinks by the same rules as downloads), in the index's (folder, name) order, each path inside
+symlinks to files by the same rules as downloads; nothing below a symlinked folder), in the
+index's (folder, name) order, each path inside
 the archive under the folder's name; `&select=NAME` (repeated) keeps only those files and
 folders of the folder, under their own names. Its layout (app/archives/) is known before a byte
 is read, so the answer has an exact Content-Length, a strong ETag made from the manifest (every
@@ -24,6 +25,7 @@ import os
 import time
 from array import array
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp
@@ -144,8 +146,9 @@ class Archives:
         root_name = self.services.settings.root.name or "files"
         prefix = "" if selected else (directory.rpartition("/")[2] or root_name) + "/"
         manifest = Manifest(directory, prefix)
+        walked = _Walked(self.services.policy.root)
         for entry in self._entries(directory, selected):
-            if keep is not None and not keep(entry.path):
+            if not walked(entry.path) or (keep is not None and not keep(entry.path)):
                 continue
             manifest.add(entry)
             if len(manifest.members) > settings.archive_max_files:
@@ -203,6 +206,25 @@ class Archives:
             return fd, st
 
         return open_member
+
+
+class _Walked:
+    """Whether an indexed file lies in a real folder of ROOT, not below a symlinked one: the index
+    holds the files of a symlinked folder only once someone has listed it there, and an archive
+    must not depend on that (nor walk into loops). Each folder is resolved once per archive."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.real_root = Path(os.path.realpath(root))
+        self._known: dict[str, bool] = {"": True}
+
+    def __call__(self, path: str) -> bool:
+        parent = path.rpartition("/")[0]
+        known = self._known.get(parent)
+        if known is None:
+            real = os.path.realpath(self.root / parent)
+            known = self._known[parent] = real == str(self.real_root / parent)
+        return known
 
 
 def _archive_name(directory: str, root_name: str, selected: list[str]) -> str:
