@@ -14,7 +14,7 @@ body, so a refused upload never sends a byte of it (``Expect: 100-continue``).
   index (local disk, up to FERRY_MAX_UPLOAD_SIZE) while the form arrives: a form cut off, too
   large or failing a digest stores nothing. Once it is whole and verified, and every part's name
   checked against the bucket, the parts are written one after the other, each atomically with its
-  SHA-256. An object store has no transaction over several keys: should the store fail while the
+  SHA-256 and CRC-32. An object store has no transaction over several keys: should the store fail while the
   parts are written, those written before stay (each whole) and the answer is the error.
 - **DELETE** of a file honours If-Match. A folder is a key prefix that exists only while a key lies
   below it, so it is never empty: deleting one is 409, as for a folder with something in it on a
@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from dataclasses import replace
 
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive
@@ -209,6 +208,7 @@ class BucketWrites:
                     write.target.path,
                     spooled(write, self.settings.chunk_size, stop),
                     sha256=write.builder.digest(),
+                    crc32=write.builder.crc32,
                     content_type=content_type_for(write.target.name, self.settings.mime_types),
                 )
                 stat = await to_the_end(stored_part, stop.set)
@@ -295,6 +295,6 @@ class BucketWrites:
         if folders:
             self.index.put_many(folders)
         remember_digest(self.index, stat)  # before the entry: the hasher then skips it
-        entry = replace(entry_of(stat), sha256=stat.sha256)
+        entry = entry_of(stat)  # with the digest and CRC-32 the upload computed
         self.index.put(entry)
         return entry

@@ -232,6 +232,6 @@ class Writes:
             self.index.sync_path(directory)
         digest = write.builder.result()
         self.index.put_digest(identity(st), digest)  # before the entry: the hasher then skips it
-        entry = replace(entry_from_stat(target.path, st), sha256=digest.sha256)
+        entry = replace(entry_from_stat(target.path, st), sha256=digest.sha256, crc32=digest.crc32)
         self.index.put(entry)
         return entry

@@ -37,6 +37,7 @@ class Stat:
     # mtime) of a local file. What the index compares to know a digest is still this file's.
     version: str
     sha256: bytes | None = None  # stored with the object by Ferry's own upload, when known
+    crc32: int | None = None  # likewise (what a ZIP entry needs)
 
     @property
     def name(self) -> str:
@@ -93,12 +94,13 @@ class Storage(Protocol):
         if_match: str | None = None,
         if_none_match: bool = False,
         sha256: bytes | None = None,
+        crc32: int | None = None,
         content_type: str | None = None,
     ) -> Stat:
         """Store `chunks` at `path` atomically: readers see the old file or the whole new one, never
         a part. `if_match` (an ETag) / `if_none_match` (nothing there yet): Changed otherwise.
-        `sha256`: the digest the body must have (InvalidInput otherwise, nothing stored), kept with
-        it where the storage can keep it (the object store; the local one has the index)."""
+        `sha256`, `crc32`: what the body must have (InvalidInput otherwise, nothing stored), kept
+        with it where the storage can keep it (the object store; the local one has the index)."""
 
     async def delete(self, path: str, *, if_match: str | None = None) -> None:
         """Remove the file at `path`; NotServable if there is none, Changed if `if_match` fails."""

@@ -10,7 +10,8 @@ runs the rounds (the one holding ``<index>.lock``, as for a local root); an unre
 skips a round with one warning, and the index keeps what it had.
 
 The same process hashes what the index lists without a digest (FERRY_CHECKSUMS): an object
-stored with Ferry's `sha256` attribute costs one HEAD and is never read; any other is read once,
+stored with Ferry's `sha256` and `crc32` attributes costs one HEAD and is never read; any other
+(one stored by an older Ferry with a SHA-256 alone included: a ZIP entry needs the CRC-32) is read once,
 in windows pinned to its ETag, at most FERRY_HASH_RATE bytes a second and not while downloads
 are in flight, as the local hasher does (app/storage/hasher.py).
 """
@@ -22,6 +23,7 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import replace
 
 from app import metrics
 from app.storage.async_index import AsyncIndex
@@ -41,7 +43,9 @@ _RETRY = (2.0, 60.0)  # first and longest wait before a failed listing round is 
 
 
 def entry_of(stat: Stat) -> Entry:
-    return entry_from_object(stat.path, stat.is_dir, stat.size, stat.mtime_ns, stat.version)
+    """The index entry of an object, with the digest and CRC-32 stored with it, if any."""
+    entry = entry_from_object(stat.path, stat.is_dir, stat.size, stat.mtime_ns, stat.version)
+    return replace(entry, sha256=stat.sha256, crc32=stat.crc32)
 
 
 class BucketKeeper:
@@ -215,7 +219,8 @@ class BucketHasher:
 
     async def _settle(self, entry_id: int, entry: Entry) -> bool:
         ident: Identity = (entry.dev, entry.ino, entry.size, entry.mtime_ns)
-        if entry.is_dir or await self.async_index.read(self.index.digest, ident) is not None:
+        known = None if entry.is_dir else await self.async_index.read(self.index.digest, ident)
+        if entry.is_dir or (known is not None and known.crc32 is not None):
             await self.async_index.write(self.index.done_digest, entry_id)
             return False
         try:
@@ -223,15 +228,15 @@ class BucketHasher:
             now = entry_of(stat)
             if stat.is_dir or (now.dev, now.ino, now.size, now.mtime_ns) != ident:
                 raise Changed()  # replaced or gone: the next listing round queues what is there now
-            if stat.sha256 is not None:  # stored by Ferry's upload: no need to read it
-                digest = FileDigest(stat.sha256)
+            if stat.sha256 is not None and stat.crc32 is not None:  # by Ferry's upload: not read
+                digest, stored = FileDigest(stat.sha256, crc32=stat.crc32), True
             else:
-                digest = await self._read(stat)
+                digest, stored = await self._read(stat), False
         except (Changed, NotServable):
             await self.async_index.write(self.index.done_digest, entry_id)
             return False
         await self.async_index.write(self.index.put_digest, ident, digest, done=entry_id)
-        if stat.sha256 is None:
+        if not stored:
             metrics.HASHED_FILES.inc()
         return True
 
@@ -263,7 +268,9 @@ class BucketHasher:
 
 
 def remember_digest(index: Index, stat: Stat) -> None:
-    """Keep the SHA-256 stored with an object (Ferry's own upload) by the object's identity."""
+    """Keep the SHA-256 and CRC-32 of an object's bytes (Ferry's own upload computed them) by the
+    object's identity."""
     if stat.sha256 is not None:
         entry = entry_of(stat)
-        index.put_digest((entry.dev, entry.ino, entry.size, entry.mtime_ns), FileDigest(stat.sha256))
+        digest = FileDigest(stat.sha256, crc32=stat.crc32)
+        index.put_digest((entry.dev, entry.ino, entry.size, entry.mtime_ns), digest)

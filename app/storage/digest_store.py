@@ -22,11 +22,13 @@ class DigestStore(Database):
             return EMPTY_DIGEST
         with self._connection() as conn:
             row = conn.execute(
-                "SELECT sha256, piece_length, pieces FROM digests "
+                "SELECT sha256, piece_length, pieces, crc32 FROM digests "
                 "WHERE dev = ? AND ino = ? AND size = ? AND mtime_ns = ?",
                 ident,
             ).fetchone()
-        return None if row is None else FileDigest(row["sha256"], row["piece_length"], row["pieces"])
+        if row is None:
+            return None
+        return FileDigest(row["sha256"], row["piece_length"], row["pieces"], row["crc32"])
 
     @recovering
     def put_digest(self, ident: Identity, digest: FileDigest, *, done: int | None = None) -> None:
@@ -37,11 +39,11 @@ class DigestStore(Database):
             if done is not None:
                 w.execute("DELETE FROM pending WHERE id = ?", (done,))
             w.execute(
-                "INSERT INTO digests (dev, ino, size, mtime_ns, sha256, piece_length, pieces) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dev, ino) DO UPDATE SET size = excluded.size, "
+                "INSERT INTO digests (dev, ino, size, mtime_ns, sha256, piece_length, pieces, crc32) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dev, ino) DO UPDATE SET size = excluded.size, "
                 "mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, "
-                "piece_length = excluded.piece_length, pieces = excluded.pieces",
-                (*ident, digest.sha256, digest.piece_length, digest.pieces),
+                "piece_length = excluded.piece_length, pieces = excluded.pieces, crc32 = excluded.crc32",
+                (*ident, digest.sha256, digest.piece_length, digest.pieces, digest.crc32),
             )
 
     @recovering

@@ -1,4 +1,5 @@
-"""SHA-256 digests of stored files: computed once, keyed by the file's identity, never stale.
+"""SHA-256 digests (and CRC-32s) of stored files: computed once, keyed by the file's identity, never
+stale.
 
 A digest belongs to a file's identity, (device, inode, size, mtime_ns), the same facts its ETag is
 made from: a file replaced, appended or rewritten has a new identity, so an old digest can never
@@ -14,6 +15,10 @@ be paired with new bytes. Digests come from three places, all through `DigestBui
 A file is hashed only if its identity is the same before and after the read, and only once its
 mtime is a little in the past: a write within the same timestamp tick as the read would leave the
 mtime unchanged (as git's "racy" index entries), so a file still being written waits.
+
+Every digest carries the file's CRC-32 as well (what a ZIP entry needs, app/archives/): computed
+in the same pass over the same bytes (`zlib.crc32`, about 0.25 s a GiB beside SHA-256's 0.6 s), so
+an archive never reads a file twice.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import zlib
 from collections.abc import Callable
 
 from app.storage.values import FileDigest, identity
@@ -40,11 +46,12 @@ def piece_length(size: int) -> int:
 
 
 class DigestBuilder:
-    """Hashes bytes as they pass: the whole-file SHA-256, piece SHA-256s, and any extra algorithms
-    a client asked to verify (sha-512)."""
+    """Hashes bytes as they pass: the whole-file SHA-256 and CRC-32, piece SHA-256s, and any extra
+    algorithms a client asked to verify (sha-512)."""
 
     def __init__(self, expected_size: int | None = None, extra: tuple[str, ...] = ()) -> None:
         self.whole = hashlib.sha256()
+        self.crc32 = 0
         self.extra = {name: hashlib.new(name) for name in extra if name != "sha256"}
         self.piece_length = piece_length(expected_size) if expected_size is not None else 0
         self._piece = hashlib.sha256() if self.piece_length else None
@@ -55,6 +62,7 @@ class DigestBuilder:
     def update(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         self.whole.update(view)
+        self.crc32 = zlib.crc32(view, self.crc32)
         for h in self.extra.values():
             h.update(view)
         self.size += len(view)
@@ -80,8 +88,8 @@ class DigestBuilder:
         if self._piece is not None and self._in_piece:
             pieces.append(self._piece.digest())
         if len(pieces) <= 1:
-            return FileDigest(self.whole.digest())
-        return FileDigest(self.whole.digest(), self.piece_length, b"".join(pieces))
+            return FileDigest(self.whole.digest(), crc32=self.crc32)
+        return FileDigest(self.whole.digest(), self.piece_length, b"".join(pieces), self.crc32)
 
 
 def hash_open_file(

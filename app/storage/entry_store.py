@@ -14,7 +14,14 @@ import sqlite3
 from app.storage.cursor import decode_cursor, encode_cursor
 from app.storage.database import Database, recovering
 from app.storage.errors import IndexRebuilding, InvalidInput
-from app.storage.schema import DIGEST_JOIN, SHA256_COLUMN, WITH_DIGEST, entry_from_row, subtree_bounds
+from app.storage.schema import (
+    CRC32_COLUMN,
+    DIGEST_JOIN,
+    SHA256_COLUMN,
+    WITH_DIGEST,
+    entry_from_row,
+    subtree_bounds,
+)
 from app.storage.values import Entry, Page, SortKey, join, split
 
 _SORT_COLUMNS: dict[str, str] = {"name": "name", "size": "size", "mtime": "mtime_ns"}
@@ -97,7 +104,8 @@ class EntryStore(Database):
             # The trigram tokenizer matches a quoted phrase as a substring, case-insensitively.
             phrase = '"' + query.replace('"', '""') + '"'
             return conn.execute(
-                f"SELECT e.*, {SHA256_COLUMN} FROM names JOIN entries e ON e.id = names.rowid {DIGEST_JOIN} "
+                f"SELECT e.*, {SHA256_COLUMN}, {CRC32_COLUMN} "
+                f"FROM names JOIN entries e ON e.id = names.rowid {DIGEST_JOIN} "
                 "WHERE names MATCH ? AND names.rowid > ? ORDER BY names.rowid LIMIT ?",
                 (phrase, after, limit + 1),
             ).fetchall()

@@ -103,10 +103,11 @@ class DigestWorker:
 
     def _hash_entry(self, entry_id: int, entry: Entry) -> bool:
         known = self.index.digest((entry.dev, entry.ino, entry.size, entry.mtime_ns))
-        if known is not None and (known.pieces or entry.size <= MIN_PIECE):
+        if known is not None and known.crc32 is not None and (known.pieces or entry.size <= MIN_PIECE):
             self.index.done_digest(entry_id)  # a hard link, or an upload of at most one piece
             return False
-        # Unknown, or an upload's whole-file digest still without the .meta4's piece hashes.
+        # Unknown, an upload's whole-file digest still without the .meta4's piece hashes, or a
+        # digest stored without its CRC-32 (a ZIP entry needs it).
         try:
             fd, st = open_beneath(resolve(entry.path, self.index.policy), self.index.policy)
         except (OSError, ValueError, StorageError):

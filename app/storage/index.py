@@ -62,7 +62,7 @@ class Index(Scanner, DigestStore, UploadStore):
         if path:
             write(self.put, entry)
         digest = self.digest((entry.dev, entry.ino, entry.size, entry.mtime_ns))
-        return entry if digest is None else replace(entry, sha256=digest.sha256)
+        return entry if digest is None else replace(entry, sha256=digest.sha256, crc32=digest.crc32)
 
 
 def _now(func: Callable[[_A], object], arg: _A, /) -> None:

@@ -14,8 +14,8 @@ the descriptor opened for it, in chunks of `chunk_size`: an atomic replace makes
 download in progress keeps the bytes it started with; a file changed in place under it (size or
 mtime moved) ends it with Changed.
 
-Unlike the object store, the local storage keeps no digest beside a file (`Stat.sha256` is None
-from `stat`; the index's digest store holds local digests) and ignores `content_type` (the name's
+Unlike the object store, the local storage keeps no digest beside a file (`Stat.sha256` and `crc32` are
+None from `stat`; the index's digest store holds local digests) and ignores `content_type` (the name's
 extension decides it, as today).
 """
 
@@ -70,11 +70,13 @@ class LocalStorage:
         """The canonical path, refused as the gate refuses it (and '.' segments, as a key's)."""
         return "/".join(split_key(path, show_hidden=self.policy.show_hidden))
 
-    def to_stat(self, path: str, st: os.stat_result, sha256: bytes | None = None) -> Stat:
+    def to_stat(
+        self, path: str, st: os.stat_result, sha256: bytes | None = None, crc32: int | None = None
+    ) -> Stat:
         is_dir = stat.S_ISDIR(st.st_mode)
         version = f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
         size, etag = (0, None) if is_dir else (st.st_size, self.etag(st))
-        return Stat(path, is_dir, size, st.st_mtime_ns, etag, version, sha256)
+        return Stat(path, is_dir, size, st.st_mtime_ns, etag, version, sha256, crc32)
 
     def _condition(
         self, if_match: str | None, if_none_match: bool
@@ -158,6 +160,7 @@ class LocalStorage:
         if_match: str | None = None,
         if_none_match: bool = False,
         sha256: bytes | None = None,
+        crc32: int | None = None,
         content_type: str | None = None,
     ) -> Stat:
         clean = self.path(path)
@@ -175,8 +178,8 @@ class LocalStorage:
                 await _blocking(upload.open)
                 async for chunk in chunks:
                     await _blocking(_put, upload, chunk)
-                digest = upload.builder.whole.digest()
-                if sha256 is not None and digest != sha256:
+                digest, crc = upload.builder.whole.digest(), upload.builder.crc32
+                if (sha256 is not None and digest != sha256) or (crc32 is not None and crc != crc32):
                     raise InvalidInput("the body does not match its digest")
                 _, st = await _blocking(upload.commit, check)
             except BaseException:
@@ -184,7 +187,7 @@ class LocalStorage:
                 raise
         finally:
             target.close()
-        return self.to_stat(clean, st, digest)
+        return self.to_stat(clean, st, digest, crc)
 
     async def delete(self, path: str, *, if_match: str | None = None) -> None:
         clean = self.path(path)

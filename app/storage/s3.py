@@ -25,9 +25,10 @@ store's requests decide: a HEAD then a GET ran at 0.54 of direct, the one GET at
 
 Writes: the body streams into a multipart upload of PART_SIZE parts, which obstore aborts when the
 body fails (nothing partial is ever visible under the key). A body that fits in one part is one
-conditional PUT (If-Match / If-None-Match evaluated by the store, race-free), its SHA-256 stored
-with it as an attribute (a longer body's only when the caller declared it: a multipart upload's
-attributes are sent before its first byte). A longer one checks the precondition before its first
+conditional PUT (If-Match / If-None-Match evaluated by the store, race-free), its SHA-256 and
+CRC-32 stored with it as attributes (`sha256`, `crc32`: 8 hex digits; a longer body's only when
+the caller brought them: a multipart upload's attributes are sent before its first byte; Ferry's
+index keeps them either way). A longer one checks the precondition before its first
 part and again after its last, just before completion: a write racing in that window (one request
 long) can still be overwritten, as without conditions.
 
@@ -55,7 +56,6 @@ import asyncio
 import collections
 import contextlib
 import gc
-import hashlib
 import os
 import re
 import time
@@ -70,6 +70,7 @@ from obstore import exceptions as s3
 from obstore.store import S3Store
 
 from app.storage.backend import ByteStream, Stat, StatPage
+from app.storage.digests import DigestBuilder
 from app.storage.errors import Changed, InvalidInput, NotServable, Refused, StorageError, Unreachable
 from app.storage.locations import AwsCredentials, S3Location
 from app.storage.paths import TEMP_PREFIX, split_key
@@ -230,8 +231,7 @@ class S3Storage:
                 got = await obstore.get_async(self.store(), key, options={"head": True})
         except NotServable:
             return None
-        digest = got.attributes.get("sha256")
-        return self._stat(got.meta, sha256=bytes.fromhex(str(digest)) if digest else None)
+        return self._stat(got.meta, got.attributes)
 
     async def stat_reading(self, path: str, start: int, stop: int) -> tuple[Stat, Bytes] | None:
         """The object at `path` and its bytes [start, stop) (fewer past its end), from one GET: a
@@ -255,8 +255,7 @@ class S3Storage:
                 data = await got.bytes_async()
         except NotServable:
             return None
-        digest = got.attributes.get("sha256")
-        return self._stat(got.meta, sha256=bytes.fromhex(str(digest)) if digest else None), data
+        return self._stat(got.meta, got.attributes), data
 
     async def _stat_reading(
         self, own: tuple[Upstream, Signer], key: str, start: int, stop: int
@@ -275,7 +274,8 @@ class S3Storage:
         version = f"{etag}:{answer.header(b'x-amz-version-id') or ''}"
         digest = answer.header(b"x-amz-meta-sha256")
         sha256 = bytes.fromhex(digest) if digest else None
-        return Stat(key, False, answer.size(), answer.mtime_ns(), etag, version, sha256)
+        crc32 = _crc32(answer.header(b"x-amz-meta-crc32"))
+        return Stat(key, False, answer.size(), answer.mtime_ns(), etag, version, sha256, crc32)
 
     async def _has_children(self, key: str) -> bool:
         with _answers():
@@ -283,10 +283,16 @@ class S3Storage:
                 return bool(batch)
         return False
 
-    def _stat(self, meta: Any, sha256: bytes | None = None) -> Stat:
+    def _stat(self, meta: Any, attributes: Any = None) -> Stat:
+        """An object's stat from its metadata, and from its attributes (a GET's or HEAD's, not a
+        listing's) the digest and CRC-32 Ferry's upload stored with it."""
         etag = meta.get("e_tag")
         version = f"{etag}:{meta.get('version') or ''}"
-        return Stat(meta["path"], False, meta["size"], _ns(meta["last_modified"]), etag, version, sha256)
+        digest = attributes.get("sha256") if attributes else None
+        sha256 = bytes.fromhex(str(digest)) if digest else None
+        crc32 = _crc32(attributes.get("crc32")) if attributes else None
+        mtime_ns = _ns(meta["last_modified"])
+        return Stat(meta["path"], False, meta["size"], mtime_ns, etag, version, sha256, crc32)
 
     async def open_range(self, path: str, start: int, end: int, *, if_match: str | None = None) -> ByteStream:
         key = self.key(path)
@@ -375,6 +381,7 @@ class S3Storage:
         if_match: str | None = None,
         if_none_match: bool = False,
         sha256: bytes | None = None,
+        crc32: int | None = None,
         content_type: str | None = None,
     ) -> Stat:
         key = self.key(path)
@@ -383,15 +390,18 @@ class S3Storage:
         attributes: dict[str, str] = {}
         if sha256 is not None:
             attributes["sha256"] = sha256.hex()
+        if crc32 is not None:
+            attributes["crc32"] = f"{crc32:08x}"
         if content_type:
             attributes["Content-Type"] = content_type
         mode: PutMode = {"e_tag": if_match} if if_match else "create" if if_none_match else "overwrite"
-        body = _Body(chunks, sha256)
+        body = _Body(chunks, sha256, crc32)
         head = await body.first(self.config.part_size)
         with _answers():
             if body.ended:  # one part: one conditional PUT, decided by the store itself
                 body.verify()
-                attributes["sha256"] = body.digest().hex()  # known before it is sent: kept with it
+                # Known before it is sent: kept with it.
+                attributes["sha256"], attributes["crc32"] = body.digest().hex(), f"{body.crc32():08x}"
                 await obstore.put_async(self.store(), key, head, mode=mode, attributes=attributes)
             else:
                 await self._check(key, if_match, if_none_match)
@@ -406,7 +416,9 @@ class S3Storage:
                     max_concurrency=2,
                 )
         stat = await self.stat(path)
-        return Stat(stat.path, False, stat.size, stat.mtime_ns, stat.etag, stat.version, body.digest())
+        return Stat(
+            stat.path, False, stat.size, stat.mtime_ns, stat.etag, stat.version, body.digest(), body.crc32()
+        )
 
     async def _check(self, key: str, if_match: str | None, if_none_match: bool) -> None:
         if not if_match and not if_none_match:
@@ -506,13 +518,14 @@ class _Windows:
 
 
 class _Body:
-    """An upload's body: its first part read ahead, the SHA-256 computed on the way, the declared
-    digest verified before the last part is sent (a mismatch aborts the upload)."""
+    """An upload's body: its first part read ahead, the SHA-256 and CRC-32 computed on the way, the
+    declared ones verified before the last part is sent (a mismatch aborts the upload)."""
 
-    def __init__(self, chunks: AsyncIterable[bytes], expected: bytes | None) -> None:
+    def __init__(self, chunks: AsyncIterable[bytes], expected: bytes | None, crc32: int | None) -> None:
         self._chunks = aiter(chunks)
-        self._hash = hashlib.sha256()
+        self._hash = DigestBuilder()
         self._expected = expected
+        self._expected_crc32 = crc32
         self.ended = False
         self.before_end: Any = None
 
@@ -531,9 +544,14 @@ class _Body:
     def digest(self) -> bytes:
         return self._hash.digest()
 
+    def crc32(self) -> int:
+        return self._hash.crc32
+
     def verify(self) -> None:
         if self._expected is not None and self._hash.digest() != self._expected:
             raise InvalidInput("the body does not match its sha-256 digest; nothing was stored")
+        if self._expected_crc32 is not None and self._hash.crc32 != self._expected_crc32:
+            raise InvalidInput("the body does not match its CRC-32; nothing was stored")
 
     async def rest(self, head: bytes) -> AsyncIterator[bytes]:
         yield head
@@ -543,6 +561,13 @@ class _Body:
         self.verify()
         if self.before_end is not None:
             await self.before_end()
+
+
+def _crc32(value: object) -> int | None:
+    """A `crc32` attribute (8 hex digits) as a number; None when absent or not one (an attribute
+    anyone with write access to the bucket could have set)."""
+    text = str(value) if value else ""
+    return int(text, 16) if re.fullmatch(r"[0-9a-fA-F]{8}", text) else None
 
 
 def _seconds(text: str) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 from app.storage.paths import PathPolicy
 from app.storage.values import EMPTY_SHA256, Entry, join
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -42,6 +42,7 @@ SCHEMA = (
     sha256 BLOB NOT NULL,
     piece_length INTEGER NOT NULL,
     pieces BLOB NOT NULL,
+    crc32 INTEGER,
     PRIMARY KEY (dev, ino)
 )""",
     # Files whose bytes are new or changed since they were hashed: the digest worker's queue.
@@ -69,15 +70,16 @@ END""",
 END""",
 )
 TABLES = ("names", "pending", "digests", "entries", "dirs", "uploads", "meta")
-# An entry with the digest of its identity, if one is known (an empty file's is a constant: empty
-# files are neither queued nor stored, and a million of them cost nothing).
+# An entry with the digest and CRC-32 of its identity, if known (an empty file's are constants:
+# empty files are neither queued nor stored, and a million of them cost nothing).
 SHA256_COLUMN = (
     f"CASE WHEN e.size = 0 AND NOT e.is_dir THEN x'{EMPTY_SHA256.hex()}' ELSE d.sha256 END AS sha256"
 )
+CRC32_COLUMN = "CASE WHEN e.size = 0 AND NOT e.is_dir THEN 0 ELSE d.crc32 END AS crc32"
 DIGEST_JOIN = (
     "LEFT JOIN digests d ON d.dev = e.dev AND d.ino = e.ino AND d.size = e.size AND d.mtime_ns = e.mtime_ns"
 )
-WITH_DIGEST = f"SELECT e.*, {SHA256_COLUMN} FROM entries e {DIGEST_JOIN}"
+WITH_DIGEST = f"SELECT e.*, {SHA256_COLUMN}, {CRC32_COLUMN} FROM entries e {DIGEST_JOIN}"
 
 
 def create_schema(w: sqlite3.Connection, identity: str) -> None:
@@ -111,6 +113,7 @@ def quick_check(conn: sqlite3.Connection) -> None:
 
 
 def entry_from_row(row: sqlite3.Row) -> Entry:
+    columns = row.keys()
     return Entry(
         path=join(row["parent"], row["name"]),
         name=row["name"],
@@ -119,7 +122,8 @@ def entry_from_row(row: sqlite3.Row) -> Entry:
         mtime_ns=row["mtime_ns"],
         dev=row["dev"],
         ino=row["ino"],
-        sha256=row["sha256"] if "sha256" in row.keys() else None,
+        sha256=row["sha256"] if "sha256" in columns else None,
+        crc32=row["crc32"] if "crc32" in columns else None,
     )
 
 

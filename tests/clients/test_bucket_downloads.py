@@ -11,12 +11,15 @@ Each test serves a key prefix of its own in the session's `weed mini` (marker `e
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -396,15 +399,29 @@ def test_redirect_mode_sends_clients_to_a_presigned_url_after_ferrys_own_checks(
     assert done.returncode == 0 and out.read_bytes() == data
 
 
+def stored_crc32s(cwd: Path) -> dict[str, int | None]:
+    """The CRC-32 a server's index keeps for each object it lists (read behind its back)."""
+    (db,) = cwd.glob("var/index-s3-*.sqlite3")
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
+        rows = conn.execute(
+            "SELECT e.name, d.crc32 FROM entries e LEFT JOIN digests d ON d.dev = e.dev AND d.ino = e.ino "
+            "AND d.size = e.size AND d.mtime_ns = e.mtime_ns WHERE NOT e.is_dir"
+        ).fetchall()
+    return dict(rows)
+
+
 @pytest.mark.clients
-def test_the_hasher_reads_only_objects_without_a_stored_sha256(seaweed: Seaweed, serve: Serve) -> None:
+def test_the_hasher_reads_only_objects_without_a_stored_sha256_and_crc32(
+    seaweed: Seaweed, serve: Serve, tmp_path: Path
+) -> None:
     prefix = new_prefix("hasher")
-    stored, bare = os.urandom(3 * MiB), os.urandom(5 * MiB + 1)
+    stored, bare, old = os.urandom(3 * MiB), os.urandom(5 * MiB + 1), os.urandom(100 * KiB)
     store = seaweed.store()
-    obstore.put(
-        store, f"{prefix}/stored.bin", stored, attributes={"sha256": hashlib.sha256(stored).hexdigest()}
-    )
+    attributes = {"sha256": hashlib.sha256(stored).hexdigest(), "crc32": f"{zlib.crc32(stored):08x}"}
+    obstore.put(store, f"{prefix}/stored.bin", stored, attributes=attributes)
     obstore.put(store, f"{prefix}/bare.bin", bare)
+    # As an older Ferry stored it: a SHA-256 and no CRC-32, which a ZIP entry needs: read once.
+    obstore.put(store, f"{prefix}/old.bin", old, attributes={"sha256": hashlib.sha256(old).hexdigest()})
     server = serve(prefix)  # a fresh process: its hashing counters start at 0
 
     def sums(name: str) -> httpx.Response:
@@ -420,11 +437,13 @@ def test_the_hasher_reads_only_objects_without_a_stored_sha256(seaweed: Seaweed,
     listed = httpx.get(f"{server.url}/files/?format=json", timeout=PATIENCE).json()
     digests = {entry["name"]: entry["sha256"] for entry in listed["entries"]}
     assert digests["bare.bin"] == hashlib.sha256(bare).hexdigest()
-    assert wait_for(lambda: scrape(server).get("ferry_hashed_files_total", 0.0) >= 1)
+    assert wait_for(lambda: scrape(server).get("ferry_hashed_files_total", 0.0) >= 2, timeout=2 * PATIENCE)
     after = scrape(server)
-    assert after["ferry_hashed_bytes_total"] == len(bare)  # the stored object was never read
-    assert after["ferry_hashed_files_total"] == 1
+    assert after["ferry_hashed_bytes_total"] == len(bare) + len(old)  # the stored object was never read
+    assert after["ferry_hashed_files_total"] == 2
     assert sums("stored.bin").text.split() == [hashlib.sha256(stored).hexdigest(), "stored.bin"]
+    expected = {"stored.bin": zlib.crc32(stored), "bare.bin": zlib.crc32(bare), "old.bin": zlib.crc32(old)}
+    assert wait_for(lambda: stored_crc32s(tmp_path / "cwd-0") == expected)
 
     def listed_digest(name: str) -> str | None:
         listing = httpx.get(f"{server.url}/files/?format=json", timeout=PATIENCE).json()
@@ -432,4 +451,4 @@ def test_the_hasher_reads_only_objects_without_a_stored_sha256(seaweed: Seaweed,
         return digests[name]
 
     assert wait_for(lambda: listed_digest("stored.bin") == hashlib.sha256(stored).hexdigest())
-    assert scrape(server)["ferry_hashed_bytes_total"] == len(bare)
+    assert scrape(server)["ferry_hashed_bytes_total"] == len(bare) + len(old)

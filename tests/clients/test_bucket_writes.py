@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import os
 import subprocess
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,12 @@ class Bucket:
     async def attributes(self, path: str) -> dict[str, Any]:
         got = await obstore.get_async(self.engine.store(), self.prefix + path, options={"head": True})
         return dict(got.attributes)
+
+    def crc32(self, path: str) -> int | None:
+        """The CRC-32 this app's index keeps for the file at `path` (what a ZIP entry needs)."""
+        entry = self.app.services.index.get(path)
+        assert entry is not None, path
+        return entry.crc32
 
     async def plant(self, path: str, data: bytes) -> None:
         await obstore.put_async(self.engine.store(), self.prefix + path, data)
@@ -184,9 +191,14 @@ async def test_put_creates_replaces_and_is_served_listed_and_searched_at_once(se
         assert created.headers["etag"] == entry["etag"]
         assert created.headers["repr-digest"] == sha256_field(data)
         assert counter("created") == created_before + 1
-        # Stored whole, with its SHA-256 kept with the object.
+        # Stored whole, with its SHA-256 and CRC-32 kept with the object, and in the index.
         assert (await b.objects()) == {"docs/a b.txt": data}
-        assert (await b.attributes("docs/a b.txt"))["sha256"] == hashlib.sha256(data).hexdigest()
+        attributes = await b.attributes("docs/a b.txt")
+        assert attributes["sha256"] == hashlib.sha256(data).hexdigest()
+        assert attributes["crc32"] == f"{zlib.crc32(data):08x}"
+        assert b.crc32("docs/a b.txt") == zlib.crc32(data)
+        storage = b.app.services.bucket
+        assert storage is not None and (await storage.stat("docs/a b.txt")).crc32 == zlib.crc32(data)
 
         got = await b.http.get("/files/docs/a%20b.txt")
         assert got.status_code == 200 and got.content == data
@@ -271,6 +283,9 @@ async def test_a_multipart_sized_body_is_stored_whole_with_its_digest(serve: Ser
         assert got.headers["etag"] == put.headers["etag"]
         ranged = await b.http.get("/files/big/file.bin", headers={"Range": "bytes=5242870-5242889"})
         assert ranged.status_code == 206 and ranged.content == data[5242870:5242890]
+        # Its CRC-32, known only once the last part is sent, is kept by the index of this replica.
+        assert b.crc32("big/file.bin") == zlib.crc32(data)
+        assert "crc32" not in await b.attributes("big/file.bin")
         # Declared, it is stored with the object too, whatever the size.
         declared = await b.http.put(
             "/files/big/declared.bin", content=data, headers={**AUTH, "Content-Digest": sha256_field(data)}
@@ -414,7 +429,10 @@ async def test_a_form_of_two_files_is_stored(serve: Serve) -> None:
             assert got.content == data and got.headers["etag"] == entries[f"in/{name}"]["etag"]
             assert got.headers["repr-digest"] == sha256_field(data)
             # Spooled first, so its digest was known before it was sent: stored with the object.
-            assert (await b.attributes(f"in/{name}"))["sha256"] == hashlib.sha256(data).hexdigest()
+            attributes = await b.attributes(f"in/{name}")
+            assert attributes["sha256"] == hashlib.sha256(data).hexdigest()
+            assert attributes["crc32"] == f"{zlib.crc32(data):08x}"
+            assert b.crc32(f"in/{name}") == zlib.crc32(data)
         assert set(await b.listing("in")) == {"one.txt", "two.bin"}
         assert await b.search("one") == {"in/one.txt"}
         assert b.engine.pending_uploads() == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,7 @@ async def test_write_stat_read_ranges_and_delete(backend: Backend) -> None:
     storage = backend.storage
     data = os.urandom(3 * MiB + 123)
     written = await storage.write("dir/sub/file.bin", body(data[:MiB], data[MiB:]))
-    assert written.sha256 == hashlib.sha256(data).digest()
+    assert written.sha256 == hashlib.sha256(data).digest() and written.crc32 == zlib.crc32(data)
     stat = await storage.stat("dir/sub/file.bin")
     assert (stat.path, stat.is_dir, stat.size, stat.etag, stat.version) == (
         "dir/sub/file.bin",
@@ -223,10 +224,18 @@ async def test_a_declared_digest_is_verified(backend: Backend, size: int) -> Non
     with pytest.raises(NotServable):
         await storage.stat("d.bin")
     assert backend.leftovers() == []
-    assert (await storage.write("d.bin", body(data), sha256=good)).sha256 == good
+    with pytest.raises(InvalidInput):  # nor what its declared CRC-32 says
+        await storage.write("d.bin", body(data), sha256=good, crc32=zlib.crc32(data) ^ 1)
+    with pytest.raises(NotServable):
+        await storage.stat("d.bin")
+    assert backend.leftovers() == []
+    crc32 = zlib.crc32(data)
+    written = await storage.write("d.bin", body(data), sha256=good, crc32=crc32)
+    assert (written.sha256, written.crc32) == (good, crc32)
     # They differ here: the object store keeps the digest with the object; on disk the index's
     # digest store keeps it, not the storage.
-    assert (await storage.stat("d.bin")).sha256 == (good if backend.kind == "s3" else None)
+    stat = await storage.stat("d.bin")
+    assert (stat.sha256, stat.crc32) == ((good, crc32) if backend.kind == "s3" else (None, None))
 
 
 async def test_delete_honours_if_match(backend: Backend) -> None:

@@ -7,6 +7,7 @@ crashes) is tests/clients/test_uploads.py's, against a real `ferry serve`.
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -14,6 +15,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from app.storage.values import identity
 from tests.support.inprocess import AppPool, InProcessServer
 
 TOKEN = "t"
@@ -128,6 +130,23 @@ def test_the_right_token_is_accepted(writable: InProcessServer, storage_tree: Pa
     assert (storage_tree / "form.txt").read_bytes() == b"form"
     assert writable.client.delete(url_for(writable, "new.txt"), headers=AUTH).status_code == 204
     assert not (storage_tree / "new.txt").exists()
+
+
+def test_an_upload_stores_its_crc32_beside_its_digest(writable: InProcessServer, storage_tree: Path) -> None:
+    """Computed while the body streams to disk (what a ZIP entry needs), in many chunks."""
+    body = os.urandom(3 * 1024 * KiB + 7)
+    put = writable.client.put(url_for(writable, "crc/put.bin"), content=body, headers=AUTH)
+    assert put.status_code == 201, put.text
+    form = writable.client.post(
+        f"{writable.url}/files/crc/", files={"f": ("form.bin", body[:5000])}, headers=AUTH
+    )
+    assert form.status_code == 201, form.text
+    index = writable.app.services.index
+    for name, data in (("put.bin", body), ("form.bin", body[:5000])):
+        stored = index.digest(identity(os.stat(storage_tree / "crc" / name)))
+        assert stored is not None and stored.crc32 == zlib.crc32(data), name
+        entry = index.get(f"crc/{name}")
+        assert entry is not None and entry.crc32 == zlib.crc32(data)
 
 
 def test_put_creates_missing_parents_visible_at_once(writable: InProcessServer, storage_tree: Path) -> None:

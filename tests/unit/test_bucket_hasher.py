@@ -1,5 +1,6 @@
 """The bucket's hasher (app/storage/bucket_index.py `BucketHasher`) against fakes of the index and
-the store: a stored SHA-256 is taken without reading the object, any other object is read once,
+the store: a stored SHA-256 and CRC-32 are taken without reading the object, any other object
+(a SHA-256 stored without its CRC-32 included) is read once,
 a replaced or vanished object leaves the queue, and a store that stops answering pauses hashing
 with one line, not one per object. The real engine: tests/clients/test_bucket_downloads.py."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
@@ -89,8 +91,8 @@ class Idle:
         return False
 
 
-def stat(path: str, data: bytes, etag: str, sha256: bytes | None = None) -> Stat:
-    return Stat(path, False, len(data), 1_700_000_000_000_000_000, etag, f"{etag}:", sha256)
+def stat(path: str, data: bytes, etag: str, sha256: bytes | None = None, crc32: int | None = None) -> Stat:
+    return Stat(path, False, len(data), 1_700_000_000_000_000_000, etag, f"{etag}:", sha256, crc32)
 
 
 def hasher(index: FakeIndex, bucket: FakeBucket) -> BucketHasher:
@@ -105,7 +107,10 @@ def test_stored_digests_are_taken_and_other_objects_read_once() -> None:
     stored, bare, gone = b"stored bytes", b"bare bytes" * 500, b"gone"
     replaced_before, replaced_now = stat("replaced.bin", b"v1", '"v1"'), stat("replaced.bin", b"v2", '"v2"')
     objects = {
-        "stored.bin": (stat("stored.bin", stored, '"s"', hashlib.sha256(stored).digest()), stored),
+        "stored.bin": (
+            stat("stored.bin", stored, '"s"', hashlib.sha256(stored).digest(), zlib.crc32(stored)),
+            stored,
+        ),
         "bare.bin": (stat("bare.bin", bare, '"b"'), bare),
         "replaced.bin": (replaced_now, b"v2"),
     }
@@ -120,9 +125,29 @@ def test_stored_digests_are_taken_and_other_objects_read_once() -> None:
     assert asyncio.run(main()) is True
     assert index.pending == {}  # every entry settled or dropped
     assert bucket.reads == ["bare.bin"]  # the stored digest cost no read
-    assert index.digests[ident(entries[0])].sha256 == hashlib.sha256(stored).digest()
+    assert index.digests[ident(entries[0])] == FileDigest(
+        hashlib.sha256(stored).digest(), crc32=zlib.crc32(stored)
+    )
     assert index.digests[ident(entries[1])].sha256 == hashlib.sha256(bare).digest()
+    assert index.digests[ident(entries[1])].crc32 == zlib.crc32(bare)
     assert set(index.digests) == {ident(entries[0]), ident(entries[1])}  # none for another version
+
+
+def test_a_sha256_stored_without_its_crc32_is_read_for_it() -> None:
+    """An object an older Ferry uploaded (its `sha256` attribute only), or one whose digest the
+    index knows without a CRC-32: read once, so a ZIP entry can have its CRC-32."""
+    old, known = b"uploaded before CRC-32s", b"known without a CRC-32"
+    objects = {
+        "old.bin": (stat("old.bin", old, '"o"', hashlib.sha256(old).digest()), old),
+        "known.bin": (stat("known.bin", known, '"k"'), known),
+    }
+    entries = [entry_of(objects["old.bin"][0]), entry_of(objects["known.bin"][0])]
+    index, bucket = FakeIndex(entries), FakeBucket(objects)
+    index.digests[ident(entries[1])] = FileDigest(hashlib.sha256(known).digest())
+    assert asyncio.run(hasher(index, bucket)._pass(asyncio.Event())) is True
+    assert bucket.reads == ["old.bin", "known.bin"] and index.pending == {}
+    assert index.digests[ident(entries[0])] == FileDigest(hashlib.sha256(old).digest(), crc32=zlib.crc32(old))
+    assert index.digests[ident(entries[1])].crc32 == zlib.crc32(known)
 
 
 def test_a_store_that_stops_answering_pauses_hashing_with_one_line(caplog: pytest.LogCaptureFixture) -> None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import sqlite3
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,8 @@ from app.storage.digests import MIN_PIECE, hash_open_file
 from app.storage.hasher import DigestWorker
 from app.storage.index import Index
 from app.storage.paths import PathPolicy
-from app.storage.values import FileDigest, identity
+from app.storage.schema import schema_identity
+from app.storage.values import EMPTY_DIGEST, FileDigest, identity
 from app.transfer.activity import Activity
 from tests.conftest import PATIENCE
 
@@ -189,3 +193,94 @@ def test_a_whole_file_digest_gets_its_piece_hashes_in_the_background(
     assert stored.piece_hexes() == tuple(
         hashlib.sha256(data[i : i + MIN_PIECE]).hexdigest() for i in range(0, len(data), MIN_PIECE)
     )
+
+
+# -- CRC-32s (what a ZIP entry needs), stored beside the digests --------------------------------
+
+
+def test_the_hasher_stores_each_files_crc32(setup: tuple[Path, Index, Activity]) -> None:
+    root, index, activity = setup
+    big = os.urandom(MIN_PIECE + 5)  # more than one piece
+    _write(root / "big.bin", big)
+    _write(root / "small.txt", b"small")
+    _write(root / "empty", b"")
+    index.scan()
+    _drain(DigestWorker(index, activity, rate=0))
+    for name, data in (("big.bin", big), ("small.txt", b"small"), ("empty", b"")):
+        entry = index.get(name)
+        assert entry is not None and entry.crc32 == zlib.crc32(data), name
+        stored = index.digest((entry.dev, entry.ino, entry.size, entry.mtime_ns))
+        assert stored is not None and stored.crc32 == zlib.crc32(data)
+        assert stored.sha256 == hashlib.sha256(data).digest()
+    listed = {e.name: e.crc32 for e in index.list_dir("", limit=10).entries}
+    assert listed == {"big.bin": zlib.crc32(big), "small.txt": zlib.crc32(b"small"), "empty": 0}
+    paged = {e.path: (e.sha256, e.crc32) for e in index.files_with_digests("", recursive=True, limit=10)}
+    assert paged["big.bin"] == (hashlib.sha256(big).digest(), zlib.crc32(big))
+    assert paged["empty"] == (hashlib.sha256(b"").digest(), 0)
+
+
+def test_a_digest_without_its_crc32_is_hashed_again(setup: tuple[Path, Index, Activity]) -> None:
+    """A whole-file digest of one piece is otherwise done; without a CRC-32 it is read once more."""
+    root, index, activity = setup
+    _write(root / "old.txt", b"hashed before CRC-32s were kept")
+    st = os.stat(root / "old.txt")
+    index.put_digest(identity(st), FileDigest(hashlib.sha256(b"hashed before CRC-32s were kept").digest()))
+    index.scan()
+    entry = index.get("old.txt")
+    assert entry is not None and entry.sha256 is not None and entry.crc32 is None
+    worker = DigestWorker(index, activity, rate=0)
+    _drain(worker)
+    assert worker.hashed_files == 1 and index.pending_count() == 0
+    stored = index.digest(identity(st))
+    assert stored is not None and stored.crc32 == zlib.crc32(b"hashed before CRC-32s were kept")
+
+
+def test_a_digest_with_its_crc32_is_not_hashed_again(setup: tuple[Path, Index, Activity]) -> None:
+    root, index, activity = setup
+    _write(root / "up.txt", b"uploaded")
+    st = os.stat(root / "up.txt")
+    index.put_digest(
+        identity(st), FileDigest(hashlib.sha256(b"uploaded").digest(), crc32=zlib.crc32(b"uploaded"))
+    )
+    index.scan()
+    worker = DigestWorker(index, activity, rate=0)
+    _drain(worker)
+    assert worker.hashed_files == 0 and index.pending_count() == 0
+
+
+def test_the_digest_store_round_trips_crc32s(setup: tuple[Path, Index, Activity]) -> None:
+    _, index, _ = setup
+    ident = (1, 2, 3, 4)
+    for digest in (
+        FileDigest(b"\x01" * 32, crc32=0xFFFFFFFF),  # the largest CRC-32 fits SQLite's integers
+        FileDigest(b"\x02" * 32, MIN_PIECE, b"\x03" * 64, crc32=0),
+        FileDigest(b"\x04" * 32),  # none known: stays None, not 0
+    ):
+        index.put_digest(ident, digest)
+        assert index.digest(ident) == digest
+    assert index.digest((1, 2, 0, 4)) == EMPTY_DIGEST and EMPTY_DIGEST.crc32 == 0
+
+
+def test_an_index_of_the_previous_schema_is_started_afresh(tmp_path: Path) -> None:
+    """Its digests carry no CRC-32: each would need a read anyway, so the cache is rebuilt."""
+    root = tmp_path / "root"
+    root.mkdir()
+    policy = PathPolicy(root=root.resolve())
+    db = tmp_path / "index.sqlite3"
+    Index(db, policy)
+    conn = sqlite3.connect(db)
+    with conn:
+        previous = [6, *json.loads(schema_identity(policy))[1:]]  # the schema before CRC-32s
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'identity'", (json.dumps(previous),))
+        conn.execute("DROP TABLE digests")
+        conn.execute(
+            "CREATE TABLE digests (dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL, "
+            "mtime_ns INTEGER NOT NULL, sha256 BLOB NOT NULL, piece_length INTEGER NOT NULL, "
+            "pieces BLOB NOT NULL, PRIMARY KEY (dev, ino))"
+        )
+        conn.execute("INSERT INTO digests VALUES (1, 2, 3, 4, ?, 0, x'')", (b"\x01" * 32,))
+    conn.close()
+    index = Index(db, policy)
+    assert index.digest((1, 2, 3, 4)) is None
+    index.put_digest((1, 2, 3, 4), FileDigest(b"\x01" * 32, crc32=7))
+    assert index.digest((1, 2, 3, 4)) == FileDigest(b"\x01" * 32, crc32=7)

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import random
 import xml.etree.ElementTree as ET
+import zlib
 
 import pytest
 from hypothesis import given
@@ -25,6 +26,7 @@ from app.http.digests import (
 from app.http.metalink import Mirror, Pieces, link_field, metalink_document
 from app.http.plan import DownloadRequest, FileFacts, plan_download
 from app.storage.digests import MIN_PIECE, DigestBuilder, piece_length
+from app.storage.values import EMPTY_DIGEST
 
 # RFC 9530 Appendix D.1: {"hello": "world"}, and the digests it gives for it.
 HELLO = b'{"hello": "world"}'
@@ -202,12 +204,30 @@ def test_builder_pieces_match_hashing_each_piece(writes: list[int]) -> None:
         offset += n
     result = builder.result()
     assert result.sha256 == hashlib.sha256(data).digest()
+    assert result.crc32 == zlib.crc32(data)  # over the whole file, across piece boundaries
     assert builder.digest("sha512") == hashlib.sha512(data).digest()
     expected = [hashlib.sha256(data[i : i + MIN_PIECE]).digest() for i in range(0, len(data), MIN_PIECE)]
     if len(expected) > 1:
         assert (result.piece_length, result.pieces) == (MIN_PIECE, b"".join(expected))
     else:
         assert result.pieces == b""
+
+
+@pytest.mark.parametrize("expected_size", [None, 5 * MIN_PIECE + 3])
+def test_builder_crc32_is_zlibs_over_every_byte(expected_size: int | None) -> None:
+    """What a ZIP entry needs, the same with or without piece hashes (an upload has none)."""
+    data = random.Random(7).randbytes(5 * MIN_PIECE + 3)
+    builder = DigestBuilder(expected_size)
+    for offset in range(0, len(data), 1_000_003):  # reads that straddle the piece boundaries
+        builder.update(memoryview(data)[offset : offset + 1_000_003])
+    result = builder.result()
+    assert result.crc32 == zlib.crc32(data) and result.sha256 == hashlib.sha256(data).digest()
+    assert len(result.pieces) == (6 * 32 if expected_size else 0)
+
+
+def test_builder_of_no_bytes_has_the_empty_digest() -> None:
+    assert DigestBuilder().result() == EMPTY_DIGEST
+    assert EMPTY_DIGEST.crc32 == zlib.crc32(b"") == 0
 
 
 # -- in the download plan ----------------------------------------------------------------------

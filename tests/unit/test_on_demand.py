@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -58,10 +59,11 @@ def test_concurrent_requests_share_one_read(root_and_index: tuple[Path, Index]) 
         assert hashed_bytes() - before == len(data)  # one read for twelve requests
         expected = hashlib.sha512(data).digest()
         assert all(r is not None and r.extra == {"sha512": expected} and r.settled for r in results)
-        # Remembered: SHA-512 by the hasher, SHA-256 in the index.
+        # Remembered: SHA-512 by the hasher, SHA-256 and CRC-32 in the index.
         assert hasher.known(identity(st), "sha512") == expected
         stored = index.digest(identity(st))
         assert stored is not None and stored.sha256 == hashlib.sha256(data).digest()
+        assert stored.crc32 == zlib.crc32(data)
     finally:
         hasher.close()
 
