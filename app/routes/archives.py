@@ -37,7 +37,7 @@ from app.archives.zip import ZipLayout
 from app.errors import BadRequest, Forbidden, NotFound
 from app.http.conditional import Validators
 from app.http.headers import content_disposition
-from app.http.plan import DownloadRequest, FileFacts, plan_download
+from app.http.plan import DownloadRequest, FileFacts, ResponsePlan, plan_download
 from app.request import FileRequest
 from app.services import Services
 from app.storage.errors import StorageError
@@ -92,10 +92,17 @@ class Manifest:
 class Archives:
     """Answers `?archive=` on a folder: checks, manifest, layout, plan, sender."""
 
+    on_disk = True  # members are files below ROOT (BucketArchives: objects of a bucket)
+
     def __init__(self, services: Services, slots: DownloadSlots, options: TransferOptions) -> None:
         self.services = services
         self.slots = slots
         self.options = options
+        storage = services.settings.storage
+        if storage is None:
+            self.root_name = services.settings.root.name or "files"
+        else:
+            self.root_name = storage.prefix.strip("/").rpartition("/")[2] or storage.bucket
 
     async def answer(self, request: FileRequest, directory: str, granted: LinkScope | None) -> ASGIApp:
         settings = self.services.settings
@@ -113,7 +120,7 @@ class Archives:
         manifest = await run_in_threadpool(self._manifest, directory, selected, keep)
         layout: Layout = ZipLayout(manifest.members) if kind == "zip" else TarLayout(manifest.members)
         complete = not isinstance(layout, ZipLayout) or layout.complete
-        name = _archive_name(directory, self.services.settings.root.name, selected)
+        name = _archive_name(directory, self.root_name, selected)
         facts = FileFacts(
             size=layout.length,
             validators=Validators(etag=manifest.etag(kind), last_modified=manifest.newest),
@@ -130,25 +137,33 @@ class Archives:
         if plan.body and request.method == "GET":
             release = self.slots.acquire(request.client)  # 429 past FERRY_MAX_CONNECTIONS_PER_IP
             metrics.ARCHIVES.labels(kind).inc()
+        return self._sender(plan, layout, manifest, granted, kind, release)
+
+    def _sender(
+        self,
+        plan: ResponsePlan,
+        layout: Layout,
+        manifest: Manifest,
+        granted: LinkScope | None,
+        kind: str,
+        release: Callable[[], None] | None,
+    ) -> ArchiveSender:
+        opener = self._opener(manifest, granted)
+        activity = self.services.activity
         return ArchiveSender(
-            plan,
-            layout,
-            self._opener(manifest, granted),
-            self.options,
-            kind=kind,
-            on_close=release,
-            activity=self.services.activity,
+            plan, layout, opener, self.options, kind=kind, on_close=release, activity=activity
         )
 
     def _manifest(self, directory: str, selected: list[str], keep: Callable[[str], bool] | None) -> Manifest:
         """The archive's files from the index, within the limits (blocking: run in a thread)."""
         settings = self.services.settings
-        root_name = self.services.settings.root.name or "files"
-        prefix = "" if selected else (directory.rpartition("/")[2] or root_name) + "/"
+        prefix = "" if selected else (directory.rpartition("/")[2] or self.root_name) + "/"
         manifest = Manifest(directory, prefix)
-        walked = _Walked(self.services.policy.root)
+        walked = _Walked(self.services.policy.root) if self.on_disk else None
         for entry in self._entries(directory, selected):
-            if not walked(entry.path) or (keep is not None and not keep(entry.path)):
+            if walked is not None and not walked(entry.path):
+                continue  # below a symlinked folder (a bucket has no symlinks)
+            if keep is not None and not keep(entry.path):
                 continue
             manifest.add(entry)
             if len(manifest.members) > settings.archive_max_files:
