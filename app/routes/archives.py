@@ -40,9 +40,10 @@ from app.http.headers import content_disposition
 from app.http.plan import DownloadRequest, FileFacts, ResponsePlan, plan_download
 from app.request import FileRequest
 from app.services import Services
+from app.storage.digest_store import ArchiveRow
 from app.storage.errors import StorageError
 from app.storage.paths import LinkScope, open_beneath, resolve
-from app.storage.values import Entry, entry_from_stat, identity, join
+from app.storage.values import entry_from_stat, identity, join
 from app.transfer.archive import ArchiveSender, FileChanged
 from app.transfer.download import TransferOptions
 from app.transfer.slots import DownloadSlots
@@ -64,16 +65,16 @@ class Manifest:
         self.newest = 0
         self._tag = hashlib.sha256(FORMAT_VERSION)
 
-    def add(self, entry: Entry) -> None:
-        inside = self.prefix + entry.path[len(self.directory) + 1 if self.directory else 0 :]
-        mtime = entry.mtime_ns // 1_000_000_000
-        self.members.append(Member(inside, entry.size, mtime, entry.crc32))
-        self.identities.extend((entry.dev, entry.ino, entry.size, entry.mtime_ns))
-        self.total += entry.size
+    def add(self, path: str, row: ArchiveRow) -> None:
+        """File `path` (below ROOT) with its index row."""
+        _, _, size, mtime_ns, dev, ino, crc32 = row
+        inside = self.prefix + path[len(self.directory) + 1 if self.directory else 0 :]
+        mtime = mtime_ns // 1_000_000_000
+        self.members.append(Member(inside, size, mtime, crc32))
+        self.identities.extend((dev, ino, size, mtime_ns))
+        self.total += size
         self.newest = max(self.newest, mtime)
-        self._tag.update(
-            b"%s\0%d %d %d %d\n" % (inside.encode(), entry.dev, entry.ino, entry.size, entry.mtime_ns)
-        )
+        self._tag.update(b"%s\0%d %d %d %d\n" % (inside.encode(), dev, ino, size, mtime_ns))
 
     def source(self, index: int) -> str:
         """Member `index`'s path below ROOT."""
@@ -160,12 +161,13 @@ class Archives:
         prefix = "" if selected else (directory.rpartition("/")[2] or self.root_name) + "/"
         manifest = Manifest(directory, prefix)
         walked = _Walked(self.services.policy.root) if self.on_disk else None
-        for entry in self._entries(directory, selected):
-            if walked is not None and not walked(entry.path):
+        for row in self._rows(directory, selected):
+            path = join(row[0], row[1])
+            if walked is not None and not walked(row[0]):
                 continue  # below a symlinked folder (a bucket has no symlinks)
-            if keep is not None and not keep(entry.path):
+            if keep is not None and not keep(path):
                 continue
-            manifest.add(entry)
+            manifest.add(path, row)
             if len(manifest.members) > settings.archive_max_files:
                 raise Forbidden(
                     f"more than {settings.archive_max_files:,} files (FERRY_ARCHIVE_MAX_FILES): "
@@ -178,7 +180,7 @@ class Archives:
                 )
         return manifest
 
-    def _entries(self, directory: str, selected: list[str]) -> Iterator[Entry]:
+    def _rows(self, directory: str, selected: list[str]) -> Iterator[ArchiveRow]:
         index = self.services.index
         if not selected:
             yield from self._subtree(directory)
@@ -191,14 +193,13 @@ class Archives:
             if entry.is_dir:
                 yield from self._subtree(path)
             else:
-                yield entry
+                yield (directory, name, entry.size, entry.mtime_ns, entry.dev, entry.ino, entry.crc32)
 
-    def _subtree(self, directory: str) -> Iterator[Entry]:
+    def _subtree(self, directory: str) -> Iterator[ArchiveRow]:
         index, after = self.services.index, ("", "")
-        while page := index.files_with_digests(directory, recursive=True, limit=PAGE, after=after):
+        while page := index.archive_rows(directory, limit=PAGE, after=after):
             yield from page
-            last = page[-1].path.rpartition("/")
-            after = (last[0], last[2])
+            after = (page[-1][0], page[-1][1])
 
     def _opener(
         self, manifest: Manifest, granted: LinkScope | None
@@ -233,8 +234,8 @@ class _Walked:
         self.real_root = Path(os.path.realpath(root))
         self._known: dict[str, bool] = {"": True}
 
-    def __call__(self, path: str) -> bool:
-        parent = path.rpartition("/")[0]
+    def __call__(self, parent: str) -> bool:
+        """Whether folder `parent` (below ROOT) is a real one."""
         known = self._known.get(parent)
         if known is None:
             real = os.path.realpath(self.root / parent)
