@@ -49,6 +49,8 @@ HOSTILE: dict[str, tuple[bytes, int]] = {
     "dates/before-dos.txt": (b"1979\n", DOS_EPOCH - 1),
     "dates/unix-epoch.txt": (b"1970\n", 0),
     "long/" + "x" * 120 + "/" + "y" * 150 + ".txt": (b"a path past ustar's fields\n", 1_700_000_000),
+    "long/" + "p" * 140 + "/" + "n" * 96 + ".txt": (b"ustar's prefix and name\n", 1_700_000_000),
+    "long/" + "e" * 91 + ".txt": (b"ustar's whole name field, no NUL\n", 1_700_000_000),
     "sizes/block-sized.bin": (b"\xff" * 512, 1_700_000_000),
     "sizes/block-and-one.bin": (b"\x01" * 513, 1_700_000_000),
 }
