@@ -44,9 +44,16 @@ class ZipLayout(Layout):
         self.directory_start = self.directory_size = 0  # measured by trailer_length
         super().__init__(members)
 
+    def _zip64_sizes(self, index: int) -> bool:
+        """Whether entry `index` carries its sizes in a ZIP64 field: from 4 GiB − 1 bytes, and
+        right after an entry of exactly 4 GiB − 1 bytes (0xFFFFFFFF, the ZIP64 marker itself),
+        whose size unzip 6.0 carries over as if it were the next entry's 32-bit field, reading
+        that entry's ZIP64 offset as its size (the archive then fails its tests)."""
+        return self.members[index].size >= _U32 or (index > 0 and self.members[index - 1].size == _U32)
+
     def header(self, index: int, offset: int) -> bytes:
         m, name = self.members[index], self._names[index]
-        big = m.size >= _U32
+        big = self._zip64_sizes(index)
         extra = struct.pack("<HHQQ", 1, 16, m.size, m.size) if big else b""
         extra += _timestamp_field(m.mtime)
         clock, date = dos_time(m.mtime)
@@ -73,14 +80,14 @@ class ZipLayout(Layout):
     def _central(self, index: int) -> bytes:
         m, name, offset = self.members[index], self._names[index], self.starts[index]
         zip64: list[int] = []
-        if m.size >= _U32:
+        if self._zip64_sizes(index):
             zip64 += [m.size, m.size]
         if offset >= _U32:
             zip64.append(offset)
         extra = struct.pack(f"<HH{len(zip64)}Q", 1, 8 * len(zip64), *zip64) if zip64 else b""
         extra += _timestamp_field(m.mtime)
         clock, date = dos_time(m.mtime)
-        size = _U32 if m.size >= _U32 else m.size
+        size = _U32 if self._zip64_sizes(index) else m.size
         version = 45 if zip64 else 20
         return (
             struct.pack(

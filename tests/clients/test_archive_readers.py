@@ -223,10 +223,13 @@ BEFORE, BIG, AFTER = "1-before.txt", "2-big.bin", "3-after past 4 GiB.txt"
 
 
 def sparse_file(path: Path, size: int) -> None:
-    """A file of `size` zeros but for marks at its start, across 4 GiB and at its end."""
+    """A file of `size` zeros but for marks at its start, across 4 GiB (if it reaches past) and
+    at its end."""
     with path.open("wb") as f:
         f.truncate(size)
         for at in (0, 4 * GiB - 3, size - 7):
+            if at + 7 > size:
+                continue
             f.seek(at)
             f.write(b"mark %02d" % (at % 97))
 
@@ -387,3 +390,25 @@ def test_unzip_tests_a_zip_past_4_gib(big_zip: BigZip) -> None:
     assert big_zip.unzip.wait(timeout=TOOL_TIMEOUT) == 0, big_zip.unzip_output.read_text()
     tested = big_zip.unzip_output.read_text()
     assert "No errors detected in compressed data" in tested and f"testing: {BIG}" in tested
+
+
+def test_every_zip_reader_reads_the_entries_after_one_of_4_gib_minus_1(tmp_path: Path) -> None:
+    """0xFFFFFFFF bytes (FAT32's largest file) is the ZIP64 marker itself: unzip carried it over to
+    the next entry and read that entry's offset as its size, until Ferry gave that entry ZIP64
+    sizes too. The entries after it are read without the 4 GiB (unzip tests only them)."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    sparse_file(root / BIG, 0xFFFFFFFF)
+    (root / AFTER).write_bytes(b"after the big one\n")
+    (root / "4-last.txt").write_bytes(b"last\n")
+    paths = [BIG, AFTER, "4-last.txt"]
+    archive = str(build("zip", root, paths, [root / p for p in paths], tmp_path / "marker.zip").archive)
+    sizes = [line.split()[3] for line in run("unzip", "-Zl", archive).splitlines()[2:-1]]
+    assert sizes == [str(0xFFFFFFFF), "18", "5"]
+    tested = run("unzip", "-t", archive, AFTER, "4-last.txt")
+    assert "No errors detected" in tested and "testing: 4-last.txt" in tested
+    assert [e["Size"] for e in entries_7z(Path(archive)).values()] == [str(0xFFFFFFFF), "18", "5"]
+    for command in (("7z", "x", "-so"), ("bsdtar", "-xOf"), ("unzip", "-p")):
+        assert run(*command, archive, "4-last.txt") == "last\n", command
+    with zipfile.ZipFile(archive) as opened:
+        assert [opened.read(p) for p in paths[1:]] == [b"after the big one\n", b"last\n"]
