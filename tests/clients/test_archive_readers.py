@@ -14,6 +14,7 @@ from __future__ import annotations
 import calendar
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import unicodedata
@@ -53,6 +54,9 @@ HOSTILE: dict[str, tuple[bytes, int]] = {
     "long/" + "e" * 91 + ".txt": (b"ustar's whole name field, no NUL\n", 1_700_000_000),
     "sizes/block-sized.bin": (b"\xff" * 512, 1_700_000_000),
     "sizes/block-and-one.bin": (b"\x01" * 513, 1_700_000_000),
+    # ZIP signatures inside a file: a reader scanning a stream for them must not stop there.
+    "tricky/signatures.bin": (b"PK\x07\x08 PK\x03\x04 PK\x01\x02 PK\x05\x06", 1_700_000_000),
+    "tricky/descriptor.bin": (b"PK\x07\x08" + struct.pack("<III", zlib.crc32(b"hello"), 5, 5) + b"hello", 0),
 }
 
 
@@ -65,11 +69,18 @@ def tool(name: str) -> str:
     return path
 
 
-def run(*args: str, cwd: Path | None = None) -> str:
-    """A reader's output; it must succeed."""
+def run(*args: str, cwd: Path | None = None, piped: Path | None = None) -> str:
+    """A reader's output; it must succeed. `piped`: an archive it reads from a pipe, as from
+    `curl … |` (not seekable: a ZIP's central directory comes last)."""
     program = sys.executable if args[0] == "python" else tool(args[0])
     done = subprocess.run(
-        [program, *args[1:]], cwd=cwd, env=ENV, capture_output=True, timeout=TOOL_TIMEOUT, check=False
+        [program, *args[1:]],
+        cwd=cwd,
+        env=ENV,
+        input=piped.read_bytes() if piped else b"",
+        capture_output=True,
+        timeout=TOOL_TIMEOUT,
+        check=False,
     )
     output = done.stdout.decode("utf-8", "surrogateescape")
     assert done.returncode == 0, f"{args}: exit {done.returncode}\n{output}\n{done.stderr!r}"
@@ -149,6 +160,18 @@ def extract_gnu_tar(archive: Path, out: Path) -> None:
     run("tar", "-xf", str(archive), "-C", str(out))
 
 
+def extract_bsdtar_piped(archive: Path, out: Path) -> None:
+    run("bsdtar", "-xf", "-", "-C", str(out), piped=archive)
+
+
+def extract_gnu_tar_piped(archive: Path, out: Path) -> None:
+    run("tar", "-xf", "-", "-C", str(out), piped=archive)
+
+
+def names_piped(*command: str) -> Callable[[Path], list[str]]:
+    return lambda archive: run(*command, "-", piped=archive).splitlines()
+
+
 def names_zipfile(archive: Path) -> list[str]:
     with zipfile.ZipFile(archive) as opened:
         return opened.namelist()
@@ -187,11 +210,14 @@ ZIP_READERS = {
     "unzip": Reader(names_lines("unzip", "-Z1"), extract_unzip),
     "zipfile": Reader(names_zipfile, extract_zipfile, exact_mtimes=False),
     "bsdtar": Reader(names_lines("bsdtar", "-tf"), extract_bsdtar, nfc=True),
-    "7z": Reader(names_7z, extract_7z),
+    "bsdtar-piped": Reader(names_piped("bsdtar", "-tf"), extract_bsdtar_piped, nfc=True),
+    "7z": Reader(names_7z, extract_7z),  # (7z reads no ZIP from a pipe, Ferry's or any other)
 }
 TAR_READERS = {
     "gnu-tar": Reader(names_lines("tar", "--quoting-style=literal", "-tf"), extract_gnu_tar),
+    "gnu-tar-piped": Reader(names_piped("tar", "--quoting-style=literal", "-tf"), extract_gnu_tar_piped),
     "bsdtar": Reader(names_lines("bsdtar", "-tf"), extract_bsdtar, nfc=True),
+    "bsdtar-piped": Reader(names_piped("bsdtar", "-tf"), extract_bsdtar_piped, nfc=True),
     "7z": Reader(names_7z, extract_7z),
 }
 READERS = [("zip", name, reader) for name, reader in ZIP_READERS.items()] + [
