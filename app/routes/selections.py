@@ -30,6 +30,7 @@ from app.errors import BadRequest, NotFound
 from app.http import signing
 from app.request import FileRequest, scope_base_url
 from app.services import Services, services_of
+from app.storage.errors import StorageError
 from app.storage.paths import LinkScope, split_url_path
 from app.storage.values import join
 
@@ -160,7 +161,10 @@ def _selection(services: Services, folder: str, names: list[str], link: LinkAcce
     kinds = []
     for name in names:
         path = join(folder, name)
-        split_url_path(path, policy)  # hidden or unservable names: refused as downloads refuse them
+        try:
+            split_url_path(path, policy)  # hidden or unservable names: refused as downloads refuse them
+        except StorageError:
+            raise NotFound(f"{path!r} is not in the index") from None
         entry = index.get(path)
         if entry is None or (scope is not None and not scope.holds(path)):
             raise NotFound(f"{path!r} is not in the index")

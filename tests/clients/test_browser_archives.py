@@ -23,6 +23,7 @@ from tests.conftest import FerryServer, start_server
 pytestmark = pytest.mark.clients
 
 FOLDER = "album 2024"
+TOKEN = "archives-write-token-3Fq"
 FILES = {  # below FOLDER
     "cover.jpg": 20_000,
     "notes & ideas.txt": 700,
@@ -46,7 +47,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerryServer]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(_bytes(name, size))
     (base / "root" / FOLDER / ".hidden").write_bytes(b"never in an archive\n")
-    server = start_server(base / "root", base / "cwd")
+    (base / "root" / "inbox").mkdir()
+    server = start_server(base / "root", base / "cwd", "--write-token", TOKEN)
     yield server
     server.stop()
 
@@ -176,6 +178,24 @@ def test_download_selected_works_without_javascript(
         page.get_by_role("button", name="Download selected").click()
     members = tar_members(saved(info.value, tmp_path))
     assert members == stored("", "cover.jpg", "raw/IMG_0001.dng", "raw/deeper/IMG_0002.dng")
+
+
+def test_a_folder_filled_by_upload_gets_its_archive_controls(
+    site: FerryServer, open_page: OpenPage, tmp_path: Path
+) -> None:
+    page = open_page(f"{site.url}/files/inbox/")
+    expect(page.get_by_role("button", name="Download zip")).to_have_count(0)  # empty: nothing to get
+    page.get_by_label("Write token").fill(TOKEN)
+    page.get_by_role("button", name="Use token").click()
+    data = _bytes("uploaded.bin", 70_000)
+    upload = {"name": "uploaded.bin", "mimeType": "application/octet-stream", "buffer": data}
+    page.locator("section.upload input[type=file]").set_input_files([upload])
+    box = page.get_by_role("checkbox", name="Select the file uploaded.bin")
+    expect(box).to_be_visible(timeout=30_000)  # the listing fetched again, its controls with it
+    box.check()
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download selected").click()
+    assert zip_members(saved(info.value, tmp_path)) == {"uploaded.bin": data}
 
 
 def test_screenshots_light_dark_and_phone(site: FerryServer, open_page: OpenPage) -> None:

@@ -205,6 +205,7 @@ async def test_a_thousand_paths_are_fine_but_must_exist(public: httpx.AsyncClien
 async def test_what_is_not_in_the_index_is_404(public: httpx.AsyncClient, paths: list[str]) -> None:
     answer = await ask(public, paths)
     assert answer.status_code == 404, answer.text
+    assert answer.json()["detail"].endswith("is not in the index")
 
 
 @pytest.mark.anyio

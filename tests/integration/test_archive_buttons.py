@@ -224,6 +224,7 @@ async def test_download_selected_fetches_exactly_the_ticked_rows(client: httpx.A
 async def test_no_link_on_the_page_names_an_archive(client: httpx.AsyncClient) -> None:
     """Forms, never links: a crawler mirroring the tree (wget -r) does not fetch archives."""
     page = await page_of(client, "/files/photos/")
+    assert page.has_form("folder-archive") and page.has_form("selection")
     assert page.hrefs
     assert not [href for href in page.hrefs if "archive" in href]
 
@@ -252,6 +253,7 @@ async def test_a_signed_folder_link_is_carried_by_both_forms(tmp_path: Path, roo
 async def test_no_controls_where_they_could_not_work(
     tmp_path: Path, root: Path, client: httpx.AsyncClient
 ) -> None:
+    assert (await page_of(client, "/files/photos/")).has_form("folder-archive")  # where they work
     empty = await page_of(client, "/files/empty/")
     assert not empty.has_form("folder-archive") and not empty.boxes
     async with serving(root, tmp_path / "off.sqlite3", archives=False) as off:

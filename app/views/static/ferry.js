@@ -528,7 +528,7 @@
         var table = fresh.querySelector("table.listing");
         var oldTable = document.querySelector("table.listing");
         if (!table || !oldTable) throw new Error("no listing");
-        ["p.summary", "nav.pager"].forEach(function (selector) {
+        ["p.summary", "nav.pager", "div.archives"].forEach(function (selector) {
           var old = document.querySelector(selector);
           if (old) old.remove();
         });
@@ -536,6 +536,8 @@
         if (summary) document.querySelector("main h1").after(document.adoptNode(summary));
         table = document.adoptNode(table);
         oldTable.replaceWith(table);
+        var archives = fresh.querySelector("div.archives"); // a folder that was empty has none yet
+        if (archives) table.before(document.adoptNode(archives));
         var pager = fresh.querySelector("nav.pager");
         if (pager) table.after(document.adoptNode(pager));
         enhance(table);
