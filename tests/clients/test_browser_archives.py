@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Download, Page, expect
+from playwright.sync_api import Browser, Download, FilePayload, Page, expect
 
 from tests.clients.browser import OpenPage, screenshot
 from tests.conftest import FerryServer, start_server
@@ -188,7 +188,7 @@ def test_a_folder_filled_by_upload_gets_its_archive_controls(
     page.get_by_label("Write token").fill(TOKEN)
     page.get_by_role("button", name="Use token").click()
     data = _bytes("uploaded.bin", 70_000)
-    upload = {"name": "uploaded.bin", "mimeType": "application/octet-stream", "buffer": data}
+    upload: FilePayload = {"name": "uploaded.bin", "mimeType": "application/octet-stream", "buffer": data}
     page.locator("section.upload input[type=file]").set_input_files([upload])
     box = page.get_by_role("checkbox", name="Select the file uploaded.bin")
     expect(box).to_be_visible(timeout=30_000)  # the listing fetched again, its controls with it
