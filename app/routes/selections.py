@@ -9,7 +9,8 @@ download and resume it, when FERRY_SIGNING_KEYS is set and either
   folder, for `ttl` (a day unless given); or
 - the caller came with a signed link covering the folder (its query parameters on this request,
   as a page opened through the link has them): a link of the same kind, never outliving the
-  caller's nor leaving its network, so a link holder cannot widen what they were given.
+  caller's nor leaving its network, so a link holder cannot widen what they were given (a link
+  to one folder's listing selects that folder's files, not its folders, as for ?checksums=all).
 
 Otherwise the URL is plain: downloads are public, or the caller has a token to send with it.
 Who may ask is who may read the folder (FERRY_DOWNLOAD_AUTH), decided as for a listing of it.
@@ -26,7 +27,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, field_validator
 
 from app.auth import Access, LinkAccess, Token
-from app.errors import BadRequest, NotFound
+from app.errors import BadRequest, Forbidden, NotFound
 from app.http import signing
 from app.request import FileRequest, scope_base_url
 from app.services import Services, services_of
@@ -78,7 +79,7 @@ class Selection:
     responses={
         400: {"description": "no paths, too many, paths in more than one folder, or a malformed path"},
         401: {"description": "reading needs a token or a signed link (FERRY_DOWNLOAD_AUTH)"},
-        403: {"description": "the signed link on this request does not cover the folder"},
+        403: {"description": "the signed link on this request does not cover what is asked for"},
         404: {"description": "a path not in the index, or folder archives are off (FERRY_ARCHIVES)"},
         410: {"description": "the signed link on this request has expired"},
         422: {"description": "a format or lifetime that cannot be used"},
@@ -168,8 +169,11 @@ def _selection(services: Services, folder: str, names: list[str], link: LinkAcce
         entry = index.get(path)
         if entry is None or (scope is not None and not scope.holds(path)):
             raise NotFound(f"{path!r} is not in the index")
+        if entry.is_dir and link is not None and link.prefix is None:
+            # As for ?checksums=all: a link to one folder's listing grants that folder, not below.
+            raise Forbidden("this link covers one folder, not the folders below it; ask for a folder link")
         kinds.append(entry.is_dir)
-    if kinds == [True] and (link is None or link.prefix is not None):
+    if kinds == [True]:
         return Selection(join(folder, names[0]), [])  # one folder: its own archive
     return Selection(folder, names)
 

@@ -297,13 +297,15 @@ async def test_a_link_holder_gets_a_link_no_longer_nor_wider_than_theirs(signed:
 @pytest.mark.anyio
 async def test_a_one_folder_link_holder_gets_that_one_folder_link(signed: httpx.AsyncClient) -> None:
     caller = link_query("photos/", prefix=False)
-    answer = await ask(signed, ["photos/sub"], query=caller, format="zip")
+    answer = await ask(signed, ["photos/a.jpg", "photos/b #1?.txt"], query=caller, format="zip")
     params = params_of(answer)
-    assert "prefix" not in params and params["select"] == ["sub"]  # not widened to a prefix link
+    assert "prefix" not in params  # not widened to a prefix link
     assert urlsplit(answer.json()["href"]).path == "/files/photos/"
-    assert await download(signed, answer, "zip") == expected(
-        "photos", "photos/sub/c.txt", "photos/sub/deeper/d.bin"
-    )
+    assert await download(signed, answer, "zip") == expected("photos", "photos/a.jpg", "photos/b #1?.txt")
+    # Its folders' contents are below the one folder it covers (as for ?checksums=all).
+    below = await ask(signed, ["photos/a.jpg", "photos/sub"], query=caller)
+    assert below.status_code == 403
+    assert "one folder" in below.json()["detail"]
 
 
 @pytest.mark.anyio
