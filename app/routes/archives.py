@@ -105,7 +105,10 @@ class Archives:
         else:
             self.root_name = storage.prefix.strip("/").rpartition("/")[2] or storage.bucket
 
-    async def answer(self, request: FileRequest, directory: str, granted: LinkScope | None) -> ASGIApp:
+    async def answer(
+        self, request: FileRequest, directory: str, granted: LinkScope | None, *, one_folder: bool = False
+    ) -> ASGIApp:
+        """The archive; `one_folder`: the reader's link grants this folder's own files only."""
         settings = self.services.settings
         if not settings.archives:
             raise NotFound("folder archives are off (FERRY_ARCHIVES=false)")
@@ -118,7 +121,7 @@ class Archives:
                 raise BadRequest(f"select names a file or folder of this folder: {name!r}")
         await self.services.async_index.refreshed(directory)
         keep = None if granted is None else granted.holds
-        manifest = await run_in_threadpool(self._manifest, directory, selected, keep)
+        manifest = await run_in_threadpool(self._manifest, directory, selected, keep, one_folder)
         layout: Layout = ZipLayout(manifest.members) if kind == "zip" else TarLayout(manifest.members)
         complete = not isinstance(layout, ZipLayout) or layout.complete
         name = _archive_name(directory, self.root_name, selected)
@@ -155,7 +158,9 @@ class Archives:
             plan, layout, opener, self.options, kind=kind, on_close=release, activity=activity
         )
 
-    def _manifest(self, directory: str, selected: list[str], keep: Callable[[str], bool] | None) -> Manifest:
+    def _manifest(
+        self, directory: str, selected: list[str], keep: Callable[[str], bool] | None, one_folder: bool
+    ) -> Manifest:
         """The archive's files from the index, within the limits (blocking: run in a thread)."""
         settings = self.services.settings
         prefix = "" if selected else (directory.rpartition("/")[2] or self.root_name) + "/"
@@ -163,6 +168,11 @@ class Archives:
         walked = _Walked(self.services.policy.root) if self.on_disk else None
         for row in self._rows(directory, selected):
             path = join(row[0], row[1])
+            if one_folder and row[0] != directory:
+                # As for ?checksums=all: the folders below are not the one folder it covers.
+                raise Forbidden(
+                    "this link covers one folder, not the folders below it; ask for a folder link"
+                )
             if walked is not None and not walked(row[0]):
                 continue  # below a symlinked folder (a bucket has no symlinks)
             if keep is not None and not keep(path):

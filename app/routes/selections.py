@@ -92,8 +92,6 @@ def archive_link(request: Request, body: ArchiveRequest) -> ArchiveLink:
     access = _reader(services, request, folder)
     if not services.settings.archives:
         raise NotFound("folder archives are off (FERRY_ARCHIVES=false)")
-    if services.bucket is not None:
-        raise NotFound("folder archives are sent from the local disk only")
     link = access if isinstance(access, LinkAccess) else None
     selection = _selection(services, folder, names, link)
     assert body.ttl is None or isinstance(body.ttl, int)  # seconds, once validated

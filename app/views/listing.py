@@ -107,8 +107,7 @@ class DirectoryListing:
             upload_limit=None if settings.write_token is None else settings.max_upload_size,
             link_query=link_query,
             link_root=None if link is None else (link.prefix or "/" + self.directory + "/").strip("/"),
-            # Archives are sent from the local disk (app/routes/archives.py), not from a bucket.
-            archives=settings.archives and self.services.bucket is None,
+            archives=settings.archives,
         )
         return _html(render_listing(view))
 

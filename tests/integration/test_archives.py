@@ -293,3 +293,19 @@ async def test_archives_are_counted_in_metrics(client: httpx.AsyncClient) -> Non
     after = (await client.get("/metrics")).text
     assert [sample(after, n) - sample(before, n) for n in names] == [1.0, 0.0]
     assert sample(after, bytes_name) - sample(before, bytes_name) == len(body)
+
+
+async def test_a_link_to_one_folders_listing_covers_an_archive_of_its_own_files_only(
+    tmp_path: Path, root: Path
+) -> None:
+    app = build(tmp_path, root, download_auth="signed", signing_keys=KEY)
+    link = signing.new_link("docs/sub/", ttl=3600, now=int(time.time()))
+    params = dict(signing.link_params(KEY.encode(), link))
+    async with in_process(app, lifespan=False) as client:
+        assert (await client.get("/files/docs/sub/?" + urlencode(params))).status_code == 200  # its listing
+        refused = await client.get("/files/docs/sub/?" + urlencode({**params, "archive": "zip"}))
+        assert refused.status_code == 403 and "folder link" in refused.json()["detail"]
+        own = await client.get(
+            "/files/docs/sub/?" + urlencode({**params, "archive": "zip", "select": "empty.txt"})
+        )
+        assert own.status_code == 200 and zip_members(own.content) == {"empty.txt": b""}
