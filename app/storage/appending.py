@@ -16,26 +16,28 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.storage.digests import READ_SIZE
-from app.storage.errors import InTheWay, InvalidInput, StorageError
+from app.storage.errors import InTheWay, InvalidInput
 from app.storage.paths import WriteTarget
 from app.storage.upload_store import Resumable
 from app.storage.values import FileDigest
 
 
-class Busy(InTheWay):
-    """Another request is appending to this upload."""
-
-    default_detail = "another request is appending to this upload; try again when it ends"
-
-
-class ChecksumMismatch(InvalidInput):
-    """The bytes of an append do not have the checksum the client sent; they were discarded."""
-
-    default_detail = "the body does not match its checksum; its bytes were discarded"
+def busy() -> InTheWay:
+    """Another request is appending to this upload (409)."""
+    return InTheWay("another request is appending to this upload; try again when it ends")
 
 
-class TooManyUploads(StorageError):
-    default_detail = "too many uploads in progress; finish or terminate some first"
+class ChecksumMismatch(Exception):
+    """The bytes of an append do not have the checksum the client sent; they were discarded. Not
+    a StorageError: each protocol answers it its own way (tus: 460)."""
+
+    detail = "the body does not match its checksum; its bytes were discarded"
+
+
+class TooManyUploads(Exception):
+    """The cap on open uploads (per token, or in all) is reached (the protocol answers 429)."""
+
+    detail = "too many uploads in progress; finish or terminate some first"
 
 
 class Hashes:

@@ -4,7 +4,7 @@ Knows nothing about HTTP.
 An upload is a row of the index's `resumable` table (upload_store.py) and a temporary file beside
 its target (a TEMP_PREFIX name: never served, listed or searched). Bytes are appended by one
 request at a time: `append` takes an exclusive flock on the file, so a second append, in this
-process or another worker, is refused (`Busy`, 409) and one left by a process that died is not in
+process or another worker, is refused (InTheWay, 409) and one left by a process that died is not in
 the way (the kernel drops its lock). An append writes, then `record` fsyncs (with FERRY_FSYNC) and
 only then records the new offset and the SHA-256 of each complete piece: after a crash the offset is
 the last recorded one, and the bytes past it, never acknowledged, are cut off by the next append.
@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from app import metrics
-from app.storage.appending import Append, Busy, ChecksumMismatch, Hashes, TooManyUploads, rebuilt
+from app.storage.appending import Append, ChecksumMismatch, Hashes, TooManyUploads, busy, rebuilt
 from app.storage.async_index import AsyncIndex
 from app.storage.digests import hash_open_file, piece_length
 from app.storage.errors import InTheWay, InvalidInput, NameTooLong, NoSpace, NotServable, StorageError
@@ -50,9 +50,14 @@ from app.storage.upload_store import Resumable
 from app.storage.values import Entry, FileDigest, entry_from_stat, identity
 from app.storage.writes import AtomicWrite, Check, current, remove_stale, too_long
 
-__all__ = ["Append", "Busy", "ChecksumMismatch", "TooManyUploads"]
+__all__ = ["Append", "ChecksumMismatch", "TooManyUploads"]
 CHECKPOINT_BYTES = 64 * 1024**2  # a long append records its offset at least this often
 _CACHED_HASHES = 64  # running whole-file hashes kept per process
+
+
+def wall_clock() -> float:
+    """The time uploads expire by (read through the module at each use, so tests can move it)."""
+    return time.time()
 
 
 def owner_of(token: bytes) -> str:
@@ -81,7 +86,7 @@ class ResumableUploads:
         expiry: float,
         max_per_owner: int = 100,
         max_total: int = 1000,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.index = index
         self.async_index = async_index
@@ -90,7 +95,7 @@ class ResumableUploads:
         self.expiry = expiry
         self.max_per_owner = max_per_owner
         self.max_total = max_total
-        self.clock = clock
+        self.clock = clock if clock is not None else lambda: wall_clock()
         self._hashes: OrderedDict[str, Hashes] = OrderedDict()
 
     # -- creation and lookup -------------------------------------------------------------------
@@ -159,7 +164,7 @@ class ResumableUploads:
     # -- appending -----------------------------------------------------------------------------
 
     async def append(self, upload: Resumable) -> Append:
-        """Take the upload for one request's append (Busy if another holds it); bytes past the
+        """Take the upload for one request's append (InTheWay, 409, if another holds it); bytes past the
         recorded offset (from a crash mid-append) are cut off. Close with `release`."""
         return await asyncio.to_thread(self._open, upload)
 
@@ -178,7 +183,7 @@ class ResumableUploads:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise Busy() from None
+                raise busy() from None
             try:
                 return self._continue(upload, target, fd)
             except BaseException:
@@ -299,7 +304,7 @@ class ResumableUploads:
         return entry
 
     async def terminate(self, upload: Resumable) -> None:
-        """End an upload: its file removed (Busy while another request appends), its row dropped."""
+        """End an upload: its file removed (409 while another request appends), its row dropped."""
         append = await self.append(upload)
         try:
             await asyncio.to_thread(os.ftruncate, append.fd, 0)

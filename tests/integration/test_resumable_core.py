@@ -16,11 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.storage.async_index import AsyncIndex
-from app.storage.errors import NotServable, StorageError
+from app.storage.errors import InTheWay, NotServable, StorageError
 from app.storage.index import Index
 from app.storage.paths import TEMP_PREFIX, PathPolicy
 from app.storage.resumable import (
-    Busy,
     ChecksumMismatch,
     ResumableUploads,
     TooManyUploads,
@@ -201,9 +200,9 @@ def test_one_append_at_a_time(world: World) -> None:
         upload = await core.create("e.bin", 8, OWNER, {}, _anything, MAX)
         held = await core.append(upload)
         try:
-            with pytest.raises(Busy):
+            with pytest.raises(InTheWay):
                 await world.core().append(upload)  # another worker
-            with pytest.raises(Busy):
+            with pytest.raises(InTheWay):
                 await core.append(upload)  # this one
         finally:
             core.release(held)
