@@ -154,3 +154,32 @@ def test_sigkill_mid_patch_keeps_the_recorded_offset(ferry: ServerFactory, root:
     assert hashlib.sha256((root / "killed.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
     assert _repr_digest(again, "killed.bin") == hashlib.sha256(data).digest()
     assert [p for p in root.iterdir() if p.name.startswith(".ferry-upload-")] == []
+
+
+def test_a_stalled_patch_is_cut_by_the_body_timeout_and_its_bytes_kept(
+    ferry: ServerFactory, root: Path
+) -> None:
+    data = os.urandom(6 * MiB)
+    server = ferry(root, "--write-token", TOKEN, "--body-timeout", "1")
+    created = httpx.post(
+        f"{server.url}/api/uploads/",
+        headers={**TUS, "Upload-Length": str(len(data)), "Upload-Metadata": "path c3RhbGxlZC5iaW4="},
+    )
+    url = created.headers["location"]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=4 * PATIENCE) as sock:
+        head = (
+            f"PATCH {url.removeprefix(server.url)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nTus-Resumable: 1.0.0\r\n"
+            f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + data[: 2 * MiB])  # then nothing: the server cuts it
+        assert wait_for(lambda: _head_offset(server, url) == 2 * MiB, 4 * PATIENCE)
+    rest = httpx.patch(
+        url,
+        headers={**TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(2 * MiB)},
+        content=data[2 * MiB :],
+        timeout=4 * PATIENCE,
+    )
+    assert rest.status_code == 204
+    assert (root / "stalled.bin").read_bytes() == data

@@ -217,3 +217,59 @@ def test_refusals_before_any_byte(apps: AppPool, server: InProcessServer) -> Non
     readonly = apps.get()
     assert readonly.client.post(f"{readonly.url}/api/uploads/", headers=AUTH).status_code == 405
     assert len(_temps(server.root)) == 1  # p.bin's: nothing refused left a file behind
+
+
+def _counter(server: InProcessServer, line: str) -> float:
+    text = server.client.get(f"{server.url}/metrics").text
+    found = [ln for ln in text.splitlines() if ln.startswith(line + " ")]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_metrics_count_uploads_and_bytes(server: InProcessServer) -> None:
+    names = {
+        result: f'ferry_resumable_uploads_total{{result="{result}"}}'
+        for result in ("started", "completed", "aborted")
+    }
+    before = {result: _counter(server, name) for result, name in names.items()}
+    bytes_before = _counter(server, "ferry_resumable_bytes_total")
+    done = _create(server, 6, path="m1.bin")
+    assert _patch(server, done, 0, b"abc").status_code == 204
+    assert _patch(server, done, 3, b"def").status_code == 204
+    dropped = _create(server, 6, path="m2.bin")
+    assert server.client.delete(dropped, headers=AUTH).status_code == 204
+    after = {result: _counter(server, name) for result, name in names.items()}
+    assert {k: after[k] - before[k] for k in names} == {"started": 2, "completed": 1, "aborted": 1}
+    assert _counter(server, "ferry_resumable_bytes_total") - bytes_before == 6
+
+
+def test_open_uploads_per_token_are_capped(server: InProcessServer) -> None:
+    urls = [_create(server, 1, path=f"cap/{i}.bin") for i in range(100)]
+    response = server.client.post(
+        f"{server.url}/api/uploads/",
+        headers={**AUTH, "Upload-Length": "1", "Upload-Metadata": _meta(path="cap/over.bin")},
+    )
+    assert response.status_code == 429 and "retry-after" in response.headers
+    assert server.client.delete(urls[0], headers=AUTH).status_code == 204
+    _create(server, 1, path="cap/again.bin")  # room again once one ends
+
+
+def test_cors_lets_a_page_resume(apps: AppPool) -> None:
+    server = apps.get("--write-token", TOKEN, "--cors-origins", "https://app.example")
+    origin = {"Origin": "https://app.example"}
+    preflight = server.client.options(
+        f"{server.url}/api/uploads/x",
+        headers={
+            **origin,
+            "Access-Control-Request-Method": "PATCH",
+            "Access-Control-Request-Headers": "upload-offset, tus-resumable",
+        },
+    )
+    assert "PATCH" in preflight.headers["access-control-allow-methods"]
+    allowed = preflight.headers["access-control-allow-headers"].lower()
+    assert "upload-offset" in allowed and "tus-resumable" in allowed and "upload-metadata" in allowed
+    created = server.client.post(
+        f"{server.url}/api/uploads/",
+        headers={**AUTH, **origin, "Upload-Length": "1", "Upload-Metadata": _meta(path="cors.bin")},
+    )
+    exposed = created.headers["access-control-expose-headers"].lower()
+    assert "location" in exposed and "upload-offset" in exposed and "tus-resumable" in exposed
