@@ -147,7 +147,7 @@ class TusRoutes:
         conditions = RequestConditions(if_match=kept.get("if-match"), if_none_match=kept.get("if-none-match"))
         max_size = self.settings.max_upload_size
         upload = await self.core.create(path, length, owner, kept, _checker(conditions), max_size)
-        with_body = fields.get("content-type") is not None and fields.get("content-length", "0") != "0"
+        with_body = fields.get("content-type") is not None  # creation-with-upload
         if with_body or length == 0:  # creation-with-upload; an empty upload is complete at once
             if with_body:
                 tus.check_patch(fields.get("content-type"))
@@ -182,6 +182,9 @@ class TusRoutes:
                 await self.core.declare(append, declared)
             length = append.upload.length
             room = (self.settings.max_upload_size if length is None else length) - append.size
+            sent = request.headers.get("content-length", "")
+            if sent.isdigit() and int(sent) > room:  # refused before a byte of it is read
+                raise TusError(413, f"the body is longer than the {room} bytes the upload has left")
             async with contextlib.aclosing(
                 body_chunks(request.receive, room, self.services.activity)
             ) as chunks:

@@ -130,6 +130,16 @@ def test_sigkill_mid_patch_keeps_the_recorded_offset(ferry: ServerFactory, root:
         assert wait_for(lambda: _head_offset(server, url) > MiB, 4 * PATIENCE)
         recorded = _head_offset(server, url)
         assert MiB + CHECKPOINT_BYTES <= recorded <= MiB + sent
+        meanwhile = httpx.patch(  # one append at a time: a second PATCH is refused while it runs
+            url,
+            headers={
+                **TUS,
+                "Content-Type": "application/offset+octet-stream",
+                "Upload-Offset": str(recorded),
+            },
+            content=b"x",
+        )
+        assert meanwhile.status_code == 409 and "another request is appending" in meanwhile.text
         server.process.kill()
         server.process.wait(timeout=PATIENCE)
     temps = [p for p in root.iterdir() if p.name.startswith(".ferry-upload-")]
