@@ -56,7 +56,8 @@ RESUMABLE_UPLOADS = Counter(
 RESUMABLE_BYTES = Counter("ferry_resumable_bytes_total", "Bytes appended to resumable uploads")
 RESUMED_BYTES = Counter(
     "ferry_resumable_resumed_bytes_total",
-    "Bytes already stored when a resumable upload was continued by a later request",
+    "Bytes a resumable upload had stored when a process that did not receive them continued it "
+    "(after a restart, or on another worker): what resuming saved from being sent again",
 )
 INDEX_ENTRIES = Gauge("ferry_index_entries", "Entries in the storage index", multiprocess_mode="max")
 HASHED_BYTES = Counter("ferry_hashed_bytes_total", "Bytes the background hasher has read and hashed")

@@ -118,7 +118,9 @@ def test_appends_in_pieces_publish_once_with_the_digest(world: World) -> None:
         data = os.urandom(300_000)
         upload = await core.create("docs/a.bin", len(data), OWNER, {}, _anything, MAX)
         assert (world.root / "docs").is_dir() and world.temps()
-        # Its file outlives this request and process: the dead-process sweep leaves it alone.
+        # Its file outlives this request and process: neither the dead-process sweep nor the
+        # sweep of unrecorded files a scan finds takes it.
+        world.index.scan(incremental=False)
         assert world.index.orphaned_uploads() == [] and world.index.found_uploads() == []
         upload = await _append(core, upload, data[:1000], data[1000:5000])
         assert upload.offset == 5000 and not (world.root / "docs/a.bin").exists()
