@@ -28,6 +28,7 @@ from app.storage.resumable import (
 )
 from app.storage.upload_store import Resumable
 from app.storage.values import identity
+from app.storage.watch import IndexKeeper
 from app.transfer.resumable import append_body
 from app.transfer.upload import ClientGone
 
@@ -252,6 +253,18 @@ def test_preconditions_and_targets_refused_at_creation(world: World) -> None:
         assert world.temps() == []
 
     asyncio.run(run())
+
+
+def test_the_keepers_sweep_removes_expired_uploads(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    core = world.core()
+    upload = asyncio.run(core.create("swept.bin", 8, OWNER, {}, _anything, MAX))
+    keeper = IndexKeeper(world.index, watch=False, rescan_interval=0)
+    monkeypatch.setattr("app.storage.watch.time.time", lambda: world.clock.now + 3599)
+    keeper._sweep_uploads()  # not expired yet: kept
+    assert world.temps() and world.index.resumable(upload.id) is not None
+    monkeypatch.setattr("app.storage.watch.time.time", lambda: world.clock.now + 3601)
+    keeper._sweep_uploads()
+    assert world.temps() == [] and world.index.resumable(upload.id) is None
 
 
 @settings(deadline=None, max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])

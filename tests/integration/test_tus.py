@@ -253,6 +253,16 @@ def test_open_uploads_per_token_are_capped(server: InProcessServer) -> None:
     _create(server, 1, path="cap/again.bin")  # room again once one ends
 
 
+def test_a_length_the_disk_cannot_hold_is_507(apps: AppPool) -> None:
+    server = apps.get("--write-token", TOKEN, "--max-upload-size", str(2**62))
+    response = server.client.post(
+        f"{server.url}/api/uploads/",
+        headers={**AUTH, "Upload-Length": str(2**62), "Upload-Metadata": _meta(path="huge.bin")},
+    )
+    assert response.status_code == 507 and response.headers["tus-resumable"] == "1.0.0"
+    assert _temps(server.root) == []
+
+
 def test_cors_lets_a_page_resume(apps: AppPool) -> None:
     server = apps.get("--write-token", TOKEN, "--cors-origins", "https://app.example")
     origin = {"Origin": "https://app.example"}
