@@ -129,6 +129,16 @@ def test_a_checksum_mismatch_is_460_and_its_bytes_discarded(server: InProcessSer
     assert (server.root / "c.bin").read_bytes() == b"abcdefgh"
 
 
+def test_the_creations_preconditions_hold_again_at_the_last_byte(server: InProcessServer) -> None:
+    url = _create(server, 8, {"If-None-Match": "*"}, path="race.txt")
+    assert _patch(server, url, 0, b"abcd").status_code == 204
+    (server.root / "race.txt").write_bytes(b"someone else's")  # stored meanwhile, another way
+    response = _patch(server, url, 4, b"efgh")
+    assert response.status_code == 412
+    assert (server.root / "race.txt").read_bytes() == b"someone else's"
+    assert server.client.head(url, headers=AUTH).status_code == 404 and _temps(server.root) == []
+
+
 def test_termination_removes_the_upload(server: InProcessServer) -> None:
     url = _create(server, 10, path="t.bin")
     assert _patch(server, url, 0, b"01234").status_code == 204
