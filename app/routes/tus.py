@@ -1,4 +1,4 @@
-"""tus 1.0 at /api/uploads/: resumable uploads for tuspy, tus-js-client, Uppy and other clients.
+"""tus 1.0 at /api/uploads/: resumable uploads for any tus client (tuspy, tus-js-client, Uppy).
 
 OPTIONS announces the version and extensions (creation, creation-with-upload,
 creation-defer-length, termination, expiration, checksum); POST creates an upload (Upload-Length
