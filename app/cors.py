@@ -15,13 +15,18 @@ from app.request import first_field
 _EXPOSE = b"Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified, Accept-Ranges"
 _ALLOW_HEADERS = "Range, If-Range, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since, "
 _ALLOW_HEADERS += "Authorization, Content-Type"
+# Resumable uploads (tus, /api/uploads/): a page's client sends and reads these.
+_EXPOSE += b", Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm"
+_EXPOSE += b", Upload-Offset, Upload-Length, Upload-Expires, Upload-Metadata, Upload-Defer-Length"
+_ALLOW_HEADERS += ", Tus-Resumable, Upload-Length, Upload-Defer-Length, Upload-Metadata, Upload-Offset"
+_ALLOW_HEADERS += ", Upload-Checksum"
 
 
 class Cors:
     def __init__(self, origins: list[str], *, writes: bool) -> None:
         self.any = "*" in origins
         self.origins = frozenset(o.encode() for o in origins)
-        self.methods = "GET, HEAD, PUT, POST, DELETE" if writes else "GET, HEAD"
+        self.methods = "GET, HEAD, PUT, POST, PATCH, DELETE" if writes else "GET, HEAD"
 
     def origin(self, scope: Scope) -> bytes | None:
         """The request's Origin if it is allowed, else None."""

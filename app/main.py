@@ -16,7 +16,7 @@ from app.access import Observed
 from app.cors import Cors
 from app.errors import FerryError, error_response, handle_ferry_error
 from app.request import READ_METHODS, WRITE_METHODS, FileRequest, is_file_request
-from app.routes import api, links, ops, selections, static
+from app.routes import api, links, ops, selections, static, tus
 from app.routes.api import api_reader
 from app.routes.files import Downloads
 from app.routes.writes import Writes
@@ -126,5 +126,7 @@ def create_app(settings: Settings | None = None) -> FerryApp:
     )
     app.include_router(links.router)
     app.include_router(selections.router)  # who may read decides, per folder: no router-wide gate
+    if app.services.bucket is None:  # resumable uploads (tus) go to a local ROOT for now
+        app.include_router(tus.build_router(app.services))
     app.include_router(static.router)
     return app

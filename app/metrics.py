@@ -48,6 +48,17 @@ ARCHIVES = Counter(
 ARCHIVE_BYTES = Counter("ferry_archive_bytes_total", "Bytes of folder archives sent, by format", ["format"])
 UPLOADS = Counter("ferry_uploads_total", "Uploaded files, by result (created, replaced, failed)", ["result"])
 UPLOAD_BYTES = Counter("ferry_upload_bytes_total", "Bytes of uploads stored")
+RESUMABLE_UPLOADS = Counter(
+    "ferry_resumable_uploads_total",
+    "Resumable uploads, by result (started, completed, expired, aborted)",
+    ["result"],
+)
+RESUMABLE_BYTES = Counter("ferry_resumable_bytes_total", "Bytes appended to resumable uploads")
+RESUMED_BYTES = Counter(
+    "ferry_resumable_resumed_bytes_total",
+    "Bytes a resumable upload had stored when a process that did not receive them continued it "
+    "(after a restart, or on another worker): what resuming saved from being sent again",
+)
 INDEX_ENTRIES = Gauge("ferry_index_entries", "Entries in the storage index", multiprocess_mode="max")
 HASHED_BYTES = Counter("ferry_hashed_bytes_total", "Bytes the background hasher has read and hashed")
 HASHED_FILES = Counter("ferry_hashed_files_total", "Files whose SHA-256 the background hasher computed")

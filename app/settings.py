@@ -218,6 +218,9 @@ class Settings(BaseSettings):
     )
     max_upload_size: Size = Field(100 * 1024**3, ge=1, description="larger bodies get 413, nothing kept")
     fsync: bool = Field(True, description="fsync uploads before they are renamed into place")
+    upload_expiry: float = Field(
+        86400, gt=0, description="seconds a resumable upload stays open after its last append (then swept)"
+    )
 
     header_timeout: float = Field(
         10, gt=0, description="seconds a client has to send a request's headers, from their first byte"

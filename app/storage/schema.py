@@ -15,7 +15,7 @@ from pathlib import Path
 from app.storage.paths import PathPolicy
 from app.storage.values import EMPTY_SHA256, Entry, join
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -58,6 +58,22 @@ WHEN NOT new.is_dir AND new.size > 0 BEGIN
 END""",
     """CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS uploads (path TEXT PRIMARY KEY, owner TEXT NOT NULL)""",
+    # Resumable uploads (resumable.py): the target, the declared length (NULL: not declared yet),
+    # the offset durably stored, the SHA-256 of each complete piece, who may continue it and until
+    # when. Dropped with the rest on a schema change: an upload in progress then starts over.
+    """CREATE TABLE IF NOT EXISTS resumable (
+    id TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    temp TEXT NOT NULL,
+    length INTEGER,
+    offset INTEGER NOT NULL,
+    piece_length INTEGER NOT NULL,
+    pieces BLOB NOT NULL,
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    metadata TEXT NOT NULL
+)""",
     """CREATE VIRTUAL TABLE IF NOT EXISTS names USING fts5(
     name, content='entries', content_rowid='id', tokenize='trigram'
 )""",
@@ -69,7 +85,7 @@ END""",
     DELETE FROM pending WHERE id = old.id;
 END""",
 )
-TABLES = ("names", "pending", "digests", "entries", "dirs", "uploads", "meta")
+TABLES = ("names", "pending", "digests", "entries", "dirs", "uploads", "resumable", "meta")
 # An entry with the digest and CRC-32 of its identity, if known (an empty file's are constants:
 # empty files are neither queued nor stored, and a million of them cost nothing).
 SHA256_COLUMN = (

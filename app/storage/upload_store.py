@@ -1,11 +1,18 @@
 """The index's record of temporary upload files: those Ferry's own uploads began (with the
 process that writes each), and those a scan found on disk that no upload of this index began; the
 sweep (watch.py) removes the ones no live upload owns.
+
+A resumable upload's temporary file outlives any process (resumable.py): its row names the
+upload (RESUMABLE_OWNER + id) instead of a process, and it lives until the upload completes, is
+terminated or expires (`expired_resumable`, swept likewise).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.storage.database import Database, recovering
@@ -14,6 +21,30 @@ from app.storage.database import Database, recovering
 # upload: a live one is written to (mtime) or held open and locked (AtomicWrite) by its writer.
 STALE_UPLOAD_SECONDS = 3600
 FOUND_OWNER = ""  # an uploads row for a temporary file seen on disk, not begun by this index
+RESUMABLE_OWNER = "resumable:"  # an uploads row of a resumable upload's file: alive until it expires
+
+
+@dataclass
+class Resumable:
+    """One resumable upload as the index keeps it (a row of `resumable`)."""
+
+    id: str
+    path: str  # the target, '/'-separated below ROOT
+    temp: str  # its temporary file beside the target, likewise
+    length: int | None  # declared length; None until declared (tus creation-defer-length)
+    offset: int  # bytes durably stored and acknowledged
+    piece_length: int
+    pieces: bytes  # the SHA-256 of each complete piece below `offset`, concatenated
+    created: int  # unix seconds
+    expires: int
+    owner: str  # sha256 hex of the token that created it: only that token sees it
+    metadata: dict[str, str] = field(default_factory=dict)  # the protocol's own fields
+
+
+def _resumable(row: sqlite3.Row) -> Resumable:
+    values = {k: row[k] for k in row.keys()}
+    values["metadata"] = json.loads(values["metadata"])
+    return Resumable(**values)
 
 
 def _process_key(pid: int) -> str | None:
@@ -44,7 +75,10 @@ class UploadStore(Database):
     def orphaned_uploads(self) -> list[str]:
         """Temporary upload files whose writing process is gone."""
         with self._connection() as conn:
-            rows = conn.execute("SELECT path, owner FROM uploads WHERE owner != ?", (FOUND_OWNER,)).fetchall()
+            rows = conn.execute(
+                "SELECT path, owner FROM uploads WHERE owner != ? AND owner NOT LIKE ?",
+                (FOUND_OWNER, RESUMABLE_OWNER + "%"),
+            ).fetchall()
         return [r["path"] for r in rows if _process_key(int(r["owner"].partition(":")[0])) != r["owner"]]
 
     @recovering
@@ -54,3 +88,68 @@ class UploadStore(Database):
         with self._connection() as conn:
             rows = conn.execute("SELECT path FROM uploads WHERE owner = ?", (FOUND_OWNER,)).fetchall()
         return [r["path"] for r in rows]
+
+    # -- resumable uploads -------------------------------------------------------------------
+
+    @recovering
+    def add_resumable(self, upload: Resumable) -> None:
+        """Record a new resumable upload and its temporary file, in one transaction."""
+        with self._write() as w:
+            w.execute(
+                "INSERT INTO resumable (id, path, temp, length, offset, piece_length, pieces, created,"
+                " expires, owner, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    upload.id,
+                    upload.path,
+                    upload.temp,
+                    upload.length,
+                    upload.offset,
+                    upload.piece_length,
+                    upload.pieces,
+                    upload.created,
+                    upload.expires,
+                    upload.owner,
+                    json.dumps(upload.metadata),
+                ),
+            )
+            w.execute(
+                "INSERT OR REPLACE INTO uploads (path, owner) VALUES (?, ?)",
+                (upload.temp, RESUMABLE_OWNER + upload.id),
+            )
+
+    @recovering
+    def resumable(self, upload_id: str) -> Resumable | None:
+        with self._connection() as conn:
+            row = conn.execute("SELECT * FROM resumable WHERE id = ?", (upload_id,)).fetchone()
+        return None if row is None else _resumable(row)
+
+    @recovering
+    def record_resumable(self, upload: Resumable) -> None:
+        """Its offset, pieces, length and expiry as they are now (after the bytes are durable)."""
+        with self._write() as w:
+            w.execute(
+                "UPDATE resumable SET offset = ?, pieces = ?, length = ?, expires = ? WHERE id = ?",
+                (upload.offset, upload.pieces, upload.length, upload.expires, upload.id),
+            )
+
+    @recovering
+    def drop_resumable(self, upload_id: str) -> None:
+        """Forget an upload (completed, terminated or expired) and its temporary file's row."""
+        with self._write() as w:
+            w.execute("DELETE FROM resumable WHERE id = ?", (upload_id,))
+            w.execute("DELETE FROM uploads WHERE owner = ?", (RESUMABLE_OWNER + upload_id,))
+
+    @recovering
+    def expired_resumable(self, now: float) -> list[Resumable]:
+        with self._connection() as conn:
+            rows = conn.execute("SELECT * FROM resumable WHERE expires <= ?", (int(now),)).fetchall()
+        return [_resumable(r) for r in rows]
+
+    @recovering
+    def count_resumable(self, owner: str) -> tuple[int, int]:
+        """How many uploads are open: of `owner`, and in all."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT COUNT(*) AS total, COALESCE(SUM(owner = ?), 0) AS mine FROM resumable", (owner,)
+            ).fetchone()
+        return row["mine"], row["total"]

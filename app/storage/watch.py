@@ -9,7 +9,8 @@ does on a name that is not valid UTF-8) it starts again, with backoff, after a r
 
 Temporary upload files nobody writes any more are swept at start-up and after every rescan: those
 of uploads this index recorded whose process died, at once; any other (seen on disk by a scan) once
-untouched for an hour (index.STALE_UPLOAD_SECONDS) and locked by no writer.
+untouched for an hour (index.STALE_UPLOAD_SECONDS) and locked by no writer; and those of
+resumable uploads once past their expiry (resumable.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from app.storage.errors import StorageError
 from app.storage.hasher import DigestWorker
 from app.storage.index import Index
 from app.storage.paths import open_write_target
+from app.storage.resumable import expire_uploads
 from app.storage.upload_store import STALE_UPLOAD_SECONDS
 from app.storage.values import decodable
 from app.storage.writes import remove_stale
@@ -134,6 +136,7 @@ class IndexKeeper:
             self._remove_upload(temp_path, min_age=None)
         for temp_path in self.index.found_uploads():
             self._remove_upload(temp_path, min_age=STALE_UPLOAD_SECONDS)
+        expire_uploads(self.index, time.time())  # resumable uploads past FERRY_UPLOAD_EXPIRY
 
     def _remove_upload(self, temp_path: str, *, min_age: float | None) -> None:
         parent, _, name = temp_path.rpartition("/")

@@ -275,6 +275,7 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         "s3_part_size": "16MiB",
         "archive_max_files": "5000",
         "archive_max_size": "2GiB",
+        "upload_expiry": "3600",
     }
     argv = [arg for name, value in values.items() for arg in ("--" + name.replace("_", "-"), value)]
     argv += ["--follow-symlinks", "--show-hidden", "--no-watch", "--no-fsync", "--no-checksums"]
