@@ -209,7 +209,7 @@ class ResumableUploads:
             hashes = rebuilt(fd, fresh)
             if fresh.offset:
                 metrics.RESUMED_BYTES.inc(fresh.offset)
-        append = Append(fresh, target, fd, hashes, fresh.offset, fresh.offset)
+        append = Append(fresh, target, fd, hashes, fresh.offset, fresh.offset, writeback=self.fsync)
         append._before = hashes.copy()
         return append
 

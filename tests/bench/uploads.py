@@ -11,7 +11,9 @@ upload's pieces in the background and would take a core from the server measured
 
 from __future__ import annotations
 
+import base64
 import os
+import subprocess
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ TARGET = "put.bin"
 NGINX_NAME = "nginx dav"
 NO_DAV = "no dav module in nginx-light"
 SETTLE_SECONDS = 0.3
+PATCHED = "28"  # the resumable upload's key: Ferry fsync on, in PATCH_SIZE appends
+PATCH_SIZE = 16 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -54,12 +58,14 @@ def catalog(size: int) -> list[Measure]:
         Measure("11", f"(11) one {each} upload, PUT, Ferry --no-fsync", "GB/s", True, Target("—")),
         Measure("12", "(12) server peak RSS per worker during (10) and (11), highest of runs", "MiB", False,
                 Target("—"), summary="max"),
+        Measure(PATCHED, f"(28) one {each} resumable upload (tus), {format_size(PATCH_SIZE)} PATCHes, "
+                "fsync on", "GB/s", True, Target("≥ 0.85 × (10)")),
     ]  # fmt: skip
 
 
 # Ferry's variants: server name, label in the details, the measures it fills, extra flags.
 _FERRY_VARIANTS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
-    ("Ferry PUT fsync on", "fsync on", ("10",), ()),
+    ("Ferry PUT fsync on", "fsync on", ("10", PATCHED), ()),
     ("Ferry PUT --no-fsync", "--no-fsync", ("11",), ("--no-fsync",)),
 )
 
@@ -112,9 +118,79 @@ def put_once(tools: Tools, target: UploadServer, source: Path, timeout: float) -
     target.target.unlink()
     os.sync()  # the next upload starts with no dirty pages left by this one
     speed = Sample(sent.speed / GB, f"{target.label}: HTTP {sent.status}")
-    samples = {key: speed for key in target.keys}
+    samples = {key: speed for key in target.keys if key != PATCHED}
+    if PATCHED in target.keys:
+        samples[PATCHED] = patch_once(tools, target, source, timeout)
     samples["12"] = Sample(rss.peak_mib(), f"{target.label}: {before:.1f} MiB before, {rss.describe()}")
     return samples
+
+
+def split_source(source: Path) -> list[Path]:
+    """The source in PATCH_SIZE parts beside it (once per run: untimed), for curl -T of each."""
+    parts: list[Path] = []
+    with source.open("rb") as whole:
+        while data := whole.read(PATCH_SIZE):
+            part = source.with_name(f"{source.name}.part{len(parts):04d}")
+            part.write_bytes(data)
+            parts.append(part)
+    return parts
+
+
+def patch_once(tools: Tools, target: UploadServer, source: Path, timeout: float) -> Sample:
+    """One timed resumable upload: POST /api/uploads/ (tus creation), then one curl process sending
+    every PATCH_SIZE part as a PATCH on one kept-alive connection (curl --next), Expect:
+    100-continue as the PUT; the clock runs from the POST to the last PATCH's answer."""
+    size = source.stat().st_size
+    parts = sorted(source.parent.glob(f"{source.name}.part*")) or split_source(source)
+    auth = ["-H", f"Authorization: Bearer {target.token}"] if target.token else []
+    common = [
+        tools.curl,
+        "-sS",
+        "--noproxy",
+        "*",
+        "--max-time",
+        f"{timeout:.0f}",
+        *auth,
+        "-H",
+        "Tus-Resumable: 1.0.0",
+    ]
+    started = time.perf_counter()
+    created = subprocess.run(
+        [*common, "-o", "/dev/null", "-D", "-", "-X", "POST", "-H", f"Upload-Length: {size}",
+         "-H", "Upload-Metadata: path " + base64.b64encode(TARGET.encode()).decode(),
+         target.server.url("/api/uploads/")],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    location = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in created.stdout.splitlines()
+            if line.lower().startswith("location:")
+        ),
+        None,
+    )
+    if created.returncode != 0 or location is None:
+        raise BenchError(f"tus creation failed: {created.stdout.strip()} {created.stderr.strip()}")
+    url = location if location.startswith("http") else target.server.url(location)
+    command = [tools.curl, "--noproxy", "*"]
+    offset = 0
+    for i, part in enumerate(parts):
+        if i:
+            command.append("--next")
+        command += ["-sS", "--max-time", f"{timeout:.0f}", *auth, "-H", "Tus-Resumable: 1.0.0", "-X", "PATCH"]
+        command += ["-H", "Content-Type: application/offset+octet-stream", "-H", f"Upload-Offset: {offset}"]
+        command += ["-T", str(part), "-o", "/dev/null", "-w", "%{http_code}\n", url]
+        offset += part.stat().st_size
+    sent = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 15, check=False)
+    seconds = time.perf_counter() - started
+    codes = sent.stdout.split()
+    if sent.returncode != 0 or codes != ["204"] * len(parts):
+        raise BenchError(f"tus PATCHes failed: {sent.stderr.strip()} {codes[-3:]}")
+    if target.target.stat().st_size != size:
+        raise BenchError(f"{target.server.name}: the resumable upload has the wrong size")
+    target.target.unlink()
+    os.sync()
+    return Sample(size / seconds / GB, f"{target.label}: {len(parts)} PATCHes of {format_size(PATCH_SIZE)}")
 
 
 def measure_uploads(
