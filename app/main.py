@@ -16,7 +16,7 @@ from app.access import Observed
 from app.cors import Cors
 from app.errors import FerryError, error_response, handle_ferry_error
 from app.request import READ_METHODS, WRITE_METHODS, FileRequest, is_file_request
-from app.routes import api, links, ops, static
+from app.routes import api, links, ops, selections, static
 from app.routes.api import api_reader
 from app.routes.files import Downloads
 from app.routes.writes import Writes
@@ -125,5 +125,6 @@ def create_app(settings: Settings | None = None) -> FerryApp:
         responses={401: {"description": "a read token is required (FERRY_DOWNLOAD_AUTH)"}},
     )
     app.include_router(links.router)
+    app.include_router(selections.router)  # who may read decides, per folder: no router-wide gate
     app.include_router(static.router)
     return app

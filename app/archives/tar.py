@@ -39,20 +39,31 @@ def _pax_record(key: str, value: str) -> bytes:
     return str(length).encode() + body
 
 
+_MODE_OWNER = _octal(0o644, 8) + _octal(0, 8) + _octal(0, 8)
+_MAGIC = b"ustar\x0000"
+# Every header's checksum counts these bytes, and the checksum field itself as eight spaces.
+_FIXED_SUM = sum(_MODE_OWNER) + sum(_MAGIC) + 8 * ord(" ")
+
+
 def _block(prefix: bytes, name: bytes, size: int, mtime: int, kind: bytes) -> bytes:
-    header = bytearray(BLOCK)
-    header[0 : len(name)] = name
-    header[100:108] = _octal(0o644, 8)
-    header[108:116] = _octal(0, 8)
-    header[116:124] = _octal(0, 8)
-    header[124:136] = _octal(size, 12)
-    header[136:148] = _octal(mtime, 12)
-    header[148:156] = b" " * 8
-    header[156:157] = kind
-    header[257:265] = b"ustar\x0000"
-    header[345 : 345 + len(prefix)] = prefix
-    header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header)
+    """One ustar header block (built from its fields: no 512-byte pass per header)."""
+    size_field, mtime_field = _octal(size, 12), _octal(mtime, 12)
+    checksum = _FIXED_SUM + sum(name) + sum(prefix) + sum(size_field) + sum(mtime_field) + kind[0]
+    return b"".join(
+        (
+            name.ljust(100, b"\0"),
+            _MODE_OWNER,
+            size_field,
+            mtime_field,
+            b"%06o\0 " % checksum,
+            kind,
+            bytes(100),  # linkname
+            _MAGIC,
+            bytes(80),  # uname, gname, devmajor, devminor
+            prefix.ljust(155, b"\0"),
+            bytes(12),
+        )
+    )
 
 
 def _padded(data: bytes) -> bytes:
@@ -60,7 +71,8 @@ def _padded(data: bytes) -> bytes:
 
 
 class TarLayout(Layout):
-    def header(self, index: int, offset: int) -> bytes:
+    def _records(self, index: int) -> tuple[bytes, tuple[bytes, bytes] | None]:
+        """A member's pax records (b"" when ustar holds it) and its ustar name fields."""
         m = self.members[index]
         path = m.path.encode("utf-8")
         fields = _ustar_name(path) if path.isascii() else None
@@ -71,6 +83,16 @@ class TarLayout(Layout):
             records += _pax_record("size", str(m.size))
         if not 0 <= m.mtime <= _MAX_OCTAL_11:
             records += _pax_record("mtime", str(m.mtime))
+        return records, fields
+
+    def header_length(self, index: int, offset: int) -> int:
+        records, _ = self._records(index)
+        return BLOCK + (BLOCK + len(records) + (-len(records) % BLOCK) if records else 0)
+
+    def header(self, index: int, offset: int) -> bytes:
+        m = self.members[index]
+        path = m.path.encode("utf-8")
+        records, fields = self._records(index)
         if fields is None:
             short = path[-100:].split(b"/")[-1] if path.isascii() else b"member"
             fields = (b"", short or b"member")
@@ -84,7 +106,10 @@ class TarLayout(Layout):
         return _block(b"", pax_name, len(records), mtime, b"x") + _padded(records) + own
 
     def padding(self, index: int) -> bytes:
-        return b"\0" * (-self.members[index].size % BLOCK)
+        return bytes(-self.members[index].size % BLOCK)
+
+    def padding_length(self, index: int) -> int:
+        return -self.members[index].size % BLOCK
 
     def trailer_length(self) -> int:
         return 2 * BLOCK

@@ -72,18 +72,25 @@ class ZipLayout(Layout):
             raise LookupError(f"the CRC-32 of {self.members[index].path!r} is not known")
         return crc
 
+    def _zip64_sizes(self, index: int) -> bool:
+        """Whether entry `index` carries its sizes in a ZIP64 field: from 4 GiB − 1 bytes, and
+        right after an entry of exactly 4 GiB − 1 bytes (0xFFFFFFFF, the ZIP64 marker itself),
+        whose size unzip 6.0 carries over as if it were the next entry's 32-bit field, reading
+        that entry's ZIP64 offset as its size (the archive then fails its tests)."""
+        return self.members[index].size >= _U32 or (index > 0 and self.members[index - 1].size == _U32)
+
     def header_length(self, index: int, offset: int) -> int:
         m = self.members[index]
         return (
             _LOCAL
             + len(self._names[index])
-            + (20 if m.size >= _U32 else 0)
+            + (20 if self._zip64_sizes(index) else 0)
             + (_TIMESTAMP if _has_timestamp(m.mtime) else 0)
         )
 
     def header(self, index: int, offset: int) -> bytes:
         m, name = self.members[index], self._names[index]
-        big = m.size >= _U32
+        big = self._zip64_sizes(index)
         # A ZIP64 field (zeros, as the descriptor holds the sizes) tells readers that the
         # descriptor's sizes are 8 bytes each.
         extra = struct.pack("<HHQQ", 1, 16, 0, 0) if big else b""
@@ -94,18 +101,18 @@ class ZipLayout(Layout):
         return struct.pack("<IHHHHHIIIHH", *fields) + name + extra
 
     def padding_length(self, index: int) -> int:
-        return 24 if self.members[index].size >= _U32 else 16
+        return 24 if self._zip64_sizes(index) else 16
 
     def padding(self, index: int) -> bytes:
         """The data descriptor: signature, CRC-32 and the two (equal) sizes."""
         size, crc = self.members[index].size, self._crc(index)
-        if size >= _U32:
+        if self._zip64_sizes(index):
             return struct.pack("<IIQQ", 0x08074B50, crc, size, size)
         return struct.pack("<IIII", 0x08074B50, crc, size, size)
 
     def _zip64_fields(self, index: int) -> list[int]:
         size, offset = self.members[index].size, self.starts[index]
-        fields = [size, size] if size >= _U32 else []
+        fields = [size, size] if self._zip64_sizes(index) else []
         return fields + [offset] if offset >= _U32 else fields
 
     def _central_length(self, index: int) -> int:
@@ -119,7 +126,7 @@ class ZipLayout(Layout):
         extra = struct.pack(f"<HH{len(zip64)}Q", 1, 8 * len(zip64), *zip64) if zip64 else b""
         extra += _timestamp_field(m.mtime)
         clock, date = dos_time(m.mtime)
-        size = _U32 if m.size >= _U32 else m.size
+        size = _U32 if self._zip64_sizes(index) else m.size
         version = 45 if zip64 else 20
         return (
             struct.pack(

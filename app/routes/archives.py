@@ -37,12 +37,13 @@ from app.archives.zip import ZipLayout
 from app.errors import BadRequest, Forbidden, NotFound
 from app.http.conditional import Validators
 from app.http.headers import content_disposition
-from app.http.plan import DownloadRequest, FileFacts, plan_download
+from app.http.plan import DownloadRequest, FileFacts, ResponsePlan, plan_download
 from app.request import FileRequest
 from app.services import Services
+from app.storage.digest_store import ArchiveRow
 from app.storage.errors import StorageError
 from app.storage.paths import LinkScope, open_beneath, resolve_to_open
-from app.storage.values import Entry, entry_from_stat, identity, join
+from app.storage.values import entry_from_stat, identity, join
 from app.transfer.archive import ArchiveSender, FileChanged
 from app.transfer.download import TransferOptions
 from app.transfer.slots import DownloadSlots
@@ -64,16 +65,16 @@ class Manifest:
         self.newest = 0
         self._tag = hashlib.sha256(FORMAT_VERSION)
 
-    def add(self, entry: Entry) -> None:
-        inside = self.prefix + entry.path[len(self.directory) + 1 if self.directory else 0 :]
-        mtime = entry.mtime_ns // 1_000_000_000
-        self.members.append(Member(inside, entry.size, mtime, entry.crc32))
-        self.identities.extend((entry.dev, entry.ino, entry.size, entry.mtime_ns))
-        self.total += entry.size
+    def add(self, path: str, row: ArchiveRow) -> None:
+        """File `path` (below ROOT) with its index row."""
+        _, _, size, mtime_ns, dev, ino, crc32 = row
+        inside = self.prefix + path[len(self.directory) + 1 if self.directory else 0 :]
+        mtime = mtime_ns // 1_000_000_000
+        self.members.append(Member(inside, size, mtime, crc32))
+        self.identities.extend((dev, ino, size, mtime_ns))
+        self.total += size
         self.newest = max(self.newest, mtime)
-        self._tag.update(
-            b"%s\0%d %d %d %d\n" % (inside.encode(), entry.dev, entry.ino, entry.size, entry.mtime_ns)
-        )
+        self._tag.update(b"%s\0%d %d %d %d\n" % (inside.encode(), dev, ino, size, mtime_ns))
 
     def source(self, index: int) -> str:
         """Member `index`'s path below ROOT."""
@@ -92,12 +93,22 @@ class Manifest:
 class Archives:
     """Answers `?archive=` on a folder: checks, manifest, layout, plan, sender."""
 
+    on_disk = True  # members are files below ROOT (BucketArchives: objects of a bucket)
+
     def __init__(self, services: Services, slots: DownloadSlots, options: TransferOptions) -> None:
         self.services = services
         self.slots = slots
         self.options = options
+        storage = services.settings.storage
+        if storage is None:
+            self.root_name = services.settings.root.name or "files"
+        else:
+            self.root_name = storage.prefix.strip("/").rpartition("/")[2] or storage.bucket
 
-    async def answer(self, request: FileRequest, directory: str, granted: LinkScope | None) -> ASGIApp:
+    async def answer(
+        self, request: FileRequest, directory: str, granted: LinkScope | None, *, one_folder: bool = False
+    ) -> ASGIApp:
+        """The archive; `one_folder`: the reader's link grants this folder's own files only."""
         settings = self.services.settings
         if not settings.archives:
             raise NotFound("folder archives are off (FERRY_ARCHIVES=false)")
@@ -110,10 +121,10 @@ class Archives:
                 raise BadRequest(f"select names a file or folder of this folder: {name!r}")
         await self.services.async_index.refreshed(directory)
         keep = None if granted is None else granted.holds
-        manifest = await run_in_threadpool(self._manifest, directory, selected, keep)
+        manifest = await run_in_threadpool(self._manifest, directory, selected, keep, one_folder)
         layout: Layout = ZipLayout(manifest.members) if kind == "zip" else TarLayout(manifest.members)
         complete = not isinstance(layout, ZipLayout) or layout.complete
-        name = _archive_name(directory, self.services.settings.root.name, selected)
+        name = _archive_name(directory, self.root_name, selected)
         facts = FileFacts(
             size=layout.length,
             validators=Validators(etag=manifest.etag(kind), last_modified=manifest.newest),
@@ -130,27 +141,43 @@ class Archives:
         if plan.body and request.method == "GET":
             release = self.slots.acquire(request.client)  # 429 past FERRY_MAX_CONNECTIONS_PER_IP
             metrics.ARCHIVES.labels(kind).inc()
+        return self._sender(plan, layout, manifest, granted, kind, release)
+
+    def _sender(
+        self,
+        plan: ResponsePlan,
+        layout: Layout,
+        manifest: Manifest,
+        granted: LinkScope | None,
+        kind: str,
+        release: Callable[[], None] | None,
+    ) -> ArchiveSender:
+        opener = self._opener(manifest, granted)
+        activity = self.services.activity
         return ArchiveSender(
-            plan,
-            layout,
-            self._opener(manifest, granted),
-            self.options,
-            kind=kind,
-            on_close=release,
-            activity=self.services.activity,
+            plan, layout, opener, self.options, kind=kind, on_close=release, activity=activity
         )
 
-    def _manifest(self, directory: str, selected: list[str], keep: Callable[[str], bool] | None) -> Manifest:
+    def _manifest(
+        self, directory: str, selected: list[str], keep: Callable[[str], bool] | None, one_folder: bool
+    ) -> Manifest:
         """The archive's files from the index, within the limits (blocking: run in a thread)."""
         settings = self.services.settings
-        root_name = self.services.settings.root.name or "files"
-        prefix = "" if selected else (directory.rpartition("/")[2] or root_name) + "/"
+        prefix = "" if selected else (directory.rpartition("/")[2] or self.root_name) + "/"
         manifest = Manifest(directory, prefix)
-        walked = _Walked(self.services.policy.root)
-        for entry in self._entries(directory, selected):
-            if not walked(entry.path) or (keep is not None and not keep(entry.path)):
+        walked = _Walked(self.services.policy.root) if self.on_disk else None
+        for row in self._rows(directory, selected):
+            path = join(row[0], row[1])
+            if one_folder and row[0] != directory:
+                # As for ?checksums=all: the folders below are not the one folder it covers.
+                raise Forbidden(
+                    "this link covers one folder, not the folders below it; ask for a folder link"
+                )
+            if walked is not None and not walked(row[0]):
+                continue  # below a symlinked folder (a bucket has no symlinks)
+            if keep is not None and not keep(path):
                 continue
-            manifest.add(entry)
+            manifest.add(path, row)
             if len(manifest.members) > settings.archive_max_files:
                 raise Forbidden(
                     f"more than {settings.archive_max_files:,} files (FERRY_ARCHIVE_MAX_FILES): "
@@ -163,7 +190,7 @@ class Archives:
                 )
         return manifest
 
-    def _entries(self, directory: str, selected: list[str]) -> Iterator[Entry]:
+    def _rows(self, directory: str, selected: list[str]) -> Iterator[ArchiveRow]:
         index = self.services.index
         if not selected:
             yield from self._subtree(directory)
@@ -176,14 +203,13 @@ class Archives:
             if entry.is_dir:
                 yield from self._subtree(path)
             else:
-                yield entry
+                yield (directory, name, entry.size, entry.mtime_ns, entry.dev, entry.ino, entry.crc32)
 
-    def _subtree(self, directory: str) -> Iterator[Entry]:
+    def _subtree(self, directory: str) -> Iterator[ArchiveRow]:
         index, after = self.services.index, ("", "")
-        while page := index.files_with_digests(directory, recursive=True, limit=PAGE, after=after):
+        while page := index.archive_rows(directory, limit=PAGE, after=after):
             yield from page
-            last = page[-1].path.rpartition("/")
-            after = (last[0], last[2])
+            after = (page[-1][0], page[-1][1])
 
     def _opener(
         self, manifest: Manifest, granted: LinkScope | None
@@ -218,8 +244,8 @@ class _Walked:
         self.real_root = Path(os.path.realpath(root))
         self._known: dict[str, bool] = {"": True}
 
-    def __call__(self, path: str) -> bool:
-        parent = path.rpartition("/")[0]
+    def __call__(self, parent: str) -> bool:
+        """Whether folder `parent` (below ROOT) is a real one."""
         known = self._known.get(parent)
         if known is None:
             real = os.path.realpath(self.root / parent)

@@ -14,28 +14,34 @@ presigned URL valid for PRESIGN_SECONDS, and the bytes go from the store to the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import quote
 
 from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp
 
+from app.archives.layout import Layout
 from app.auth import Access, link_of
 from app.errors import NotFound, ServiceUnavailable
 from app.http.conditional import Validators, make_validators
 from app.http.headers import file_disposition
 from app.http.mime import content_type_for
-from app.http.plan import DownloadRequest, FileFacts, plan_download
+from app.http.plan import DownloadRequest, FileFacts, ResponsePlan, plan_download
 from app.http.ranges import parse_range_header
 from app.integrity import Integrity
 from app.request import PREFIX, FileRequest
+from app.routes.archives import Archives, Manifest
 from app.routes.files import disposition_for
 from app.services import Services
 from app.storage.backend import Stat
 from app.storage.errors import NotServable
+from app.storage.paths import LinkScope
 from app.storage.s3 import S3Storage
 from app.storage.values import FileDigest, Identity, entry_from_object
+from app.transfer.archive import ArchiveSender
 from app.transfer.download import TransferOptions
+from app.transfer.object_archive import ObjectArchiveSender
 from app.transfer.objects import Head, ObjectSender
 from app.transfer.slots import DownloadSlots
 from app.views import documents
@@ -70,6 +76,7 @@ class BucketDownloads:
         )
         self.slots = DownloadSlots(services.settings.max_connections_per_ip)
         self.options = TransferOptions.of(services.settings)
+        self.archives = BucketArchives(services, self.slots, self.options, bucket)
 
     async def __call__(self, request: FileRequest) -> ASGIApp:
         gate = self.services.gate
@@ -83,7 +90,7 @@ class BucketDownloads:
                 self.services.async_index.enqueue(self.services.index.forget, path)
             raise
         if st.is_dir:
-            return self._directory(request, access, path)
+            return await self._directory(request, access, path)
         if request.path.endswith("/"):
             raise NotFound()
         if "meta4" in request.query or "checksums" in request.query:
@@ -162,12 +169,47 @@ class BucketDownloads:
             plan, self.bucket, st, self.options, on_close=release, activity=self.services.activity, head=head
         )
 
-    def _directory(self, request: FileRequest, access: Access, path: str) -> ASGIApp:
+    async def _directory(self, request: FileRequest, access: Access, path: str) -> ASGIApp:
         if request.path and not request.path.endswith("/"):
             # Same-origin by construction: the Location is always a path under /files/.
             query = request.query_string
             return RedirectResponse(PREFIX + quote(request.path) + "/" + ("?" + query if query else ""), 301)
+        if "archive" in request.query:
+            return await self.archives.answer(request, path, None)
         if "checksums" in request.query:
             raise NotFound()  # a folder's SHA256SUMS is served from a local root only
         # A signed link's coverage is lexical (app/http/signing.py): a bucket has no symlinks.
         return DirectoryListing(path, self.services, request, access, keep=None)
+
+
+class BucketArchives(Archives):
+    """`?archive=` on a bucket's folder: the members' bytes come from their objects."""
+
+    on_disk = False
+
+    def __init__(
+        self, services: Services, slots: DownloadSlots, options: TransferOptions, bucket: S3Storage
+    ) -> None:
+        super().__init__(services, slots, options)
+        self.bucket = bucket
+
+    def _sender(
+        self,
+        plan: ResponsePlan,
+        layout: Layout,
+        manifest: Manifest,
+        granted: LinkScope | None,
+        kind: str,
+        release: Callable[[], None] | None,
+    ) -> ArchiveSender:
+        return ObjectArchiveSender(
+            plan,
+            layout,
+            self.bucket,
+            manifest.source,
+            manifest.identity,
+            self.options,
+            kind=kind,
+            on_close=release,
+            activity=self.services.activity,
+        )

@@ -133,7 +133,9 @@ class Downloads:
             return RedirectResponse(PREFIX + quote(request.path) + "/" + ("?" + query if query else ""), 301)
         directory = relative(safe, self.services.policy)
         if "archive" in request.query:
-            return await self.archives.answer(request, directory, granted)
+            link = link_of(access)
+            one_folder = link is not None and not link.prefix  # a link to this folder's listing
+            return await self.archives.answer(request, directory, granted, one_folder=one_folder)
         keep = None if granted is None else granted.holds
         if "checksums" in request.query:
             recursive = request.query["checksums"] == "all"

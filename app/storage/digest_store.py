@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from app.storage.database import Database, recovering
 from app.storage.errors import IndexRebuilding
-from app.storage.schema import WITH_DIGEST, entry_from_row, scope, subtree_bounds
+from app.storage.schema import CRC32_COLUMN, DIGEST_JOIN, WITH_DIGEST, entry_from_row, scope, subtree_bounds
 from app.storage.values import EMPTY_DIGEST, Entry, FileDigest, Identity
+
+# (parent, name, size, mtime_ns, dev, ino, crc32): a file as a folder archive lists it
+ArchiveRow = tuple[str, str, int, int, int, int, int | None]
 
 
 class DigestStore(Database):
@@ -90,19 +93,9 @@ class DigestStore(Database):
         `missing_only`: only the files whose digest is not known yet."""
         if recursive and self.rebuilding:
             raise IndexRebuilding()  # subfolders the rebuild has not reached yet would be missing
-        # Each form below is one range of the (parent, name) index, walked in order.
-        after = max(after, (directory, ""))
-        args: tuple[str, ...]
-        if not recursive:
-            if after[0] != directory:
-                return []  # past the directory's own files
-            where, args = "e.parent = ? AND e.name > ?", after
-        elif not directory:
-            where, args = "(e.parent, e.name) > (?, ?)", after
-        else:
-            low, high = subtree_bounds(directory)
-            where = "(e.parent, e.name) > (?, ?) AND e.parent < ? AND (e.parent = ? OR e.parent >= ?)"
-            args = (*after, high, directory, low)
+        where, args = _subtree_page(directory, recursive, after)
+        if where is None:
+            return []  # past the directory's own files
         if missing_only:
             where += " AND d.sha256 IS NULL AND e.size > 0"
         with self._connection() as conn:
@@ -111,6 +104,27 @@ class DigestStore(Database):
                 (*args, limit),
             ).fetchall()
         return [entry_from_row(r) for r in rows]
+
+    @recovering
+    def archive_rows(
+        self, directory: str, *, limit: int, after: tuple[str, str] = ("", "")
+    ) -> list[ArchiveRow]:
+        """What a folder archive needs of the files below `directory`, one page in (parent, name)
+        order after `after`: (parent, name, size, mtime_ns, dev, ino, crc32 or None), as plain
+        tuples (a 10,000-file manifest reads in a fraction of the time of `Entry`s)."""
+        if self.rebuilding:
+            raise IndexRebuilding()  # subfolders the rebuild has not reached yet would be missing
+        where, args = _subtree_page(directory, True, after)
+        with self._connection() as conn:
+            cursor = conn.cursor()
+            cursor.row_factory = None
+            rows: list[ArchiveRow] = cursor.execute(
+                f"SELECT e.parent, e.name, e.size, e.mtime_ns, e.dev, e.ino, {CRC32_COLUMN} "
+                f"FROM entries e {DIGEST_JOIN} WHERE NOT e.is_dir AND {where} "
+                "ORDER BY e.parent, e.name LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return rows
 
     @recovering
     def digest_coverage(self, directory: str, *, recursive: bool, limit: int) -> tuple[int, int, int]:
@@ -128,3 +142,21 @@ class DigestStore(Database):
                 (*args, limit),
             ).fetchone()
         return int(row["files"]), int(row["missing"]), int(row["missing_bytes"])
+
+
+def _subtree_page(
+    directory: str, recursive: bool, after: tuple[str, str]
+) -> tuple[str | None, tuple[str, ...]]:
+    """The SQL condition (on entries `e`) for the files of a directory (or its subtree) after the
+    file `after`, and its arguments; None when no file of the directory's own can follow."""
+    # Each form below is one range of the (parent, name) index, walked in order.
+    after = max(after, (directory, ""))
+    if not recursive:
+        if after[0] != directory:
+            return None, ()
+        return "e.parent = ? AND e.name > ?", after
+    if not directory:
+        return "(e.parent, e.name) > (?, ?)", after
+    low, high = subtree_bounds(directory)
+    where = "(e.parent, e.name) > (?, ?) AND e.parent < ? AND (e.parent = ? OR e.parent >= ?)"
+    return where, (*after, high, directory, low)

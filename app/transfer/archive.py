@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from starlette.types import Scope
 
@@ -28,6 +28,7 @@ from app.archives.layout import FileSpan, Layout
 from app.archives.zip import ZipLayout
 from app.http.plan import ResponsePlan
 from app.http.ranges import ByteRange
+from app.storage.backend import Chunk
 from app.transfer.activity import Activity
 from app.transfer.download import SMALL_BODY, FileSender, TransferOptions, _Disconnect, read_checked
 from app.transfer.messages import TypedSend
@@ -59,7 +60,7 @@ class ArchiveSender(FileSender):
         self.open_member = open_member
         self.kind = kind
         self._member = -1
-        self._buffer: list[bytes] = []
+        self._buffer: list[Chunk] = []
         self._buffered = 0
 
     async def _release(self) -> None:
@@ -99,40 +100,36 @@ class ArchiveSender(FileSender):
     async def _send_span(
         self, span: FileSpan, send: TypedSend, disconnect: _Disconnect, *, last: bool
     ) -> bool:
-        self._open(span.index)
-        r = ByteRange(span.offset, span.offset + span.length)
-        if isinstance(self.layout, ZipLayout) and self.layout.crc32s[span.index] is None:
-            return await self._send_computing_crc(span, r, send, disconnect)
-        if self._zero_copy and span.length > SMALL_BODY:
+        """Member bytes: computing its CRC-32 if unknown, by sendfile if large, else gathered."""
+        computing = isinstance(self.layout, ZipLayout) and self.layout.crc32s[span.index] is None
+        if not computing and self._zero_copy and span.length > SMALL_BODY:
+            self._open(span.index)
             await self._flush(send)
+            r = ByteRange(span.offset, span.offset + span.length)
             return await self._sendfile_range(r, send, disconnect, last=last)
-        offset = r.start
-        while offset < r.stop:
+        crc = 0
+        async for data in self._chunks(span):
             if disconnect.happened:
                 return False
-            size = min(self.chunk_size, r.stop - offset)
-            await self._gather(await read_checked(self.fd, size, offset, self.st), send)
-            offset += size
-        return True
-
-    async def _send_computing_crc(
-        self, span: FileSpan, r: ByteRange, send: TypedSend, disconnect: _Disconnect
-    ) -> bool:
-        """A whole file whose CRC-32 is not known: read, checked, summed and sent chunk by chunk."""
-        assert isinstance(self.layout, ZipLayout) and r.start == 0 and r.stop == self.st.st_size
-        crc, offset = 0, 0
-        while offset < r.stop:
-            if disconnect.happened:
-                return False
-            size = min(self.chunk_size, r.stop - offset)
-            data = await read_checked(self.fd, size, offset, self.st)
-            crc = zlib.crc32(data, crc)
+            if computing:
+                crc = zlib.crc32(data, crc)
             await self._gather(data, send)
-            offset += size
-        self.layout.set_crc32(span.index, crc)
+        if computing:
+            # Only a whole archive is sent while CRC-32s are missing: the span is the whole file.
+            assert isinstance(self.layout, ZipLayout) and span.offset == 0
+            self.layout.set_crc32(span.index, crc)
         return True
 
-    async def _gather(self, data: bytes, send: TypedSend) -> None:
+    async def _chunks(self, span: FileSpan) -> AsyncIterator[Chunk]:
+        """The span's bytes, read and checked a chunk at a time."""
+        self._open(span.index)
+        offset, stop = span.offset, span.offset + span.length
+        while offset < stop:
+            size = min(self.chunk_size, stop - offset)
+            yield await read_checked(self.fd, size, offset, self.st)
+            offset += size
+
+    async def _gather(self, data: Chunk, send: TypedSend) -> None:
         """Queue bytes for one larger write (headers and small files), sent at about a chunk."""
         self._buffer.append(data)
         self._buffered += len(data)

@@ -9,6 +9,11 @@ sort order; only "Next page" is a link, so a crawler sees every entry.
 
 When writes are enabled a listing carries an upload panel that ferry.js brings to life; the page
 never holds the write token (the reader types it, and the tab keeps it in sessionStorage).
+
+Where folders download as archives, a listing offers the folder as a zip or a tar, and a checkbox
+per row for "Download selected": GET forms (`?archive=zip|tar&select=NAME…`), so they work without
+JavaScript and a crawler never fetches an archive. The checkboxes belong to the selection form by
+its id (the table's sort headers are forms of their own, and forms cannot nest).
 """
 
 from __future__ import annotations
@@ -25,6 +30,14 @@ from app.views.entries import EntryModel, Listing, SearchResults
 _COLUMNS: tuple[tuple[str, SortKey], ...] = (("Name", "name"), ("Size", "size"), ("Modified", "mtime"))
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 _ACTIONS_HEAD = '<th class="actions" scope="col"><span class="sr-only">Actions</span></th>'
+_EMPTY_TICK = '<td class="tick"></td>'
+_SELECTION = "ferry-selection"  # the id of the "Download selected" form
+# The checkbox column's header: "select all" is ferry.js's (hidden without it).
+_TICK_HEAD = (
+    '<th class="tick" scope="col"><span class="sr-only">Select</span><label class="tick-box" hidden>'
+    '<input type="checkbox" class="tick-all"><span class="sr-only">Select everything on this page</span>'
+    "</label></th>"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +53,7 @@ class HtmlPage:
     # `link_root` (the signed directory below ROOT, '' for ROOT itself).
     link_query: str = ""
     link_root: str | None = None
+    archives: bool = False  # folders download as archives (FERRY_ARCHIVES, on the local disk)
 
 
 def human_size(size: int) -> str:
@@ -148,9 +162,20 @@ def _copy_cell(entry: EntryModel, href: str, share: bool = False) -> str:
     )
 
 
-def _row(entry: EntryModel, href: str, where: str = "", share: bool = False) -> str:
+def _tick_cell(entry: EntryModel) -> str:
+    """The row's checkbox: part of the selection form (by its id), sending `select=NAME`."""
+    what = "folder" if entry.type == "dir" else "file"
     return (
-        f'<tr class="{entry.type}"><td class="name">{_name_link(entry, href)}{where}{_digest(entry)}</td>'
+        f'<td class="tick"><label class="tick-box"><input type="checkbox" name="select" '
+        f'value="{escape(entry.name)}" form="{_SELECTION}">'
+        f'<span class="sr-only">Select the {what} {escape(entry.name)}</span></label></td>'
+    )
+
+
+def _row(entry: EntryModel, href: str, where: str = "", share: bool = False, tick: bool = False) -> str:
+    return (
+        f'<tr class="{entry.type}">{_tick_cell(entry) if tick else ""}'
+        f'<td class="name">{_name_link(entry, href)}{where}{_digest(entry)}</td>'
         f"{_size_cell(entry)}{_mtime_cell(entry)}{_copy_cell(entry, href, share)}</tr>"
     )
 
@@ -276,43 +301,79 @@ def _listing_params(page: HtmlPage) -> dict[str, str]:
     return params
 
 
-def _parent_row(page: HtmlPage) -> str:
+def _parent_row(page: HtmlPage, tick: bool) -> str:
     directory = page.directory
     parent = directory.rpartition("/")[0]
     if not directory or not _reachable(parent, page):
         return ""
     href = escape(_linked(_absolute(parent), page))
     return (
-        f'<tr class="parent"><td class="name"><a href="{href}" rel="up">{_icon("up")}'
+        f'<tr class="parent">{_EMPTY_TICK if tick else ""}'
+        f'<td class="name"><a href="{href}" rel="up">{_icon("up")}'
         '<span class="label">Parent folder</span></a></td><td class="size"></td>'
         '<td class="mtime"></td><td class="actions"></td></tr>'
     )
+
+
+def _hidden_fields(page: HtmlPage) -> str:
+    """A GET form's copy of the signed link's parameters, so what it asks for is granted too."""
+    return "".join(
+        f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">'
+        for name, value in parse_qsl(page.link_query)
+    )
+
+
+def _offers_archives(page: HtmlPage) -> bool:
+    """Archives are on, and the reader's link (if any) can be carried to them: a link to one
+    folder's listing is not carried by the page's links (app/views/listing.py)."""
+    return page.archives and (page.link_root is None or bool(page.link_query))
+
+
+def _archive_bar(page: HtmlPage) -> str:
+    """The folder as one zip or tar, and the ticked rows as one archive (the format chosen)."""
+    carried = _hidden_fields(page)
+    folder = escape(f"“{_folder_name(page.directory)}”")
+    icon = _icon("download")
+    return f"""<div class="archives">
+<form class="folder-archive" method="get" aria-label="Download this folder">{carried}\
+<button type="submit" name="archive" value="zip" title="Everything in {folder} as one zip file">\
+{icon}Download zip</button>\
+<button type="submit" name="archive" value="tar" title="Everything in {folder} as one tar file">\
+{icon}Download tar</button></form>
+<form class="selection" id="{_SELECTION}" method="get" aria-label="Download the selected items">{carried}\
+<span class="ticked muted" aria-live="polite"></span>\
+<label class="format"><span class="sr-only">Format</span><select name="archive">\
+<option value="zip">zip</option><option value="tar">tar</option></select></label>\
+<button type="submit" class="download-selected" \
+title="The ticked files and folders as one archive">Download selected</button></form>
+</div>"""
 
 
 def render_listing(page: HtmlPage) -> str:
     assert isinstance(page.data, Listing)
     entries = page.data.entries
     share = page.upload_limit is not None  # writes enabled: the write token can mint links
-    rows = [_row(e, _linked(_href(e.name, is_dir=e.type == "dir"), page), share=share) for e in entries]
+    tick = _offers_archives(page) and bool(entries)
+    rows = [
+        _row(e, _linked(_href(e.name, is_dir=e.type == "dir"), page), share=share, tick=tick) for e in entries
+    ]
     if not entries:
         rows.append('<tr class="empty"><td colspan="4">This folder is empty.</td></tr>')
     head = "".join(_sort_header(label, key, page) for label, key in _COLUMNS) + _ACTIONS_HEAD
+    head = (_TICK_HEAD if tick else "") + head
     name = _folder_name(page.directory)
     upload = "" if page.upload_limit is None else _upload_panel(page.directory, page.upload_limit) + "\n"
+    archives = _archive_bar(page) + "\n" if tick else ""
     # A GET form, not a link: a crawler mirroring the tree does not fetch it.
-    carried = "".join(
-        f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">'
-        for name, value in parse_qsl(page.link_query)
-    )
     sums = (
-        f'<form class="checksums" method="get">{carried}<button type="submit" name="checksums" value="all" '
-        'title="Checksums of every file below this folder, for sha256sum -c">'
+        f'<form class="checksums" method="get">{_hidden_fields(page)}<button type="submit" name="checksums" '
+        'value="all" title="Checksums of every file below this folder, for sha256sum -c">'
         "Download SHA256SUMS</button></form>"
     )
     summary = _summary(len(entries), bool(page.data.next_cursor), ("item", "items"))
     main = (
         f"<h1>{escape(name)}</h1>\n{summary}\n"
-        f"{upload}{_table(head, [_parent_row(page), *rows])}\n"
+        f"{upload}{archives}{_table(head, [_parent_row(page, tick), *rows])}\n"
         f"{_pager(page, _listing_params(page))}{sums if entries else ''}"
     )
     return _page(page, title=f"Index of /{page.directory}", main=main)

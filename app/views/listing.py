@@ -107,6 +107,7 @@ class DirectoryListing:
             upload_limit=None if settings.write_token is None else settings.max_upload_size,
             link_query=link_query,
             link_root=None if link is None else (link.prefix or "/" + self.directory + "/").strip("/"),
+            archives=settings.archives,
         )
         return _html(render_listing(view))
 

@@ -113,7 +113,10 @@ async def test_a_folder_comes_as_a_zip_and_a_tar_of_every_servable_file_below_it
     for r, kind, media in ((z, "zip", "application/zip"), (t, "tar", "application/x-tar")):
         assert r.headers["content-type"] == media
         assert r.headers["content-length"] == str(len(r.content))
-        assert r.headers["content-disposition"] == f"attachment; filename=\"docs.{kind}\"; filename*=UTF-8''docs.{kind}"
+        assert (
+            r.headers["content-disposition"]
+            == f"attachment; filename=\"docs.{kind}\"; filename*=UTF-8''docs.{kind}"
+        )
         assert r.headers["etag"].startswith(f'"{kind}-') and not r.headers["etag"].startswith("W/")
         newest = EPOCH + len(FILES) - 1
         assert r.headers["last-modified"] == time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(newest))
@@ -173,7 +176,11 @@ async def _a_changed_tree(app: FerryApp, client: httpx.AsyncClient, root: Path) 
 async def test_tar_ranges_are_slices_of_the_whole_archive(client: httpx.AsyncClient) -> None:
     whole = (await client.get("/files/docs/?archive=tar")).content
     size = len(whole)
-    for spec, start, stop in (("0-0", 0, 1), ("511-1536", 511, 1537), (f"-{size // 3}", size - size // 3, size)):
+    for spec, start, stop in (
+        ("0-0", 0, 1),
+        ("511-1536", 511, 1537),
+        (f"-{size // 3}", size - size // 3, size),
+    ):
         r = await client.get("/files/docs/?archive=tar", headers={"range": f"bytes={spec}"})
         assert r.status_code == 206 and r.content == whole[start:stop]
         assert r.headers["content-range"] == f"bytes {start}-{stop - 1}/{size}"
@@ -217,7 +224,9 @@ async def test_any_range_of_a_zip_with_known_crcs_is_its_slice(
 
 
 async def test_a_selection_holds_exactly_the_chosen_files_and_folders(client: httpx.AsyncClient) -> None:
-    r = await client.get("/files/docs/?" + urlencode([("archive", "zip"), ("select", "sub"), ("select", "a.txt")]))
+    r = await client.get(
+        "/files/docs/?" + urlencode([("archive", "zip"), ("select", "sub"), ("select", "a.txt")])
+    )
     assert r.status_code == 200 and 'filename="docs.zip"' in r.headers["content-disposition"]
     assert zip_members(r.content) == {
         "a.txt": FILES["a.txt"],
@@ -250,7 +259,9 @@ async def test_limits_and_the_switch(tmp_path: Path, root: Path) -> None:
             assert (await client.get("/files/docs/a.txt")).status_code == 200
 
 
-async def test_a_signed_folder_link_covers_archives_of_it_and_nothing_wider(tmp_path: Path, root: Path) -> None:
+async def test_a_signed_folder_link_covers_archives_of_it_and_nothing_wider(
+    tmp_path: Path, root: Path
+) -> None:
     app = build(tmp_path, root, download_auth="signed", signing_keys=KEY)
     link = signing.new_link("docs/sub", ttl=3600, now=int(time.time()), prefix=True)
     params = dict(signing.link_params(KEY.encode(), link))
@@ -282,3 +293,19 @@ async def test_archives_are_counted_in_metrics(client: httpx.AsyncClient) -> Non
     after = (await client.get("/metrics")).text
     assert [sample(after, n) - sample(before, n) for n in names] == [1.0, 0.0]
     assert sample(after, bytes_name) - sample(before, bytes_name) == len(body)
+
+
+async def test_a_link_to_one_folders_listing_covers_an_archive_of_its_own_files_only(
+    tmp_path: Path, root: Path
+) -> None:
+    app = build(tmp_path, root, download_auth="signed", signing_keys=KEY)
+    link = signing.new_link("docs/sub/", ttl=3600, now=int(time.time()))
+    params = dict(signing.link_params(KEY.encode(), link))
+    async with in_process(app, lifespan=False) as client:
+        assert (await client.get("/files/docs/sub/?" + urlencode(params))).status_code == 200  # its listing
+        refused = await client.get("/files/docs/sub/?" + urlencode({**params, "archive": "zip"}))
+        assert refused.status_code == 403 and "folder link" in refused.json()["detail"]
+        own = await client.get(
+            "/files/docs/sub/?" + urlencode({**params, "archive": "zip", "select": "empty.txt"})
+        )
+        assert own.status_code == 200 and zip_members(own.content) == {"empty.txt": b""}

@@ -33,6 +33,32 @@ class _Anchors(HTMLParser):
             self.hrefs += [value for name, value in attrs if name == "href" and value is not None]
 
 
+class _Controls(HTMLParser):
+    """The archive controls: hidden fields per form class, each checkbox's value and form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: dict[str, list[tuple[str, str]]] = {}
+        self.boxes: list[tuple[str, str]] = []
+        self._form = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        given = {name: value or "" for name, value in attrs}
+        if tag == "form":
+            self._form = given.get("class", "")
+            self.fields.setdefault(self._form, [])
+        elif tag == "input" and given.get("type") == "hidden":
+            self.fields[self._form].append((given["name"], given["value"]))
+        elif tag == "input" and given.get("name") == "select":
+            self.boxes.append((given["value"], given["form"]))
+
+
+def controls(html: str) -> _Controls:
+    parser = _Controls()
+    parser.feed(html)
+    return parser
+
+
 def anchors(html: str) -> list[str]:
     parser = _Anchors()
     parser.feed(html)
@@ -54,13 +80,25 @@ def entry(path: str, kind: Literal["file", "dir"]) -> EntryModel:
 
 
 def listing_page(
-    directory: str, files: list[str], dirs: list[str], link_query: str = "", link_root: str | None = None
+    directory: str,
+    files: list[str],
+    dirs: list[str],
+    link_query: str = "",
+    link_root: str | None = None,
+    archives: bool = False,
 ) -> HtmlPage:
     prefix = directory + "/" if directory else ""
     entries = [entry(prefix + d, "dir") for d in dirs] + [entry(prefix + f, "file") for f in files]
     data = Listing(path=directory, entries=entries, next_cursor="next-page")
     return HtmlPage(
-        directory, data, "name", False, cursor="this-page", link_query=link_query, link_root=link_root
+        directory,
+        data,
+        "name",
+        False,
+        cursor="this-page",
+        link_query=link_query,
+        link_root=link_root,
+        archives=archives,
     )
 
 
@@ -108,6 +146,32 @@ def test_a_signed_prefix_listing_carries_the_link_on_every_link() -> None:
     assert not any(h.startswith(f"/files/?{SIGNED}") for h in hrefs)  # above it: plain text
 
 
+def test_archive_controls_are_forms_that_carry_a_signed_prefix_link() -> None:
+    page = listing_page("a/b", ["f.txt"], ["sub"], link_query=SIGNED, link_root="a", archives=True)
+    html = render_listing(page)
+    assert not [href for href in assert_only_children_are_relative("a/b", html) if "archive" in href]
+    found = controls(html)
+    carried = [("expires", "1999999999"), ("prefix", "/a/"), ("sig", "abc")]
+    assert found.fields["folder-archive"] == carried
+    assert found.fields["selection"] == carried
+    assert found.boxes == [("sub", "ferry-selection"), ("f.txt", "ferry-selection")]
+    assert 'id="ferry-selection"' in html
+
+
+@pytest.mark.parametrize(
+    ("link_query", "link_root", "archives"),
+    [("", None, False), ("", "a/b", True)],  # archives off; a link to this one folder's listing
+    ids=["archives-off", "one-folder-link"],
+)
+def test_no_archive_controls_where_they_could_not_work(
+    link_query: str, link_root: str | None, archives: bool
+) -> None:
+    html = render_listing(listing_page("a/b", ["f.txt"], ["sub"], link_query, link_root, archives))
+    found = controls(html)
+    assert "folder-archive" not in found.fields and "selection" not in found.fields
+    assert not found.boxes and 'class="tick"' not in html
+
+
 def test_search_results_link_from_the_root() -> None:
     results = SearchResults(
         query="q", entries=[entry("x/y/q.txt", "file"), entry("x/q dir", "dir")], next_cursor=None
@@ -132,3 +196,10 @@ def test_any_tree_links_only_children_relatively(parts: list[str], children: lis
     hrefs = assert_only_children_are_relative(directory, html)
     relative = {unquote(h) for h in hrefs if not h.startswith("/")}
     assert relative == {children[0] + "/", *children[1:]}
+
+
+@settings(max_examples=100)
+@given(children=st.lists(names, min_size=1, max_size=5, unique=True))
+def test_each_checkbox_selects_its_row_by_its_exact_name(children: list[str]) -> None:
+    html = render_listing(listing_page("d", children[1:], children[:1], archives=True))
+    assert [value for value, _ in controls(html).boxes] == children

@@ -2,7 +2,9 @@
 // modification times in the reader's own time zone and, when the server takes writes, runs the
 // upload panel: pick or drop files, one POST per file with a progress bar, the write token kept in
 // this tab's sessionStorage. With that token in the tab, a "share" button per row copies a signed
-// link (POST /api/sign) that reads the file, or everything in the folder, for a day.
+// link (POST /api/sign) that reads the file, or everything in the folder, for a day. The "Download
+// selected" form works without it; with it, its button waits for a ticked row and says how many,
+// and the header's box ticks every row of the page.
 "use strict";
 
 (function () {
@@ -99,6 +101,47 @@
     });
     showShares(root);
     localTimes(root);
+    root.querySelectorAll("th.tick .tick-box").forEach(function (label) {
+      label.hidden = false;
+    });
+    updateSelection();
+  }
+
+  // -- archives: "Download selected" -----------------------------------------------------------
+
+  function tickBoxes() {
+    return Array.prototype.slice.call(document.querySelectorAll("td.tick input[type=checkbox][name=select]"));
+  }
+
+  function updateSelection() {
+    var form = document.getElementById("ferry-selection");
+    if (!form) return;
+    var boxes = tickBoxes();
+    var ticked = boxes.filter(function (box) { return box.checked; }).length;
+    boxes.forEach(function (box) {
+      var row = box.closest("tr");
+      if (row) row.classList.toggle("ticked-row", box.checked);
+    });
+    var button = form.querySelector("button.download-selected");
+    if (button) button.disabled = ticked === 0;
+    var count = form.querySelector(".ticked");
+    if (count) count.textContent = ticked ? ticked + " selected" : "";
+    var all = document.querySelector("input.tick-all");
+    if (all) {
+      all.checked = ticked > 0 && ticked === boxes.length;
+      all.indeterminate = ticked > 0 && ticked < boxes.length;
+    }
+  }
+
+  function onTick(event) {
+    var target = event.target;
+    if (!target || target.type !== "checkbox") return;
+    if (target.classList.contains("tick-all")) {
+      tickBoxes().forEach(function (box) { box.checked = target.checked; });
+    } else if (target.name !== "select") {
+      return;
+    }
+    updateSelection();
   }
 
   // -- share links -----------------------------------------------------------------------------
@@ -485,7 +528,7 @@
         var table = fresh.querySelector("table.listing");
         var oldTable = document.querySelector("table.listing");
         if (!table || !oldTable) throw new Error("no listing");
-        ["p.summary", "nav.pager"].forEach(function (selector) {
+        ["p.summary", "nav.pager", "div.archives"].forEach(function (selector) {
           var old = document.querySelector(selector);
           if (old) old.remove();
         });
@@ -493,6 +536,8 @@
         if (summary) document.querySelector("main h1").after(document.adoptNode(summary));
         table = document.adoptNode(table);
         oldTable.replaceWith(table);
+        var archives = fresh.querySelector("div.archives"); // a folder that was empty has none yet
+        if (archives) table.before(document.adoptNode(archives));
         var pager = fresh.querySelector("nav.pager");
         if (pager) table.after(document.adoptNode(pager));
         enhance(table);
@@ -507,6 +552,8 @@
   };
 
   function init() {
+    document.addEventListener("change", onTick);
+    window.addEventListener("pageshow", updateSelection); // ticks restored by Back
     enhance(document);
     var panel = document.querySelector("section.upload[data-max-size]");
     if (panel && window.FormData && window.XMLHttpRequest) {
