@@ -195,7 +195,7 @@ def archive_requests(server: FerryServer, folder: str) -> list[tuple[str, str, s
     """(client address, status, range) of every GET of `folder`'s archives in the access log."""
     pattern = re.compile(rf'^(\S+) "GET /files/{re.escape(folder)}/" (\d+) \d+ range="([^"]*)"')
     lines = server.access_log.read_text(errors="replace").splitlines()
-    return [match.groups() for line in lines if (match := pattern.match(line))]
+    return [(match[1], match[2], match[3]) for line in lines if (match := pattern.match(line))]
 
 
 # --- resume with curl and wget, segments with aria2c ------------------------------------------
