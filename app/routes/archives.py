@@ -42,7 +42,7 @@ from app.request import FileRequest
 from app.services import Services
 from app.storage.digest_store import ArchiveRow
 from app.storage.errors import StorageError
-from app.storage.paths import LinkScope, open_beneath, resolve
+from app.storage.paths import LinkScope, open_beneath, resolve_to_open
 from app.storage.values import entry_from_stat, identity, join
 from app.transfer.archive import ArchiveSender, FileChanged
 from app.transfer.download import TransferOptions
@@ -220,7 +220,7 @@ class Archives:
         def open_member(index: int) -> tuple[int, os.stat_result]:
             path = manifest.source(index)
             try:
-                safe = resolve(path, policy)
+                safe = resolve_to_open(path, policy)
                 fd, st = open_beneath(safe, policy)
             except (OSError, StorageError) as exc:
                 services.async_index.enqueue(services.index.forget, path)

@@ -9,8 +9,10 @@ variant per measure, and the Ferry/nginx ratio against issue 3's targets. Then t
 the index at scale (issue 4: a tree of a million empty files, Ferry's scan, index size, memory,
 listing and search latency; index_scale.py) and background hashing (issue 8: its rate, and serving
 with the hasher busy against serving without it and nginx; integrity.py), each in a table of its
-own; and Ferry over S3 (issue 15: a `weed mini` started for the run, Ferry serving its bucket
-against the same clients reading it directly; s3.py). The markdown goes to stdout and to
+own; Ferry over S3 (issue 15: a `weed mini` started for the run, Ferry serving its bucket
+against the same clients reading it directly; s3.py); and folder archives (issue 16: a folder of
+the stream file's bytes as zip and tar against the file itself, and the first byte of a
+10,000-file archive; archives.py). The markdown goes to stdout and to
 bench-results/latest.md; progress goes to stderr.
 
     .venv/bin/python -m tests.bench.run                  # the full run (~10 minutes on 2 cores)
@@ -18,6 +20,7 @@ bench-results/latest.md; progress goes to stderr.
     .venv/bin/python -m tests.bench.run --chunk-sizes 256KiB,1MiB,4MiB   # Ferry's chunked path
     .venv/bin/python -m tests.bench.run --index-files 0 --upload-size 0 --s3-size 0  # downloads only
     .venv/bin/python -m tests.bench.run --s3-only        # Ferry over S3 against SeaweedFS directly
+    .venv/bin/python -m tests.bench.run --archives-only  # folder archives against one file
 
 Every server is stopped at the end, on Ctrl-C, on SIGTERM and when the run passes --time-limit.
 """
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.settings import Settings, parse_size
-from tests.bench import index_scale, s3
+from tests.bench import archives, index_scale, s3
 from tests.bench import integrity as hashing
 from tests.bench import measures as m
 from tests.bench import uploads as up
@@ -58,6 +61,7 @@ from tests.bench.system import (
     log,
     machine_info,
     warm,
+    write_random_file,
 )
 from tests.bounds import TimeLimitReached, bounded
 
@@ -78,15 +82,16 @@ class Defaults:
     index_files: int
     index_requests: int
     s3: str
+    archive_files: int
 
 
 FULL = Defaults(
     "1GiB", "100MiB", runs=3, duration=8, connections=64, ttfb=50, time_limit=1800,
-    upload="1GiB", index_files=1_000_000, index_requests=50, s3="1GiB",
+    upload="1GiB", index_files=1_000_000, index_requests=50, s3="1GiB", archive_files=10_000,
 )  # fmt: skip
 QUICK = Defaults(
     "8MiB", "4MiB", runs=1, duration=1, connections=8, ttfb=10, time_limit=200,
-    upload="32MiB", index_files=2_000, index_requests=10, s3="8MiB",
+    upload="32MiB", index_files=2_000, index_requests=10, s3="8MiB", archive_files=200,
 )  # fmt: skip
 
 
@@ -113,6 +118,8 @@ class Plan:
     hashing: bool  # the background hashing section
     s3_size: int  # the object of the S3 section; 0: no S3 section
     s3_only: bool  # the S3 section alone
+    archive_files: int  # the folder of the archives' first-byte measure; 0: no archive section
+    archives_only: bool  # the archive section alone
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -140,6 +147,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--no-hashing", action="store_true", help="skip the background hashing section (issue 8)")
     add("--s3-size", help="the S3 section's object (default 1GiB; quick 8MiB; 0 skips the section)")
     add("--s3-only", action="store_true", help="the S3 section (Ferry over SeaweedFS) alone")
+    add("--archive-files", type=int, help="files in the archives' first-byte folder (default 10000; 0 skips)")
+    add("--archives-only", action="store_true", help="the folder archive section alone (issue 16)")
     add("--index-files", type=int, help="files in the index tree (default 1000000; quick 2000; 0 skips)")
     add(
         "--data-dir",
@@ -185,6 +194,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
         hashing=not args.no_hashing,
         s3_size=parse_size(args.s3_size or base.s3),
         s3_only=args.s3_only,
+        archive_files=base.archive_files if args.archive_files is None else args.archive_files,
+        archives_only=args.archives_only,
     )
 
 
@@ -379,6 +390,51 @@ def measure_s3(plan: Plan, tools: Tools, workdir: Path, results: Results) -> Ext
     return Extra(section, measures, [s3.FERRY, s3.DIRECT])
 
 
+def measure_archives(plan: Plan, bench: m.Bench, workdir: Path, results: Results) -> Extra:
+    archive_plan = archives.ArchivePlan(
+        size=plan.sizes.stream, files=plan.archive_files, runs=plan.runs, ttfb_requests=plan.ttfb_requests
+    )
+    section, measures = archives.measure_archives(
+        archive_plan, plan.ferry, bench.tools, bench.data, workdir, results
+    )
+    return Extra(section, measures, [archives.FILE, archives.ZIP, archives.TAR])
+
+
+def archives_alone(plan: Plan, tools: Tools, info: dict[str, str], load_before: str) -> str:
+    """`--archives-only`: the archive section and its runs, no nginx."""
+    results = Results()
+    with tempfile.TemporaryDirectory(prefix="ferry-bench-", dir=plan.data_dir) as temp:
+        workdir = Path(temp)
+        data = m.DataSet(workdir / "data", plan.sizes)
+        data.root.mkdir()
+        log(f"writing data to {workdir}")
+        write_random_file(data.path("stream"), plan.sizes.stream)
+        extra = measure_archives(plan, _bench(plan, tools, data, workdir), workdir, results)
+    context = [
+        f"date: {info['date']}",
+        f"machine: nproc {info['nproc']}, {info['CPU']}, kernel {info['kernel']}, Python {info['Python']}",
+        f"tools: {info['curl']}",
+        f"load average (1/5/15 min) before: {load_before}, after: {load_average()}",
+    ]
+    parts = ["# Folder archives — `make bench` (archive section only)", ""]
+    parts += [*(f"- {line}" for line in context), "", *extra.section.markdown()]
+    parts += ["## Every run", "", details(results, extra.measures, extra.servers), ""]
+    return "\n".join(parts)
+
+
+def _bench(plan: Plan, tools: Tools, data: m.DataSet, workdir: Path) -> m.Bench:
+    return m.Bench(
+        tools=tools,
+        data=data,
+        scripts=write_scripts(workdir, plan.sizes.stream),
+        duration=plan.duration,
+        connections=plan.connections,
+        small_connections=plan.small_connections,
+        ttfb_requests=plan.ttfb_requests,
+        stream_timeout=120.0,
+    )
+
+
 def s3_alone(plan: Plan, tools: Tools, info: dict[str, str], load_before: str) -> str:
     """`--s3-only`: the S3 section and its runs, no nginx."""
     results = Results()
@@ -429,6 +485,8 @@ def run(plan: Plan, tools: Tools) -> str:
     info = machine_info(tools)
     if plan.s3_only:
         return s3_alone(plan, tools, info, load_before)
+    if plan.archives_only:
+        return archives_alone(plan, tools, info, load_before)
     catalog = m.catalog(
         plan.sizes,
         connections=plan.connections,
@@ -443,16 +501,7 @@ def run(plan: Plan, tools: Tools) -> str:
         workdir.chmod(0o755)  # a non-root nginx worker, or a root one as `nobody`, must read the files
         log(f"writing data to {workdir}")
         data = m.create_data(workdir / "data", plan.sizes)
-        bench = m.Bench(
-            tools=tools,
-            data=data,
-            scripts=write_scripts(workdir, plan.sizes.stream),
-            duration=plan.duration,
-            connections=plan.connections,
-            small_connections=plan.small_connections,
-            ttfb_requests=plan.ttfb_requests,
-            stream_timeout=120.0,
-        )
+        bench = _bench(plan, tools, data, workdir)
         with ExitStack() as downloads:  # stopped before the uploads and the index start
             servers = start_servers(plan, tools, data, workdir, downloads)
             warm_up(bench, servers, plan.quick)
@@ -464,6 +513,8 @@ def run(plan: Plan, tools: Tools) -> str:
             extras.append(measure_uploads(plan, tools, workdir, results))
         if not plan.chunk_sizes and plan.s3_size:
             extras.append(measure_s3(plan, tools, workdir, results))
+        if not plan.chunk_sizes and plan.archive_files:
+            extras.append(measure_archives(plan, bench, workdir, results))
         if not plan.chunk_sizes and plan.index_files:
             extras.append(measure_index(plan, workdir))
         context = context_lines(plan, info, data, load_before)

@@ -3,7 +3,8 @@ and nginx figures, on stdout and in the --output file; the uploads' rows (nginx'
 Ferry alone where nginx has no dav module); the index table at 2,000 files. Marked `clients` (not
 `bench`): it runs in `make test`. The S3 section, on a `weed mini` the bench starts itself: every
 figure through Ferry and directly, with a ratio; the PUT through Ferry "not measured" while Ferry
-answers 405 to it.
+answers 405 to it. The archive section: the one file, the zip and the tar each with a figure, and
+each archive's ratio to the file (none for the memory growth).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ HASH_SERVING_KEYS = ["15", "16", "17"]
 S3_COMPARED_KEYS = ["18", "19", "20", "21"]  # through Ferry and directly, with a ratio
 S3_PUT_KEY, S3_RSS_KEY = "22", "23"
 S3_TITLE = "S3: Ferry over SeaweedFS against SeaweedFS directly, 8 MiB"
+ARCHIVE_KEYS, ARCHIVE_RSS_KEY = ["24", "25", "27"], "26"  # with ratios to the file; the growth without
+ARCHIVE_TITLE = "Folder archives: a 8 MiB folder as zip and tar against the same bytes as one file"
 INDEX_FILES = 2_000  # --quick
 # The index table's rows, by the start of their label.
 INDEX_ROWS = [
@@ -88,7 +91,8 @@ def test_quick_bench_reports_every_measure_for_ferry_and_nginx(tmp_path: Path) -
 
     rows = table_rows(report)
     expected = DOWNLOAD_KEYS + UPLOAD_KEYS + HASH_RATE_KEYS + HASH_SERVING_KEYS + S3_COMPARED_KEYS
-    assert sorted(rows, key=int) == [*expected, S3_PUT_KEY, S3_RSS_KEY], report
+    archive_keys = sorted([*ARCHIVE_KEYS, ARCHIVE_RSS_KEY], key=int)
+    assert sorted(rows, key=int) == [*expected, S3_PUT_KEY, S3_RSS_KEY, *archive_keys], report
     for key in DOWNLOAD_KEYS:
         measure, ferry, nginx, ratio, _target = rows[key]
         assert number(ferry) > 0, measure
@@ -133,6 +137,15 @@ def test_quick_bench_reports_every_measure_for_ferry_and_nginx(tmp_path: Path) -
         assert number(ferry) > 0 and number(ratio) > 0, measure
     measure, ferry, direct, ratio, _target = rows[S3_RSS_KEY]
     assert number(ferry) > 0 and (direct, ratio) == ("—", "n/a"), measure
+
+    archive = section_rows(report, ARCHIVE_TITLE)
+    assert [row[0].split(")")[0] + ")" for row in archive] == [f"({k})" for k in archive_keys]
+    for key in ARCHIVE_KEYS:
+        measure, file, zip_, zip_ratio, tar, tar_ratio, target = rows[key]
+        assert min(number(file), number(zip_), number(zip_ratio), number(tar), number(tar_ratio)) > 0, measure
+        assert target.endswith(("met", "MISSED")), measure
+    measure, file, zip_, zip_ratio, tar, tar_ratio, _target = rows[ARCHIVE_RSS_KEY]
+    assert min(number(file), number(zip_), number(tar)) >= 0 and zip_ratio == tar_ratio == "—", measure
 
     index = section_rows(report, f"Index at {INDEX_FILES:,} files")
     assert len(index) == len(INDEX_ROWS), index
