@@ -28,6 +28,7 @@ HASH_SERVING_KEYS = ["15", "16", "17"]
 S3_COMPARED_KEYS = ["18", "19", "20", "21"]  # through Ferry and directly, with a ratio
 S3_PUT_KEY, S3_RSS_KEY = "22", "23"
 S3_TITLE = "S3: Ferry over SeaweedFS against SeaweedFS directly, 8 MiB"
+TUS_KEY = "28"  # the resumable upload in PATCHes: Ferry alone
 ARCHIVE_KEYS, ARCHIVE_RSS_KEY = ["24", "25", "27"], "26"  # with ratios to the file; the growth without
 ARCHIVE_TITLE = "Folder archives: a 8 MiB folder as zip and tar against the same bytes as one file"
 INDEX_FILES = 2_000  # --quick
@@ -92,7 +93,9 @@ def test_quick_bench_reports_every_measure_for_ferry_and_nginx(tmp_path: Path) -
     rows = table_rows(report)
     expected = DOWNLOAD_KEYS + UPLOAD_KEYS + HASH_RATE_KEYS + HASH_SERVING_KEYS + S3_COMPARED_KEYS
     archive_keys = sorted([*ARCHIVE_KEYS, ARCHIVE_RSS_KEY], key=int)
-    assert sorted(rows, key=int) == [*expected, S3_PUT_KEY, S3_RSS_KEY, *archive_keys], report
+    assert sorted(rows, key=int) == [*expected, S3_PUT_KEY, S3_RSS_KEY, *archive_keys, TUS_KEY], report
+    measure, ferry, _nginx, _ratio, target = rows[TUS_KEY]
+    assert number(ferry) > 0 and "(10)" in target, measure
     for key in DOWNLOAD_KEYS:
         measure, ferry, nginx, ratio, _target = rows[key]
         assert number(ferry) > 0, measure
