@@ -183,6 +183,41 @@ class Upstream:
                 self._idle.pop().close()
 
 
+@dataclass(slots=True)
+class OpenBody:
+    """An answer whose headers (and the body bytes that came with them, `answer.body`) are read,
+    the rest of its body (`remaining` bytes) still in its socket: for splicing (app/transfer/
+    zero_copy.py). Its connection is never reused: `close` it, whatever happened."""
+
+    sock: socket.socket
+    answer: Answer
+    remaining: int
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def open_body(upstream: Upstream, url: str, headers: dict[str, str]) -> OpenBody:
+    """GET `url` on a connection of its own and read only its answer's headers."""
+    request = _request(url, headers)
+    sock = await upstream._dial()
+    try:
+        async with asyncio.timeout(upstream.timeout):
+            answer = await _exchange(sock, request, headers_only=True)
+        length = answer.header(b"content-length")
+        remaining = 0 if answer.done or length is None else int(length) - len(answer.body)
+        return OpenBody(sock, answer, remaining)
+    except (ConnectionError, _Ended, TimeoutError) as exc:
+        sock.close()
+        raise Unreachable(f"the storage did not answer: {type(exc).__name__}") from None
+    except BaseException:
+        sock.close()
+        raise
+
+
 def _request(url: str, headers: dict[str, str]) -> bytes:
     parts = urlsplit(url)
     target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
@@ -195,11 +230,11 @@ class _Ended(Exception):
     """The store closed the connection before its answer was whole."""
 
 
-async def _exchange(sock: socket.socket, request: bytes) -> Answer:
+async def _exchange(sock: socket.socket, request: bytes, *, headers_only: bool = False) -> Answer:
     loop = asyncio.get_running_loop()
     await loop.sock_sendall(sock, request)
     parsing = _Parser()
-    while not parsing.answer.done:
+    while not parsing.answer.done and not (headers_only and parsing.answer.headed):
         data = await loop.sock_recv(sock, RECEIVE_SIZE)
         if not data:
             raise _Ended()
