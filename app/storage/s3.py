@@ -74,7 +74,7 @@ from app.storage.digests import DigestBuilder
 from app.storage.errors import Changed, InvalidInput, NotServable, Refused, StorageError, Unreachable
 from app.storage.locations import AwsCredentials, S3Location
 from app.storage.paths import TEMP_PREFIX, split_key
-from app.storage.s3_http import Answer, Signer, Upstream, raise_for
+from app.storage.s3_http import Answer, OpenBody, Signer, Upstream, open_body, raise_for
 
 if TYPE_CHECKING:
     from obstore import Bytes, GetOptions, PutMode
@@ -305,6 +305,29 @@ class S3Storage:
             if_match = current.etag
         c = self.config
         return _Windows(self.store(), key, start, end, if_match, c.chunk_size, c.window_chunks, c.readahead)
+
+    async def open_socket(self, path: str, start: int, end: int, *, if_match: str | None) -> OpenBody | None:
+        """Bytes [start, end) of the version `if_match` as one GET whose body is left in its socket
+        (for splicing to a client); None where Ferry's own GET is not used (TLS). The store's
+        answer is the whole range or an error: Changed if the version is gone."""
+        own = self.upstream()
+        if own is None:
+            return None
+        upstream, signer = own
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if if_match:
+            headers["If-Match"] = if_match
+        opened = await open_body(upstream, signer.url(self.key(path)), headers)
+        try:
+            if opened.answer.status == 404:
+                raise Changed("the file is gone")
+            raise_for(opened.answer.status)
+            if opened.answer.status != 206 or len(opened.answer.body) + opened.remaining != end - start:
+                raise Changed("the store did not answer the range asked for")
+        except BaseException:
+            opened.close()
+            raise
+        return opened
 
     async def list_page(self, folder: str, *, cursor: str | None = None, limit: int = 1000) -> StatPage:
         """One page of `folder`'s children by name; NotServable for a folder that does not exist.

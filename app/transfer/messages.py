@@ -30,7 +30,18 @@ class ZeroCopySend(TypedDict):
     more_body: bool
 
 
-Sent = ResponseStart | ResponseBody | ZeroCopySend
+class SocketSend(TypedDict):
+    """`count` bytes read from the connected socket `socket` (a store's answer), spliced through a
+    pipe to the client's socket (zero_copy.py)."""
+
+    type: Literal["http.response.zerocopysend"]
+    socket: int
+    count: int
+    timeout: float
+    more_body: bool
+
+
+Sent = ResponseStart | ResponseBody | ZeroCopySend | SocketSend
 TypedSend = Callable[[Sent], Awaitable[None]]
 
 
@@ -53,5 +64,15 @@ def file_segment(fd: int, offset: int, count: int) -> ZeroCopySend:
         "file": fd,
         "offset": offset,
         "count": count,
+        "more_body": True,
+    }
+
+
+def socket_segment(fd: int, count: int, timeout: float) -> SocketSend:
+    return {
+        "type": "http.response.zerocopysend",
+        "socket": fd,
+        "count": count,
+        "timeout": timeout,
         "more_body": True,
     }

@@ -9,6 +9,10 @@ FERRY_ZERO_COPY is not ``off`` and wraps each request's ``send`` in a `ZeroCopyS
   EAGAIN waits for writability with ``loop.add_writer`` on the dup;
 - pages not in the page cache are sent from a worker thread, so a cold file never stalls the
   event loop (checked with a ``preadv(RWF_NOWAIT)`` probe);
+- a message with ``socket`` instead of ``file`` splices (``os.splice``) that many bytes from a
+  connected socket (a store's answer, app/storage/s3_http.py) through a pipe to the client's
+  socket: the bytes never enter user space. Nothing is read from the source while the pipe is
+  full (the client's pace reaches the store); a source that ends early raises `SourceEnded`;
 - the socket is corked (TCP_CORK, like nginx's tcp_nopush) from the first file bytes to the end
   of the response, and uncorked after every response so small answers never wait ~40 ms.
 
@@ -18,7 +22,9 @@ FERRY_ZERO_COPY is not ``off`` and wraps each request's ``send`` in a `ZeroCopyS
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import fcntl
 import os
 import socket
 from collections.abc import MutableMapping
@@ -38,6 +44,19 @@ Message = MutableMapping[str, Any]
 
 class FileChanged(Exception):
     """The opened file was truncated or modified while it was being sent."""
+
+
+class SourceEnded(Exception):
+    """A socket being spliced ended, or stalled, before the promised length."""
+
+
+PIPE_SIZE = 1024 * 1024  # a splice's pipe: at most this much of a body is in flight in the kernel
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_DISCONNECTS = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
+
+
+def can_splice() -> bool:
+    return hasattr(os, "splice") and hasattr(os, "SPLICE_F_NONBLOCK")
 
 
 def can_zero_copy(scope: MutableMapping[str, Any], mode: str) -> bool:
@@ -137,9 +156,6 @@ class ZeroCopySender:
             raise RuntimeError("zerocopysend outside a started response")
         if cycle.chunked or cycle.scope["method"] == "HEAD":
             raise RuntimeError("zerocopysend needs a Content-Length response to a GET")
-        file = message["file"]
-        fd = file if isinstance(file, int) else file.fileno()
-        offset: int = message.get("offset") or 0
         count: int = message["count"]
         if count > cycle.remaining:
             raise RuntimeError("Response content longer than Content-Length")
@@ -147,6 +163,12 @@ class ZeroCopySender:
         # bytes leave in full segments; the uncork at the end flushes the rest at once.
         self._set_cork(True)
         await self._drain()
+        if "socket" in message:
+            await self._splice_loop(message["socket"], count, message.get("timeout") or 60.0)
+            return
+        file = message["file"]
+        fd = file if isinstance(file, int) else file.fileno()
+        offset: int = message.get("offset") or 0
         await self._sendfile_loop(fd, offset, count)
 
     async def _drain(self) -> None:
@@ -186,6 +208,66 @@ class ZeroCopySender:
             offset += sent
             count -= sent
             cycle.count_sent(sent)
+
+    async def _splice_loop(self, source: int, count: int, timeout: float) -> None:
+        """`count` bytes from the socket `source` to the client through a pipe (see the module's
+        docstring); returns early, nothing more read, when the client has gone."""
+        loop = asyncio.get_running_loop()
+        cycle = self.cycle
+        drain, fill = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fill, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            capacity = fcntl.fcntl(fill, fcntl.F_GETPIPE_SZ)
+            held = 0  # bytes in the pipe
+            while count or held:
+                if cycle.disconnected:
+                    return
+                moved = False
+                if count and held < capacity:
+                    try:
+                        got = os.splice(source, fill, min(count, capacity - held), flags=_SPLICE_FLAGS)
+                    except BlockingIOError:
+                        got = -1
+                    except OSError as exc:
+                        raise SourceEnded(f"the source failed: {exc.strerror}") from None
+                    if got == 0:
+                        raise SourceEnded("the source ended before the promised length")
+                    if got > 0:
+                        held, count, moved = held + got, count - got, True
+                if held:
+                    try:
+                        sent = os.splice(drain, self.fd, held, flags=_SPLICE_FLAGS)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError as exc:
+                        if exc.errno in _DISCONNECTS:
+                            cycle.mark_disconnected()
+                            return
+                        raise
+                    if sent:
+                        held -= sent
+                        cycle.count_sent(sent)
+                    elif not moved or held >= capacity:
+                        await _writable(loop, self._private_fd())  # the client's pace
+                    continue
+                if not moved:
+                    await _readable(loop, source, timeout)
+        finally:
+            os.close(drain)
+            os.close(fill)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float) -> None:
+    waiter: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, _set_done, waiter)
+    try:
+        async with asyncio.timeout(timeout):
+            await waiter
+    except TimeoutError:
+        raise SourceEnded(f"the source sent nothing for {timeout:.0f} s") from None
+    finally:
+        loop.remove_reader(fd)
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:

@@ -2,8 +2,8 @@
 (tests/integration/test_download_contract.py and the clients' copy run those on a bucket too):
 the types and dispositions of objects, Repr-Digest from the SHA-256 stored with an object, and,
 against a real `ferry serve`, metrics and access-log lines, an object replaced mid-download (a
-short body, never a mixed one), bounded memory under slow readers of a large object, and
-FERRY_S3_DOWNLOADS=redirect (a presigned URL, only after Ferry's own authorisation).
+short body or the old version whole, never a mixed one), bounded memory under slow readers of a
+large object, and FERRY_S3_DOWNLOADS=redirect (a presigned URL, only after Ferry's own authorisation).
 
 Each test serves a key prefix of its own in the session's `weed mini` (marker `engine`).
 """
@@ -215,13 +215,21 @@ def until_idle(server: FerryServer, sample: Callable[[], None]) -> None:
 
 
 @pytest.mark.clients
-def test_an_object_replaced_mid_download_ends_the_body_short(seaweed: Seaweed, serve: Serve) -> None:
+@pytest.mark.parametrize("zero_copy", ["auto", "off"])
+def test_an_object_replaced_mid_download_is_never_sent_mixed(
+    seaweed: Seaweed, serve: Serve, zero_copy: str
+) -> None:
+    """A GET answers one version whole or fails (S3's model): the body is either short (the client
+    knows the download failed) or the complete old version its ETag and Content-Length describe;
+    never new bytes in an old response. With zero copy off, every window is pinned to the old
+    ETag (If-Match), so the body is short; spliced (auto), the rest of the range is one GET pinned
+    to the old ETag, so the old version may come whole."""
     prefix = new_prefix("replaced")
     size = 20 * MiB
     old, new = os.urandom(size), os.urandom(size)
     key = f"{prefix}/moving.bin"
     obstore.put(seaweed.store(), key, old)
-    server = serve(prefix)
+    server = serve(prefix, "--zero-copy", zero_copy)
     reader = SlowReader(server.port, "/files/moving.bin")
     try:
         assert (reader.status, reader.length) == (200, size)
@@ -230,9 +238,12 @@ def test_an_object_replaced_mid_download_ends_the_body_short(seaweed: Seaweed, s
         got = first + reader.rest()
     finally:
         reader.close()
-    assert len(got) < size  # a short body: the client knows the download failed
-    assert got == old[: len(got)]  # and what came is the old version's, never a mix
-    assert wait_for(lambda: "changed while it was being sent" in server.log.read_text())
+    # What came is the old version's, never a mix; a full-length body is the old one, byte for byte.
+    assert got == old[: len(got)]
+    if zero_copy == "off":
+        assert len(got) < size  # each window pinned to the old ETag: the download fails, visibly
+    if len(got) < size:
+        assert wait_for(lambda: "changed while it was being sent" in server.log.read_text())
     after = httpx.get(f"{server.url}/files/moving.bin", timeout=PATIENCE)
     assert after.status_code == 200 and after.content == new  # and the server keeps serving
 
