@@ -42,9 +42,9 @@ from app.request import FileRequest
 from app.services import Services
 from app.storage.digest_store import ArchiveRow
 from app.storage.errors import StorageError
-from app.storage.paths import LinkScope, open_beneath, resolve_to_open
+from app.storage.paths import FolderOpener, LinkScope, SafePath
 from app.storage.values import entry_from_stat, identity, join
-from app.transfer.archive import ArchiveSender, FileChanged
+from app.transfer.archive import ArchiveSender, FileChanged, MemberOpener
 from app.transfer.download import TransferOptions
 from app.transfer.slots import DownloadSlots
 
@@ -211,27 +211,26 @@ class Archives:
             yield from page
             after = (page[-1][0], page[-1][1])
 
-    def _opener(
-        self, manifest: Manifest, granted: LinkScope | None
-    ) -> Callable[[int], tuple[int, os.stat_result]]:
+    def _opener(self, manifest: Manifest, granted: LinkScope | None) -> MemberOpener:
         services = self.services
-        policy = services.policy
+        folders = FolderOpener(services.policy)
 
         def open_member(index: int) -> tuple[int, os.stat_result]:
             path = manifest.source(index)
             try:
-                safe = resolve_to_open(path, policy)
-                fd, st = open_beneath(safe, policy)
+                fd, st = folders.open(path)
             except (OSError, StorageError) as exc:
                 services.async_index.enqueue(services.index.forget, path)
                 raise FileChanged(f"{path} is gone") from exc
-            if identity(st) != manifest.identity(index) or (granted and not granted.holds_open(fd, safe)):
+            if identity(st) != manifest.identity(index) or (
+                granted and not granted.holds_open(fd, SafePath(services.policy.root / path))
+            ):
                 os.close(fd)
                 services.async_index.enqueue(services.index.put, entry_from_stat(path, st))
                 raise FileChanged(f"{path} changed")
             return fd, st
 
-        return open_member
+        return MemberOpener(open_member, folders.close)
 
 
 class _Walked:

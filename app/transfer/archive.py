@@ -20,6 +20,7 @@ import logging
 import os
 import zlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from starlette.types import Scope
 
@@ -36,9 +37,19 @@ from app.transfer.zero_copy import FileChanged, can_zero_copy
 
 logger = logging.getLogger("ferry.archives")
 
-# Opens member i for reading: (fd, stat), or raises FileChanged when it is no longer the file the
-# manifest lists (the caller closes the descriptor).
-MemberOpener = Callable[[int], tuple[int, os.stat_result]]
+
+def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MemberOpener:
+    """`open(i)`: member i opened for reading, (fd, stat), or FileChanged when it is no longer the
+    file the manifest lists (the sender closes the descriptor); `close()`: what it keeps open
+    between members (a folder's descriptor), given back when the response ends."""
+
+    open: Callable[[int], tuple[int, os.stat_result]]
+    close: Callable[[], None] = _nothing
 
 
 class ArchiveSender(FileSender):
@@ -65,6 +76,7 @@ class ArchiveSender(FileSender):
 
     async def _release(self) -> None:
         self._close_member()
+        self.open_member.close()
 
     def _close_member(self) -> None:
         if self.fd >= 0:
@@ -74,7 +86,7 @@ class ArchiveSender(FileSender):
     def _open(self, index: int) -> None:
         if self._member != index:
             self._close_member()
-            self.fd, self.st = self.open_member(index)
+            self.fd, self.st = self.open_member.open(index)
             self._member = index
 
     async def _send_file_range(

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from app.storage.s3 import S3Storage
 from app.storage.values import Identity, entry_from_object
 from app.transfer.activity import Activity
-from app.transfer.archive import ArchiveSender
+from app.transfer.archive import ArchiveSender, MemberOpener
 from app.transfer.download import TransferOptions
 from app.transfer.zero_copy import FileChanged
 
@@ -48,7 +48,13 @@ class ObjectArchiveSender(ArchiveSender):
         activity: Activity | None = None,
     ) -> None:
         super().__init__(
-            plan, layout, _no_descriptor, options, kind=kind, on_close=on_close, activity=activity
+            plan,
+            layout,
+            MemberOpener(_no_descriptor),
+            options,
+            kind=kind,
+            on_close=on_close,
+            activity=activity,
         )
         self._zero_copy = False  # bytes come from the store, not a descriptor
         self.bucket = bucket
