@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app.http.resumable_draft import PROBLEM_BASE, parse_limit
 from app.storage import resumable
@@ -358,3 +360,29 @@ def test_cors_lets_a_page_use_the_draft(apps: AppPool) -> None:
     exposed = created.headers["access-control-expose-headers"].lower()
     for name in ("location", "upload-offset", "upload-complete", "upload-limit"):
         assert name in exposed
+
+
+@settings(deadline=None, max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cuts=st.lists(st.integers(min_value=0, max_value=20_000), max_size=5),
+    declared=st.booleans(),
+    first=st.integers(min_value=0, max_value=20_000),
+)
+def test_any_chunking_ends_in_the_same_file(
+    server: InProcessServer, cuts: list[int], declared: bool, first: int
+) -> None:
+    data = os.urandom(20_000)
+    name = f"chunks/{os.urandom(6).hex()}.bin"
+    extra = {"Upload-Length": str(len(data))} if declared else {}
+    url = _location(_create(server, name, data[:first], **extra), server)
+    points = sorted({first, *cuts, len(data)})
+    points = [p for p in points if p >= first]
+    for start, end in zip(points, points[1:], strict=False):
+        assert not (server.root / name).exists()
+        response = _patch(server, url, start, data[start:end], complete=end == len(data))
+        assert response.status_code in (201, 204), response.text
+        assert response.headers["upload-offset"] == str(end)
+    if len(points) == 1:  # the creation carried it all: complete it with an empty append
+        assert _patch(server, url, len(data), b"", complete=True).status_code == 201
+    assert (server.root / name).read_bytes() == data
+    assert _indexed_sha256(server, name) == hashlib.sha256(data).digest()
