@@ -6,10 +6,12 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The command-line clients the tests drive for real (chromium: the browser test, via Playwright;
 # rclone: Debian's, beside the current release the dev extras put in the venv; ffmpeg: ffprobe too;
 # unzip, bsdtar (libarchive-tools), 7z (p7zip-full: 7-Zip itself on bookworm, a transitional package
-# for 7zip on trixie) and GNU tar: the readers of folder archives).
-CLIENT_TOOLS := curl wget aria2c strace chromium rclone ffmpeg ffprobe lftp wget2 unzip bsdtar 7z tar
+# for 7zip on trixie) and GNU tar: the readers of folder archives; node and npm: tus-js-client, which
+# the tests install into .cache/node/).
+CLIENT_TOOLS := curl wget aria2c strace chromium rclone ffmpeg ffprobe lftp wget2 unzip bsdtar 7z tar \
+	node npm
 CLIENT_PACKAGES := curl wget aria2 strace chromium rclone ffmpeg lftp wget2 unzip libarchive-tools \
-	p7zip-full tar
+	p7zip-full tar nodejs npm
 
 .PHONY: run test test-unit test-integration test-clients test-security test-smoke lint fmt tools venv clean
 

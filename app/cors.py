@@ -20,6 +20,10 @@ _EXPOSE += b", Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size
 _EXPOSE += b", Upload-Offset, Upload-Length, Upload-Expires, Upload-Metadata, Upload-Defer-Length"
 _ALLOW_HEADERS += ", Tus-Resumable, Upload-Length, Upload-Defer-Length, Upload-Metadata, Upload-Offset"
 _ALLOW_HEADERS += ", Upload-Checksum"
+# The IETF resumable-upload draft (PUT/POST /files/ with Upload-Complete, then /api/uploads/).
+_EXPOSE += b", Upload-Complete, Upload-Limit, Upload-Draft-Interop-Version, Accept-Patch, Repr-Digest"
+_ALLOW_HEADERS += ", Upload-Complete, Upload-Draft-Interop-Version, Content-Digest, Repr-Digest"
+_ALLOW_HEADERS += ", Content-Disposition"
 
 
 class Cors:

@@ -38,6 +38,12 @@ _FIELDS = _SINGLE | {
     b"range",
     b"repr-digest",
     b"want-repr-digest",
+    # The IETF resumable-upload draft: a PUT or POST carrying Upload-Complete creates an upload.
+    b"upload-complete",
+    b"upload-length",
+    b"upload-draft-interop-version",
+    b"upload-metadata",
+    b"content-disposition",
 }
 _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 _WILDCARDS = frozenset({"0.0.0.0", "::", ""})

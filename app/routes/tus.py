@@ -13,18 +13,20 @@ appears, with its digest in the index, only once the last byte is in.
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from typing import Protocol
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from app.auth import bearer
-from app.errors import FerryError, PreconditionFailed, TooManyRequests, error_response
+from app.errors import FerryError, TooManyRequests, error_response
 from app.http import tus
-from app.http.conditional import RequestConditions, make_validators, write_allowed
+from app.http.conditional import RequestConditions
 from app.http.tus import TusError
 from app.request import scope_base_url
+from app.routes.resumable_draft import draft_uploads, options_router
+from app.routes.uploads import PREFIX, checker, conditions_of
 from app.services import Services
 from app.storage.errors import StorageError
 from app.storage.resumable import ChecksumMismatch, ResumableUploads, TooManyUploads, owner_of
@@ -32,28 +34,19 @@ from app.storage.upload_store import Resumable
 from app.transfer.resumable import append_body
 from app.transfer.upload import ClientGone, body_chunks
 
-PREFIX = "/api/uploads"
+
+class DraftRoutes(Protocol):
+    """The IETF draft's handling of an upload resource (app/routes/resumable_draft.py)."""
+
+    async def resource(self, request: Request, upload_id: str) -> Response: ...
+
+
+def is_draft(headers: Mapping[str, str]) -> bool:
+    """A request to an upload resource in the IETF draft's protocol rather than tus's."""
+    return "tus-resumable" not in headers and "upload-draft-interop-version" in headers
+
+
 _WITH_BODY = ("POST", "PATCH")
-
-
-def _checker(conditions: RequestConditions) -> Callable[[os.stat_result | None], None]:
-    """The creation's If-Match / If-None-Match, checked at creation and again at publishing."""
-
-    def check(st: os.stat_result | None) -> None:
-        validators = None
-        if st is not None:
-            validators = make_validators(
-                dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns
-            )
-        if not write_allowed(conditions, validators):
-            raise PreconditionFailed()
-
-    return check
-
-
-def _conditions(upload: Resumable) -> RequestConditions:
-    meta = upload.metadata
-    return RequestConditions(if_match=meta.get("if-match"), if_none_match=meta.get("if-none-match"))
 
 
 def _refusal(exc: Exception, method: str) -> Response:
@@ -79,10 +72,11 @@ def _refusal(exc: Exception, method: str) -> Response:
 class TusRoutes:
     """The handlers, over one app's services and its resumable-upload core."""
 
-    def __init__(self, services: Services, core: ResumableUploads) -> None:
+    def __init__(self, services: Services, core: ResumableUploads, draft: DraftRoutes | None = None) -> None:
         self.services = services
         self.settings = services.settings
         self.core = core
+        self.draft = draft
 
     def _owner(self, headers: Mapping[str, str]) -> str:
         """The write token's holder (401 otherwise, 405 while writes are off), as its owner key."""
@@ -103,6 +97,8 @@ class TusRoutes:
 
     async def handle(self, request: Request, upload_id: str | None) -> Response:
         method = request.method
+        if self.draft is not None and upload_id is not None and is_draft(request.headers):
+            return await self.draft.resource(request, upload_id)
         try:
             if method == "OPTIONS":
                 return Response(status_code=204, headers=tus.options_headers(self.settings.max_upload_size))
@@ -146,7 +142,7 @@ class TusRoutes:
                 kept[name] = fields[name]
         conditions = RequestConditions(if_match=kept.get("if-match"), if_none_match=kept.get("if-none-match"))
         max_size = self.settings.max_upload_size
-        upload = await self.core.create(path, length, owner, kept, _checker(conditions), max_size)
+        upload = await self.core.create(path, length, owner, kept, checker(conditions), max_size)
         with_body = fields.get("content-type") is not None  # creation-with-upload
         if with_body or length == 0:  # creation-with-upload; an empty upload is complete at once
             if with_body:
@@ -190,23 +186,20 @@ class TusRoutes:
             ) as chunks:
                 await append_body(self.core, append, chunks, self.settings.chunk_size, checksum)
             if append.upload.length is not None and append.size == append.upload.length:
-                await self.core.complete(append, _checker(_conditions(append.upload)))
+                await self.core.complete(append, checker(conditions_of(append.upload)))
             return append.upload
         finally:
             self.core.release(append)
 
 
 def build_router(services: Services) -> APIRouter:
-    """The tus routes of one app (a local ROOT: uploads to a bucket are not resumable yet)."""
-    core = ResumableUploads(
-        services.index,
-        services.async_index,
-        services.policy,
-        fsync=services.settings.fsync,
-        expiry=services.settings.upload_expiry,
-    )
-    routes = TusRoutes(services, core)
+    """The tus routes of one app (a local ROOT: uploads to a bucket are not resumable yet), and
+    the IETF draft's requests to the same upload resources (app/routes/resumable_draft.py)."""
+    draft = draft_uploads(services)
+    core = draft.core
+    routes = TusRoutes(services, core, draft)
     router = APIRouter(tags=["uploads"])
+    router.include_router(options_router(draft))
 
     async def endpoint(request: Request) -> Response:
         """tus 1.0 creation (POST) and the server's capabilities (OPTIONS)."""

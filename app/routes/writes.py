@@ -30,6 +30,7 @@ from app.errors import (
 from app.http.conditional import RequestConditions, make_validators, write_allowed
 from app.http.digests import format_digest_field
 from app.request import FileRequest
+from app.routes.resumable_draft import draft_uploads, wants_draft
 from app.services import Services
 from app.storage.digests import DigestBuilder
 from app.storage.errors import StorageError, write_refusal
@@ -73,6 +74,7 @@ class Writes:
         self.index = services.index
         self.async_index = services.async_index  # index writes never run on the loop
         self.activity = services.activity
+        self.draft = draft_uploads(services)
 
     async def __call__(self, request: FileRequest, receive: Receive) -> Response | None:
         """The answer to a write (None when the client went away: nobody is left to answer). A
@@ -80,6 +82,8 @@ class Writes:
         try:
             try:
                 self.gate.write(self.gate.authenticate(request))  # the write token, before anything
+                if request.method != "DELETE" and wants_draft(request.headers):
+                    return await self.draft.create(request, receive)  # resumable (IETF draft)
                 return await self._handle(request, receive)
             except OSError as exc:
                 refusal = write_refusal(exc)

@@ -249,9 +249,12 @@ class ResumableUploads:
 
     # -- the end -------------------------------------------------------------------------------
 
-    async def complete(self, append: Append, check: Check) -> tuple[bool, Entry]:
+    async def complete(
+        self, append: Append, check: Check, verify: Callable[[FileDigest], None] | None = None
+    ) -> tuple[bool, Entry]:
         """Publish a fully appended upload at its target, as a PUT is published; returns (created,
-        the new entry). A precondition that fails now ends the upload (its bytes are dropped)."""
+        the new entry). A precondition that fails now, or a `verify` of the whole file's digest that
+        raises (a client's Repr-Digest), ends the upload (its bytes are dropped)."""
         upload = append.upload
         digest = await asyncio.to_thread(self._digest, append)
         write = AtomicWrite(
@@ -263,6 +266,8 @@ class ResumableUploads:
         )
         append.fd = -1  # the write owns it now: commit closes it
         try:
+            if verify is not None:
+                verify(digest)
             created, st = await asyncio.to_thread(write.commit, check)
         except BaseException:
             write.abort()
