@@ -269,11 +269,17 @@ class ResumableUploads:
             if verify is not None:
                 verify(digest)
             created, st = await asyncio.to_thread(write.commit, check)
-        except BaseException:
+        except BaseException as exc:
             write.abort()
             self._forget(upload.id)
-            self.async_index.enqueue(self.index.drop_resumable, upload.id)
             metrics.RESUMABLE_UPLOADS.labels("aborted").inc()
+            if not isinstance(exc, Exception):  # cancelled: no waiting now
+                self.async_index.enqueue(self.index.drop_resumable, upload.id)
+                raise
+            try:  # gone before the answer: a HEAD right after it must not find the upload
+                await self.async_index.write(self.index.drop_resumable, upload.id)
+            except Exception:
+                self.async_index.enqueue(self.index.drop_resumable, upload.id)
             raise
         entry = await self.async_index.write(self._published, append, st, created, digest)
         self._forget(upload.id)
