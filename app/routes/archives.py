@@ -42,7 +42,7 @@ from app.request import FileRequest
 from app.services import Services
 from app.storage.digest_store import ArchiveRow
 from app.storage.errors import StorageError
-from app.storage.paths import FolderOpener, LinkScope, SafePath
+from app.storage.paths import FolderOpener, LinkScope, resolve_to_open
 from app.storage.values import entry_from_stat, identity, join
 from app.transfer.archive import ArchiveSender, FileChanged, MemberOpener
 from app.transfer.download import TransferOptions
@@ -223,7 +223,7 @@ class Archives:
                 services.async_index.enqueue(services.index.forget, path)
                 raise FileChanged(f"{path} is gone") from exc
             if identity(st) != manifest.identity(index) or (
-                granted and not granted.holds_open(fd, SafePath(services.policy.root / path))
+                granted and not granted.holds_open(fd, resolve_to_open(path, services.policy))
             ):
                 os.close(fd)
                 services.async_index.enqueue(services.index.put, entry_from_stat(path, st))
