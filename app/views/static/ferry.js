@@ -503,6 +503,7 @@
       item.paused = true;
       item.li.className = "paused";
       item.cancel.title = "Discard";
+      item.cancel.setAttribute("aria-label", "Discard " + item.file.name);
       item.bar.value = Number(stored.offset) || 0;
       var done = Math.floor((100 * item.bar.value) / item.bar.max);
       self.setStatus(item, "Paused at " + done + "% · choose the file again to resume");
@@ -592,7 +593,7 @@
   };
 
   // An upload given up: forgotten here, and ended at the server when this tab has the token.
-  Uploader.prototype.drop_ = function (item) {
+  Uploader.prototype.abandon = function (item) {
     var url = item.url || (resumeStore.get(item.key) || {}).url;
     resumeStore.remove(item.key);
     var token = tokenStore.get();
