@@ -2,9 +2,11 @@
 
 Headless Chromium (Debian's /usr/bin/chromium, launched as in test_browser.py) opens a listing of a
 `ferry serve --write-token`, types the token once (the tab keeps it in sessionStorage), uploads
-files with one multipart POST each and sees them listed; the files then download byte for byte.
-Screenshots of the panel (light, dark, phone, while dragging, mid-upload) are kept in
-tests/artifacts/.
+files (tus at /api/uploads/: a POST, then PATCHes of 8 MiB) and sees them listed; the files then
+download byte for byte. Uploads resume: a PATCH whose connection drops is retried from the
+server's offset, and after a reload choosing the same file again continues it (its address kept in
+localStorage). Screenshots of the panel (light, dark, phone, while dragging, mid-upload, paused)
+are kept in tests/artifacts/.
 """
 
 from __future__ import annotations
