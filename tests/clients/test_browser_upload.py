@@ -12,9 +12,12 @@ are kept in tests/artifacts/.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -386,7 +389,7 @@ def test_screenshots_light_dark_and_phone(writable: FerryServer, open_page: Open
 # -- resuming: tus at /api/uploads/, a connection cut, a reload -------------------------------
 
 CHUNK = 8 * MiB  # ferry.js's PATCH size
-RESUMED = ("cut", "reloaded", "midway", "discarded", "cancelled")
+RESUMED = ("cut", "cut-body", "reloaded", "midway", "discarded", "cancelled")
 PATCHES = "**/api/uploads/*"
 # Every text the upload rows' status shows, in order (a retry's countdown lasts a second or two).
 RECORD_STATUSES = """() => {
@@ -645,3 +648,74 @@ def test_cancelling_mid_upload_ends_it_at_the_server(
     assert stored_uploads(page) == {}
     gone_at_the_server(page, stored["url"])
     assert on_disk(resuming.root / "cancelled") == []  # not even a temporary file
+
+
+class CuttingRelay:
+    """A TCP relay in front of Ferry that drops the connection carrying the browser's bytes once,
+    when `cut_at` of them have gone through in all: a PATCH cut off mid-body, as a network does."""
+
+    def __init__(self, upstream: int, cut_at: int) -> None:
+        self.upstream = upstream
+        self.cut_at: int | None = cut_at
+        self.forwarded = 0
+        self.cuts = 0
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self.pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(server, client, False), daemon=True).start()
+
+    def pipe(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if counted:
+                    with self.lock:
+                        room = None if self.cut_at is None else self.cut_at - self.forwarded
+                        if room is not None and len(data) >= room:
+                            self.cut_at, self.cuts = None, self.cuts + 1
+                            sink.sendall(data[:room])
+                            break
+                        self.forwarded += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_patch_cut_mid_body_resumes_from_the_bytes_the_server_kept(
+    resuming: FerryServer, open_page: OpenPage, tmp_path: Path
+) -> None:
+    source, data = on_disk_file(tmp_path, "cut mid-body.bin", 20 * MiB + 7)
+    relay = CuttingRelay(resuming.port, cut_at=12 * MiB)  # 4 MiB into the second PATCH's body
+    try:
+        page = open_page(f"http://127.0.0.1:{relay.port}/files/cut-body/")
+        enter_token(page, TOKEN)
+        sent: list[int] = []
+        page.on("request", lambda r: sent.append(offset_of(r)) if r.method == "PATCH" else None)
+        page.locator("section.upload input[type=file]").set_input_files(source)
+        row = page.locator("ul.uploads li", has_text=source.name)
+        expect(row).to_have_class("done", timeout=120_000)
+    finally:
+        relay.close()
+    assert relay.cuts == 1
+    # After the cut the page asked where the upload stood and went on from there: mid-chunk, the
+    # bytes of the cut PATCH that reached the server were kept and not sent again.
+    resumed = [offset for offset in sent if offset % CHUNK]
+    assert resumed and CHUNK < resumed[0] < 12 * MiB
+    assert sha256((resuming.root / "cut-body" / source.name).read_bytes()) == sha256(data)
+    assert on_disk(resuming.root / "cut-body") == [source.name]
