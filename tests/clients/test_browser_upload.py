@@ -389,7 +389,7 @@ def test_screenshots_light_dark_and_phone(writable: FerryServer, open_page: Open
 # -- resuming: tus at /api/uploads/, a connection cut, a reload -------------------------------
 
 CHUNK = 8 * MiB  # ferry.js's PATCH size
-RESUMED = ("cut", "cut-body", "reloaded", "midway", "discarded", "cancelled")
+RESUMED = ("cut", "cut-body", "reloaded", "midway", "discarded", "cancelled", "empty")
 PATCHES = "**/api/uploads/*"
 # Every text the upload rows' status shows, in order (a retry's countdown lasts a second or two).
 RECORD_STATUSES = """() => {
@@ -719,3 +719,15 @@ def test_a_patch_cut_mid_body_resumes_from_the_bytes_the_server_kept(
     assert resumed and CHUNK < resumed[0] < 12 * MiB
     assert sha256((resuming.root / "cut-body" / source.name).read_bytes()) == sha256(data)
     assert on_disk(resuming.root / "cut-body") == [source.name]
+
+
+def test_an_empty_file_is_created_by_its_post_alone(resuming: FerryServer, open_page: OpenPage) -> None:
+    page = open_page(f"{resuming.url}/files/empty/")
+    enter_token(page, TOKEN)
+    methods: list[str] = []
+    page.on("request", lambda r: methods.append(r.method) if "/api/uploads/" in r.url else None)
+    page.locator("section.upload input[type=file]").set_input_files([payload("empty.txt", b"")])
+    expect(page.locator("ul.uploads li", has_text="empty.txt")).to_have_class("done", timeout=30_000)
+    assert methods == ["POST"]  # Upload-Length: 0 is complete at once
+    assert (resuming.root / "empty" / "empty.txt").read_bytes() == b""
+    assert stored_uploads(page) == {}
