@@ -727,6 +727,7 @@
         item.offset = offset;
         item.tries = 0;
         self.remember(item, xhr);
+        self.progress(item, offset);
         return self.patch(item);
       }
       if ((xhr.status === 404 || xhr.status === 410) && !item.restarted) {
