@@ -54,6 +54,7 @@ class HtmlPage:
     link_query: str = ""
     link_root: str | None = None
     archives: bool = False  # folders download as archives (FERRY_ARCHIVES, on the local disk)
+    resumable: bool = False  # uploads may go through tus at /api/uploads/ (a local ROOT)
 
 
 def human_size(size: int) -> str:
@@ -242,10 +243,16 @@ def _summary(count: int, more: bool, nouns: tuple[str, str], extra: str = "") ->
 # -- the upload panel -----------------------------------------------------------------------
 
 
-def _upload_panel(directory: str, limit: int) -> str:
-    """Inert markup until ferry.js shows it: a plain form could not send the Authorization header."""
+def _upload_panel(directory: str, limit: int, resumable: bool) -> str:
+    """Inert markup until ferry.js shows it: a plain form could not send the Authorization header.
+
+    `data-folder` is where the files go (below ROOT); `data-resumable` tells ferry.js to send them
+    with tus (/api/uploads/), which resumes after a dropped connection or a reload, rather than one
+    multipart POST each."""
     folder = escape(f"“{_folder_name(directory)}”")
-    return f"""<section class="upload" aria-label="Upload files" data-max-size="{limit}">
+    resume = " data-resumable" if resumable else ""
+    return f"""<section class="upload" aria-label="Upload files" data-max-size="{limit}" \
+data-folder="{escape(directory)}"{resume}>
 <noscript><p class="upload-off">Uploading from this page needs JavaScript. From a shell: \
 <code>curl -T FILE -H "Authorization: Bearer $TOKEN" URL</code> \
 with this page’s address as URL.</p></noscript>
@@ -362,7 +369,11 @@ def render_listing(page: HtmlPage) -> str:
     head = "".join(_sort_header(label, key, page) for label, key in _COLUMNS) + _ACTIONS_HEAD
     head = (_TICK_HEAD if tick else "") + head
     name = _folder_name(page.directory)
-    upload = "" if page.upload_limit is None else _upload_panel(page.directory, page.upload_limit) + "\n"
+    upload = (
+        ""
+        if page.upload_limit is None
+        else _upload_panel(page.directory, page.upload_limit, page.resumable) + "\n"
+    )
     archives = _archive_bar(page) + "\n" if tick else ""
     # A GET form, not a link: a crawler mirroring the tree does not fetch it.
     sums = (

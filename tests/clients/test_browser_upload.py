@@ -2,24 +2,31 @@
 
 Headless Chromium (Debian's /usr/bin/chromium, launched as in test_browser.py) opens a listing of a
 `ferry serve --write-token`, types the token once (the tab keeps it in sessionStorage), uploads
-files with one multipart POST each and sees them listed; the files then download byte for byte.
-Screenshots of the panel (light, dark, phone, while dragging, mid-upload) are kept in
-tests/artifacts/.
+files (tus at /api/uploads/: a POST, then PATCHes of 8 MiB) and sees them listed; the files then
+download byte for byte. Uploads resume: a PATCH whose connection drops is retried from the
+server's offset, and after a reload choosing the same file again continues it (its address kept in
+localStorage). Screenshots of the panel (light, dark, phone, while dragging, mid-upload, paused)
+are kept in tests/artifacts/.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import os
 import re
-from collections.abc import Iterator
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, FilePayload, Page, expect
+from playwright.sync_api import Browser, ConsoleMessage, FilePayload, Page, Request, Route, expect
 
 from tests.clients.browser import ARTIFACTS, OpenPage, screenshot
 from tests.conftest import FerryServer, start_server
@@ -377,3 +384,350 @@ def test_screenshots_light_dark_and_phone(writable: FerryServer, open_page: Open
     fill_the_list(phone)
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the screen
     screenshot(phone, "upload-phone.png")
+
+
+# -- resuming: tus at /api/uploads/, a connection cut, a reload -------------------------------
+
+CHUNK = 8 * MiB  # ferry.js's PATCH size
+RESUMED = ("cut", "cut-body", "reloaded", "midway", "discarded", "cancelled", "empty")
+PATCHES = "**/api/uploads/*"
+# Every text the upload rows' status shows, in order (a retry's countdown lasts a second or two).
+RECORD_STATUSES = """() => {
+    window.statuses = [];
+    const seen = () => document.querySelectorAll("ul.uploads .status").forEach(s => {
+        const last = window.statuses[window.statuses.length - 1];
+        if (last !== s.textContent) window.statuses.push(s.textContent);
+    });
+    new MutationObserver(seen).observe(document.querySelector("ul.uploads"),
+        {subtree: true, childList: true, characterData: true});
+}"""
+
+
+@pytest.fixture(scope="module")
+def resuming(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FerryServer]:
+    base = tmp_path_factory.mktemp("resuming")
+    (base / "cwd").mkdir()
+    root = base / "root"
+    for folder in RESUMED:
+        (root / folder).mkdir(parents=True)
+    server = start_server(root, base / "cwd", "--write-token", TOKEN, "--max-upload-size", str(64 * MiB))
+    yield server
+    server.stop()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def on_disk_file(tmp_path: Path, name: str, size: int) -> tuple[Path, bytes]:
+    """A file to choose, from the disk: choosing it again gives the same name, size and mtime."""
+    data = os.urandom(size)
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path, data
+
+
+def offset_of(request: Request) -> int:
+    return int(request.headers["upload-offset"])
+
+
+def wait_until(page: Page, condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
+    """Let the page run (and Playwright answer its routed requests) until `condition` holds."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        page.wait_for_timeout(100)
+
+
+class Holder:
+    """Routes a page's PATCHes: the first goes through, the next ones are held (never answered)
+    while `holding`, so an upload stands at 8 MiB for as long as a test likes."""
+
+    def __init__(self, page: Page) -> None:
+        self.held: list[Route] = []
+        self.holding = True
+        page.route(PATCHES, self.route)
+
+    def route(self, route: Route) -> None:
+        if self.holding and route.request.method == "PATCH" and offset_of(route.request) > 0:
+            self.held.append(route)
+        else:
+            route.continue_()
+
+    def wait(self, page: Page) -> None:
+        """Until the second PATCH is held: the first 8 MiB are at the server."""
+        wait_until(page, lambda: bool(self.held), "the second PATCH")
+
+    def release(self) -> None:
+        """Let everything through, the held PATCHes too."""
+        self.holding = False
+        for route in self.held:
+            route.continue_()
+
+
+def stored_uploads(page: Page) -> dict[str, Any]:
+    found: dict[str, Any] = page.evaluate(
+        "Object.fromEntries(Object.keys(localStorage).filter(k => k.startsWith('ferry.upload '))"
+        ".map(k => [k, JSON.parse(localStorage.getItem(k))]))"
+    )
+    return found
+
+
+def server_offset(url: str) -> int:
+    response = httpx.head(url, headers={"Authorization": f"Bearer {TOKEN}", "Tus-Resumable": "1.0.0"})
+    assert response.status_code == 200
+    return int(response.headers["upload-offset"])
+
+
+def gone_at_the_server(page: Page, url: str) -> None:
+    """The page ends a given-up upload with a DELETE in the background: wait for its 404."""
+    deadline = time.monotonic() + 30
+    while (
+        status := httpx.head(
+            url, headers={"Authorization": f"Bearer {TOKEN}", "Tus-Resumable": "1.0.0"}
+        ).status_code
+    ) != 404:
+        assert status == 200 and time.monotonic() < deadline
+        page.wait_for_timeout(100)
+
+
+def test_the_panel_offers_resumable_uploads_on_a_local_root(resuming: FerryServer) -> None:
+    response = httpx.get(f"{resuming.url}/files/cut/")
+    panel = re.search(r'<section class="upload"[^>]*>', response.text)
+    assert panel is not None
+    assert 'data-folder="cut"' in panel.group(0) and " data-resumable" in panel.group(0)
+
+
+def test_a_connection_cut_mid_upload_resumes_by_itself(
+    resuming: FerryServer, open_page: OpenPage, tmp_path: Path
+) -> None:
+    source, data = on_disk_file(tmp_path, "cut off.bin", 20 * MiB + 123)
+    page = open_page(f"{resuming.url}/files/cut/")
+    enter_token(page, TOKEN)
+    page.evaluate(RECORD_STATUSES)
+    sent: list[int] = []  # the Upload-Offset of every PATCH the page sent
+    cut: list[int] = []
+
+    def cut_the_second(route: Route) -> None:
+        if route.request.method == "PATCH":
+            sent.append(offset_of(route.request))
+            if offset_of(route.request) > 0 and not cut:
+                cut.append(offset_of(route.request))
+                route.abort("connectionreset")  # the connection drops after the first 8 MiB
+                return
+        route.continue_()
+
+    page.route(PATCHES, cut_the_second)
+    page.locator("section.upload input[type=file]").set_input_files(source)
+    row = page.locator("ul.uploads li", has_text="cut off.bin")
+    expect(row).to_have_class("done", timeout=120_000)
+
+    assert cut == [CHUNK]
+    assert sent == [0, CHUNK, CHUNK, 2 * CHUNK]  # only the lost chunk went again
+    statuses = page.evaluate("window.statuses")
+    assert "Connection lost · retrying in 1 s" in statuses and "Reconnecting…" in statuses
+    stored = resuming.root / "cut" / "cut off.bin"
+    assert sha256(stored.read_bytes()) == sha256(data)
+    assert on_disk(resuming.root / "cut") == ["cut off.bin"]  # no temporary file left
+    assert stored_uploads(page) == {}  # a finished upload is forgotten
+    expect(page.locator("tr.file.fresh td.name .label", has_text="cut off.bin")).to_have_count(1)
+
+
+def test_a_reload_mid_upload_continues_from_the_servers_offset(
+    resuming: FerryServer, open_page: OpenPage, tmp_path: Path
+) -> None:
+    source, data = on_disk_file(tmp_path, "reloaded ü.bin", 20 * MiB + 5)
+    page = open_page(f"{resuming.url}/files/reloaded/")
+    page.on("dialog", lambda dialog: dialog.accept())  # "leave the page?" while uploading: yes
+    enter_token(page, TOKEN)
+    holder = Holder(page)
+    page.locator("section.upload input[type=file]").set_input_files(source)
+    holder.wait(page)
+
+    # The browser keeps the upload's address; the server has the first 8 MiB of it.
+    (stored,) = stored_uploads(page).values()
+    assert stored["name"] == "reloaded ü.bin" and stored["folder"] == "reloaded"
+    assert stored["size"] == len(data) and stored["offset"] == CHUNK
+    url = stored["url"]
+    assert url.startswith(f"{resuming.url}/api/uploads/")
+    assert server_offset(url) == CHUNK
+
+    holder.holding = False  # the held PATCH is never sent: the reload drops it
+    page.reload()
+    assert server_offset(url) == CHUNK
+    paused = page.locator("ul.uploads li.paused", has_text="reloaded ü.bin")
+    expect(paused.locator(".status")).to_have_text("Paused at 39% · choose the file again to resume")
+    screenshot(page, "upload-paused.png")
+    assert not (resuming.root / "reloaded" / "reloaded ü.bin").exists()  # nothing visible yet
+
+    sent: list[int] = []
+    page.on("request", lambda r: sent.append(offset_of(r)) if r.method == "PATCH" else None)
+    page.locator("section.upload input[type=file]").set_input_files(source)  # the same file
+    row = page.locator("ul.uploads li", has_text="reloaded ü.bin")
+    expect(row).to_have_count(1)  # the paused row gave way to this one
+    expect(row).to_have_class("done", timeout=120_000)
+
+    assert sent == [CHUNK, 2 * CHUNK]  # on from the server's offset: the first 8 MiB not again
+    upload_id = url.rpartition("/")[2]
+    patches = [
+        line for line in resuming.access_log.read_text().splitlines() if "PATCH" in line and upload_id in line
+    ]
+    assert len(patches) == 3 and all(" 204 " in line for line in patches)  # one before, two after
+    assert sha256((resuming.root / "reloaded" / "reloaded ü.bin").read_bytes()) == sha256(data)
+    assert on_disk(resuming.root / "reloaded") == ["reloaded ü.bin"]
+    assert stored_uploads(page) == {}
+
+
+def test_a_paused_upload_can_be_discarded(resuming: FerryServer, open_page: OpenPage, tmp_path: Path) -> None:
+    source, _ = on_disk_file(tmp_path, "dropped later.bin", 9 * MiB)
+    page = open_page(f"{resuming.url}/files/discarded/")
+    page.on("dialog", lambda dialog: dialog.accept())
+    enter_token(page, TOKEN)
+    holder = Holder(page)
+    page.locator("section.upload input[type=file]").set_input_files(source)
+    holder.wait(page)
+    (stored,) = stored_uploads(page).values()
+    holder.holding = False
+    page.reload()
+    paused = page.locator("ul.uploads li.paused", has_text="dropped later.bin")
+    paused.get_by_role("button", name="Discard dropped later.bin").click()
+    expect(paused).to_have_count(0)
+    assert stored_uploads(page) == {}
+    gone_at_the_server(page, stored["url"])
+    assert on_disk(resuming.root / "discarded") == []  # no temporary file left
+
+
+def test_screenshots_mid_upload_light_dark_and_phone(
+    resuming: FerryServer, open_page: OpenPage, tmp_path: Path
+) -> None:
+    looks: list[tuple[str, dict[str, Any]]] = [
+        ("light", {}),
+        ("dark", {"color_scheme": "dark"}),
+        (
+            "phone",
+            {
+                "viewport": {"width": 390, "height": 844},
+                "device_scale_factor": 2,
+                "is_mobile": True,
+                "has_touch": True,
+            },
+        ),
+    ]
+    for look, options in looks:
+        source, data = on_disk_file(tmp_path, f"midway {look} – a long name of a disk image.iso", 12 * MiB)
+        page = open_page(f"{resuming.url}/files/midway/", **options)
+        enter_token(page, TOKEN)
+        holder = Holder(page)
+        page.locator("section.upload input[type=file]").set_input_files(source)
+        holder.wait(page)
+        row = page.locator("ul.uploads li", has_text=source.name)
+        expect(row).to_have_class("active")
+        expect(row.locator(".status")).to_have_text("66% · 8.0 MiB of 12.0 MiB")
+        if look == "phone":
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        screenshot(page, f"upload-midway-{look}.png")
+        holder.release()  # let it go on
+        expect(row).to_have_class("done", timeout=60_000)
+        assert (resuming.root / "midway" / source.name).read_bytes() == data
+
+
+def test_cancelling_mid_upload_ends_it_at_the_server(
+    resuming: FerryServer, open_page: OpenPage, tmp_path: Path
+) -> None:
+    source, _ = on_disk_file(tmp_path, "cancelled midway.bin", 10 * MiB)
+    page = open_page(f"{resuming.url}/files/cancelled/")
+    enter_token(page, TOKEN)
+    holder = Holder(page)
+    page.locator("section.upload input[type=file]").set_input_files(source)
+    holder.wait(page)
+    (stored,) = stored_uploads(page).values()
+    row = page.locator("ul.uploads li", has_text=source.name)
+    row.get_by_role("button", name=f"Cancel {source.name}").click()
+    expect(row).to_have_class("cancelled")
+    expect(row.locator(".status")).to_have_text("Cancelled")
+    assert stored_uploads(page) == {}
+    gone_at_the_server(page, stored["url"])
+    assert on_disk(resuming.root / "cancelled") == []  # not even a temporary file
+
+
+class CuttingRelay:
+    """A TCP relay in front of Ferry that drops the connection carrying the browser's bytes once,
+    when `cut_at` of them have gone through in all: a PATCH cut off mid-body, as a network does."""
+
+    def __init__(self, upstream: int, cut_at: int) -> None:
+        self.upstream = upstream
+        self.cut_at: int | None = cut_at
+        self.forwarded = 0
+        self.cuts = 0
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self.pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(server, client, False), daemon=True).start()
+
+    def pipe(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if counted:
+                    with self.lock:
+                        room = None if self.cut_at is None else self.cut_at - self.forwarded
+                        if room is not None and len(data) >= room:
+                            self.cut_at, self.cuts = None, self.cuts + 1
+                            sink.sendall(data[:room])
+                            break
+                        self.forwarded += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_patch_cut_mid_body_resumes_from_the_bytes_the_server_kept(
+    resuming: FerryServer, open_page: OpenPage, tmp_path: Path
+) -> None:
+    source, data = on_disk_file(tmp_path, "cut mid-body.bin", 20 * MiB + 7)
+    relay = CuttingRelay(resuming.port, cut_at=12 * MiB)  # 4 MiB into the second PATCH's body
+    try:
+        page = open_page(f"http://127.0.0.1:{relay.port}/files/cut-body/")
+        enter_token(page, TOKEN)
+        sent: list[int] = []
+        page.on("request", lambda r: sent.append(offset_of(r)) if r.method == "PATCH" else None)
+        page.locator("section.upload input[type=file]").set_input_files(source)
+        row = page.locator("ul.uploads li", has_text=source.name)
+        expect(row).to_have_class("done", timeout=120_000)
+    finally:
+        relay.close()
+    assert relay.cuts == 1
+    # After the cut the page asked where the upload stood and went on from there: mid-chunk, the
+    # bytes of the cut PATCH that reached the server were kept and not sent again.
+    resumed = [offset for offset in sent if offset % CHUNK]
+    assert resumed and CHUNK < resumed[0] < 12 * MiB
+    assert sha256((resuming.root / "cut-body" / source.name).read_bytes()) == sha256(data)
+    assert on_disk(resuming.root / "cut-body") == [source.name]
+
+
+def test_an_empty_file_is_created_by_its_post_alone(resuming: FerryServer, open_page: OpenPage) -> None:
+    page = open_page(f"{resuming.url}/files/empty/")
+    enter_token(page, TOKEN)
+    methods: list[str] = []
+    page.on("request", lambda r: methods.append(r.method) if "/api/uploads/" in r.url else None)
+    page.locator("section.upload input[type=file]").set_input_files([payload("empty.txt", b"")])
+    expect(page.locator("ul.uploads li", has_text="empty.txt")).to_have_class("done", timeout=30_000)
+    assert methods == ["POST"]  # Upload-Length: 0 is complete at once
+    assert (resuming.root / "empty" / "empty.txt").read_bytes() == b""
+    assert stored_uploads(page) == {}

@@ -1,7 +1,10 @@
 // Ferry's listing pages work without this file; it adds the "copy curl command" buttons, shows
 // modification times in the reader's own time zone and, when the server takes writes, runs the
-// upload panel: pick or drop files, one POST per file with a progress bar, the write token kept in
-// this tab's sessionStorage. With that token in the tab, a "share" button per row copies a signed
+// upload panel: pick or drop files, each sent with a progress bar, the write token kept in this
+// tab's sessionStorage. On a local ROOT each file goes by tus (/api/uploads/: a POST, then PATCHes
+// of 8 MiB) and resumes: after a dropped connection by itself (retries with backoff), after a
+// reload when the same file is chosen again (its upload's address is kept in localStorage). Where
+// the server cannot resume (a bucket), one multipart POST per file. With that token in the tab, a "share" button per row copies a signed
 // link (POST /api/sign) that reads the file, or everything in the folder, for a day. The "Download
 // selected" form works without it; with it, its button waits for a ticked row and says how many,
 // and the header's box ticks every row of the page.
@@ -250,6 +253,101 @@
     return "failed (HTTP " + xhr.status + ")";
   }
 
+  // -- resumable uploads: tus 1.0 at /api/uploads/, each upload's address kept across reloads -----
+
+  var TUS_VERSION = "1.0.0";
+  var CHUNK = 8 * 1024 * 1024; // bytes per PATCH; a PATCH cut off keeps what arrived anyway
+  var RETRY_DELAYS = [1, 2, 4, 8, 15, 30]; // seconds before each retry in a row, then every 30 s
+  var MAX_RETRIES = 20; // in a row without a byte stored; the upload is then left to resume later
+  var RETRIED = [0, 408, 423, 429, 460, 500, 502, 503, 504]; // 460: bytes damaged on the way
+  var RESUME_PREFIX = "ferry.upload ";
+
+  // localStorage (this browser, every tab) keeps each unfinished upload's address under its folder,
+  // file name, size and modification time: choosing the same file again continues it. The address
+  // is of no use without the write token, which stays in the tab's sessionStorage.
+  var resumeStore = {
+    key: function (folder, file) {
+      return RESUME_PREFIX + JSON.stringify([folder, file.name, file.size, file.lastModified || 0]);
+    },
+    get: function (key) {
+      try {
+        var value = JSON.parse(window.localStorage.getItem(key));
+        if (value && typeof value.url === "string" && !(value.expires < Date.now())) return value;
+        if (value) window.localStorage.removeItem(key); // expired: the server has dropped it too
+      } catch (e) {
+        /* none, or not ours */
+      }
+      return null;
+    },
+    set: function (key, value) {
+      try {
+        window.localStorage.setItem(key, JSON.stringify(value));
+      } catch (e) {
+        /* not kept: a reload starts that file over */
+      }
+    },
+    remove: function (key) {
+      try {
+        window.localStorage.removeItem(key);
+      } catch (e) {
+        /* nothing stored */
+      }
+    },
+    // The unfinished uploads into one folder, as [key, value] pairs.
+    inFolder: function (folder) {
+      var keys = [];
+      try {
+        for (var i = 0; i < window.localStorage.length; i++) {
+          var key = window.localStorage.key(i);
+          if (key && key.indexOf(RESUME_PREFIX) === 0) keys.push(key);
+        }
+      } catch (e) {
+        return [];
+      }
+      var self = this;
+      return keys.sort().map(function (key) { return [key, self.get(key)]; }).filter(function (pair) {
+        return pair[1] && pair[1].folder === folder;
+      });
+    },
+  };
+
+  function base64(text) {
+    var bytes = new TextEncoder().encode(text);
+    var binary = "";
+    for (var i = 0; i < bytes.length; i++) binary += String.fromCharCode(bytes[i]);
+    return window.btoa(binary);
+  }
+
+  function offsetField(xhr) {
+    var value = xhr.getResponseHeader("Upload-Offset");
+    return value !== null && /^\d+$/.test(value) ? Number(value) : NaN;
+  }
+
+  // What ended a step of an upload: "abort", "network", "token" (not sendable), "retry" (409: the
+  // upload is elsewhere than this page thought) or "answer" (a refusal, in xhr).
+  function Failure(kind, xhr) {
+    this.kind = kind;
+    this.xhr = xhr || null;
+  }
+
+  // DELETE an upload at the server; while its last PATCH is still being cut off there, it is 409.
+  function terminate(url, token, attempt) {
+    var xhr = new XMLHttpRequest();
+    xhr.open("DELETE", url);
+    try {
+      xhr.setRequestHeader("Authorization", "Bearer " + token);
+    } catch (e) {
+      return;
+    }
+    xhr.setRequestHeader("Tus-Resumable", TUS_VERSION);
+    xhr.addEventListener("load", function () {
+      if (xhr.status === 409 && attempt < 5) {
+        window.setTimeout(function () { terminate(url, token, attempt + 1); }, 1000);
+      }
+    });
+    xhr.send();
+  }
+
   function Uploader(panel) {
     this.panel = panel;
     this.ui = panel.querySelector(".upload-ui");
@@ -261,9 +359,12 @@
     this.list = panel.querySelector("ul.uploads");
     this.maxSize = Number(panel.getAttribute("data-max-size")) || Infinity;
     this.target = new URL("./", window.location.href).href; // this folder, without the query
+    this.folder = panel.getAttribute("data-folder") || "";
+    this.resumable = panel.hasAttribute("data-resumable") && Boolean(window.Promise && window.TextEncoder);
     this.queue = [];
     this.active = null;
     this.uploaded = [];
+    this.paused = {}; // resume key -> the row of an upload left unfinished by an earlier page
     this.dragDepth = 0;
   }
 
@@ -288,7 +389,9 @@
     window.addEventListener("beforeunload", function (event) {
       if (self.active || self.queue.length) event.preventDefault(); // leaving would stop the uploads
     });
+    window.addEventListener("online", function () { self.retryNow(); });
     this.showToken();
+    if (this.resumable) this.showPaused();
     this.ui.hidden = false;
   };
 
@@ -360,11 +463,18 @@
     this.add(files);
   };
 
-  // -- the queue: one file at a time, each its own POST ----------------------------------------
+  // -- the queue: one file at a time ---------------------------------------------------------
 
   Uploader.prototype.add = function (files) {
     for (var i = 0; i < files.length; i++) {
+      var key = this.resumable && !files[i].folder ? resumeStore.key(this.folder, files[i]) : null;
+      if (key && this.holds(key)) continue; // already on its way
+      if (key && this.paused[key]) {
+        this.list.removeChild(this.paused[key].li); // continued by the row added now
+        delete this.paused[key];
+      }
       var item = this.row(files[i]);
+      item.key = key;
       if (files[i].folder) {
         this.finish(item, "error", "Folders cannot be uploaded; drop the files inside it");
       } else if (files[i].size > this.maxSize) {
@@ -374,6 +484,31 @@
       }
     }
     this.pump();
+  };
+
+  Uploader.prototype.holds = function (key) {
+    var same = function (item) { return item.key === key; };
+    return Boolean(this.active && same(this.active)) || this.queue.some(same);
+  };
+
+  // The uploads an earlier page left unfinished in this folder: shown paused, continued when the
+  // same file is chosen again, dropped (here and at the server) with ×.
+  Uploader.prototype.showPaused = function () {
+    var self = this;
+    resumeStore.inFolder(this.folder).forEach(function (pair) {
+      var stored = pair[1];
+      var item = self.row({ name: String(stored.name), size: Number(stored.size) || 0 });
+      item.key = pair[0];
+      item.url = stored.url;
+      item.paused = true;
+      item.li.className = "paused";
+      item.cancel.title = "Discard";
+      item.cancel.setAttribute("aria-label", "Discard " + item.file.name);
+      item.bar.value = Number(stored.offset) || 0;
+      var done = Math.floor((100 * item.bar.value) / item.bar.max);
+      self.setStatus(item, "Paused at " + done + "% · choose the file again to resume");
+      self.paused[pair[0]] = item;
+    });
   };
 
   Uploader.prototype.row = function (file) {
@@ -403,7 +538,7 @@
     li.appendChild(head);
     li.appendChild(bar);
     this.list.appendChild(li);
-    var item = { file: file, li: li, status: status, bar: bar, cancel: cancel, xhr: null };
+    var item = { file: file, li: li, status: status, bar: bar, cancel: cancel, xhr: null, offset: 0 };
     var self = this;
     cancel.addEventListener("click", function () { self.cancel(item); });
     this.setStatus(item, "Waiting");
@@ -412,6 +547,17 @@
 
   Uploader.prototype.setStatus = function (item, text) {
     item.status.textContent = text;
+  };
+
+  Uploader.prototype.progress = function (item, sent) {
+    var size = item.file.size;
+    sent = Math.min(size, sent);
+    item.bar.value = sent;
+    if (sent >= size) {
+      this.setStatus(item, "Saving…");
+    } else {
+      this.setStatus(item, Math.floor((100 * sent) / size) + "% · " + humanSize(sent) + " of " + humanSize(size));
+    }
   };
 
   Uploader.prototype.finish = function (item, state, text) {
@@ -423,13 +569,36 @@
   };
 
   Uploader.prototype.cancel = function (item) {
+    if (item.paused) {
+      delete this.paused[item.key];
+      this.abandon(item);
+      this.list.removeChild(item.li);
+      return;
+    }
+    item.cancelled = true;
+    if (item.key) this.abandon(item);
     if (item.xhr) {
-      item.xhr.abort(); // the server drops the partial file
+      item.xhr.abort(); // the server drops what this request sent
+      return;
+    }
+    if (item.timer) {
+      window.clearTimeout(item.timer); // waiting to retry
+      item.timer = null;
+      this.ended(item, "cancelled", "Cancelled");
       return;
     }
     var at = this.queue.indexOf(item);
     if (at !== -1) this.queue.splice(at, 1);
     this.finish(item, "cancelled", "Cancelled");
+  };
+
+  // An upload given up: forgotten here, and ended at the server when this tab has the token.
+  Uploader.prototype.abandon = function (item) {
+    var url = item.url || (resumeStore.get(item.key) || {}).url;
+    resumeStore.remove(item.key);
+    var token = tokenStore.get();
+    if (url && token) terminate(url, token, 0);
+    item.url = null;
   };
 
   Uploader.prototype.pump = function () {
@@ -445,10 +614,187 @@
       this.askToken(this.error.hidden ? "" : this.error.textContent);
       return;
     }
-    this.send(this.queue.shift(), token);
+    var item = this.queue.shift();
+    if (this.resumable) {
+      item.token = token;
+      item.tries = 0;
+      this.resume(item);
+    } else {
+      this.post(item, token);
+    }
   };
 
-  Uploader.prototype.send = function (item, token) {
+  // -- one file, resumable: HEAD (where it stands) or POST (create), then PATCHes of CHUNK bytes --
+
+  Uploader.prototype.resume = function (item) {
+    var self = this;
+    this.active = item;
+    item.li.className = "active";
+    if (!item.tries) this.setStatus(item, "Starting");
+    var stored = item.url || (resumeStore.get(item.key) || {}).url;
+    (stored ? this.head(item, stored) : this.create(item))
+      .then(function () { return self.patch(item); })
+      .then(
+        function () { self.completed(item); },
+        function (failure) { self.failed(item, failure); }
+      );
+  };
+
+  // One request of an upload: any answer resolves (with the XHR), a failure to get one rejects.
+  Uploader.prototype.call = function (item, method, url, headers, body) {
+    var self = this;
+    return new Promise(function (resolve, reject) {
+      if (item.cancelled) {
+        reject(new Failure("abort"));
+        return;
+      }
+      var xhr = new XMLHttpRequest();
+      xhr.open(method, url);
+      try {
+        xhr.setRequestHeader("Authorization", "Bearer " + item.token);
+      } catch (e) {
+        reject(new Failure("token"));
+        return;
+      }
+      xhr.setRequestHeader("Tus-Resumable", TUS_VERSION);
+      xhr.setRequestHeader("Accept", "application/json");
+      Object.keys(headers).forEach(function (name) { xhr.setRequestHeader(name, headers[name]); });
+      if (body) {
+        xhr.upload.addEventListener("progress", function (event) { self.progress(item, item.offset + event.loaded); });
+      }
+      xhr.addEventListener("load", function () { resolve(xhr); });
+      xhr.addEventListener("error", function () { reject(new Failure("network")); });
+      xhr.addEventListener("abort", function () { reject(new Failure("abort")); });
+      item.xhr = xhr;
+      xhr.send(body || null);
+    });
+  };
+
+  Uploader.prototype.remember = function (item, xhr) {
+    resumeStore.set(item.key, {
+      url: item.url,
+      folder: this.folder,
+      name: item.file.name,
+      size: item.file.size,
+      offset: item.offset,
+      expires: Date.parse(xhr.getResponseHeader("Upload-Expires") || "") || null,
+    });
+  };
+
+  // Where a known upload stands; one that is gone (expired, ended, another token's) starts over.
+  Uploader.prototype.head = function (item, url) {
+    var self = this;
+    return this.call(item, "HEAD", url, {}).then(function (xhr) {
+      var offset = offsetField(xhr);
+      var ours = Number(xhr.getResponseHeader("Upload-Length")) === item.file.size;
+      if (xhr.status === 200 && ours && offset <= item.file.size) {
+        item.url = url;
+        item.offset = offset;
+        self.progress(item, offset);
+        return undefined;
+      }
+      if (xhr.status !== 200 && xhr.status !== 404 && xhr.status !== 410) throw new Failure("answer", xhr);
+      resumeStore.remove(item.key);
+      item.url = null;
+      return self.create(item);
+    });
+  };
+
+  Uploader.prototype.create = function (item) {
+    var self = this;
+    var metadata = "filename " + base64(item.file.name) + (this.folder ? ",folder " + base64(this.folder) : "");
+    var headers = { "Upload-Length": String(item.file.size), "Upload-Metadata": metadata };
+    return this.call(item, "POST", SITE + "api/uploads/", headers).then(function (xhr) {
+      var location = xhr.getResponseHeader("Location");
+      var offset = offsetField(xhr);
+      if (xhr.status !== 201 || !location || isNaN(offset)) throw new Failure("answer", xhr);
+      // Below this page's own site, whichever host the server names (connect-src is 'self').
+      item.url = SITE + "api/uploads/" + location.slice(location.lastIndexOf("/") + 1);
+      item.offset = offset;
+      self.remember(item, xhr);
+    });
+  };
+
+  Uploader.prototype.patch = function (item) {
+    var self = this;
+    var size = item.file.size;
+    if (item.offset >= size) return Promise.resolve();
+    var body = item.file.slice(item.offset, Math.min(size, item.offset + CHUNK));
+    var headers = { "Upload-Offset": String(item.offset), "Content-Type": "application/offset+octet-stream" };
+    return this.call(item, "PATCH", item.url, headers, body).then(function (xhr) {
+      var offset = offsetField(xhr);
+      if (xhr.status === 204 && offset > item.offset && offset <= size) {
+        item.offset = offset;
+        item.tries = 0;
+        self.remember(item, xhr);
+        self.progress(item, offset);
+        return self.patch(item);
+      }
+      if ((xhr.status === 404 || xhr.status === 410) && !item.restarted) {
+        item.restarted = true; // expired or ended meanwhile: once more from the start
+        resumeStore.remove(item.key);
+        return self.create(item).then(function () { return self.patch(item); });
+      }
+      throw new Failure(xhr.status === 409 ? "retry" : "answer", xhr);
+    });
+  };
+
+  Uploader.prototype.completed = function (item) {
+    resumeStore.remove(item.key);
+    this.uploaded.push(item.file.name);
+    this.ended(item, "done", "Uploaded · " + humanSize(item.file.size));
+  };
+
+  Uploader.prototype.failed = function (item, failure) {
+    item.xhr = null;
+    if (!(failure instanceof Failure)) {
+      this.ended(item, "error", "Failed: " + failure); // a fault of this page's own
+      return;
+    }
+    var status = failure.xhr ? failure.xhr.status : 0;
+    if (failure.kind === "abort" || item.cancelled) {
+      this.ended(item, "cancelled", "Cancelled");
+    } else if (failure.kind === "token") {
+      this.unsendable(item);
+    } else if (failure.kind !== "answer" || RETRIED.indexOf(status) !== -1) {
+      this.retry(item);
+    } else if (status === 401) {
+      this.refused(item); // the upload stays: the right token continues it
+    } else {
+      this.abandon(item); // the server will not take it
+      this.ended(item, "error", status === 405 ? "This server no longer accepts uploads" : errorDetail(failure.xhr));
+    }
+  };
+
+  // After a failure, wait a little longer each time, then ask the server where the upload stands.
+  Uploader.prototype.retry = function (item) {
+    var self = this;
+    item.tries += 1;
+    if (item.tries > MAX_RETRIES) {
+      this.ended(item, "error", "Connection failed · choose the file again to resume");
+      return;
+    }
+    var delay = RETRY_DELAYS[Math.min(item.tries, RETRY_DELAYS.length) - 1];
+    item.li.className = "active retrying";
+    this.setStatus(item, "Connection lost · retrying in " + delay + " s");
+    item.timer = window.setTimeout(function () {
+      item.timer = null;
+      self.setStatus(item, "Reconnecting…");
+      self.resume(item);
+    }, delay * 1000);
+  };
+
+  Uploader.prototype.retryNow = function () {
+    var item = this.active;
+    if (!item || !item.timer) return;
+    window.clearTimeout(item.timer);
+    item.timer = null;
+    this.resume(item);
+  };
+
+  // -- one file, where the server cannot resume uploads (a bucket): one multipart POST ---------
+
+  Uploader.prototype.post = function (item, token) {
     var self = this;
     var xhr = new XMLHttpRequest();
     var body = new FormData();
@@ -457,9 +803,7 @@
     try {
       xhr.setRequestHeader("Authorization", "Bearer " + token);
     } catch (e) {
-      tokenStore.clear();
-      this.queue.unshift(item);
-      this.askToken("That token has characters a browser cannot send.");
+      this.unsendable(item);
       return;
     }
     xhr.setRequestHeader("Accept", "application/json");
@@ -468,15 +812,7 @@
     item.li.className = "active";
     this.setStatus(item, "Starting");
     xhr.upload.addEventListener("progress", function (event) {
-      if (!event.lengthComputable) return;
-      var sent = Math.min(item.file.size, Math.round((event.loaded / event.total) * item.file.size));
-      item.bar.value = sent;
-      if (event.loaded >= event.total) {
-        self.setStatus(item, "Saving…");
-      } else {
-        self.setStatus(item, Math.floor((100 * event.loaded) / event.total) + "% · " +
-          humanSize(sent) + " of " + humanSize(item.file.size));
-      }
+      if (event.lengthComputable) self.progress(item, Math.round((event.loaded / event.total) * item.file.size));
     });
     xhr.addEventListener("load", function () { self.answered(item, xhr); });
     xhr.addEventListener("error", function () { self.ended(item, "error", "Connection failed"); });
@@ -493,20 +829,34 @@
       }
       this.ended(item, "done", "Uploaded · " + humanSize(item.file.size));
     } else if (xhr.status === 401) {
-      tokenStore.clear();
-      item.xhr = null;
-      item.bar.value = 0;
-      item.li.className = "queued";
-      this.queue.unshift(item);
-      this.active = null;
-      this.error.textContent = "The server refused that token. Enter it again.";
-      this.error.hidden = false;
-      this.pump();
+      this.refused(item);
     } else if (xhr.status === 405) {
       this.ended(item, "error", "This server no longer accepts uploads");
     } else {
       this.ended(item, "error", errorDetail(xhr));
     }
+  };
+
+  // -- both ways ---------------------------------------------------------------------------------
+
+  Uploader.prototype.refused = function (item) {
+    tokenStore.clear();
+    item.xhr = null;
+    item.bar.value = item.url ? item.offset : 0;
+    item.li.className = "queued";
+    this.queue.unshift(item);
+    this.active = null;
+    this.error.textContent = "The server refused that token. Enter it again.";
+    this.error.hidden = false;
+    this.pump();
+  };
+
+  Uploader.prototype.unsendable = function (item) {
+    tokenStore.clear();
+    item.li.className = "queued";
+    this.queue.unshift(item);
+    this.active = null;
+    this.askToken("That token has characters a browser cannot send.");
   };
 
   Uploader.prototype.ended = function (item, state, text) {
