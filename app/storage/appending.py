@@ -58,7 +58,8 @@ class TooManyUploads(Exception):
 
 
 _PARALLEL_MIN = 256 * 1024
-_PIECE_HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ferry-pieces")
+# An append's pwrite and its piece hashes, beside the whole file's hash on the caller's thread.
+_PIECE_HASHER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ferry-append")
 
 
 class Hashes:
@@ -137,20 +138,27 @@ class Append:
     def expect_checksum(self, algorithm: str) -> None:
         self.checksum = hashlib.new(algorithm)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         length = self.upload.length
         if length is not None and self.size + len(data) > length:
             raise InvalidInput(f"the upload is {length} bytes long; the body goes past its end")
         view = memoryview(data)
-        start = offset = self.size
+        # Written and hashed at once (pwrite and hashlib let go of the GIL), as a PUT's body is.
+        writing = _PIECE_HASHER.submit(self._pwrite, view, self.size)
+        try:
+            self.hashes.update(view)
+            if self.checksum is not None:
+                self.checksum.update(view)
+        finally:
+            writing.result()
+
+    def _pwrite(self, view: memoryview, start: int) -> None:
+        offset = start
         while view:
             written = os.pwrite(self.fd, view, offset)
             view, offset = view[written:], offset + written
         if self.writeback:
             start_writeback(self.fd, start, offset - start)
-        self.hashes.update(data)
-        if self.checksum is not None:
-            self.checksum.update(data)
 
     def verify(self, digest: bytes) -> None:
         """The checksum of this append's bytes must be `digest`; else they are discarded."""

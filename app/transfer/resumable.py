@@ -31,18 +31,18 @@ async def append_body(
         async for chunk in chunks:
             buffer += chunk
             if len(buffer) >= chunk_size:
-                data, buffer = bytes(buffer), bytearray()
+                data, buffer = buffer, bytearray()
                 await asyncio.to_thread(append.write, data)
                 if checksum is None and append.size - append.recorded >= CHECKPOINT_BYTES:
                     await core.record(append)
     except ClientGone:
         if checksum is None:
             if buffer:
-                await asyncio.to_thread(append.write, bytes(buffer))
+                await asyncio.to_thread(append.write, buffer)
             await core.record(append)
         raise
     if buffer:
-        await asyncio.to_thread(append.write, bytes(buffer))
+        await asyncio.to_thread(append.write, buffer)
     if checksum is not None:
         append.verify(checksum[1])
     await core.record(append)
