@@ -10,12 +10,14 @@ base URL for absolute links.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 from app.http.conditional import RequestConditions
+from app.http.plan import DownloadRequest, FileFacts, ResponsePlan, plan_download
 from app.storage.paths import normal_url_path
 
 PREFIX = "/files/"
@@ -87,6 +89,13 @@ class FileRequest:
     def value(self, name: str) -> str | None:
         """A valued query parameter: None when absent or given blank (``?limit=``)."""
         return self.query.get(name) or None
+
+    def plan(self, facts: FileFacts, *, max_ranges: int) -> ResponsePlan:
+        """This GET or HEAD's answer for a file (or an archive) with these facts: its Range,
+        If-Range and preconditions decided by app/http/plan.py."""
+        fields = self.headers
+        wanted = DownloadRequest(self.method, fields.get("range"), fields.get("if-range"), self.conditions)
+        return plan_download(wanted, facts, max_ranges=max_ranges, now=int(time.time()))
 
     @property
     def conditions(self) -> RequestConditions:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +36,7 @@ from app.archives.zip import ZipLayout
 from app.errors import BadRequest, Forbidden, NotFound
 from app.http.conditional import Validators
 from app.http.headers import content_disposition
-from app.http.plan import DownloadRequest, FileFacts, ResponsePlan, plan_download
+from app.http.plan import FileFacts, ResponsePlan
 from app.request import FileRequest
 from app.services import Services
 from app.storage.digest_store import ArchiveRow
@@ -132,14 +131,9 @@ class Archives:
             content_disposition=content_disposition("attachment", f"{name}.{kind}"),
             ranges=complete,
         )
-        fields = request.headers
-        wanted = DownloadRequest(
-            request.method, fields.get("range"), fields.get("if-range"), request.conditions
-        )
-        plan = plan_download(wanted, facts, max_ranges=settings.max_ranges, now=int(time.time()))
-        release = None
+        plan = request.plan(facts, max_ranges=settings.max_ranges)
+        release = self.slots.hold(plan, request.method, request.client)
         if plan.body and request.method == "GET":
-            release = self.slots.acquire(request.client)  # 429 past FERRY_MAX_CONNECTIONS_PER_IP
             metrics.ARCHIVES.labels(kind).inc()
         return self._sender(plan, layout, manifest, granted, kind, release)
 

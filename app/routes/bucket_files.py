@@ -13,7 +13,6 @@ presigned URL valid for PRESIGN_SECONDS, and the bytes go from the store to the 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import quote
@@ -27,7 +26,7 @@ from app.errors import NotFound, ServiceUnavailable
 from app.http.conditional import Validators, make_validators
 from app.http.headers import file_disposition
 from app.http.mime import content_type_for
-from app.http.plan import DownloadRequest, FileFacts, ResponsePlan, plan_download
+from app.http.plan import FileFacts, ResponsePlan
 from app.http.ranges import parse_range_header
 from app.integrity import Integrity
 from app.request import PREFIX, FileRequest
@@ -157,14 +156,8 @@ class BucketDownloads:
             content_disposition=file_disposition(disposition, st.name, query=bool(request.query_string)),
             integrity=self.integrity.known_fields(request.path, ident, digest, link_of(access)),
         )
-        fields = request.headers
-        wanted = DownloadRequest(
-            request.method, fields.get("range"), fields.get("if-range"), request.conditions
-        )
-        plan = plan_download(wanted, facts, max_ranges=settings.max_ranges, now=int(time.time()))
-        release = None
-        if plan.body and request.method == "GET":
-            release = self.slots.acquire(request.client)  # 429 past FERRY_MAX_CONNECTIONS_PER_IP
+        plan = request.plan(facts, max_ranges=settings.max_ranges)
+        release = self.slots.hold(plan, request.method, request.client)
         return ObjectSender(
             plan, self.bucket, st, self.options, on_close=release, activity=self.services.activity, head=head
         )

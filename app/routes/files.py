@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from urllib.parse import quote
 
 from starlette.responses import RedirectResponse
@@ -25,7 +24,7 @@ from app.errors import NotFound
 from app.http.conditional import make_validators
 from app.http.headers import file_disposition
 from app.http.mime import ACTIVE_TYPES, content_type_for
-from app.http.plan import DownloadRequest, FileFacts, plan_download
+from app.http.plan import FileFacts
 from app.integrity import Fields, Integrity
 from app.request import PREFIX, FileRequest
 from app.routes.archives import Archives
@@ -114,14 +113,8 @@ class Downloads:
             content_disposition=file_disposition(disposition, safe.name, query=bool(request.query_string)),
             integrity=integrity,
         )
-        fields = request.headers
-        wanted = DownloadRequest(
-            request.method, fields.get("range"), fields.get("if-range"), request.conditions
-        )
-        plan = plan_download(wanted, facts, max_ranges=settings.max_ranges, now=int(time.time()))
-        release = None
-        if plan.body and request.method == "GET":
-            release = self.slots.acquire(request.client)  # 429 past FERRY_MAX_CONNECTIONS_PER_IP
+        plan = request.plan(facts, max_ranges=settings.max_ranges)
+        release = self.slots.hold(plan, request.method, request.client)
         return FileSender(plan, fd, st, self.options, on_close=release, activity=self.services.activity)
 
     async def _directory(

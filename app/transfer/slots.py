@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from app.errors import TooManyRequests
+from app.http.plan import ResponsePlan
 
 
 class DownloadSlots:
@@ -22,6 +23,11 @@ class DownloadSlots:
             raise TooManyRequests()
         self.active[address] = count + 1
         return lambda: self._release(address)
+
+    def hold(self, plan: ResponsePlan, method: str, client: str | None) -> Callable[[], None] | None:
+        """A slot for a GET whose plan sends a body (429 past FERRY_MAX_CONNECTIONS_PER_IP), else
+        none; returns the release callback."""
+        return self.acquire(client) if plan.body and method == "GET" else None
 
     def _release(self, address: str) -> None:
         remaining = self.active[address] - 1
