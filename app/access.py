@@ -13,10 +13,11 @@ only when Ferry failed to answer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from starlette.types import Message, Receive, Scope, Send
 
@@ -40,6 +41,35 @@ def _header(scope: Scope, name: bytes) -> str:
     return first_field(scope["headers"], name) or ""
 
 
+class Lines:
+    """Access lines written straight to a stream (`ferry serve`: stdout), all of an event-loop
+    turn's in one write at its end: a logging record per request costs a sizeable share of a
+    small download's time. Outside a running loop a line is written at once."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._pending: list[str] = []
+
+    def write(self, line: str) -> None:
+        if not self._pending:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop: nothing would flush later
+                self._pending.append(line)
+                self.flush()
+                return
+        self._pending.append(line)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            try:
+                self.stream.write("\n".join(pending) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # stdout closed or full: the lines are lost, not the server
+                pass
+
+
 class Observed:
     """The send side of one request, as the access log and the metrics need it."""
 
@@ -58,6 +88,7 @@ class Observed:
         "complete",
         "multipart",
         "download",
+        "gauged",
     )
 
     def __init__(self, scope: Scope, send: Send, receive: Receive) -> None:
@@ -75,6 +106,12 @@ class Observed:
         self.first_byte: float | None = None
         self.complete = False
         self.multipart = False
+        self.gauged = False
+
+    @classmethod
+    def of_protocol(cls, scope: Scope) -> Observed:
+        """A request the protocol answers itself (`answered`): no ASGI messages pass through."""
+        return cls(scope, _no_messages, _no_messages)
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -101,7 +138,7 @@ class Observed:
                 self.complete = True
         await self.send(message)
 
-    def _start(self, message: Message) -> None:
+    def _start(self, message: Message, *, gauge: bool = True) -> None:
         self.status = message["status"]
         for name, value in message.get("headers", ()):
             if name == b"content-length":
@@ -110,7 +147,17 @@ class Observed:
                 self.multipart = True
         if self.download and self.status in (200, 206):
             self.in_flight = True
-            metrics.IN_FLIGHT.inc()
+            self.gauged = gauge
+            if gauge:
+                metrics.IN_FLIGHT.inc()
+
+    def answered(self, status: int, headers: list[tuple[bytes, bytes]], sent: int) -> None:
+        """A whole answer the protocol wrote itself (the fast path): its head and `sent` body bytes."""
+        self._start({"status": status, "headers": headers}, gauge=False)  # in flight for no time
+        if sent:
+            self.first_byte = time.perf_counter()
+            self.sent = sent
+        self.complete = True
 
     def sent_status(self) -> int:
         """The status the client got (see the module's docstring)."""
@@ -122,8 +169,9 @@ class Observed:
             return CLIENT_CLOSED
         return 500  # the app answered nothing: the server sends 500
 
-    def finish(self, log_format: str) -> None:
-        """Log the request and move the metrics; called once the app has returned."""
+    def finish(self, log_format: str, lines: Lines | None = None) -> None:
+        """Log the request (to `lines`, else the `ferry.access` logger) and move the metrics;
+        called once the app has returned."""
         duration = time.perf_counter() - self.started
         scope = self.scope
         method, status = scope["method"], self.sent_status()
@@ -142,27 +190,26 @@ class Observed:
             "aborted": aborted,
         }
         if log_format == "json":
-            logger.info(json.dumps(line, ensure_ascii=False))
+            text = json.dumps(line, ensure_ascii=False)
         else:
-            logger.info(
-                '%s "%s %s" %d %d range="%s" %.1fms ua="%s" aborted=%s',
-                line["client"],
-                method,
-                line["path"],
-                status,
-                self.sent,
-                line["range"] or "-",
-                duration * 1000,
-                line["user_agent"] or "-",
-                "yes" if aborted else "no",
+            client, path, agent = line["client"], line["path"], line["user_agent"] or "-"
+            wanted = line["range"] or "-"
+            text = (
+                f'{client} "{method} {path}" {status} {self.sent} range="{wanted}" '
+                f'{duration * 1000:.1f}ms ua="{agent}" aborted={"yes" if aborted else "no"}'
             )
+        if lines is None:
+            logger.info(text)
+        else:
+            lines.write(text)
 
     def _metrics(self, method: str, status: int, duration: float, aborted: bool) -> None:
-        metrics.REQUESTS.labels(method, str(status)).inc()
+        _counter(metrics.REQUESTS, method, status).inc()
         if not self.in_flight:
             return
-        metrics.IN_FLIGHT.dec()
-        metrics.BYTES_SENT.labels(str(status)).inc(self.sent)
+        if self.gauged:
+            metrics.IN_FLIGHT.dec()
+        _counter(metrics.BYTES_SENT, status).inc(self.sent)
         if status == 206:
             metrics.RANGE_RESPONSES.labels("multipart" if self.multipart else "single").inc()
         if _header(self.scope, b"range") and _header(self.scope, b"if-range"):
@@ -174,6 +221,22 @@ class Observed:
             metrics.UNDELIVERED.inc(max(0, (self.length or 0) - self.sent))
         else:
             metrics.DURATION.observe(duration)
+
+
+_CHILDREN: dict[tuple[Any, ...], Any] = {}
+
+
+def _counter(family: Any, *labels: str | int) -> Any:
+    """A labelled counter, looked up once per label values (`labels()` costs more than `inc()`)."""
+    key = (family, *labels)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = family.labels(*(str(label) for label in labels))
+    return found
+
+
+async def _no_messages(*_: Any) -> Any:
+    raise RuntimeError("the protocol answered this request: it has no ASGI messages")
 
 
 def scope_is_file(scope: Scope) -> bool:

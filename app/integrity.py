@@ -62,6 +62,15 @@ class Integrity:
             digest = found or digest
         return self._format(request.path, ident, digest, extra, link)
 
+    def known_now(self, request: FileRequest, st: os.stat_result, link: LinkAccess | None) -> Fields | None:
+        """`fields` when they are known without waiting (no index read, nothing to hash: no
+        Want-Repr-Digest), else None."""
+        if "want-repr-digest" in request.headers:
+            return None
+        ident = identity(st)
+        known, digest = self.digests.peek(ident)
+        return self._format(request.path, ident, digest, {}, link) if known else None
+
     async def required(self, fd: int, st: os.stat_result) -> FileDigest:
         """The file's digest, hashed now if unknown and small enough, else 503."""
         digest = await self.digests.get(identity(st), wait=True)  # needed: worth waiting for

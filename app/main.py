@@ -12,12 +12,13 @@ from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, metrics
-from app.access import Observed
+from app.access import Lines, Observed
 from app.cors import Cors
 from app.errors import FerryError, error_response, handle_ferry_error
 from app.request import READ_METHODS, WRITE_METHODS, FileRequest, is_file_request
 from app.routes import api, links, ops, selections, static, tus
 from app.routes.api import api_reader
+from app.routes.fast_files import FastFiles
 from app.routes.files import Downloads
 from app.routes.writes import Writes
 from app.services import Services
@@ -40,7 +41,8 @@ class FerryApp(FastAPI):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(lifespan=_lifespan, **kwargs)
         self.services = Services.build(settings)
-        self.downloads: Reads = Downloads(self.services)
+        local = Downloads(self.services)
+        self.downloads: Reads = local
         self.writes: Stores = Writes(self.services)
         if self.services.bucket is not None:  # FERRY_STORAGE=s3://…
             from app.routes.bucket_files import BucketDownloads
@@ -49,9 +51,15 @@ class FerryApp(FastAPI):
             self.downloads = BucketDownloads(self.services, self.services.bucket)
             self.writes = BucketWrites(self.services, self.services.bucket)
         self.log_format = settings.log_format
+        self.access_lines: Lines | None = None  # `ferry serve` batches them (app/server.py)
         self.cors = (
             Cors(settings.cors_origins, writes=settings.write_token is not None)
             if settings.cors_origins
+            else None
+        )
+        self.fast = (
+            FastFiles(local, cors=self.cors is not None)
+            if settings.fast_path == "on" and self.services.bucket is None
             else None
         )
 
@@ -71,7 +79,22 @@ class FerryApp(FastAPI):
             else:
                 await super().__call__(scope, receive, send_out)
         finally:
-            observed.finish(self.log_format)
+            observed.finish(self.log_format, self.access_lines)
+
+    def answer_now(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """The fast path (app/routes/fast_files.py): a small file's whole answer, logged and
+        counted as the app's own answers are, for the protocol to write; None: run the app."""
+        if self.fast is None:
+            return None
+        observed = Observed.of_protocol(scope)
+        found = self.fast.answer(scope)
+        if found is None:
+            return None
+        status, headers, body = found
+        metrics.FAST_ANSWERS.inc()
+        observed.answered(status, headers, len(body))
+        observed.finish(self.log_format, self.access_lines)
+        return status, headers, body
 
     async def files(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Downloads, listings and writes under /files/: the request parsed once, and Ferry's errors
@@ -97,6 +120,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         services.on_demand.close()
+        if app.access_lines is not None:
+            app.access_lines.flush()
         await services.keeper.stop()
         # Cleanup queued by requests that shutdown cancelled (an upload's end) still runs.
         await asyncio.to_thread(services.async_index.close)

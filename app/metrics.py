@@ -35,6 +35,10 @@ IF_RANGE = Counter(
     "Range requests with If-Range: hit (resumed, 206) or miss (restarted, 200)",
     ["result"],
 )
+FAST_ANSWERS = Counter(
+    "ferry_fast_path_answers_total",
+    "Requests the protocol answered itself, below the ASGI app (FERRY_FAST_PATH)",
+)
 ABORTS = Counter("ferry_client_aborts_total", "Downloads the client abandoned before the end")
 UNDELIVERED = Counter("ferry_undelivered_bytes_total", "Bytes promised by Content-Length but never sent")
 IN_FLIGHT = Gauge(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import os
 import resource
 import signal
+import sys
 import tempfile
 from typing import Any
 
@@ -45,10 +45,19 @@ class FerryConfig(uvicorn.Config):
             **kwargs,
         )
 
+    fast_answers: Any = None  # the app, when it answers small downloads in the protocol itself
+
     def load_app(self) -> Any:
+        from app.access import Lines
         from app.main import create_app
 
-        return functools.partial(create_app, self.settings)
+        def build() -> Any:
+            app = create_app(self.settings)
+            app.access_lines = Lines(sys.stdout)  # where _log_config sends `ferry.access`
+            self.fast_answers = app if app.fast is not None else None
+            return app
+
+        return build
 
 
 def _log_config() -> dict[str, Any]:

@@ -166,6 +166,10 @@ class Settings(BaseSettings):
     zero_copy: Literal["auto", "on", "off"] = Field(
         "auto", description="auto/on/off: send file bytes with sendfile where the connection allows"
     )
+    fast_path: Literal["on", "off"] = Field(
+        "on",
+        description="on: small file downloads (and 304/412/416) are answered below ASGI, the same bytes",
+    )
     follow_symlinks: bool = Field(
         False, description="false: a path whose real location is outside ROOT is 404"
     )

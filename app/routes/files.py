@@ -101,10 +101,19 @@ class Downloads:
     def _send(
         self, request: FileRequest, safe: SafePath, fd: int, st: os.stat_result, integrity: Fields
     ) -> FileSender:
+        plan = request.plan(
+            self.facts(request, safe, st, integrity), max_ranges=self.services.settings.max_ranges
+        )
+        release = self.slots.hold(plan, request.method, request.client)
+        return FileSender(plan, fd, st, self.options, on_close=release, activity=self.services.activity)
+
+    def facts(self, request: FileRequest, safe: SafePath, st: os.stat_result, integrity: Fields) -> FileFacts:
+        """What the answer for this opened file depends on (app/routes/fast_files.py keeps them
+        per file version)."""
         settings = self.services.settings
         content_type = content_type_for(safe.name, settings.mime_types)
         disposition = disposition_for(request, settings.disposition, content_type)
-        facts = FileFacts(
+        return FileFacts(
             size=st.st_size,
             validators=make_validators(
                 dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns
@@ -113,9 +122,6 @@ class Downloads:
             content_disposition=file_disposition(disposition, safe.name, query=bool(request.query_string)),
             integrity=integrity,
         )
-        plan = request.plan(facts, max_ranges=settings.max_ranges)
-        release = self.slots.hold(plan, request.method, request.client)
-        return FileSender(plan, fd, st, self.options, on_close=release, activity=self.services.activity)
 
     async def _directory(
         self, request: FileRequest, access: Access, safe: SafePath, granted: LinkScope | None

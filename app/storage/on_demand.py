@@ -69,6 +69,14 @@ class DigestCache:
             metrics.DIGEST_LOOKUPS_ABANDONED.inc()
             return None
 
+    def peek(self, ident: Identity) -> tuple[bool, FileDigest | None]:
+        """(True, the digest) when this worker knows it, (True, None) while a recent lookup found
+        none, else (False, None): what `get` would answer at once, without waiting."""
+        found = self._known.get(ident)
+        if found is not None:
+            return True, found
+        return self._missing.get(ident, 0.0) > time.monotonic(), None
+
     async def _lookup(self, ident: Identity) -> FileDigest | None:
         found = await self.read(ident)
         if found is None:

@@ -25,14 +25,16 @@ writes), so one file is all a review of it has to read.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NewType
+from typing import Any, NewType
 
 from app.storage.errors import InvalidInput, NotServable, OutOfDescriptors
 
@@ -47,6 +49,69 @@ _CAN_PIN = bool(_O_PATH) and _HAS_PROC
 _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 # Uploads are written to "<TEMP_PREFIX><random>.part" beside their target, then renamed into place.
 TEMP_PREFIX = ".ferry-upload-"
+
+
+class _PlainPins:
+    """Linux 5.6+ `openat2(RESOLVE_NO_SYMLINKS)`: pin a path only if no component of it is a
+    symlink. Such a descriptor lies exactly at the path, which the lexical pass approved: its
+    location needs no reading back through /proc. A path with a symlink on the way (ELOOP), or a
+    kernel or sandbox without the call, takes the general route (`_checked`)."""
+
+    _SYSCALL = 437  # openat2: one number on every architecture (the unified syscall table)
+    _RESOLVE = 0x02 | 0x04  # RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS
+
+    def __init__(self) -> None:
+        self.syscall: Any = None
+        if sys.platform == "linux" and _CAN_PIN:
+            try:
+                self.syscall = ctypes.CDLL(None, use_errno=True).syscall
+            except (OSError, AttributeError):
+                self.syscall = None
+        # struct open_how {u64 flags; u64 mode; u64 resolve}: the same for every call (read-only).
+        self.how = (ctypes.c_uint64 * 3)(_O_PATH | os.O_CLOEXEC, 0, self._RESOLVE)
+        self.how_read = (ctypes.c_uint64 * 3)(_READ_FLAGS, 0, self._RESOLVE)
+        self.size = ctypes.sizeof(self.how)
+
+    def pin(self, path: bytes) -> int | None:
+        """An O_PATH descriptor of `path` if no component of it is a symlink; None to take the
+        general route; raises what `os.open` would for a missing or unreadable path."""
+        return self._open(path, self.how)
+
+    def reopen(self, path: bytes, pinned: os.stat_result) -> tuple[int, os.stat_result] | None:
+        """`path` opened for reading, again with no symlink on the way, if it is still the inode
+        pinned (else None): cheaper than reopening through /proc. Should the name have been
+        swapped in between, the open is of something that passed the same lexical and
+        no-symlink checks, non-blocking, never as a terminal, and refused unless it is the
+        pinned inode."""
+        fd = self._open(path, self.how_read)
+        if fd is None:
+            return None
+        try:
+            opened = os.fstat(fd)
+            if os.path.samestat(opened, pinned):
+                return fd, opened
+        except OSError:
+            pass
+        os.close(fd)
+        return None
+
+    def _open(self, path: bytes, how: Any) -> int | None:
+        if self.syscall is None:
+            return None
+        fd: int = self.syscall(self._SYSCALL, _AT_FDCWD, path, how, self.size)
+        if fd >= 0:
+            return fd
+        err = ctypes.get_errno()
+        if err in (errno.ELOOP, errno.EXDEV, errno.EAGAIN):
+            return None
+        if err in (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG):
+            self.syscall = None  # not here (an old kernel, a seccomp filter): never ask again
+            return None
+        raise OSError(err, os.strerror(err), os.fsdecode(path))
+
+
+_AT_FDCWD = -100
+_PLAIN = _PlainPins()
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,9 +293,23 @@ def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_resul
     with _refusals():
         if not _CAN_PIN:
             return _open_unpinned(path, policy)
-        pinned = os.open(path, _O_PATH | os.O_CLOEXEC)
+        raw = os.fsencode(path)
+        pinned = _PLAIN.pin(raw)
+        plain = pinned is not None
+        if pinned is None:
+            pinned = os.open(path, _O_PATH | os.O_CLOEXEC)
     try:
-        st = _checked(pinned, policy)
+        if plain:  # at the path itself, no symlink on the way: only its type is left to check
+            st = os.fstat(pinned)
+            if not _servable_type(st):
+                raise NotServable()
+            if stat.S_ISREG(st.st_mode):
+                with _refusals():
+                    opened = _PLAIN.reopen(raw, st)
+                if opened is not None:
+                    return opened
+        else:
+            st = _checked(pinned, policy)
         with _refusals():
             return _reopen(pinned, st)
     finally:
@@ -331,7 +410,7 @@ def _reopen(pinned: int, st: os.stat_result) -> tuple[int, os.stat_result]:
     swapped); the result is checked to be that inode all the same. Its stat is taken now, as the
     file is when opened."""
     flags = _READ_FLAGS | (os.O_DIRECTORY if stat.S_ISDIR(st.st_mode) else 0)
-    fd = os.open(_PROC_FD / str(pinned), flags)
+    fd = os.open(f"/proc/self/fd/{pinned}", flags)
     try:
         opened = os.fstat(fd)
         if not os.path.samestat(opened, st):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from app.transfer.uvicorn_adapter import App, Cycle, HttpToolsAdapter
+from app.transfer.uvicorn_adapter import App, Cycle, FastAnswers, HttpToolsAdapter
 from app.transfer.zero_copy import EXTENSION, ZeroCopySender, zero_copy_available
 
 CONNECTION = "ferry.connection"
@@ -65,11 +65,14 @@ class FerryProtocol(HttpToolsAdapter):
     _header_bytes = 0
     _header_count = 0
     _deadline: asyncio.TimerHandle | None = None
+    _fast: FastAnswers | None = None
+    _fast_answered = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._transport = transport
         settings = self.settings()
+        self._fast = self.fast_answers()
         # WRITE_BUFFER: past this many queued bytes, send() waits for the client to read.
         transport.set_write_buffer_limits(high=settings.write_buffer)
         # sendfile cannot go through TLS: such connections keep the chunked-read path.
@@ -150,6 +153,8 @@ class FerryProtocol(HttpToolsAdapter):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._fast_answered = False
+        self.stop_keep_alive()
         self._header_bytes = self._header_count = 0
         self._arm(self.settings().header_timeout, self._header_timeout)
         if self.zero_copy:
@@ -176,18 +181,35 @@ class FerryProtocol(HttpToolsAdapter):
         if self.http_version() == "1.1" and self.host_fields() != 1:
             self._refuse(400, "HTTP/1.1 requests need exactly one Host header")
             raise _Refused()
+        if self._answer_now():
+            return
         super().on_headers_complete()
         if self.request_method() in (b"PUT", b"POST", b"PATCH") and not self._refused:
             self._arm(self.settings().body_timeout, self._body_timeout)
 
+    def _answer_now(self) -> bool:
+        """Whether the app's fast path (FERRY_FAST_PATH) answered this request here and now."""
+        if self._fast is None or self.request_method() not in (b"GET", b"HEAD") or not self.idle():
+            return False
+        if not self.parse_target():
+            return False
+        found = self._fast.answer_now(self.request_scope())
+        if found is None or not self.write_answer(*found):
+            return False
+        self._fast_answered = True
+        return True
+
     def on_body(self, body: bytes) -> None:
+        if self._fast_answered:
+            return
         super().on_body(body)
         if self._deadline is not None:
             self._arm(self.settings().body_timeout, self._body_timeout)
 
     def on_message_complete(self) -> None:
         self._disarm()
-        super().on_message_complete()
+        if not self._fast_answered:
+            super().on_message_complete()
 
     def wrap_app(self, cycle: Cycle, app: App) -> App:
         cycle.scope.setdefault("extensions", {})[CONNECTION] = {"state": Connection(cycle)}

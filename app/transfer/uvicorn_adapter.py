@@ -16,11 +16,18 @@ that what this module relies on is still there, so a new uvicorn release fails t
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+import httptools
 from uvicorn._types import ASGI3Application
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -78,12 +85,23 @@ class Cycle:
         await self._cycle.flow.drain()
 
 
+class FastAnswers(Protocol):
+    """What answers requests in the protocol itself (app/main.py `FerryApp.answer_now`)."""
+
+    def answer_now(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None: ...
+
+
 class HttpToolsAdapter(HttpToolsProtocol):
     """uvicorn's httptools protocol, with what Ferry's protocol reads of its state named here."""
 
     def settings(self) -> Settings:
         settings: Settings = self.config.settings  # type: ignore[attr-defined]  # app/server.py FerryConfig
         return settings
+
+    def fast_answers(self) -> FastAnswers | None:
+        """The app's fast path, when it has one (app/server.py `FerryConfig` keeps it)."""
+        found: FastAnswers | None = getattr(self.config, "fast_answers", None)
+        return found
 
     def current_cycle(self) -> Cycle | None:
         return None if self.cycle is None else Cycle(self.cycle)
@@ -121,6 +139,76 @@ class HttpToolsAdapter(HttpToolsProtocol):
     def warn(self, message: str) -> None:
         """A line on uvicorn's error log, where its own protocol warnings go."""
         self.logger.warning(message)
+
+    # -- answers of the protocol's own (the fast path) -----------------------------------------
+
+    def idle(self) -> bool:
+        """Whether no earlier request is still being answered or queued, and the client reads
+        what it is sent: an answer written now goes out in order and within the write buffer."""
+        return (
+            (self.cycle is None or self.cycle.response_complete)
+            and not self.pipeline
+            and not self.flow.write_paused
+            and not self.transport.is_closing()
+        )
+
+    def request_scope(self) -> Scope:
+        """The scope of the request being parsed."""
+        return cast(Scope, self.scope)
+
+    def parse_target(self) -> bool:
+        """The request's method, path and query into its scope, as uvicorn's own
+        `on_headers_complete` puts them there (False: uvicorn should look at this one itself)."""
+        scope = self.scope
+        try:
+            scope["method"] = self.parser.get_method().decode("ascii")
+            version = self.parser.get_http_version()
+            parsed = httptools.parse_url(self.url)
+        except (httptools.HttpParserError, UnicodeDecodeError):
+            return False
+        if version != "1.1":
+            scope["http_version"] = version
+        raw_path: bytes = parsed.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed.query or b""
+        return True
+
+    def write_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """Write a whole answer as uvicorn's request cycle would frame it (its default fields
+        first, `connection: close` when the connection ends), then end the request as uvicorn
+        does: the connection closed, or its keep-alive timer armed. False, with nothing written,
+        for a field value uvicorn would refuse."""
+        for _, value in headers:
+            if HEADER_VALUE_RE.search(value):
+                return False
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content.extend((name, b": ", value, b"\r\n"))
+        for name, value in headers:
+            content.extend((name, b": ", value, b"\r\n"))
+        if not keep_alive:
+            content.append(b"connection: close\r\n")
+        content.append(b"\r\n")
+        content.append(body)
+        self.transport.write(b"".join(content))
+        self.server_state.total_requests += 1
+        if not keep_alive:
+            self.transport.close()
+        else:
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+        return True
+
+    def stop_keep_alive(self) -> None:
+        """A new request began: the keep-alive timer an earlier answer armed no longer runs."""
+        self._unset_keepalive_if_required()
 
     def wrap_app(self, cycle: Cycle, app: App) -> App:
         """The app to run for `cycle`'s request (the hook for subclasses): `app` unchanged."""

@@ -276,6 +276,7 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
         "archive_max_files": "5000",
         "archive_max_size": "2GiB",
         "upload_expiry": "3600",
+        "fast_path": "off",
     }
     argv = [arg for name, value in values.items() for arg in ("--" + name.replace("_", "-"), value)]
     argv += ["--follow-symlinks", "--show-hidden", "--no-watch", "--no-fsync", "--no-checksums"]
@@ -294,6 +295,7 @@ def test_cli_has_one_flag_per_setting(tmp_path: Path, monkeypatch: pytest.Monkey
     assert (s.s3_endpoint, s.s3_region, s.s3_allow_http) == ("http://127.0.0.1:8333", "eu-west-3", True)
     assert (s.s3_downloads, s.s3_part_size) == ("redirect", 16 * MiB)
     assert (s.archives, s.archive_max_files, s.archive_max_size) == (False, 5000, 2048 * MiB)
+    assert s.fast_path == "off"
 
 
 def test_cli_flags_beat_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

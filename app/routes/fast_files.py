@@ -1,0 +1,176 @@
+"""GET/HEAD of a file whose whole answer is small, decided for the protocol itself (FERRY_FAST_PATH).
+
+A small download costs more in its ASGI round trips (a task, the scope's messages, two writes)
+than in everything else together. For the common case — a file (or a range of it, a 304, a 412, a
+416) whose answer fits in `MAX_BODY` bytes, asked by a request nothing else needs to see — the
+protocol (app/transfer/protocol.py) asks `FastFiles.answer` first and writes what it returns in
+one write; anything else is None, and the request goes to the ASGI app as before.
+
+The answer is the slow path's own, by construction: the same gate (authenticate, resolve, open
+beneath ROOT, a link's scope), the same facts and planner (`Downloads.facts`, `FileRequest.plan`),
+the same digest fields (only when known without waiting), the same per-address slots. What it
+does not do it leaves to the slow path: errors (401/403/404/410/429 …), directories, `?meta4`,
+`?checksums`, `?archive`, Want-Repr-Digest, bodies past `MAX_BODY` or not in the page cache,
+requests carrying a body, proxy or CORS headers, paced downloads.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from typing import Any
+
+from app.auth import link_of
+from app.errors import FerryError
+from app.http.byteranges import Segment
+from app.http.plan import DownloadRequest, FileFacts, ResponsePlan, plan_download
+from app.http.ranges import ByteRange
+from app.http.signing import PARAMS
+from app.request import PREFIX, FileRequest
+from app.routes.files import Downloads
+from app.storage.errors import StorageError
+from app.storage.paths import LinkScope, open_beneath, resolve_to_open
+from app.transfer.zero_copy import read_cached
+
+MAX_BODY = 256 * 1024  # head and body in one write up to here; above, sendfile pays for itself
+# Request fields whose presence leaves a request to the ASGI app: a body, an upgrade, what uvicorn's
+# proxy-headers middleware rewrites the client or scheme from, a digest to compute.
+_APP_FIELDS = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"expect",
+        b"upgrade",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"want-repr-digest",
+    }
+)
+_FAST_PARAMS = frozenset({"download", "inline", *PARAMS})
+# The request fields that make a download's answer differ from its version's plain 200.
+_PLANNED_FIELDS = ("range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+_VERSIONS = 8192  # file versions (and names, queries) whose facts are kept
+
+
+class FastFiles:
+    """The fast answers of one app's `Downloads` (built by `FerryApp` when FERRY_FAST_PATH=on)."""
+
+    def __init__(self, downloads: Downloads, *, cors: bool) -> None:
+        self.downloads = downloads
+        self.services = downloads.services
+        self.max_ranges = self.services.settings.max_ranges
+        self.public_url = self.services.settings.public_url
+        self.app_fields = _APP_FIELDS | {b"origin"} if cors else _APP_FIELDS
+        self._versions: dict[tuple[Any, ...], tuple[FileFacts, _Planned]] = {}
+
+    def answer(self, scope: Mapping[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """(status, header fields, body) for this GET or HEAD, or None: the app answers it."""
+        path: str = scope["path"]
+        if not path.startswith(PREFIX) or path.endswith("/") or len(path) == len(PREFIX):
+            return None
+        app_fields = self.app_fields
+        for name, _ in scope["headers"]:
+            if name in app_fields:
+                return None
+        request = FileRequest.parse(scope, self.public_url)
+        if request.params and any(name not in _FAST_PARAMS for name, _ in request.params):
+            return None
+        gate, policy = self.services.gate, self.services.policy
+        try:
+            access = gate.authenticate(request)
+            gate.read(access)
+            safe = resolve_to_open(request.path, policy)
+            fd, st = open_beneath(safe, policy)
+        except (FerryError, StorageError):
+            return None  # the app answers errors (and forgets a vanished file in the index)
+        try:
+            if not stat.S_ISREG(st.st_mode) or request.path.endswith("/"):
+                return None
+            if request.method == "GET" and st.st_size > MAX_BODY and "range" not in request.headers:
+                return None
+            link = link_of(access)
+            if link is not None and link.prefix:
+                if not LinkScope.of(link.prefix, policy).holds_open(fd, safe):
+                    return None
+            integrity = self.downloads.integrity.known_now(request, st, link)
+            if integrity is None:
+                return None
+            key = (
+                st.st_dev,
+                st.st_ino,
+                st.st_size,
+                st.st_mtime_ns,
+                request.path,
+                request.query_string,
+                integrity,
+            )
+            version = self._versions.get(key)
+            if version is None:
+                version = self._remember(key, self.downloads.facts(request, safe, st, integrity))
+            facts, whole = version
+            if not any(name in request.headers for name in _PLANNED_FIELDS):
+                plan = whole  # no Range, no precondition: this version's 200 (or HEAD), planned once
+            else:
+                plan = _Planned.of(request.plan(facts, max_ranges=self.max_ranges))
+            if request.method == "HEAD" or not plan.body:
+                return plan.status, plan.fields, b""
+            if plan.length > MAX_BODY or self.downloads.options.rate_limit:
+                return None
+            body = _read(fd, st, plan.body)
+            if body is None:
+                return None
+            try:  # a GET with a body: FERRY_MAX_CONNECTIONS_PER_IP counts it, for as long as it is sent
+                release = self.downloads.slots.acquire(request.client)
+            except FerryError:
+                return None
+            if release is not None:
+                release()
+            activity = self.services.activity
+            activity.begin()
+            activity.end()
+            return plan.status, plan.fields, body
+        finally:
+            os.close(fd)
+
+    def _remember(self, key: tuple[Any, ...], facts: FileFacts) -> tuple[FileFacts, _Planned]:
+        """A file version's facts, and its plain answer (no Range, no precondition)."""
+        plain = plan_download(DownloadRequest("GET"), facts, max_ranges=self.max_ranges, now=0)
+        version = (facts, _Planned.of(plain))
+        if len(self._versions) >= _VERSIONS:
+            self._versions.clear()
+        self._versions[key] = version
+        return version
+
+
+class _Planned:
+    """A plan with its header fields encoded for the wire."""
+
+    __slots__ = ("status", "fields", "body", "length")
+
+    def __init__(
+        self, status: int, fields: list[tuple[bytes, bytes]], body: list[Segment], length: int
+    ) -> None:
+        self.status, self.fields, self.body, self.length = status, fields, body, length
+
+    @classmethod
+    def of(cls, plan: ResponsePlan) -> _Planned:
+        fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]
+        return cls(plan.status, fields, plan.body, plan.content_length)
+
+
+def _read(fd: int, st: os.stat_result, segments: list[bytes | ByteRange]) -> bytes | None:
+    """The body from the page cache (None if any of it is not there, or the file changed)."""
+    parts = []
+    for segment in segments:
+        if isinstance(segment, ByteRange):
+            data = read_cached(fd, segment.length, segment.start)
+            if data is None:
+                return None
+            parts.append(data)
+        else:
+            parts.append(segment)
+    now = os.fstat(fd)
+    if now.st_size != st.st_size or now.st_mtime_ns != st.st_mtime_ns:
+        return None
+    return parts[0] if len(parts) == 1 else b"".join(parts)

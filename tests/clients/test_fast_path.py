@@ -1,0 +1,187 @@
+"""FERRY_FAST_PATH: the protocol's own answers are the ASGI app's, byte for byte.
+
+Two real servers over one tree, the fast path on and off, get the same raw requests over loopback;
+their raw responses must be identical but for the Date field and a multipart boundary (random per
+response on both). Each case also says whether the fast path should have answered it, read from
+`ferry_fast_path_answers_total`: a case that silently fell back to the app would prove nothing.
+The download contract (tests/clients/test_download_contract.py) runs on both paths as well.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import socket
+
+import httpx
+import pytest
+
+from tests.support.servers import PATIENCE, FerryServer, ServerPool, module_pool, wait_for
+
+pytestmark = [pytest.mark.clients]
+
+SMALL = bytes(range(256)) * 256  # 64 KiB
+LARGE = bytes(range(256)) * 2048  # 512 KiB: past what the fast path writes at once
+FILES = {"small.bin": SMALL, "large.bin": LARGE, "page.html": b"<p>hi</p>\n", "notes.txt": b"notes\n"}
+
+
+def _prepare(pool: ServerPool) -> None:
+    for name, data in FILES.items():
+        (pool.root / name).write_bytes(data)
+
+
+pool = module_pool("fast", _prepare)
+
+
+def _request(target: str, *fields: str, method: str = "GET", version: str = "1.1") -> bytes:
+    lines = [f"{method} {target} HTTP/{version}", "Host: 127.0.0.1", "User-Agent: ferry-tests", *fields]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+def _exchange(server: FerryServer, raw: bytes) -> bytes:
+    """Send the raw request(s); everything the server sent until it closed the connection."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE) as sock:
+        sock.sendall(raw)
+        received = bytearray()
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    return bytes(received)
+
+
+def _normal(response: bytes) -> bytes:
+    response = re.sub(rb"\r\ndate: [^\r]*", b"\r\ndate: -", response)
+    for boundary in set(re.findall(rb"boundary=([0-9A-Za-z'()+_,./:=?-]+)", response)):
+        response = response.replace(boundary, b"BOUNDARY")
+    return response
+
+
+def _fast_answers(server: FerryServer) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=PATIENCE).text
+    found = re.search(r"^ferry_fast_path_answers_total (\S+)$", text, re.MULTILINE)
+    return float(found[1]) if found else 0.0
+
+
+@pytest.fixture(scope="module")
+def servers(pool: ServerPool) -> tuple[FerryServer, FerryServer]:
+    """(fast path on, off), each once every file's digest is known (so both send the same fields)."""
+    fast, slow = pool.get("auto", "--fast-path", "on"), pool.get("auto", "--fast-path", "off")
+    for server in (fast, slow):
+        for name in [*FILES, "résumé 数据.bin", "link-inside.txt"]:
+            assert wait_for(functools.partial(_described, f"{server.url}/files/{name}"))
+    return fast, slow
+
+
+def _described(url: str) -> bool:
+    return "repr-digest" in httpx.head(url, timeout=PATIENCE).headers
+
+
+def _etag(server: FerryServer, name: str) -> str:
+    return httpx.head(f"{server.url}/files/{name}", timeout=PATIENCE).headers["etag"]
+
+
+CLOSE = "Connection: close"
+# (id, request(s) with {etag} for small.bin's, answers the fast path should write)
+CASES = [
+    ("whole", _request("/files/small.bin", CLOSE), 1),
+    ("head", _request("/files/small.bin", CLOSE, method="HEAD"), 1),
+    ("tiny", _request("/files/notes.txt", CLOSE), 1),
+    ("range", _request("/files/small.bin", "Range: bytes=100-199", CLOSE), 1),
+    ("suffix", _request("/files/small.bin", "Range: bytes=-10", CLOSE), 1),
+    ("open-range-of-large", _request("/files/large.bin", "Range: bytes=524000-", CLOSE), 1),
+    ("multipart", _request("/files/small.bin", "Range: bytes=0-9,100-109", CLOSE), 1),
+    ("unsatisfiable", _request("/files/small.bin", "Range: bytes=70000-", CLOSE), 1),
+    ("ignored-range", _request("/files/small.bin", "Range: items=0-9", CLOSE), 1),
+    ("if-none-match", _request("/files/small.bin", "If-None-Match: {etag}", CLOSE), 1),
+    ("if-none-match-star-head", _request("/files/small.bin", "If-None-Match: *", CLOSE, method="HEAD"), 1),
+    ("if-match-fails", _request("/files/small.bin", 'If-Match: "other"', CLOSE), 1),
+    (
+        "if-modified-since",
+        _request("/files/small.bin", "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT", CLOSE),
+        1,
+    ),
+    (
+        "if-unmodified-since",
+        _request("/files/small.bin", "If-Unmodified-Since: Sat, 01 Jan 2000 00:00:00 GMT", CLOSE),
+        1,
+    ),
+    ("if-range-hit", _request("/files/small.bin", "Range: bytes=5-9", "If-Range: {etag}", CLOSE), 1),
+    ("if-range-miss", _request("/files/small.bin", "Range: bytes=5-9", 'If-Range: "old"', CLOSE), 1),
+    ("download", _request("/files/notes.txt?download=1", CLOSE), 1),
+    ("inline", _request("/files/notes.txt?inline=1", CLOSE), 1),
+    ("active-type", _request("/files/page.html", CLOSE), 1),
+    ("http-1.0", _request("/files/notes.txt", version="1.0"), 1),
+    (
+        "keep-alive-pipelined",
+        _request("/files/notes.txt")
+        + _request("/files/small.bin", "Range: bytes=0-0")
+        + _request("/files/notes.txt", CLOSE),
+        3,
+    ),
+    (
+        "pipelined-behind-the-app",
+        _request("/files/large.bin") + _request("/files/notes.txt") + _request("/files/notes.txt", CLOSE),
+        0,  # the first goes to the app; what follows waits its turn there
+    ),
+    ("large", _request("/files/large.bin", CLOSE), 0),
+    ("large-head", _request("/files/large.bin", CLOSE, method="HEAD"), 1),
+    ("missing", _request("/files/nothing.bin", CLOSE), 0),
+    ("hidden", _request("/files/.hidden", CLOSE), 0),
+    ("outside", _request("/files/%2e%2e/secret.txt", CLOSE), 0),
+    ("directory", _request("/files/sub", CLOSE), 0),
+    ("listing", _request("/files/sub/", CLOSE), 0),
+    ("meta4", _request("/files/notes.txt?meta4", CLOSE), 0),
+    ("unknown-query", _request("/files/notes.txt?x=1", CLOSE), 0),
+    ("want-digest", _request("/files/notes.txt", "Want-Repr-Digest: sha-512=1", CLOSE), 0),
+    ("with-body", _request("/files/notes.txt", "Content-Length: 2", CLOSE) + b"hi", 0),
+    ("unicode-name", _request("/files/r%C3%A9sum%C3%A9%20%E6%95%B0%E6%8D%AE.bin", CLOSE), 1),
+    ("symlink-inside", _request("/files/link-inside.txt", CLOSE), 1),
+    ("symlink-outside", _request("/files/link-outside.txt", CLOSE), 0),
+]
+
+
+@pytest.mark.parametrize(("raw", "answered"), [pytest.param(r, a, id=i) for i, r, a in CASES])
+def test_the_fast_path_answers_as_the_app_does(
+    servers: tuple[FerryServer, FerryServer], raw: bytes, answered: int
+) -> None:
+    fast, slow = servers
+    raw = raw.replace(b"{etag}", _etag(fast, "small.bin").encode())
+    assert _etag(fast, "small.bin") == _etag(slow, "small.bin")
+    before = _fast_answers(fast)
+    from_fast, from_app = _exchange(fast, raw), _exchange(slow, raw)
+    assert _fast_answers(fast) - before == answered
+    assert from_fast.startswith(b"HTTP/1.")
+    assert _normal(from_fast) == _normal(from_app)
+    assert _fast_answers(slow) == 0
+
+
+def _access_lines(server: FerryServer, count: int) -> list[str]:
+    assert wait_for(lambda: len(server.access_log.read_text().splitlines()) >= count)
+    return server.access_log.read_text().splitlines()
+
+
+def test_the_fast_path_logs_as_the_app_does(servers: tuple[FerryServer, FerryServer]) -> None:
+    """The same access line (all but the duration) for the same request."""
+    lines = []
+    for server in servers:
+        seen = len(server.access_log.read_text().splitlines())
+        _exchange(server, _request("/files/small.bin", "Range: bytes=0-99", CLOSE))
+        line = _access_lines(server, seen + 1)[seen]
+        lines.append(re.sub(r"^127.0.0.1:\d+ |(?<= )[0-9.]+ms ", "-", line))  # client port, duration
+    fast, slow = lines
+    assert fast == slow
+    assert '"GET /files/small.bin" 206 100 range="bytes=0-99"' in fast
+
+
+def test_a_file_changed_between_requests_is_answered_anew(servers: tuple[FerryServer, FerryServer]) -> None:
+    """The fast path keeps answers per file version: a new version gets its own."""
+    fast, _ = servers
+    path = fast.root / "changing.txt"
+    path.write_bytes(b"one\n")
+    url = f"{fast.url}/files/changing.txt"
+    assert httpx.get(url, timeout=PATIENCE).content == b"one\n"
+    first = httpx.get(url, timeout=PATIENCE)
+    path.write_bytes(b"two!\n")  # another size: another version whatever the clock's grain
+    second = httpx.get(url, timeout=PATIENCE)
+    assert second.content == b"two!\n"
+    assert second.headers["etag"] != first.headers["etag"]
+    assert second.headers["content-length"] == "5"
