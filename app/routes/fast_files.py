@@ -31,6 +31,7 @@ from app.request import PREFIX, FileRequest
 from app.routes.files import Downloads
 from app.storage.errors import StorageError
 from app.storage.paths import LinkScope, open_beneath, resolve_to_open
+from app.transfer.uvicorn_adapter import sendable
 from app.transfer.zero_copy import read_cached
 
 MAX_BODY = 256 * 1024  # head and body in one write up to here; above, sendfile pays for itself
@@ -62,7 +63,7 @@ class FastFiles:
         self.max_ranges = self.services.settings.max_ranges
         self.public_url = self.services.settings.public_url
         self.app_fields = _APP_FIELDS | {b"origin"} if cors else _APP_FIELDS
-        self._versions: dict[tuple[Any, ...], tuple[FileFacts, _Planned]] = {}
+        self._versions: dict[tuple[Any, ...], tuple[FileFacts, _Planned | None]] = {}
 
     def answer(self, scope: Mapping[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         """(status, header fields, body) for this GET or HEAD, or None: the app answers it."""
@@ -113,6 +114,8 @@ class FastFiles:
                 plan = whole  # no Range, no precondition: this version's 200 (or HEAD), planned once
             else:
                 plan = _Planned.of(request.plan(facts, max_ranges=self.max_ranges))
+            if plan is None:
+                return None
             if request.method == "HEAD" or not plan.body:
                 return plan.status, plan.fields, b""
             if plan.length > MAX_BODY or self.downloads.options.rate_limit:
@@ -133,7 +136,7 @@ class FastFiles:
         finally:
             os.close(fd)
 
-    def _remember(self, key: tuple[Any, ...], facts: FileFacts) -> tuple[FileFacts, _Planned]:
+    def _remember(self, key: tuple[Any, ...], facts: FileFacts) -> tuple[FileFacts, _Planned | None]:
         """A file version's facts, and its plain answer (no Range, no precondition)."""
         plain = plan_download(DownloadRequest("GET"), facts, max_ranges=self.max_ranges, now=0)
         version = (facts, _Planned.of(plain))
@@ -154,8 +157,11 @@ class _Planned:
         self.status, self.fields, self.body, self.length = status, fields, body, length
 
     @classmethod
-    def of(cls, plan: ResponsePlan) -> _Planned:
+    def of(cls, plan: ResponsePlan) -> _Planned | None:
+        """None for a field value uvicorn would refuse to send (the app then answers, as it does)."""
         fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]
+        if not all(sendable(value) for _, value in fields):
+            return None
         return cls(plan.status, fields, plan.body, plan.content_length)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import stat
 import sys
@@ -274,6 +275,13 @@ def resolve_to_open(url_path: str, policy: PathPolicy) -> SafePath:
     walk before it would only repeat that check, racily; so only the lexical pass runs here."""
     if not _HAS_PROC:
         return resolve(url_path, policy)
+    return _lexical(url_path, policy)
+
+
+@functools.lru_cache(maxsize=8192)
+def _lexical(url_path: str, policy: PathPolicy) -> SafePath:
+    """The lexical pass alone: a pure function of the name and the policy, so kept for the
+    names asked often (a refused name raises, and is not kept)."""
     return SafePath(policy.root.joinpath(*split_url_path(url_path, policy)))
 
 

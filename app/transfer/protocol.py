@@ -23,12 +23,14 @@ state): this module overrides the parser callbacks and the adapter's `wrap_app` 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from app.transfer.uvicorn_adapter import App, Cycle, FastAnswers, HttpToolsAdapter
 from app.transfer.zero_copy import EXTENSION, ZeroCopySender, zero_copy_available
 
 CONNECTION = "ferry.connection"
+logger = logging.getLogger("ferry.transfer")
 
 
 class Connection:
@@ -193,9 +195,14 @@ class FerryProtocol(HttpToolsAdapter):
             return False
         if not self.parse_target():
             return False
-        found = self._fast.answer_now(self.request_scope())
-        if found is None or not self.write_answer(*found):
+        try:
+            found = self._fast.answer_now(self.request_scope())
+        except Exception:  # a fault of the fast path's own: the app answers, and it is logged
+            logger.exception("the fast path failed; the request goes to the app")
             return False
+        if found is None:
+            return False
+        self.write_answer(*found)
         self._fast_answered = True
         return True
 

@@ -85,6 +85,11 @@ class Cycle:
         await self._cycle.flow.drain()
 
 
+def sendable(value: bytes) -> bool:
+    """Whether uvicorn would send this header field value (it refuses control characters)."""
+    return HEADER_VALUE_RE.search(value) is None
+
+
 class FastAnswers(Protocol):
     """What answers requests in the protocol itself (app/main.py `FerryApp.answer_now`)."""
 
@@ -177,14 +182,11 @@ class HttpToolsAdapter(HttpToolsProtocol):
         scope["query_string"] = parsed.query or b""
         return True
 
-    def write_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+    def write_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """Write a whole answer as uvicorn's request cycle would frame it (its default fields
         first, `connection: close` when the connection ends), then end the request as uvicorn
-        does: the connection closed, or its keep-alive timer armed. False, with nothing written,
-        for a field value uvicorn would refuse."""
-        for _, value in headers:
-            if HEADER_VALUE_RE.search(value):
-                return False
+        does: the connection closed, or its keep-alive timer armed. The field values are ones
+        uvicorn would send (`HEADER_VALUE_RE`: checked by the caller)."""
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
@@ -204,7 +206,6 @@ class HttpToolsAdapter(HttpToolsProtocol):
             self.timeout_keep_alive_task = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
-        return True
 
     def stop_keep_alive(self) -> None:
         """A new request began: the keep-alive timer an earlier answer armed no longer runs."""

@@ -12,10 +12,13 @@ from __future__ import annotations
 import functools
 import re
 import socket
+import time
+from collections.abc import Callable
 
 import httpx
 import pytest
 
+from app.http.signing import Link, link_target
 from tests.support.servers import PATIENCE, FerryServer, ServerPool, module_pool, wait_for
 
 pytestmark = [pytest.mark.clients]
@@ -71,8 +74,8 @@ def servers(pool: ServerPool) -> tuple[FerryServer, FerryServer]:
     return fast, slow
 
 
-def _described(url: str) -> bool:
-    return "repr-digest" in httpx.head(url, timeout=PATIENCE).headers
+def _described(url: str, headers: dict[str, str] | None = None) -> bool:
+    return "repr-digest" in httpx.head(url, headers=headers, timeout=PATIENCE).headers
 
 
 def _etag(server: FerryServer, name: str) -> str:
@@ -185,3 +188,69 @@ def test_a_file_changed_between_requests_is_answered_anew(servers: tuple[FerrySe
     assert second.content == b"two!\n"
     assert second.headers["etag"] != first.headers["etag"]
     assert second.headers["content-length"] == "5"
+
+
+READ, KEY = "read-token-0123456789", "signing-key-0123456789"
+GUARDS = {
+    "token": ("--download-auth", "token", "--read-tokens", READ),
+    "signed": ("--download-auth", "signed", "--signing-keys", KEY),
+}
+
+
+def _link(path: str, *, prefix: bool = False, expires_in: int = 3600) -> str:
+    link = Link(path, expires=int(time.time()) + expires_in, prefix=prefix)
+    return link_target(KEY.encode(), link)
+
+
+@pytest.fixture(scope="module")
+def guarded(pool: ServerPool) -> dict[str, tuple[FerryServer, FerryServer]]:
+    """Per download mode, (fast path on, off), each once the files' digests are known."""
+    found = {}
+    for mode, flags in GUARDS.items():
+        pair = pool.get("auto", *flags, "--fast-path", "on"), pool.get("auto", *flags, "--fast-path", "off")
+        for server in pair:
+            for path in ("/notes.txt", "/sub/inner.txt"):
+                if mode == "token":
+                    url, headers = f"{server.url}/files{path}", {"authorization": f"Bearer {READ}"}
+                else:
+                    url, headers = server.url + _link(path), {}
+                assert wait_for(functools.partial(_described, url, headers))
+        found[mode] = pair
+    return found
+
+
+GUARDED_CASES = [
+    ("token", lambda: _request("/files/notes.txt", f"Authorization: Bearer {READ}", CLOSE), 1),
+    (
+        "token",
+        lambda: _request("/files/notes.txt", "Range: bytes=1-2", f"Authorization: bearer {READ}", CLOSE),
+        1,
+    ),
+    ("token", lambda: _request("/files/notes.txt", CLOSE), 0),
+    ("token", lambda: _request("/files/notes.txt", "Authorization: Bearer wrong", CLOSE), 0),
+    ("signed", lambda: _request(_link("/notes.txt"), CLOSE), 1),
+    (
+        "signed",
+        lambda: _request(_link("/sub/", prefix=True).replace("/files/sub/?", "/files/sub/inner.txt?"), CLOSE),
+        1,
+    ),
+    ("signed", lambda: _request(_link("/notes.txt") + "&download=1", CLOSE), 1),
+    ("signed", lambda: _request(_link("/notes.txt").replace("sig=", "sig=x"), CLOSE), 0),
+    ("signed", lambda: _request(_link("/notes.txt", expires_in=-10), CLOSE), 0),
+    ("signed", lambda: _request("/files/notes.txt", CLOSE), 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("mode", "raw", "answered"),
+    [pytest.param(m, r, a, id=f"{m}-{i}") for i, (m, r, a) in enumerate(GUARDED_CASES)],
+)
+def test_tokens_and_signed_links_are_checked_by_the_same_code(
+    guarded: dict[str, tuple[FerryServer, FerryServer]], mode: str, raw: Callable[[], bytes], answered: int
+) -> None:
+    fast, slow = guarded[mode]
+    request = raw()
+    before = _fast_answers(fast)
+    from_fast, from_app = _exchange(fast, request), _exchange(slow, request)
+    assert _fast_answers(fast) - before == answered
+    assert _normal(from_fast) == _normal(from_app)
