@@ -21,6 +21,7 @@ bench-results/latest.md; progress goes to stderr.
     .venv/bin/python -m tests.bench.run --index-files 0 --upload-size 0 --s3-size 0  # downloads only
     .venv/bin/python -m tests.bench.run --s3-only        # Ferry over S3 against SeaweedFS directly
     .venv/bin/python -m tests.bench.run --archives-only  # folder archives against one file
+    .venv/bin/python -m tests.bench.run --requests-only  # the small-request rows (4, 5, 5c, 6, 7)
 
 Every server is stopped at the end, on Ctrl-C, on SIGTERM and when the run passes --time-limit.
 """
@@ -120,6 +121,7 @@ class Plan:
     s3_only: bool  # the S3 section alone
     archive_files: int  # the folder of the archives' first-byte measure; 0: no archive section
     archives_only: bool  # the archive section alone
+    requests_only: bool  # the small-request rows against nginx alone
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -149,6 +151,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--s3-only", action="store_true", help="the S3 section (Ferry over SeaweedFS) alone")
     add("--archive-files", type=int, help="files in the archives' first-byte folder (default 10000; 0 skips)")
     add("--archives-only", action="store_true", help="the folder archive section alone (issue 16)")
+    add("--requests-only", action="store_true", help="the small-request rows alone: 4, 5, 5c, 6, 7")
     add("--index-files", type=int, help="files in the index tree (default 1000000; quick 2000; 0 skips)")
     add(
         "--data-dir",
@@ -196,6 +199,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         s3_only=args.s3_only,
         archive_files=base.archive_files if args.archive_files is None else args.archive_files,
         archives_only=args.archives_only,
+        requests_only=args.requests_only,
     )
 
 
@@ -494,6 +498,9 @@ def run(plan: Plan, tools: Tools) -> str:
         ttfb_requests=plan.ttfb_requests,
     )
     steps = m.CHUNK_STEPS if plan.chunk_sizes else m.ALL_STEPS
+    if plan.requests_only:
+        steps = m.REQUEST_STEPS
+        catalog = [measure for measure in catalog if measure.key in m.REQUEST_MEASURES]
     with ExitStack() as stack:
         workdir = Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="ferry-bench-", dir=plan.data_dir))
@@ -507,6 +514,10 @@ def run(plan: Plan, tools: Tools) -> str:
             warm_up(bench, servers, plan.quick)
             results = measure_all(plan, bench, servers, steps, {measure.key: measure for measure in catalog})
         extras: list[Extra] = []
+        if plan.requests_only:
+            return render(
+                plan, results, catalog, servers, context_lines(plan, info, data, load_before), extras
+            )
         if not plan.chunk_sizes and plan.hashing:
             extras.append(measure_hashing(plan, bench, workdir, results))
         if not plan.chunk_sizes and plan.upload_size:
