@@ -1,15 +1,15 @@
 """Several workers (FERRY_WORKERS > 1) forked from a parent that has loaded Ferry, not spawned.
 
 uvicorn's supervisor spawns each worker as a fresh interpreter (plus multiprocessing's resource
-tracker, a fourth process): every worker imports FastAPI, pydantic and Ferry on its own, ~45 MiB of
+tracker, a fourth process): every worker imports FastAPI, pydantic and Ferry on its own, ~41 MiB of
 private memory each. Forked from a parent that imported them once, the workers share those pages
 with the parent and each other (copy-on-write; `gc.freeze()` keeps the collector from writing to
 them), and a worker's own memory is what it builds after the fork.
 
 What is loaded before the fork is modules only: no event loop, thread, SQLite connection or open
-file exists in the parent (the app itself, its index and its watcher are made in each worker by
-`create_app`, as before). uvicorn's supervisor is kept as it is (restarts after a crash, SIGHUP,
-SIGTERM, SIGTTIN/SIGTTOU): only the way it starts a worker changes.
+file besides the listening socket exists in the parent (the app itself, its index and its watcher
+are made in each worker by `create_app`, as before). uvicorn's supervisor is kept as it is
+(restarts after a crash, SIGHUP, SIGTERM, SIGTTIN/SIGTTOU): only the way it starts a worker changes.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def can_fork() -> bool:
     start-up probe may leave a client's runtime threads behind), and prometheus-client is not yet
     imported (it chooses its multiprocess mode from the environment once, when imported). Asked
     before `serve` sets that environment; otherwise the workers are spawned, as uvicorn does."""
-    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
-    return threads == 1 and "prometheus_client" not in sys.modules
+    if not os.path.isdir("/proc/self/task"):  # not Linux: keep uvicorn's spawned workers
+        return False
+    return len(os.listdir("/proc/self/task")) == 1 and "prometheus_client" not in sys.modules
 
 
 def preload(modules: tuple[str, ...] = PRELOAD) -> None:
