@@ -93,13 +93,14 @@ def serve(settings: Settings) -> int:
     config = FerryConfig(settings)
     server = uvicorn.Server(config)
     if config.workers > 1:
-        from uvicorn.supervisors import Multiprocess
+        from app.supervisor import can_fork, supervise
 
+        fork = can_fork()  # before the metrics' environment is set (app/supervisor.py)
         # Workers share their metrics through files here (prometheus-client's multiprocess mode).
         with tempfile.TemporaryDirectory(prefix="ferry-metrics-") as shared:
             os.environ[MULTIPROC_ENV] = shared
             sock = config.bind_socket()
-            Multiprocess(config, sockets=[sock]).run()
+            supervise(config, sock, fork=fork)
         return 0
     # uvicorn re-raises SIGTERM after its graceful shutdown; a handler of ours turns that into the
     # clean exit (status 0) a supervisor or `docker stop` expects.

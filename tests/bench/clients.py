@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.bench.system import HOST, BenchError, rss_kib
+from tests.bench.system import HOST, BenchError, memory_kib, rss_kib, tree_pids
 
 RANGE_SPAN = 64 * 1024
 WRK_THREADS = 2
@@ -292,3 +292,44 @@ class RssSampler:
 
     def describe(self) -> str:
         return "per worker: " + ", ".join(f"{kib / 1024:.1f}" for kib in self.peaks_kib.values()) + " MiB"
+
+
+@dataclass
+class TreeMemory:
+    """RSS and PSS summed over a server's whole process tree (looked up again at each sample, so a
+    restarted worker counts), every `interval` seconds in a thread while entered: the peak sums."""
+
+    parent: int
+    interval: float = 0.5
+    peak_rss_kib: int = 0
+    peak_pss_kib: int = 0
+    processes: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def sample(self) -> TreeMemory:
+        figures = [found for pid in tree_pids(self.parent) if (found := memory_kib(pid)) is not None]
+        self.processes = max(self.processes, len(figures))
+        self.peak_rss_kib = max(self.peak_rss_kib, sum(rss for rss, _ in figures))
+        self.peak_pss_kib = max(self.peak_pss_kib, sum(pss for _, pss in figures))
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> TreeMemory:
+        self.sample()
+        self._thread = threading.Thread(target=self._loop, name="tree-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def describe(self) -> str:
+        return f"{self.processes} processes; RSS counts shared pages once per process, PSS divides them"

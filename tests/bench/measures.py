@@ -1,7 +1,9 @@
 """What is measured: the nine figures of issue 3, and the steps that take them from one server.
 
-A step runs against one server and returns samples keyed by measure ("1".."9"); measure (8), the
-servers' peak RSS, is sampled during step (3), the concurrent downloads.
+A step runs against one server and returns samples keyed by measure ("1".."9", "8a".."8d");
+measure (8), the servers' peak RSS per worker, and (8c)-(8d), their whole process tree's, are
+sampled during step (3), the concurrent downloads; (8a)-(8b) once, just after the servers started
+(`idle_memory`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench.clients import RssSampler, WrkScripts, curl, wrk
+from tests.bench.clients import RssSampler, TreeMemory, WrkScripts, curl, wrk
 from tests.bench.servers import Server
 from tests.bench.system import Tools, evict, resident_bytes, write_random_file
 
@@ -112,6 +114,14 @@ def catalog(sizes: Sizes, *, connections: int, small_connections: int, ttfb_requ
                 Target("≤ 1 ms", max_ferry=1.0)),
         Measure("8", "(8) server peak RSS per worker during (3), highest of runs", "MiB", False,
                 Target("≤ 80 MiB per worker", max_ferry=80.0), summary="max"),
+        Measure("8a", "(8a) RSS of all server processes, idle after start", "MiB", False,
+                Target("≤ 90 MiB", max_ferry=90.0), summary="max"),
+        Measure("8b", "(8b) PSS of all server processes, idle after start", "MiB", False,
+                Target("≤ 80 MiB", max_ferry=80.0), summary="max"),
+        Measure("8c", "(8c) RSS of all server processes, peak during (3)", "MiB", False,
+                Target("≤ 120 MiB", max_ferry=120.0), summary="max"),
+        Measure("8d", "(8d) PSS of all server processes, peak during (3)", "MiB", False,
+                Target("≤ 80 MiB", max_ferry=80.0), summary="max"),
         Measure("9", f"(9) cold-cache {stream} stream (evicted before each)", "GB/s", True, Target("—")),
     ]  # fmt: skip
 
@@ -164,8 +174,17 @@ def stream_ranged(bench: Bench, server: Server) -> dict[str, Sample]:
     return {"2": Sample(_stream(bench, server, ranged=True))}
 
 
+def idle_memory(server: Server) -> dict[str, Sample]:
+    """The whole process tree's memory before any request (a fresh start)."""
+    tree = TreeMemory(server.process.pid).sample()
+    return {
+        "8a": Sample(tree.peak_rss_kib / 1024, tree.describe()),
+        "8b": Sample(tree.peak_pss_kib / 1024, tree.describe()),
+    }
+
+
 def concurrent_downloads(bench: Bench, server: Server) -> dict[str, Sample]:
-    with RssSampler(server.worker_pids()) as rss:
+    with RssSampler(server.worker_pids()) as rss, TreeMemory(server.process.pid) as tree:
         result = wrk(
             bench.tools.wrk,
             _url(server, "aggregate"),
@@ -177,6 +196,8 @@ def concurrent_downloads(bench: Bench, server: Server) -> dict[str, Sample]:
     return {
         "3": Sample(result.throughput / GB, result.describe(per_response=False)),
         "8": Sample(rss.peak_mib(), rss.describe()),
+        "8c": Sample(tree.peak_rss_kib / 1024, tree.describe()),
+        "8d": Sample(tree.peak_pss_kib / 1024, tree.describe()),
     }
 
 
@@ -257,4 +278,4 @@ REQUEST_STEPS: tuple[Step, ...] = (random_ranges, small_file, medium_file, first
 REQUEST_MEASURES = ("4", "5", "5c", "6", "7")
 # --chunk-sizes: the measures a chunk size can change (the chunked-read path moves every byte).
 CHUNK_STEPS: tuple[Step, ...] = (stream_whole, stream_ranged, concurrent_downloads, cold_stream)
-CHUNK_MEASURES = ("1", "2", "3", "8", "9")
+CHUNK_MEASURES = ("1", "2", "3", "8", "8c", "8d", "9")

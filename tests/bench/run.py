@@ -511,8 +511,11 @@ def run(plan: Plan, tools: Tools) -> str:
         bench = _bench(plan, tools, data, workdir)
         with ExitStack() as downloads:  # stopped before the uploads and the index start
             servers = start_servers(plan, tools, data, workdir, downloads)
+            idle = {server.name: m.idle_memory(server) for server in servers}
             warm_up(bench, servers, plan.quick)
             results = measure_all(plan, bench, servers, steps, {measure.key: measure for measure in catalog})
+            for name, samples in idle.items():
+                results.add(name, samples)
         extras: list[Extra] = []
         if plan.requests_only:
             return render(

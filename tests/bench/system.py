@@ -170,6 +170,33 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
+def memory_kib(pid: int) -> tuple[int, int] | None:
+    """(RSS, PSS) of a process in KiB, from /proc/PID/smaps_rollup: PSS shares each page among
+    the processes mapping it, so a tree's PSS adds up to what it really holds and its RSS does not."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split()[:2] for line in rollup.splitlines()[1:] if line.count(":") == 1)
+    if "Rss:" not in fields or "Pss:" not in fields:
+        return None
+    return int(fields["Rss:"]), int(fields["Pss:"])
+
+
+def tree_pids(parent: int) -> list[int]:
+    """The parent and every process below it (a supervisor, its workers, helpers they started)."""
+    found, todo = [parent], [parent]
+    children: dict[int, list[int]] = {}
+    for pid in _all_pids():
+        if (fields := _stat_fields(pid)) is not None:
+            children.setdefault(int(fields[1]), []).append(pid)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User plus system CPU time the process has used so far."""
     fields = _stat_fields(pid)

@@ -21,7 +21,8 @@ from tests.bench.system import find_tool
 pytestmark = pytest.mark.clients
 
 REPO = Path(__file__).resolve().parents[2]
-DOWNLOAD_KEYS = [str(key) for key in range(1, 10)]
+# (8a)-(8d): the whole process tree's RSS and PSS, idle and during (3).
+DOWNLOAD_KEYS = [*(str(key) for key in range(1, 9)), "8a", "8b", "8c", "8d", "9"]
 UPLOAD_KEYS = ["10", "11", "12"]
 HASH_RATE_KEYS = ["13", "14"]
 HASH_SERVING_KEYS = ["15", "16", "17"]
@@ -62,7 +63,7 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
     """The comparison tables' rows by measure key: "(3) ..." → its cells."""
     rows: dict[str, list[str]] = {}
     for line in markdown.splitlines():
-        match = re.match(r"^\| \((\d+)\) ", line)
+        match = re.match(r"^\| \((\d+[a-z]?)\) ", line)
         if match:
             rows[match.group(1)] = cells(line)
     return rows
@@ -73,6 +74,12 @@ def section_rows(markdown: str, title: str) -> list[list[str]]:
     lines = markdown.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0].splitlines()
     table = [line for line in lines if line.startswith("| ")]
     return [cells(line) for line in table[2:]]
+
+
+def key_order(key: str) -> tuple[int, str]:
+    """ "8a" after "8", before "9"."""
+    digits = key.rstrip("abcdefghijklmnopqrstuvwxyz")
+    return int(digits), key[len(digits) :]
 
 
 def number(cell: str) -> float:
@@ -93,7 +100,7 @@ def test_quick_bench_reports_every_measure_for_ferry_and_nginx(tmp_path: Path) -
     rows = table_rows(report)
     expected = DOWNLOAD_KEYS + UPLOAD_KEYS + HASH_RATE_KEYS + HASH_SERVING_KEYS + S3_COMPARED_KEYS
     archive_keys = sorted([*ARCHIVE_KEYS, ARCHIVE_RSS_KEY], key=int)
-    assert sorted(rows, key=int) == [*expected, S3_PUT_KEY, S3_RSS_KEY, *archive_keys, TUS_KEY], report
+    assert sorted(rows, key=key_order) == [*expected, S3_PUT_KEY, S3_RSS_KEY, *archive_keys, TUS_KEY], report
     measure, ferry, _nginx, _ratio, target = rows[TUS_KEY]
     assert number(ferry) > 0 and "(10)" in target, measure
     for key in DOWNLOAD_KEYS:

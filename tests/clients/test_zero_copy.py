@@ -224,9 +224,11 @@ def test_slow_readers_cost_bounded_memory(ferry: ServerFactory, tmp_path: Path, 
 def test_workers_share_the_port(ferry: ServerFactory, storage_tree: Path) -> None:
     server = ferry(storage_tree, "--workers", "2")
     children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
-    # uvicorn's supervisor spawns one Python process per worker (multiprocessing spawn).
-    workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-    assert len(workers) == 2, [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children]
+    # Two workers forked from the supervisor (they share its loaded modules), and no other process
+    # (a spawned worker runs `-c ...spawn_main`, and spawning adds multiprocessing's resource tracker).
+    command = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+    workers = [pid for pid in children if Path(f"/proc/{pid}/cmdline").read_bytes() == command]
+    assert len(workers) == len(children) == 2, [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children]
     with httpx.Client() as client:
         for _ in range(20):
             response = client.get(f"{server.url}/files/hello.txt", headers={"Connection": "close"})
