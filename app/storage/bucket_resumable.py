@@ -3,19 +3,19 @@ multipart upload instead of a temporary file, with its state in the bucket, wher
 sees it. Knows nothing about HTTP.
 
 Where things live (the replicas share nothing but the bucket): each upload's state is one small
-JSON object, `.ferry-upload-resumable/OWNER/ID.json` below the storage's prefix (a TEMP_PREFIX
-name: never listed, served or indexed): target, declared length, offset, the S3 multipart upload's
-id and each recorded part's number, size and ETag, the running SHA-256 (OpenSSL's saved state,
-running_sha256.py) and CRC-32 of the bytes up to the offset, the expiry, and the lease of the
-request appending. Every change is a conditional PUT on the state's ETag, so two replicas never
-both think they hold it. The parts themselves are the multipart upload's (ListParts is not needed:
-the state lists the parts that count; a part uploaded and not recorded is simply left out of the
-completion, and S3 drops it).
+JSON object, `.ferry-upload-resumable/OWNER/ID/state.json` below the storage's prefix (a
+TEMP_PREFIX name: never listed, served or indexed): target, declared length, offset, the S3
+multipart upload's id and each recorded part's number, size and ETag, the running SHA-256
+(OpenSSL's saved state, running_sha256.py) and CRC-32 of the bytes up to the offset, the expiry,
+and the lease of the request appending. Every change is a conditional PUT on the state's ETag, so
+two replicas never both think they hold it. The parts themselves are the multipart upload's
+(ListParts is not needed: the state lists the parts that count; a part uploaded and not recorded is
+simply left out of the completion, and S3 drops it).
 
 Appends: bytes are buffered to FERRY_S3_PART_SIZE and each full part is uploaded, then recorded
 (a checkpoint: the offset moves to the end of the last part). S3 wants every part but the last
 to be at least 5 MiB, so the bytes of an append past the last full part (its tail) are stored,
-when the append ends, as a small object of their own beside the state (`ID.tail-OFFSET`) and
+when the append ends, as a small object of their own beside the state (`ID/tail-OFFSET`) and
 recorded: a PATCH of 1 KiB is acknowledged durably. The next append reads that tail back and
 continues the part it starts. With a per-append checksum (tus Upload-Checksum, Content-Digest)
 nothing is recorded before the whole body is verified: a mismatch leaves the state as it was.
@@ -47,6 +47,7 @@ import json
 import secrets
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -68,8 +69,10 @@ from app.storage.upload_store import Resumable
 from app.storage.values import Entry, FileDigest
 
 STATE_ROOT = TEMP_PREFIX + "resumable/"
+STATE_NAME = "state.json"
 LEASE_SECONDS = 60.0
 SWEEP_SECONDS = 60.0
+_REMEMBERED = 1024
 
 ObjectCheck = Callable[[Stat | None], None]
 
@@ -143,6 +146,8 @@ class ObjectAppend:
 
     def hash_to(self, position: int) -> None:
         """The running hashes moved on to `position` (bytes in the buffer)."""
+        if position <= self.hashed:
+            return
         start = self.hashed - self.parts_size
         data = memoryview(self.buffer)[start : position - self.parts_size]
         if self.sha256 is not None:
@@ -177,12 +182,13 @@ class BucketUploads:
         self.content_type = content_type
         self._swept = 0.0
         self._unleasing: dict[str, asyncio.Task[None]] = {}
+        self._appended: OrderedDict[str, None] = OrderedDict()  # uploads this process appended to
 
     # -- the state object ---------------------------------------------------------------------------
 
     @staticmethod
     def state_key(owner: str, upload_id: str) -> str:
-        return f"{STATE_ROOT}{owner[:32]}/{upload_id}.json"
+        return f"{STATE_ROOT}{owner[:32]}/{upload_id}/{STATE_NAME}"
 
     async def _load(self, key: str) -> tuple[UploadState, str] | None:
         try:
@@ -276,7 +282,7 @@ class BucketUploads:
         with _answers():
             async for batch in obstore.list(self.bucket.store(), STATE_ROOT, chunk_size=1000):
                 for meta in batch:
-                    if not meta["path"].endswith(".json"):
+                    if not meta["path"].endswith("/" + STATE_NAME):
                         continue
                     if sweep and meta["last_modified"].timestamp() + self.expiry < time.time():
                         await self._expire(meta["path"])
@@ -326,21 +332,28 @@ class BucketUploads:
             etag = await self._save(state, etag)
         except StorageError:
             raise busy() from None
-        tail = b""
-        if state.tail is not None:
-            with _answers():
-                got = await obstore.get_async(self.bucket.store(), state.tail)
-                tail = bytes(await got.bytes_async())
-        parts_size = state.parts_size
-        if parts_size + len(tail) != state.upload.offset:
-            raise InvalidInput("the upload's stored bytes are not what was recorded; start it again")
         sha = None
         if state.sha256 is not None and available():
             sha = RunningSha256(base64.b64decode(state.sha256))
-        offset = state.upload.offset
-        if offset:
-            metrics.RESUMED_BYTES.inc(offset)
-        return ObjectAppend(state, etag, bytearray(tail), parts_size, offset, sha, state.crc32, offset)
+        offset, parts_size = state.upload.offset, state.parts_size
+        append = ObjectAppend(state, etag, bytearray(), parts_size, offset, sha, state.crc32, offset)
+        try:
+            if state.tail is not None:
+                with _answers():
+                    got = await obstore.get_async(self.bucket.store(), state.tail)
+                    append.buffer += await got.bytes_async()
+            if append.size != offset:
+                raise InvalidInput("the upload's stored bytes are not what was recorded; start it again")
+        except BaseException:
+            self.release(append)
+            raise
+        if offset and upload.id not in self._appended:
+            metrics.RESUMED_BYTES.inc(offset)  # received by another process (or before a restart)
+        self._appended[upload.id] = None
+        self._appended.move_to_end(upload.id)
+        while len(self._appended) > _REMEMBERED:
+            self._appended.popitem(last=False)
+        return append
 
     async def write(self, append: ObjectAppend, data: bytes | bytearray) -> None:
         """Buffer `data`, sending (and recording) each part that fills."""
@@ -404,7 +417,7 @@ class BucketUploads:
         await asyncio.to_thread(append.hash_to, append.size)
         old_tail = state.tail
         if append.buffer:
-            state.tail = f"{state.upload.temp.removesuffix('.json')}.tail-{append.size}"
+            state.tail = f"{_folder(state)}/tail-{append.size}"
             with _answers():
                 await obstore.put_async(self.bucket.store(), state.tail, bytes(append.buffer))
         else:
@@ -414,7 +427,12 @@ class BucketUploads:
         state.sha256 = _saved(append.sha256) if append.sha256 is not None else None
         state.upload = replace(state.upload, offset=append.size, expires=self._expires())
         state.lease_until = time.time() + LEASE_SECONDS
-        append.etag = await self._leased_save(append)
+        try:
+            append.etag = await self._leased_save(append)
+        except BaseException:
+            if state.tail != old_tail:
+                await asyncio.shield(self._delete(state.tail))  # never recorded: nobody else knows it
+            raise
         metrics.RESUMABLE_BYTES.inc(append.size - append.recorded)
         append.recorded = append.size
         if old_tail != state.tail:
@@ -474,13 +492,18 @@ class BucketUploads:
         if append.sha256 is not None:
             digest = FileDigest(append.sha256.digest(), crc32=append.crc32)
         try:
-            if verify is not None and digest is not None:
+            if verify is not None:
+                if digest is None:
+                    raise InvalidInput("the upload's SHA-256 is not known here; it cannot be verified")
                 verify(digest)
             before = await self.current(upload.path)
             check(before)
             pinned = "if-match" in upload.metadata or "if-none-match" in upload.metadata
             if not state.parts and not append.sent:
                 await self._put_whole(append, before, pinned, digest)
+                if state.multipart is not None:  # begun by an append whose bytes were discarded
+                    await self.multipart.abort(upload.path, state.multipart)
+                    state.multipart = None
             else:
                 await self._complete_parts(append, before, pinned)
             stat = await self.bucket.stat(upload.path)
@@ -492,8 +515,7 @@ class BucketUploads:
             stat = replace(stat, sha256=digest.sha256, crc32=digest.crc32)
         entry = await self.async_index.write(index_written, self.index, stat, before is None)
         append.released = True
-        await self._delete(state.tail)
-        await self._delete(upload.temp)
+        await self._forget(state)
         metrics.RESUMABLE_UPLOADS.labels("completed").inc()
         return before is None, entry
 
@@ -540,9 +562,23 @@ class BucketUploads:
     async def _end(self, state: UploadState, how: str) -> None:
         if state.multipart is not None:
             await self.multipart.abort(state.upload.path, state.multipart)
-        await self._delete(state.tail)
-        await self._delete(state.upload.temp)
+        await self._forget(state)
         metrics.RESUMABLE_UPLOADS.labels(how).inc()
+
+    async def _forget(self, state: UploadState) -> None:
+        """Delete the upload's tail (and any tail an append stored but could not record), then
+        its state."""
+        with _answers():
+            async for batch in obstore.list(self.bucket.store(), _folder(state) + "/", chunk_size=100):
+                for meta in batch:
+                    if meta["path"] != state.upload.temp:
+                        await self._delete(meta["path"])
+        await self._delete(state.upload.temp)
+
+
+def _folder(state: UploadState) -> str:
+    """The upload's own folder of keys (its state, its tails)."""
+    return state.upload.temp.rpartition("/")[0]
 
 
 def _saved(sha: RunningSha256) -> str:

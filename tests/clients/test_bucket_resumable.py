@@ -11,12 +11,15 @@ real `ferry serve` processes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
 import io
 import json
 import os
+import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +31,11 @@ import pytest
 from tusclient import client as tus_client
 
 from app.main import FerryApp, create_app
-from app.storage.bucket_resumable import STATE_ROOT
-from app.storage.errors import NotServable
+from app.routes.resumable_draft import draft_uploads
+from app.storage import bucket_resumable
+from app.storage.bucket_resumable import STATE_ROOT, BucketUploads
+from app.storage.errors import InTheWay, NotServable
+from app.storage.resumable import owner_of
 from tests.support.inprocess import in_process, make_settings
 from tests.support.replicas import bucket_env, serve_bucket
 from tests.support.seaweed import Seaweed
@@ -83,7 +89,7 @@ class Bucket:
         return keys
 
 
-Serve = Callable[[int], contextlib.AbstractAsyncContextManager[Bucket]]
+Serve = Callable[..., contextlib.AbstractAsyncContextManager[Bucket]]
 
 
 @pytest.fixture
@@ -93,7 +99,7 @@ def serve(seaweed: Seaweed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
 
     @contextlib.asynccontextmanager
-    async def started(count: int) -> AsyncIterator[Bucket]:
+    async def started(count: int, **overrides: object) -> AsyncIterator[Bucket]:
         prefix = f"r-{os.urandom(4).hex()}/"
         async with contextlib.AsyncExitStack() as stack:
             replicas = []
@@ -109,6 +115,7 @@ def serve(seaweed: Seaweed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
                     s3_part_size="5MiB",
                     write_token=TOKEN,
                     index_path=base / "index.sqlite3",
+                    **overrides,
                 )
                 app = create_app(settings)
                 http = await stack.enter_async_context(in_process(app, timeout=60.0))
@@ -187,6 +194,8 @@ async def test_a_draft_upload_is_continued_by_another_replica_and_appears_only_w
         assert await bucket.hidden() == []  # state and tail gone
         assert await _parts_left(bucket, state) is None  # the multipart upload was completed
         assert (await one.get("/files/in/big.bin")).content == data
+        listing = await two.get("/files/in/")  # the listing's upload panel uses tus here too
+        assert re.search(r'<section class="upload"[^>]* data-resumable', listing.text)
 
 
 @pytest.mark.anyio
@@ -261,6 +270,60 @@ async def test_a_precondition_failing_at_completion_ends_the_upload(serve: Serve
         assert done.status_code == 412, done.text
         assert await bucket.object("once.bin") == b"someone else's"
         assert await bucket.hidden() == []
+
+
+async def _created(http: httpx.AsyncClient, path: str, body: bytes) -> str:
+    """A draft upload begun with `body`; its resource's path."""
+    created = await http.put(f"/files/{path}", content=body, headers={**DRAFT, "Upload-Complete": "?0"})
+    assert created.status_code == 201, created.text
+    return httpx.URL(created.headers["location"]).path
+
+
+@pytest.mark.anyio
+async def test_one_append_at_a_time_across_replicas_and_a_stale_lease_is_taken_over(serve: Serve) -> None:
+    async with serve(2) as bucket:
+        one, two = bucket.replicas
+        location = await _created(one.http, "leased.bin", b"0123456789")
+        core = draft_uploads(one.app.services).core
+        assert isinstance(core, BucketUploads)
+        upload = await core.find(location.rpartition("/")[2], owner_of(TOKEN.encode()))
+        held = await core.append(upload)  # as a request of replica one, mid-append
+        append = {**PARTIAL, "Upload-Offset": "10", "Upload-Complete": "?1"}
+        busy = await two.http.patch(location, content=b"abc", headers=append)
+        assert busy.status_code == 409, busy.text
+        # Replica one dies mid-append: its lease is not renewed, and runs out.
+        ((key, state),) = (await bucket.states()).items()
+        state["lease_until"] = 0
+        await obstore.put_async(bucket.engine.store(), key, json.dumps(state).encode())
+        done = await two.http.patch(location, content=b"abc", headers=append)
+        assert done.status_code == 201, done.text
+        assert await bucket.object("leased.bin") == b"0123456789abc"
+        held.buffer += b"late"  # what the old holder still had: never recorded
+        with pytest.raises(InTheWay):
+            await core.record(held)
+        assert await bucket.object("leased.bin") == b"0123456789abc"
+        assert await bucket.hidden() == []  # its tail was not left behind
+
+
+@pytest.mark.anyio
+async def test_expired_uploads_are_aborted_when_looked_up_and_swept_when_others_begin(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bucket_resumable, "SWEEP_SECONDS", 0.0)
+    async with serve(1, upload_expiry=2) as bucket:
+        http = bucket.replicas[0].http
+        looked_up = await _created(http, "a.bin", os.urandom(PART + 1))
+        swept = await _created(http, "b.bin", os.urandom(PART + 1))
+        states = list((await bucket.states()).values())
+        assert [await _parts_left(bucket, s) for s in states] == [[1], [1]]
+        deadline = max(s["upload"]["expires"] for s in states) + 1.5
+        while time.time() < deadline:  # until both have expired (by the wall clock they record)
+            await asyncio.sleep(0.2)
+        assert (await http.head(looked_up, headers=DRAFT)).status_code == 404
+        await _created(http, "c.bin", b"new")  # its creation sweeps the other expired one
+        assert [await _parts_left(bucket, s) for s in states] == [None, None]  # aborted in the engine
+        assert len(await bucket.states()) == 1
+        assert (await http.head(swept, headers=DRAFT)).status_code == 404
 
 
 # --------------------------------------------------------------------------- tuspy, two servers
