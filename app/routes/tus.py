@@ -6,8 +6,9 @@ or Upload-Defer-Length, Upload-Metadata with `path`, or `filename` and a folder)
 with its Location; HEAD tells its Upload-Offset; PATCH appends (Upload-Offset must be the
 upload's: 409 otherwise; a second PATCH while one runs: 409 too); DELETE terminates it. Every
 request but OPTIONS needs the write token, and an upload is visible only to the token that created
-it (404 for any other). The bytes, locks and publishing are app/storage/resumable.py's: the target
-appears, with its digest in the index, only once the last byte is in.
+it (404 for any other). The bytes, locks and publishing are the core's (app/storage/resumable.py
+on a local ROOT, app/storage/bucket_resumable.py on a bucket): the target appears, with its digest
+in the index, only once the last byte is in.
 """
 
 from __future__ import annotations

@@ -279,6 +279,62 @@ async def _created(http: httpx.AsyncClient, path: str, body: bytes) -> str:
     return httpx.URL(created.headers["location"]).path
 
 
+async def _cut_patch(app: FerryApp, location: str, offset: int, body: bytes) -> int | None:
+    """A draft PATCH whose client goes away after `body` (as uvicorn tells it: a disconnect); the
+    status answered (None: nobody was left to answer)."""
+    headers = {**PARTIAL, "Upload-Offset": str(offset), "Upload-Complete": "?0"}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "PATCH",
+        "scheme": "http",
+        "path": location,
+        "raw_path": location.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"ferry")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 40000),
+        "server": ("ferry", 80),
+    }
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": body, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    answered: dict[str, int] = {}
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            answered["status"] = message["status"]
+
+    await asyncio.wait_for(app(scope, receive, send), timeout=120)
+    return answered.get("status")
+
+
+@pytest.mark.anyio
+async def test_a_patch_cut_mid_body_keeps_what_arrived_for_any_replica_to_continue(serve: Serve) -> None:
+    data = os.urandom(2 * PART)
+    async with serve(2) as bucket:
+        one, two = bucket.replicas
+        location = await _created(one.http, "cut.bin", data[:10])
+        arrived = PART + 300  # a part, and a tail
+        status = await _cut_patch(one.app, location, 10, data[10 : 10 + arrived])
+        assert status in (None, 400)  # nobody is left to read an answer
+        head = await two.http.head(location, headers=DRAFT)
+        assert _offset(head) == 10 + arrived
+        done = await two.http.patch(
+            location,
+            content=data[10 + arrived :],
+            headers={**PARTIAL, "Upload-Offset": str(10 + arrived), "Upload-Complete": "?1"},
+        )
+        assert done.status_code == 201, done.text
+        assert await bucket.object("cut.bin") == data
+        assert done.json()["sha256"] == hashlib.sha256(data).hexdigest()
+
+
 @pytest.mark.anyio
 async def test_one_append_at_a_time_across_replicas_and_a_stale_lease_is_taken_over(serve: Serve) -> None:
     async with serve(2) as bucket:
