@@ -44,6 +44,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import re
 import secrets
 import time
 import zlib
@@ -59,7 +60,7 @@ from app.storage.appending import ChecksumMismatch, TooManyUploads, busy
 from app.storage.async_index import AsyncIndex
 from app.storage.backend import Stat
 from app.storage.bucket_index import index_written
-from app.storage.errors import Changed, InTheWay, InvalidInput, NotServable, StorageError
+from app.storage.errors import Changed, InTheWay, InvalidInput, NameTooLong, NotServable, StorageError
 from app.storage.index import Index
 from app.storage.paths import TEMP_PREFIX
 from app.storage.running_sha256 import RunningSha256, available
@@ -73,6 +74,8 @@ STATE_NAME = "state.json"
 LEASE_SECONDS = 60.0
 SWEEP_SECONDS = 60.0
 _REMEMBERED = 1024
+MAX_KEY_BYTES = 1024  # the longest key S3 stores, the bucket's prefix included
+_UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what secrets.token_urlsafe makes
 
 ObjectCheck = Callable[[Stat | None], None]
 
@@ -216,9 +219,6 @@ class BucketUploads:
         except NotServable:
             pass
 
-    def _full_key(self, path: str) -> str:
-        return self.bucket.key(path)
-
     # -- creation and lookup ------------------------------------------------------------------------
 
     async def create(
@@ -235,6 +235,8 @@ class BucketUploads:
         key = self.bucket.key(path)
         if not key or key.rpartition("/")[2].startswith(TEMP_PREFIX):
             raise InvalidInput("an upload needs a file path")
+        if len((self.bucket.config.location.prefix + key).encode()) > MAX_KEY_BYTES:
+            raise NameTooLong(f"the key is longer than {MAX_KEY_BYTES} bytes")
         mine, total = await self._count(owner)
         if mine >= self.max_per_owner or total >= self.max_total:
             raise TooManyUploads()
@@ -301,6 +303,8 @@ class BucketUploads:
     async def find(self, upload_id: str, owner: str) -> Resumable:
         """The upload `owner` created, still open; NotServable for any other (unknown, another
         token's, expired: all alike). An expired one is ended on the way."""
+        if not _UPLOAD_ID.fullmatch(upload_id):
+            raise NotServable()
         found = await self._load(self.state_key(owner, upload_id))
         if found is None or found[0].upload.owner != owner:
             raise NotServable()
@@ -456,7 +460,11 @@ class BucketUploads:
         upload_id = append.upload.id
         task = asyncio.get_running_loop().create_task(self._unlease(append))
         self._unleasing[upload_id] = task
-        task.add_done_callback(lambda _: self._unleasing.pop(upload_id, None))
+        task.add_done_callback(lambda done: self._let_go(upload_id, done))
+
+    def _let_go(self, upload_id: str, done: asyncio.Task[None]) -> None:
+        if self._unleasing.get(upload_id) is done:
+            del self._unleasing[upload_id]
 
     async def _unlease(self, append: ObjectAppend) -> None:
         found = await self._load(append.upload.temp)
