@@ -251,25 +251,29 @@ async def test_a_tus_checksum_mismatch_discards_the_append_and_the_right_bytes_c
 
 
 @pytest.mark.anyio
-async def test_a_precondition_failing_at_completion_ends_the_upload(serve: Serve) -> None:
+@pytest.mark.parametrize("first", [10, PART + 10], ids=["one-put", "multipart"])
+async def test_a_precondition_failing_at_completion_ends_the_upload(serve: Serve, first: int) -> None:
     async with serve(1) as bucket:
         http = bucket.replicas[0].http
         created = await http.put(
             "/files/once.bin",
-            content=b"first half",
+            content=os.urandom(first),
             headers={**DRAFT, "Upload-Complete": "?0", "If-None-Match": "*"},
         )
         assert created.status_code == 201, created.text
         location = httpx.URL(created.headers["location"]).path
+        (state,) = (await bucket.states()).values()
         await obstore.put_async(bucket.engine.store(), bucket.prefix + "once.bin", b"someone else's")
         done = await http.patch(
             location,
             content=b", second half",
-            headers={**PARTIAL, "Upload-Offset": "10", "Upload-Complete": "?1"},
+            headers={**PARTIAL, "Upload-Offset": str(first), "Upload-Complete": "?1"},
         )
         assert done.status_code == 412, done.text
         assert await bucket.object("once.bin") == b"someone else's"
         assert await bucket.hidden() == []
+        if state["multipart"] is not None:
+            assert await _parts_left(bucket, state) is None  # aborted in the engine
 
 
 async def _created(http: httpx.AsyncClient, path: str, body: bytes) -> str:
