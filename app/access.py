@@ -1,8 +1,9 @@
 """One access-log line and the transfer metrics per request, observed from the ASGI messages.
 
 `Observed` wraps a request's ``send`` and ``receive``: it sees the status and headers, counts body
-bytes (plain and zero-copy), notes the first byte, and whether the response was completed. When the
-app returns, one line is logged (text or JSON) and the metrics in app/metrics.py move.
+bytes (plain and zero-copy) and the request body bytes the app read (an upload's), notes the first
+byte, and whether the response was completed. When the app returns, one line is logged (text or
+JSON) and the metrics in app/metrics.py move.
 
 The status recorded is the one the client got: the response's own once its head went out (a body
 cut short is then marked aborted); an answer the protocol gave itself (400 for a malformed body,
@@ -84,6 +85,7 @@ class Observed:
         "status",
         "length",
         "sent",
+        "received",
         "first_byte",
         "complete",
         "multipart",
@@ -103,6 +105,7 @@ class Observed:
         self.status = 0
         self.length: int | None = None
         self.sent = 0
+        self.received = 0  # request body bytes the app read (PUT, POST, PATCH)
         self.first_byte: float | None = None
         self.complete = False
         self.multipart = False
@@ -115,7 +118,9 @@ class Observed:
 
     async def receive(self) -> Message:
         message = await self._receive()
-        if message["type"] == "http.disconnect" and not self.status:
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+        elif message["type"] == "http.disconnect" and not self.status:
             self.client_gone = True
         return message
 
@@ -188,6 +193,7 @@ class Observed:
             "duration_ms": round(duration * 1000, 3),
             "user_agent": _clean(_header(scope, b"user-agent")) or None,
             "aborted": aborted,
+            "received": self.received,
         }
         if log_format == "json":
             text = json.dumps(line, ensure_ascii=False)
@@ -196,7 +202,8 @@ class Observed:
             wanted = line["range"] or "-"
             text = (
                 f'{client} "{method} {path}" {status} {self.sent} range="{wanted}" '
-                f'{duration * 1000:.1f}ms ua="{agent}" aborted={"yes" if aborted else "no"}'
+                f'{duration * 1000:.1f}ms ua="{agent}" aborted={"yes" if aborted else "no"} '
+                f"received={self.received}"
             )
         if lines is None:
             logger.info(text)

@@ -151,7 +151,6 @@ def create_app(settings: Settings | None = None) -> FerryApp:
     )
     app.include_router(links.router)
     app.include_router(selections.router)  # who may read decides, per folder: no router-wide gate
-    if app.services.bucket is None:  # resumable uploads (tus) go to a local ROOT for now
-        app.include_router(tus.build_router(app.services))
+    app.include_router(tus.build_router(app.services))  # resumable uploads (tus, the IETF draft)
     app.include_router(static.router)
     return app

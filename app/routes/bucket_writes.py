@@ -50,9 +50,10 @@ from app.http.digests import format_digest_field
 from app.http.mime import content_type_for
 from app.request import FileRequest
 from app.routes.bucket_files import object_validators
+from app.routes.resumable_draft import draft_uploads, wants_draft
 from app.services import Services
 from app.storage.backend import Stat
-from app.storage.bucket_index import entry_of, remember_digest
+from app.storage.bucket_index import index_written
 from app.storage.digests import DigestBuilder
 from app.storage.errors import InTheWay, InvalidInput, NotServable, StorageError, write_refusal
 from app.storage.paths import WriteTarget
@@ -99,6 +100,7 @@ class BucketWrites:
         self.index = services.index
         self.async_index = services.async_index
         self.activity = services.activity
+        self.draft = draft_uploads(services)
 
     async def __call__(self, request: FileRequest, receive: Receive) -> ASGIApp | None:
         """The answer to a write (None when the client went away: nobody is left to answer). A
@@ -108,6 +110,8 @@ class BucketWrites:
                 self.gate.write(self.gate.authenticate(request))  # the write token, before anything
                 if request.method == "DELETE":
                     return await self._delete(request.path, request.conditions)
+                if wants_draft(request.headers):
+                    return await self.draft.create(request, receive)  # resumable (IETF draft)
                 if request.method == "PUT":
                     return await self._put(request, receive)
                 return await self._post(request, receive)
@@ -289,12 +293,4 @@ class BucketWrites:
     # --- the index (its writer thread) -----------------------------------------------------------
 
     def _indexed(self, stat: Stat, created: bool) -> Entry:
-        metrics.UPLOADS.labels("created" if created else "replaced").inc()
-        metrics.UPLOAD_BYTES.inc(stat.size)
-        folders = [entry_of(Stat(f, True, 0, 0, None, "")) for f in _ancestors(stat.path)]
-        if folders:
-            self.index.put_many(folders)
-        remember_digest(self.index, stat)  # before the entry: the hasher then skips it
-        entry = entry_of(stat)  # with the digest and CRC-32 the upload computed
-        self.index.put(entry)
-        return entry
+        return index_written(self.index, stat, created)

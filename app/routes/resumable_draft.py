@@ -44,10 +44,10 @@ from app.http.digests import ALGORITHMS, DigestFieldError, format_digest_field, 
 from app.http.resumable_draft import DraftError
 from app.http.tus import TusError, parse_metadata
 from app.request import FileRequest
-from app.routes.uploads import PREFIX, checker, conditions_of, make_core
+from app.routes.uploads import PREFIX, UploadCore, conditions_of, make_core, precondition
 from app.services import Services
 from app.storage.errors import StorageError
-from app.storage.resumable import ChecksumMismatch, ResumableUploads, TooManyUploads, owner_of
+from app.storage.resumable import ChecksumMismatch, TooManyUploads, owner_of
 from app.storage.upload_store import Resumable
 from app.storage.values import Entry, FileDigest
 from app.transfer.resumable import append_body
@@ -98,7 +98,7 @@ def _repr_digest(fields: Mapping[str, str]) -> str | None:
 class DraftUploads:
     """Creation (from Writes), and HEAD, PATCH, DELETE, OPTIONS on the upload resources."""
 
-    def __init__(self, services: Services, core: ResumableUploads) -> None:
+    def __init__(self, services: Services, core: UploadCore) -> None:
         self.services = services
         self.settings = services.settings
         self.core = core
@@ -188,7 +188,8 @@ class DraftUploads:
                 if_match=kept.get("if-match"), if_none_match=kept.get("if-none-match")
             )
             max_size = self.settings.max_upload_size
-            upload = await self.core.create(path, length, owner, kept, checker(conditions), max_size)
+            check = precondition(self.core, conditions)
+            upload = await self.core.create(path, length, owner, kept, check, max_size)
             headers["location"] = f"{request.base_url}{PREFIX}/{upload.id}"
             return await self._append(request.headers, receive, upload, complete, checksum, None, headers)
         except ClientGone:
@@ -334,7 +335,9 @@ class DraftUploads:
             meta = append.upload.metadata
             try:
                 created, entry = await self.core.complete(
-                    append, checker(conditions_of(append.upload)), _repr_check(meta.get("repr-sha-256"))
+                    append,
+                    precondition(self.core, conditions_of(append.upload)),
+                    _repr_check(meta.get("repr-sha-256")),
                 )
             except Exception:
                 # Whatever stops the publishing ends the upload (its bytes are dropped): the

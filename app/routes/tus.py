@@ -6,8 +6,9 @@ or Upload-Defer-Length, Upload-Metadata with `path`, or `filename` and a folder)
 with its Location; HEAD tells its Upload-Offset; PATCH appends (Upload-Offset must be the
 upload's: 409 otherwise; a second PATCH while one runs: 409 too); DELETE terminates it. Every
 request but OPTIONS needs the write token, and an upload is visible only to the token that created
-it (404 for any other). The bytes, locks and publishing are app/storage/resumable.py's: the target
-appears, with its digest in the index, only once the last byte is in.
+it (404 for any other). The bytes, locks and publishing are the core's (app/storage/resumable.py
+on a local ROOT, app/storage/bucket_resumable.py on a bucket): the target appears, with its digest
+in the index, only once the last byte is in.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from app.http.conditional import RequestConditions
 from app.http.tus import TusError
 from app.request import scope_base_url
 from app.routes.resumable_draft import draft_uploads, options_router
-from app.routes.uploads import PREFIX, checker, conditions_of
+from app.routes.uploads import PREFIX, UploadCore, conditions_of, precondition
 from app.services import Services
 from app.storage.errors import StorageError
-from app.storage.resumable import ChecksumMismatch, ResumableUploads, TooManyUploads, owner_of
+from app.storage.resumable import ChecksumMismatch, TooManyUploads, owner_of
 from app.storage.upload_store import Resumable
 from app.transfer.resumable import append_body
 from app.transfer.upload import ClientGone, body_chunks
@@ -72,7 +73,7 @@ def _refusal(exc: Exception, method: str) -> Response:
 class TusRoutes:
     """The handlers, over one app's services and its resumable-upload core."""
 
-    def __init__(self, services: Services, core: ResumableUploads, draft: DraftRoutes | None = None) -> None:
+    def __init__(self, services: Services, core: UploadCore, draft: DraftRoutes | None = None) -> None:
         self.services = services
         self.settings = services.settings
         self.core = core
@@ -142,7 +143,8 @@ class TusRoutes:
                 kept[name] = fields[name]
         conditions = RequestConditions(if_match=kept.get("if-match"), if_none_match=kept.get("if-none-match"))
         max_size = self.settings.max_upload_size
-        upload = await self.core.create(path, length, owner, kept, checker(conditions), max_size)
+        check = precondition(self.core, conditions)
+        upload = await self.core.create(path, length, owner, kept, check, max_size)
         with_body = fields.get("content-type") is not None  # creation-with-upload
         if with_body or length == 0:  # creation-with-upload; an empty upload is complete at once
             if with_body:
@@ -186,15 +188,16 @@ class TusRoutes:
             ) as chunks:
                 await append_body(self.core, append, chunks, self.settings.chunk_size, checksum)
             if append.upload.length is not None and append.size == append.upload.length:
-                await self.core.complete(append, checker(conditions_of(append.upload)))
-            return append.upload
+                await self.core.complete(append, precondition(self.core, conditions_of(append.upload)))
+            appended: Resumable = append.upload
+            return appended
         finally:
             self.core.release(append)
 
 
 def build_router(services: Services) -> APIRouter:
-    """The tus routes of one app (a local ROOT: uploads to a bucket are not resumable yet), and
-    the IETF draft's requests to the same upload resources (app/routes/resumable_draft.py)."""
+    """The tus routes of one app (a local ROOT or a bucket), and the IETF draft's requests to the
+    same upload resources (app/routes/resumable_draft.py)."""
     draft = draft_uploads(services)
     core = draft.core
     routes = TusRoutes(services, core, draft)

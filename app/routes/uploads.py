@@ -1,32 +1,96 @@
 """What the resumable-upload protocols (tus: app/routes/tus.py; the IETF draft:
-app/routes/resumable_draft.py) share: where upload resources live, the one core per app, and the
-creation's preconditions, checked at creation and again when the last byte is in.
+app/routes/resumable_draft.py) share: where upload resources live, the one core per app (a local
+root's or a bucket's), and the creation's preconditions, checked at creation and again when the
+last byte is in.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from app.errors import PreconditionFailed
 from app.http.conditional import RequestConditions, make_validators, write_allowed
+from app.http.mime import content_type_for
+from app.routes.bucket_files import object_validators
 from app.services import Services
+from app.storage.backend import Stat
+from app.storage.bucket_resumable import BucketUploads
 from app.storage.resumable import ResumableUploads
 from app.storage.upload_store import Resumable
+from app.storage.values import Entry, FileDigest
 
 PREFIX = "/api/uploads"
 
 
-def make_core(services: Services) -> ResumableUploads:
+class UploadCore(Protocol):
+    """What both protocols use of a core: app/storage/resumable.py's ResumableUploads (a local
+    root) or app/storage/bucket_resumable.py's BucketUploads (a bucket). An append is the core's
+    own value, handed back to it; `check` is `precondition`'s."""
+
+    async def create(
+        self, path: str, length: int | None, owner: str, metadata: dict[str, str], check: Any, max_size: int
+    ) -> Resumable: ...
+
+    async def find(self, upload_id: str, owner: str) -> Resumable: ...
+
+    async def append(self, upload: Resumable) -> Any: ...
+
+    async def write(self, append: Any, data: bytes | bytearray) -> None: ...
+
+    async def record(self, append: Any) -> Resumable: ...
+
+    async def declare(self, append: Any, length: int) -> None: ...
+
+    def release(self, append: Any) -> None: ...
+
+    async def complete(
+        self, append: Any, check: Any, verify: Callable[[FileDigest], None] | None = None
+    ) -> tuple[bool, Entry]: ...
+
+    async def terminate(self, upload: Resumable) -> None: ...
+
+
+def make_core(services: Services) -> UploadCore:
     """An app's resumable-upload core (one per app: app/routes/resumable_draft.py `draft_uploads`
     makes it, and both protocols use that one, with its running hashes)."""
+    settings = services.settings
+    if services.bucket is not None:
+        return BucketUploads(
+            services.index,
+            services.async_index,
+            services.bucket,
+            services.bucket.multipart(),
+            expiry=settings.upload_expiry,
+            content_type=lambda name: content_type_for(name, settings.mime_types),
+        )
     return ResumableUploads(
         services.index,
         services.async_index,
         services.policy,
-        fsync=services.settings.fsync,
-        expiry=services.settings.upload_expiry,
+        fsync=settings.fsync,
+        expiry=settings.upload_expiry,
     )
+
+
+def precondition(core: UploadCore, conditions: RequestConditions) -> Any:
+    """The creation's If-Match / If-None-Match as `core` checks them: against a local file's stat
+    or an object's."""
+    if isinstance(core, BucketUploads):
+        return object_checker(conditions)
+    return checker(conditions)
+
+
+def object_checker(conditions: RequestConditions) -> Callable[[Stat | None], None]:
+    """The preconditions against the object there (None: none), by the validators its downloads
+    carry."""
+
+    def check(st: Stat | None) -> None:
+        if not write_allowed(conditions, None if st is None else object_validators(st)):
+            raise PreconditionFailed()
+
+    return check
 
 
 def checker(conditions: RequestConditions) -> Callable[[os.stat_result | None], None]:

@@ -213,6 +213,10 @@ class ResumableUploads:
         append._before = hashes.copy()
         return append
 
+    async def write(self, append: Append, data: bytes | bytearray) -> None:
+        """Append `data` at the upload's end (in a worker thread)."""
+        await asyncio.to_thread(append.write, data)
+
     async def record(self, append: Append) -> Resumable:
         """Make what was appended durable (fsync), then record its offset and pieces."""
         if self.fsync and append.size != append.recorded:

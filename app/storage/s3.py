@@ -75,6 +75,7 @@ from app.storage.errors import Changed, InvalidInput, NotServable, Refused, Stor
 from app.storage.locations import AwsCredentials, S3Location
 from app.storage.paths import TEMP_PREFIX, split_key
 from app.storage.s3_http import Answer, OpenBody, Signer, Upstream, open_body, raise_for
+from app.storage.s3_multipart import Multipart
 
 if TYPE_CHECKING:
     from obstore import Bytes, GetOptions, PutMode
@@ -186,6 +187,13 @@ class S3Storage:
             self._signer = Signer(lambda key: obstore.sign(store, "GET", key, expires))
             self._upstream = Upstream(c.endpoint, timeout=_seconds(c.timeout))
         return self._upstream, self._signer
+
+    def multipart(self) -> Multipart:
+        """The multipart-upload calls obstore does not expose (s3_multipart.py: resumable
+        uploads), with this storage's bucket, prefix, endpoint, region and credentials."""
+        c, creds = self.config, self._credentials
+        region = c.region or creds.aws_region or DEFAULT_REGION
+        return Multipart(c.location, creds, endpoint=c.endpoint, region=region)
 
     def _new_store(self) -> S3Store:
         c, creds = self.config, self._credentials

@@ -54,7 +54,7 @@ class HtmlPage:
     link_query: str = ""
     link_root: str | None = None
     archives: bool = False  # folders download as archives (FERRY_ARCHIVES, on the local disk)
-    resumable: bool = False  # uploads may go through tus at /api/uploads/ (a local ROOT)
+    resumable: bool = False  # uploads may go through tus at /api/uploads/
 
 
 def human_size(size: int) -> str:

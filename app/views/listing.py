@@ -108,7 +108,7 @@ class DirectoryListing:
             link_query=link_query,
             link_root=None if link is None else (link.prefix or "/" + self.directory + "/").strip("/"),
             archives=settings.archives,
-            resumable=self.services.bucket is None,  # tus is served for a local ROOT only
+            resumable=True,  # tus is served for a local ROOT and a bucket alike
         )
         return _html(render_listing(view))
 

@@ -70,19 +70,23 @@ class Exchange:
         return self.observed_line()
 
     def observed_line(self) -> dict[str, Any]:
+        line: dict[str, Any] = json.loads(self.logged("json"))
+        return line
+
+    def logged(self, log_format: str) -> str:
+        """The line `finish` logs in that format."""
         handler = Records()
         logger = logging.getLogger("ferry.access")
         logger.addHandler(handler)
         level = logger.level
         logger.setLevel(logging.INFO)  # setLevel, not .level: it also clears the logger's level cache
         try:
-            self.observed.finish("json")
+            self.observed.finish(log_format)
         finally:
             logger.removeHandler(handler)
             logger.setLevel(level)
         (record,) = handler.records
-        line: dict[str, Any] = json.loads(record.getMessage())
-        return line
+        return record.getMessage()
 
 
 START = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]}
@@ -140,3 +144,28 @@ def test_an_answer_of_the_protocol_is_recorded_as_that_answer() -> None:
 
 def test_no_answer_from_the_app_to_a_present_client_is_500() -> None:
     assert Exchange().run()["status"] == 500
+
+
+def test_the_request_body_bytes_read_are_recorded_as_received() -> None:
+    exchange = Exchange("PATCH", "/api/uploads/u1")
+    exchange.incoming = [
+        {"type": "http.request", "body": b"abc", "more_body": True},
+        {"type": "http.request", "body": b"defgh", "more_body": False},
+    ]
+    start = {"type": "http.response.start", "status": 204, "headers": []}
+    line = exchange.run("receive", "receive", start, {"type": "http.response.body", "body": b""})
+    assert (line["status"], line["bytes"], line["received"]) == (204, 0, 8)
+
+
+def test_the_text_line_ends_with_the_bytes_received() -> None:
+    exchange = Exchange("PUT", "/files/up.bin")
+    exchange.incoming = [{"type": "http.request", "body": b"x" * 5, "more_body": False}]
+    start = {"type": "http.response.start", "status": 201, "headers": [(b"content-length", b"2")]}
+    exchange.run("receive", start, {"type": "http.response.body", "body": b"ok"})
+    line = exchange.logged("text")
+    assert line.startswith('127.0.0.1:50000 "PUT /files/up.bin" 201 2 range="-" ')
+    assert line.endswith(" aborted=no received=5")
+
+
+def test_a_download_receives_nothing() -> None:
+    assert Exchange().run(START, PART, END)["received"] == 0
