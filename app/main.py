@@ -81,7 +81,7 @@ class FerryApp(FastAPI):
         finally:
             observed.finish(self.log_format, self.access_lines)
 
-    def answer_now(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    def answer_now(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes | bytearray] | None:
         """The fast path (app/routes/fast_files.py): a small file's whole answer, logged and
         counted as the app's own answers are, for the protocol to write; None: run the app."""
         if self.fast is None:

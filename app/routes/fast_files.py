@@ -32,7 +32,7 @@ from app.routes.files import Downloads
 from app.storage.errors import StorageError
 from app.storage.paths import LinkScope, open_beneath, resolve_to_open
 from app.transfer.uvicorn_adapter import sendable
-from app.transfer.zero_copy import read_cached
+from app.transfer.zero_copy import read_cached_into
 
 MAX_BODY = 256 * 1024  # head and body in one write up to here; above, sendfile pays for itself
 # Request fields whose presence leaves a request to the ASGI app: a body, an upgrade, what uvicorn's
@@ -65,7 +65,9 @@ class FastFiles:
         self.app_fields = _APP_FIELDS | {b"origin"} if cors else _APP_FIELDS
         self._versions: dict[tuple[Any, ...], tuple[FileFacts, _Planned | None]] = {}
 
-    def answer(self, scope: Mapping[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    def answer(
+        self, scope: Mapping[str, Any]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes | bytearray] | None:
         """(status, header fields, body) for this GET or HEAD, or None: the app answers it."""
         path: str = scope["path"]
         if not path.startswith(PREFIX) or path.endswith("/") or len(path) == len(PREFIX):
@@ -165,18 +167,20 @@ class _Planned:
         return cls(plan.status, fields, plan.body, plan.content_length)
 
 
-def _read(fd: int, st: os.stat_result, segments: list[bytes | ByteRange]) -> bytes | None:
-    """The body from the page cache (None if any of it is not there, or the file changed)."""
-    parts = []
+def _read(fd: int, st: os.stat_result, segments: list[bytes | ByteRange]) -> bytearray | None:
+    """The body from the page cache, read straight into one buffer (None if any of it is not
+    cached, or the file changed)."""
+    body = bytearray(sum(len(s) if isinstance(s, bytes) else s.length for s in segments))
+    view, at = memoryview(body), 0
     for segment in segments:
         if isinstance(segment, ByteRange):
-            data = read_cached(fd, segment.length, segment.start)
-            if data is None:
+            if not read_cached_into(fd, view[at : at + segment.length], segment.start):
                 return None
-            parts.append(data)
+            at += segment.length
         else:
-            parts.append(segment)
+            view[at : at + len(segment)] = segment
+            at += len(segment)
     now = os.fstat(fd)
     if now.st_size != st.st_size or now.st_mtime_ns != st.st_mtime_ns:
         return None
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return body

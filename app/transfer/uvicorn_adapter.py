@@ -93,7 +93,7 @@ def sendable(value: bytes) -> bool:
 class FastAnswers(Protocol):
     """What answers requests in the protocol itself (app/main.py `FerryApp.answer_now`)."""
 
-    def answer_now(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None: ...
+    def answer_now(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes | bytearray] | None: ...
 
 
 class HttpToolsAdapter(HttpToolsProtocol):
@@ -182,7 +182,7 @@ class HttpToolsAdapter(HttpToolsProtocol):
         scope["query_string"] = parsed.query or b""
         return True
 
-    def write_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def write_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes | bytearray) -> None:
         """Write a whole answer as uvicorn's request cycle would frame it (its default fields
         first, `connection: close` when the connection ends), then end the request as uvicorn
         does: the connection closed, or its keep-alive timer armed. The field values are ones
@@ -196,8 +196,9 @@ class HttpToolsAdapter(HttpToolsProtocol):
         if not keep_alive:
             content.append(b"connection: close\r\n")
         content.append(b"\r\n")
-        content.append(body)
-        self.transport.write(b"".join(content))
+        # The head and the body in one system call where the transport can (writev), the body
+        # not copied again.
+        self.transport.writelines((b"".join(content), body))
         self.server_state.total_requests += 1
         if not keep_alive:
             self.transport.close()

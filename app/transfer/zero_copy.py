@@ -94,6 +94,16 @@ def read_cached(fd: int, size: int, offset: int) -> bytes | None:
     return bytes(buffer) if n == size else None
 
 
+def read_cached_into(fd: int, buffer: memoryview, offset: int) -> bool:
+    """Fill `buffer` from `offset` if every byte is in the page cache (RWF_NOWAIT), else False."""
+    if _RWF_NOWAIT is None:
+        return False
+    try:
+        return os.preadv(fd, [buffer], offset, _RWF_NOWAIT) == len(buffer)
+    except OSError:
+        return False
+
+
 class ZeroCopySender:
     """Wraps one request cycle's ``send`` to serve the zero-copy extension.
 
