@@ -13,8 +13,9 @@ FERRY_ZERO_COPY is not ``off`` and wraps each request's ``send`` in a `ZeroCopyS
   connected socket (a store's answer, app/storage/s3_http.py) through a pipe to the client's
   socket: the bytes never enter user space. Nothing is read from the source while the pipe is
   full (the client's pace reaches the store); a source that ends early raises `SourceEnded`;
-- a file's bytes go uncorked: corked to the end of the response (like nginx's tcp_nopush), one
-  large body cost the sender about a third more CPU and a reader like curl took it slower. Only
+- a file's bytes go uncorked, as nginx's with tcp_nopush off (which curl reads about twice as
+  fast as with it on); corked to the end of the response, one large body cost the sender about a
+  third more CPU. Only
   bytes still queued in the transport (a part's headers) are corked to leave with the first
   sendfile call; a splice is corked (TCP_CORK) to the end of the response. The socket is uncorked
   after every response, so small answers never wait ~40 ms.
