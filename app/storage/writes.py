@@ -17,10 +17,12 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.storage.appending import start_writeback
 from app.storage.digests import DigestBuilder
 from app.storage.errors import InTheWay, NotServable
 from app.storage.paths import TEMP_PREFIX, WriteTarget
@@ -28,6 +30,8 @@ from app.storage.paths import TEMP_PREFIX, WriteTarget
 # Called with the target's current stat (None if absent) under the directory lock; raises to refuse.
 Check = Callable[[os.stat_result | None], None]
 
+# Writes running beside the hashing of the same chunk (`write_hashed`).
+_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ferry-write")
 NAME_MAX = 255  # bytes in one name (ext4, XFS, Btrfs, tmpfs)
 PATH_MAX = 4096  # bytes in a path the kernel takes, its final NUL included
 
@@ -105,10 +109,23 @@ class AtomicWrite:
         if self.fd < 0:
             raise OSError(errno.ECANCELED, "the upload was aborted")
         view = memoryview(data)
+        start = self.size
         while view:
             written = os.write(self.fd, view)
             view = view[written:]
             self.size += written
+        if self.fsync:
+            # The fsync before the rename then has little left to wait for (as an append's).
+            start_writeback(self.fd, start, self.size - start)
+
+    def write_hashed(self, data: bytes | bytearray | memoryview) -> None:
+        """`write` and `hash` a chunk side by side: the write on a helper thread, the hash on
+        this one (both let go of the GIL), one hand-off from the event loop for the two."""
+        writing = _WRITERS.submit(self.write, data)
+        try:
+            self.hash(data)
+        finally:
+            writing.result()
 
     def hash(self, data: bytes | bytearray | memoryview) -> None:
         """Feed the digest a chunk (in order: a chunk is hashed before the next is written)."""

@@ -11,6 +11,7 @@ On top of that this subclass enforces what uvicorn leaves open:
   opening) → else 408 and close: one byte at a time (slowloris) does not keep a connection;
 - a body that stalls for FERRY_BODY_TIMEOUT while Ferry is reading it → the connection closes
   (the upload is aborted and cleaned up);
+- a PUT's body handed to the app in messages of FERRY_CHUNK_SIZE, not uvicorn's ≤ 64 KiB pieces;
 - FERRY_WRITE_BUFFER as the transport's high-water mark, and the zero-copy extension
   (zero_copy.py) on plain-HTTP connections;
 - a `Connection` in each request's scope (extension CONNECTION), so the access log records what
@@ -69,6 +70,9 @@ class FerryProtocol(HttpToolsAdapter):
     _deadline: asyncio.TimerHandle | None = None
     _fast: FastAnswers | None = None
     _fast_answered = False
+    _gather_size = 0  # a PUT's body bytes to gather before the app is woken (0: uvicorn's way)
+    _gathered: list[bytes]
+    _gathered_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -186,6 +190,7 @@ class FerryProtocol(HttpToolsAdapter):
         if self._answer_now():
             return
         super().on_headers_complete()
+        self._start_gathering()
         if self.request_method() in (b"PUT", b"POST", b"PATCH") and not self._refused:
             self._arm(self.settings().body_timeout, self._body_timeout)
 
@@ -209,14 +214,52 @@ class FerryProtocol(HttpToolsAdapter):
     def on_body(self, body: bytes) -> None:
         if self._fast_answered:
             return
-        super().on_body(body)
+        if self._gather_size:
+            self._gather(body)
+        else:
+            super().on_body(body)
         if self._deadline is not None:
             self._arm(self.settings().body_timeout, self._body_timeout)
 
     def on_message_complete(self) -> None:
         self._disarm()
-        if not self._fast_answered:
-            super().on_message_complete()
+        if self._fast_answered:
+            return
+        if self._gather_size and self._gathered_bytes and not self.body_dropped():
+            self._hand_gathered()
+        self._gather_size = 0
+        super().on_message_complete()
+
+    # -- PUT bodies in large messages -----------------------------------------------------------
+
+    def _start_gathering(self) -> None:
+        """A PUT's body reaches the app in messages of at least FERRY_CHUNK_SIZE, where uvicorn
+        wakes the app for every read (≤ 256 KiB) and copies each twice: one wake-up, one copy
+        and one disk write per chunk. Only for PUT: its body is all or nothing, so bytes still
+        gathered when the client goes are lost with the rest, where a resumable upload (PATCH,
+        POST) keeps every byte it received."""
+        self._gather_size = self.settings().chunk_size if self.request_method() == b"PUT" else 0
+        self._gathered = []
+        self._gathered_bytes = 0
+
+    def _gather(self, body: bytes) -> None:
+        if self.body_dropped():
+            return
+        self._gathered.append(body)
+        self._gathered_bytes += len(body)
+        if self._gathered_bytes >= self._gather_size:
+            if self.body_waiting():
+                # The app has not taken the last message (the disk is behind): this one waits,
+                # and reading with it, until the app's next receive() resumes reading.
+                self.pause_reading()
+            else:
+                self._hand_gathered()
+
+    def _hand_gathered(self) -> None:
+        pieces = self._gathered
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self._gathered, self._gathered_bytes = [], 0
+        self.hand_body(data)
 
     def wrap_app(self, cycle: Cycle, app: App) -> App:
         cycle.scope.setdefault("extensions", {})[CONNECTION] = {"state": Connection(cycle)}

@@ -63,6 +63,9 @@ class _Buffered:
         self.buffer = bytearray()
 
     async def add(self, data: bytes) -> None:
+        if not self.buffer and len(data) >= self.chunk_size:
+            await self._store(data)  # a whole chunk already (a PUT's messages, protocol.py): no copy
+            return
         self.buffer += data
         if len(self.buffer) >= self.chunk_size:
             await self.flush()
@@ -70,11 +73,12 @@ class _Buffered:
     async def flush(self) -> None:
         if self.buffer:
             data, self.buffer = self.buffer, bytearray()
-            # Written and hashed at once, in two threads (both release the GIL): an upload's
-            # digest costs no extra read and little extra time.
-            await asyncio.gather(
-                asyncio.to_thread(self.write.write, data), asyncio.to_thread(self.write.hash, data)
-            )
+            await self._store(data)
+
+    async def _store(self, data: bytes | bytearray) -> None:
+        # Written and hashed at once, on two threads (both release the GIL): an upload's digest
+        # costs no extra read and little extra time.
+        await asyncio.to_thread(self.write.write_hashed, data)
 
 
 async def stream_body(chunks: AsyncIterator[bytes], write: AtomicWrite, chunk_size: int) -> None:

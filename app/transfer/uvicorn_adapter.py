@@ -116,6 +116,30 @@ class HttpToolsAdapter(HttpToolsProtocol):
         """Whether uvicorn stopped reading the body because the app is behind (not the client)."""
         return bool(self.flow.read_paused)
 
+    def body_dropped(self) -> bool:
+        """Whether uvicorn would drop body bytes now (an upgrade, or a request already answered)."""
+        return bool((self.parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete)
+
+    def body_waiting(self) -> bool:
+        """Whether body bytes wait for the app's next receive()."""
+        return bool(self.cycle.body)
+
+    def hand_body(self, data: bytes) -> None:
+        """Queue `data` for the app's next receive() and wake it.
+
+        uvicorn gathers body pieces in a bytearray and copies it again into each message: handed
+        over as one bytes object into an empty queue, `data` reaches the app without a copy."""
+        cycle = self.cycle
+        if cycle.body:
+            cycle.body += data
+        else:
+            cycle.body = data  # type: ignore[assignment]  # receive() takes bytes(body): no copy
+        cycle.message_event.set()
+
+    def pause_reading(self) -> None:
+        """Stop reading the request body until the app's next receive() (uvicorn's flow control)."""
+        self.flow.pause_reading()
+
     def url_length(self) -> int:
         """The length of the request target received so far."""
         return len(self.url)

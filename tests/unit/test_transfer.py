@@ -41,6 +41,8 @@ def test_uvicorn_internals_the_protocol_subclass_relies_on_exist() -> None:
     for attribute in ("scope", "disconnected", "response_started", "response_complete", "chunked_encoding"):
         assert f"self.{attribute}" in init
     assert "self.expected_content_length" in init and "self.flow" in init
+    assert "self.body" in init and "self.message_event" in init  # a PUT's body handed over
+    assert "bytes(self.body)" in inspect.getsource(RequestResponseCycle.receive)  # bytes: no copy
     # ... and HttpToolsAdapter reads this protocol state (app/transfer/uvicorn_adapter.py).
     protocol = inspect.getsource(HttpToolsProtocol)
     for attribute in ("config", "cycle", "flow", "url", "headers", "parser", "scope", "loop", "logger"):
