@@ -88,14 +88,8 @@ def pages_cached(fd: int, offset: int, count: int) -> bool:
 
 def read_cached(fd: int, size: int, offset: int) -> bytes | None:
     """The bytes if every one of them is in the page cache (RWF_NOWAIT), else None."""
-    if _RWF_NOWAIT is None:
-        return None
     buffer = bytearray(size)
-    try:
-        n = os.preadv(fd, [buffer], offset, _RWF_NOWAIT)
-    except OSError:
-        return None
-    return bytes(buffer) if n == size else None
+    return bytes(buffer) if read_cached_into(fd, memoryview(buffer), offset) else None
 
 
 def read_cached_into(fd: int, buffer: memoryview, offset: int) -> bool:
