@@ -25,6 +25,7 @@ from app.storage.values import Identity, entry_from_object
 from app.transfer.activity import Activity
 from app.transfer.archive import ArchiveSender, MemberOpener
 from app.transfer.download import TransferOptions
+from app.transfer.messages import TypedSend
 from app.transfer.zero_copy import FileChanged
 
 logger = logging.getLogger("ferry.archives")
@@ -60,6 +61,13 @@ class ObjectArchiveSender(ArchiveSender):
         self.bucket = bucket
         self.source = source
         self.expect = expect
+
+    async def _batched(self, span: FileSpan, send: TypedSend) -> AsyncIterator[memoryview]:
+        """The span's bytes as the bucket hands them out, each copied into the batch."""
+        async for data in self._chunks(span):
+            view = memoryview(data)
+            yield view
+            await self._gather(view, send)
 
     async def _chunks(self, span: FileSpan) -> AsyncIterator[Chunk]:
         path = self.source(span.index)

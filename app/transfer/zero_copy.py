@@ -9,6 +9,8 @@ FERRY_ZERO_COPY is not ``off`` and wraps each request's ``send`` in a `ZeroCopyS
   EAGAIN waits for writability with ``loop.add_writer`` on the dup;
 - pages not in the page cache are sent from a worker thread, so a cold file never stalls the
   event loop (checked with a ``preadv(RWF_NOWAIT)`` probe);
+- a message with ``buffer`` instead of ``file`` writes it to the socket whole before returning
+  (socket_writes.py: an archive's batch, refilled at once);
 - a message with ``socket`` instead of ``file`` splices (``os.splice``) that many bytes from a
   connected socket (a store's answer, app/storage/s3_http.py) through a pipe to the client's
   socket: the bytes never enter user space. Nothing is read from the source while the pipe is
@@ -29,6 +31,8 @@ import os
 import socket
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
+
+from app.transfer.socket_writes import write_all
 
 if TYPE_CHECKING:
     from app.transfer.uvicorn_adapter import Cycle
@@ -165,6 +169,9 @@ class ZeroCopySender:
         await self._drain()
         if "socket" in message:
             await self._splice_loop(message["socket"], count, message.get("timeout") or 60.0)
+            return
+        if "buffer" in message:
+            await write_all(self.cycle, self.fd, self._private_fd, memoryview(message["buffer"])[:count])
             return
         file = message["file"]
         fd = file if isinstance(file, int) else file.fileno()
