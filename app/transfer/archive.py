@@ -25,7 +25,7 @@ import asyncio
 import logging
 import os
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.types import Scope
@@ -151,29 +151,33 @@ class ArchiveSender(FileSender):
             await self._flush(send)
             r = ByteRange(span.offset, span.offset + span.length)
             return await self._sendfile_range(r, send, disconnect, last=last)
-        crc = 0
-        async for data in self._batched(span, send):
-            if disconnect.happened:
-                return False
-            if computing:
-                crc = zlib.crc32(data, crc)
+        crc = await self._batch_span(span, send, disconnect, computing=computing)
+        if crc is None:
+            return False
         if computing:
             # Only a whole archive is sent while CRC-32s are missing: the span is the whole file.
             assert isinstance(self.layout, ZipLayout) and span.offset == 0
             self.layout.set_crc32(span.index, crc)
         return True
 
-    async def _batched(self, span: FileSpan, send: TypedSend) -> AsyncIterator[memoryview]:
-        """The span's bytes put in the batch a piece at a time, each yielded before the batch
-        can be sent and refilled: read straight into it from the member's file."""
+    async def _batch_span(
+        self, span: FileSpan, send: TypedSend, disconnect: _Disconnect, *, computing: bool
+    ) -> int | None:
+        """The span's bytes put in the batch, read straight into it from the member's file; their
+        CRC-32 when `computing` (else 0), None when the client has gone."""
         self._open(span.index)
+        crc = 0
         offset, stop = span.offset, span.offset + span.length
         while offset < stop:
+            if disconnect.happened:
+                return None
             view = self._room(stop - offset)
             await read_into(self.fd, view, offset, self.st)
-            yield view
+            if computing:
+                crc = zlib.crc32(view, crc)
             offset += len(view)
             await self._filled(len(view), send)
+        return crc
 
     def _room(self, wanted: int) -> memoryview:
         """Up to `wanted` bytes of free space in the batch (never empty: a full one was sent)."""
