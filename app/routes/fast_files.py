@@ -31,8 +31,8 @@ from app.request import PREFIX, FileRequest
 from app.routes.files import Downloads
 from app.storage.errors import StorageError
 from app.storage.paths import LinkScope, open_beneath, resolve_to_open
+from app.transfer.page_cache import read_cached_into
 from app.transfer.uvicorn_adapter import sendable
-from app.transfer.zero_copy import read_cached_into
 
 MAX_BODY = 256 * 1024  # head and body in one write up to here; above, sendfile pays for itself
 # Request fields whose presence leaves a request to the ASGI app: a body, an upgrade, what uvicorn's

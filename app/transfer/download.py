@@ -25,7 +25,8 @@ from app.settings import Settings
 from app.storage.backend import Chunk
 from app.transfer.activity import Activity
 from app.transfer.messages import TypedSend, body, file_segment, sender, start
-from app.transfer.zero_copy import FileChanged, can_zero_copy, read_cached
+from app.transfer.page_cache import read_cached
+from app.transfer.zero_copy import FileChanged, can_zero_copy
 
 logger = logging.getLogger("ferry.transfer")
 

@@ -41,7 +41,17 @@ class SocketSend(TypedDict):
     more_body: bool
 
 
-Sent = ResponseStart | ResponseBody | ZeroCopySend | SocketSend
+class BufferSend(TypedDict):
+    """`count` bytes of `buffer` written straight to the client's socket (zero_copy.py): when the
+    send returns, none of them is left queued, so the buffer may be refilled."""
+
+    type: Literal["http.response.zerocopysend"]
+    buffer: bytearray | memoryview
+    count: int
+    more_body: bool
+
+
+Sent = ResponseStart | ResponseBody | ZeroCopySend | SocketSend | BufferSend
 TypedSend = Callable[[Sent], Awaitable[None]]
 
 
@@ -76,3 +86,7 @@ def socket_segment(fd: int, count: int, timeout: float) -> SocketSend:
         "timeout": timeout,
         "more_body": True,
     }
+
+
+def buffer_segment(data: bytearray | memoryview, count: int) -> BufferSend:
+    return {"type": "http.response.zerocopysend", "buffer": data, "count": count, "more_body": True}

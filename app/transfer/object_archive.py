@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 from app.storage.values import Identity, entry_from_object
 from app.transfer.activity import Activity
 from app.transfer.archive import ArchiveSender, MemberOpener
-from app.transfer.download import TransferOptions
+from app.transfer.download import TransferOptions, _Disconnect
+from app.transfer.messages import TypedSend
 from app.transfer.zero_copy import FileChanged
 
 logger = logging.getLogger("ferry.archives")
@@ -60,6 +62,20 @@ class ObjectArchiveSender(ArchiveSender):
         self.bucket = bucket
         self.source = source
         self.expect = expect
+
+    async def _batch_span(
+        self, span: FileSpan, send: TypedSend, disconnect: _Disconnect, *, computing: bool
+    ) -> int | None:
+        """The span's bytes as the bucket hands them out, each copied into the batch."""
+        crc = 0
+        async for data in self._chunks(span):
+            if disconnect.happened:
+                return None
+            view = memoryview(data)
+            if computing:
+                crc = zlib.crc32(view, crc)
+            await self._gather(view, send)
+        return crc
 
     async def _chunks(self, span: FileSpan) -> AsyncIterator[Chunk]:
         path = self.source(span.index)

@@ -9,6 +9,8 @@ FERRY_ZERO_COPY is not ``off`` and wraps each request's ``send`` in a `ZeroCopyS
   EAGAIN waits for writability with ``loop.add_writer`` on the dup;
 - pages not in the page cache are sent from a worker thread, so a cold file never stalls the
   event loop (checked with a ``preadv(RWF_NOWAIT)`` probe);
+- a message with ``buffer`` instead of ``file`` writes it to the socket whole before returning
+  (socket_writes.py: an archive's batch, refilled at once);
 - a message with ``socket`` instead of ``file`` splices (``os.splice``) that many bytes from a
   connected socket (a store's answer, app/storage/s3_http.py) through a pipe to the client's
   socket: the bytes never enter user space. Nothing is read from the source while the pipe is
@@ -34,13 +36,15 @@ import socket
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from app.transfer.page_cache import pages_cached
+from app.transfer.socket_writes import write_all
+
 if TYPE_CHECKING:
     from app.transfer.uvicorn_adapter import Cycle
 
 
 EXTENSION = "http.response.zerocopysend"
 
-_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 
 Message = MutableMapping[str, Any]
@@ -70,36 +74,6 @@ def can_zero_copy(scope: MutableMapping[str, Any], mode: str) -> bool:
 
 def zero_copy_available() -> bool:
     return hasattr(os, "sendfile")
-
-
-def pages_cached(fd: int, offset: int, count: int) -> bool:
-    """True when the first and last byte of the span are in the page cache (no disk wait)."""
-    if _RWF_NOWAIT is None:
-        return False
-    probe = bytearray(1)
-    try:
-        os.preadv(fd, [probe], offset, _RWF_NOWAIT)
-        if count > 1:
-            os.preadv(fd, [probe], offset + count - 1, _RWF_NOWAIT)
-    except OSError:
-        return False  # EAGAIN (not cached) or EOPNOTSUPP (cannot tell): use a thread
-    return True
-
-
-def read_cached(fd: int, size: int, offset: int) -> bytes | None:
-    """The bytes if every one of them is in the page cache (RWF_NOWAIT), else None."""
-    buffer = bytearray(size)
-    return bytes(buffer) if read_cached_into(fd, memoryview(buffer), offset) else None
-
-
-def read_cached_into(fd: int, buffer: memoryview, offset: int) -> bool:
-    """Fill `buffer` from `offset` if every byte is in the page cache (RWF_NOWAIT), else False."""
-    if _RWF_NOWAIT is None:
-        return False
-    try:
-        return os.preadv(fd, [buffer], offset, _RWF_NOWAIT) == len(buffer)
-    except OSError:
-        return False
 
 
 class ZeroCopySender:
@@ -173,6 +147,10 @@ class ZeroCopySender:
             self._set_cork(True)
             await self._drain()
             await self._splice_loop(message["socket"], count, message.get("timeout") or 60.0)
+            return
+        if "buffer" in message:
+            await self._drain()  # headers queued in the transport go first
+            await write_all(self.cycle, self.fd, self._private_fd, memoryview(message["buffer"])[:count])
             return
         if self.transport.get_write_buffer_size():
             # Bytes still queued (a part's headers) leave with the first file bytes, corked; the

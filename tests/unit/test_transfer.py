@@ -12,7 +12,8 @@ from pathlib import Path
 from starlette.types import Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from app.transfer.zero_copy import EXTENSION, can_zero_copy, pages_cached, read_cached
+from app.transfer.page_cache import pages_cached, read_cached
+from app.transfer.zero_copy import EXTENSION, can_zero_copy
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

@@ -1,0 +1,38 @@
+"""Reads that never wait on the disk: a span read (or only probed) from the page cache with
+RWF_NOWAIT, so the event loop can take it at once and leave a cold one to a thread."""
+
+from __future__ import annotations
+
+import os
+
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def pages_cached(fd: int, offset: int, count: int) -> bool:
+    """True when the first and last byte of the span are in the page cache (no disk wait)."""
+    if _RWF_NOWAIT is None:
+        return False
+    probe = bytearray(1)
+    try:
+        os.preadv(fd, [probe], offset, _RWF_NOWAIT)
+        if count > 1:
+            os.preadv(fd, [probe], offset + count - 1, _RWF_NOWAIT)
+    except OSError:
+        return False  # EAGAIN (not cached) or EOPNOTSUPP (cannot tell): use a thread
+    return True
+
+
+def read_cached(fd: int, size: int, offset: int) -> bytes | None:
+    """The bytes if every one of them is in the page cache (RWF_NOWAIT), else None."""
+    buffer = bytearray(size)
+    return bytes(buffer) if read_cached_into(fd, memoryview(buffer), offset) else None
+
+
+def read_cached_into(fd: int, buffer: memoryview, offset: int) -> bool:
+    """Fill `buffer` from `offset` if every byte is in the page cache (RWF_NOWAIT), else False."""
+    if _RWF_NOWAIT is None:
+        return False
+    try:
+        return os.preadv(fd, [buffer], offset, _RWF_NOWAIT) == len(buffer)
+    except OSError:
+        return False

@@ -1,0 +1,119 @@
+"""A ``buffer`` message of the zero-copy extension (app/transfer/zero_copy.py), between a real
+socket pair: every byte is in the kernel when the send returns (so the archive sender may refill
+the same buffer at once), counted exactly, also when the client reads slowly; a client gone ends
+the write quietly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.transfer.messages import buffer_segment
+from app.transfer.zero_copy import ZeroCopySender
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeCycle:
+    """What ZeroCopySender asks of uvicorn's request cycle, for a started GET response."""
+
+    def __init__(self, remaining: int) -> None:
+        self.scope: dict[str, Any] = {"method": "GET"}
+        self.remaining = remaining
+        self.sent = 0
+        self.disconnected = False
+        self.response_started, self.response_complete, self.chunked = True, False, False
+
+    def mark_disconnected(self) -> None:
+        self.disconnected = True
+
+    def count_sent(self, sent: int) -> None:
+        self.sent += sent
+        self.remaining -= sent
+
+    async def send(self, message: Any) -> None:
+        raise AssertionError("only buffer segments are sent here")
+
+    async def drain(self) -> None:
+        return None
+
+
+class FakeTransport:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.sock if name == "socket" else None
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(Ferry's end, non-blocking as a transport's; the client's end), TCP on loopback."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        ferry, _ = server.accept()
+    ferry.setblocking(False)
+    yield ferry, client
+    ferry.close()
+    client.close()
+
+
+def read_slowly(sock: socket.socket, into: bytearray, upto: int) -> threading.Thread:
+    """Reads `upto` bytes in small pieces, so the sender meets a full socket many times."""
+
+    def run() -> None:
+        while len(into) < upto:
+            got = sock.recv(4096)
+            if not got:
+                return
+            into.extend(got)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+async def test_the_buffer_is_written_whole_and_counted_before_the_send_returns(pair: Any) -> None:
+    ferry, client = pair
+    buffer = bytearray(os.urandom(16 * 1024 * 1024))
+    expected = bytes(buffer[:-5])
+    cycle = FakeCycle(len(expected))
+    sender = ZeroCopySender(cycle, FakeTransport(ferry), 1 << 20)  # type: ignore[arg-type]
+    received = bytearray()
+    reader = read_slowly(client, received, len(expected))
+    await sender.send(buffer_segment(buffer, len(expected)))  # type: ignore[arg-type]
+    assert (cycle.sent, cycle.remaining) == (len(expected), 0)  # all of it handed to the kernel
+    buffer[:] = bytes(len(buffer))  # refilled at once: what the client gets is unchanged
+    await asyncio.to_thread(reader.join, 60)
+    sender.close()
+    assert bytes(received) == expected
+
+
+async def test_a_client_gone_ends_the_write_quietly(pair: Any) -> None:
+    ferry, client = pair
+    size = 64 * 1024 * 1024
+    cycle = FakeCycle(size)
+    sender = ZeroCopySender(cycle, FakeTransport(ferry), 1 << 20)  # type: ignore[arg-type]
+    received = bytearray()
+    reader = read_slowly(client, received, 1024 * 1024)
+
+    def gone() -> None:
+        reader.join(30)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        client.close()  # a reset: the next write to it fails
+
+    closer = threading.Thread(target=gone, daemon=True)
+    closer.start()
+    await asyncio.wait_for(sender.send(buffer_segment(bytearray(size), size)), 60)  # type: ignore[arg-type]
+    sender.close()
+    assert cycle.disconnected
+    assert 1024 * 1024 <= cycle.sent < size
