@@ -13,10 +13,8 @@ from typing import Any, Protocol
 from app.errors import PreconditionFailed
 from app.http.conditional import RequestConditions, make_validators, write_allowed
 from app.http.mime import content_type_for
-from app.routes.bucket_files import object_validators
 from app.services import Services
 from app.storage.backend import Stat
-from app.storage.bucket_resumable import BucketUploads
 from app.storage.resumable import ResumableUploads
 from app.storage.upload_store import Resumable
 from app.storage.values import Entry, FileDigest
@@ -57,6 +55,8 @@ def make_core(services: Services) -> UploadCore:
     makes it, and both protocols use that one, with its running hashes)."""
     settings = services.settings
     if services.bucket is not None:
+        from app.storage.bucket_resumable import BucketUploads  # a local worker never loads it
+
         return BucketUploads(
             services.index,
             services.async_index,
@@ -77,14 +77,16 @@ def make_core(services: Services) -> UploadCore:
 def precondition(core: UploadCore, conditions: RequestConditions) -> Any:
     """The creation's If-Match / If-None-Match as `core` checks them: against a local file's stat
     or an object's."""
-    if isinstance(core, BucketUploads):
-        return object_checker(conditions)
-    return checker(conditions)
+    if isinstance(core, ResumableUploads):
+        return checker(conditions)
+    return object_checker(conditions)
 
 
 def object_checker(conditions: RequestConditions) -> Callable[[Stat | None], None]:
     """The preconditions against the object there (None: none), by the validators its downloads
     carry."""
+
+    from app.routes.bucket_files import object_validators  # a local worker never loads it
 
     def check(st: Stat | None) -> None:
         if not write_allowed(conditions, None if st is None else object_validators(st)):
