@@ -41,8 +41,13 @@ tools:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CLIENT_PACKAGES) >/dev/null; \
 	fi
 
+# The whole suite in TEST_WORKERS processes (pytest-xdist), each test file kept on one of them
+# (--dist loadfile: a module's shared servers start once). Most tests wait on servers, sockets and
+# client subprocesses rather than on the CPU. TEST_WORKERS=0 runs it in this process alone.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.dev-installed tools bench-tools
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # One tier at a time (README "Tests"): unit and integration need no server, no client tool.
 test-unit: $(VENV)/.dev-installed
