@@ -1,13 +1,13 @@
 """What parallel test processes (`pytest -n`, pytest-xdist) share, and how they take turns at it.
 
-Each worker is a session of its own: session fixtures (the `weed mini` engine, a browser) run once
-per worker, and pytest gives each worker its own temporary directories. What lives outside them (an
-npm install into the checkout's .cache/, for one) is done by one process at a time: `exclusive`.
+Each worker is a session of its own: a session fixture (the `weed mini` engine, ~1 GB RSS) starts
+once per worker, and pytest gives each worker its own temporary directories. What lives outside
+them (an npm install into the checkout's .cache/, for one) is done by one process at a time:
+`exclusive`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,8 +25,3 @@ def exclusive(place: Path) -> Iterator[None]:
     place.mkdir(parents=True, exist_ok=True)
     with FileLock(str(place.with_name(place.name + ".lock")), timeout=LOCK_DEADLINE):
         yield
-
-
-def worker() -> str:
-    """This process's pytest-xdist worker ("gw0", "gw1", …), or "main" when the run is serial."""
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
