@@ -41,8 +41,17 @@ tools:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CLIENT_PACKAGES) >/dev/null; \
 	fi
 
+# The whole suite in TEST_WORKERS processes (pytest-xdist), each test file kept on one of them
+# (--dist loadfile: a module's shared servers start once; files in their order: the long bench
+# smoke first). Most tests wait on servers, sockets and client subprocesses rather than on the CPU.
+# Then the tests marked `serial` (wall-clock bounds: pacing, timeouts), alone. TEST_WORKERS=0: the
+# first part in this process too; PYTEST_ARGS: more pytest options for both parts.
+TEST_WORKERS ?= 2
+PYTEST_ARGS ?=
+
 test: $(VENV)/.dev-installed tools bench-tools
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m 'not bench and not serial' $(PYTEST_ARGS)
+	$(BIN)/pytest -m 'serial and not bench' $(PYTEST_ARGS)
 
 # One tier at a time (README "Tests"): unit and integration need no server, no client tool.
 test-unit: $(VENV)/.dev-installed

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import PATIENCE, FerryServer, ServerFactory, wait_for
+from tests.support.workers import exclusive
 
 pytestmark = pytest.mark.clients
 
@@ -102,23 +103,23 @@ def tus_js() -> Path:
     if node is None or npm is None:
         pytest.fail("node and npm are needed (make tools installs Debian's nodejs and npm)")
     modules = NODE_CACHE / "node_modules"
-    if not (modules / "tus-js-client" / "package.json").exists():
-        NODE_CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                npm,
-                "install",
-                "--no-save",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-                str(NODE_CACHE),
-                "tus-js-client@4",
-            ],
-            check=True,
-            timeout=10 * PATIENCE,
-            capture_output=True,
-        )
+    with exclusive(NODE_CACHE):  # parallel workers (pytest -n): one installs, the others wait
+        if not (modules / "tus-js-client" / "package.json").exists():
+            subprocess.run(
+                [
+                    npm,
+                    "install",
+                    "--no-save",
+                    "--no-audit",
+                    "--no-fund",
+                    "--prefix",
+                    str(NODE_CACHE),
+                    "tus-js-client@4",
+                ],
+                check=True,
+                timeout=10 * PATIENCE,
+                capture_output=True,
+            )
     return modules
 
 

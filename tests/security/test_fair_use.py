@@ -18,7 +18,8 @@ from tests.conftest import FerryServer, ServerFactory, build_storage_tree, quick
 from tests.security.support import Outside, assert_healthy, assert_no_canary, parse_head
 from tests.support.raw import read_head
 
-pytestmark = pytest.mark.clients
+# Wall-clock bounds (pacing, timeouts): run alone, after the parallel part of `make test`.
+pytestmark = [pytest.mark.clients, pytest.mark.serial]
 
 MIB = 1024**2
 BIG = 64 * MIB  # far more than loopback socket buffers hold: a download that is not read stays open

@@ -29,7 +29,8 @@ from tests.security.support import (
 )
 from tests.support.servers import module_pool
 
-pytestmark = pytest.mark.clients
+# Wall-clock bounds (pacing, timeouts): run alone, after the parallel part of `make test`.
+pytestmark = [pytest.mark.clients, pytest.mark.serial]
 
 MAX_URL = 1024
 MAX_HEADERS = 20
