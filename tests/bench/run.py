@@ -133,6 +133,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--workers", type=int, default=2, help="FERRY_WORKERS for Ferry (default 2)")
     add("--nginx-workers", type=int, default=2, help="nginx worker_processes (default 2)")
     add("--zero-copy", choices=["auto", "on", "off"], default="auto", help="Ferry's --zero-copy")
+    add(
+        "--fast-path",
+        choices=["on", "off"],
+        default="on",
+        help="Ferry's --fast-path (off: every request through ASGI)",
+    )
     add("--chunk-size", help="Ferry's --chunk-size (default: Ferry's own default)")
     add(
         "--chunk-sizes",
@@ -184,7 +190,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         connections=args.connections or base.connections,
         small_connections=args.small_connections,
         ttfb_requests=args.ttfb_requests or base.ttfb,
-        ferry=FerryOptions(args.workers, args.zero_copy, args.chunk_size),
+        ferry=FerryOptions(args.workers, args.zero_copy, args.chunk_size, args.fast_path),
         nginx_workers=args.nginx_workers,
         chunk_sizes=chunk_sizes,
         output=args.output or RESULTS_DIR / default_output,
@@ -294,7 +300,9 @@ def context_lines(plan: Plan, info: dict[str, str], data: m.DataSet, load_before
         if plan.ferry.zero_copy != "off":
             ferry += f", and one with zero-copy {plan.ferry.zero_copy} for reference"
     else:
-        ferry = f"Ferry: zero-copy {plan.ferry.zero_copy}, chunk size {chunk}"
+        ferry = (
+            f"Ferry: zero-copy {plan.ferry.zero_copy}, fast path {plan.ferry.fast_path}, chunk size {chunk}"
+        )
     return [
         f"date: {info['date']}",
         f"machine: nproc {info['nproc']}, {info['CPU']}, kernel {info['kernel']}, Python {info['Python']}",

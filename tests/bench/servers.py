@@ -94,9 +94,10 @@ class FerryOptions:
     workers: int
     zero_copy: str
     chunk_size: str | None  # None: Ferry's default
+    fast_path: str = "on"
 
     def flags(self) -> list[str]:
-        flags = ["--workers", str(self.workers), "--zero-copy", self.zero_copy]
+        flags = ["--workers", str(self.workers), "--zero-copy", self.zero_copy, "--fast-path", self.fast_path]
         return flags + (["--chunk-size", self.chunk_size] if self.chunk_size else [])
 
 
