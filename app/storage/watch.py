@@ -21,7 +21,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import watchfiles
@@ -198,11 +198,30 @@ class IndexKeeper:
                 scanned.set()  # the start-up goes on even if watching could not begin
             if time.monotonic() - began > _HEALTHY_RUN:
                 delay = _RESTART_DELAYS[0]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=delay)
-                return
-            delay = min(delay * 2, _RESTART_DELAYS[1])
+            root = self.index.policy.root
+            if not root.is_dir():
+                # ROOT is gone (unmounted, moved away): watch again as soon as it is back, not
+                # after a back-off that grew while it was missing.
+                if await self._stopped_within(delay, until=root.is_dir):
+                    return
+                delay = _RESTART_DELAYS[0] if root.is_dir() else min(delay * 2, _RESTART_DELAYS[1])
+            else:
+                if await self._stopped_within(delay):
+                    return
+                delay = min(delay * 2, _RESTART_DELAYS[1])
             metrics.INDEX_WATCH_RESTARTS.inc()
+
+    async def _stopped_within(self, seconds: float, until: Callable[[], bool] | None = None) -> bool:
+        """Wait up to `seconds` (looking at `until` twice a second, and ending when it holds);
+        True when the keeper was stopped meanwhile."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=left if until is None else min(left, 0.5))
+                return True
+            if until is not None and until():
+                return False
+        return False
 
     async def _watch_once(self, scanned: asyncio.Event) -> None:
         """Start watching, then scan, then apply what the watcher reports.
