@@ -10,6 +10,9 @@ quick_check` at start-up and SQLite's corruption errors at run time swap in an e
 scan the disk into it in the background (one process at a time, under ``<index>.rebuild``).
 Listings stay right meanwhile (a directory the new index has not seen is read from disk), search
 answers 503 with Retry-After until the scan ends, and writes go to the new database.
+
+Long because: opening, pooling and replacing the database share their state and locks; split,
+each half would reach into the other's.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ class Database:
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
+        _write_ahead(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
@@ -292,3 +295,19 @@ class Database:
     def close(self) -> None:
         """Close the idle connections (those in use close when returned to a full pool)."""
         self._drain()
+
+
+def _write_ahead(conn: sqlite3.Connection, patience: float = 30.0) -> None:
+    """Put a new index in WAL mode. The switch takes an exclusive lock and SQLite answers "database
+    is locked" at once rather than waiting on the busy timeout, so two workers opening a new index
+    at the same instant (forked ones do) would fail to start: the switch is tried again, briefly,
+    for up to `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)

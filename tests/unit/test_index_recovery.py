@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
+import multiprocessing
 import os
 import sqlite3
 import threading
@@ -413,3 +414,35 @@ def test_the_healthcheck_counts_a_rebuilding_index_as_healthy(
         finally:
             server.shutdown()
     assert (capsys.readouterr().err == "") == (exit_code == 0)
+
+
+def _open_new_index(db: str, root: str, barrier: Any, errors: Any) -> None:
+    barrier.wait()
+    try:
+        Index(Path(db), PathPolicy(root=Path(root))).close()
+    except Exception as exc:
+        errors.put(repr(exc))
+
+
+def test_workers_opening_a_new_index_at_the_same_instant_all_start(tmp_path: Path) -> None:
+    """Forked workers open a new index together: switching it to WAL must not fail one of them
+    with "database is locked" (that worker would die at start-up and be started again)."""
+    context = multiprocessing.get_context("fork")
+    root = tree(tmp_path, dirs=1, files=1)
+    errors = context.Queue()
+    for attempt in range(12):
+        db = tmp_path / f"index-{attempt}.sqlite3"
+        barrier = context.Barrier(3)
+        workers = [
+            context.Process(target=_open_new_index, args=(str(db), str(root), barrier, errors))
+            for _ in range(3)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+            assert worker.exitcode == 0
+    found_errors = []
+    while not errors.empty():
+        found_errors.append(errors.get())
+    assert found_errors == []
