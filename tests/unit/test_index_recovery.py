@@ -178,57 +178,6 @@ def test_a_watcher_that_dies_starts_again_after_a_rescan(
     assert sample("ferry_index_watch_restarts_total") == restarts + 1
 
 
-def test_watching_starts_again_as_soon_as_a_missing_root_is_back(
-    index: Index, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A ROOT moved away makes the watcher fail; the back-off that follows (here 60 s from the
-    first failure) must not keep the index blind once ROOT is back: watching, and the scan that
-    brings back what was there, start within seconds."""
-    monkeypatch.setattr(watch, "_RESTART_DELAYS", (60.0, 60.0))
-    root = index.policy.root
-    away = root.with_name("root.away")
-    watching_again = threading.Event()
-    failed = threading.Event()
-
-    def changes(self: IndexKeeper, root_path: Path) -> AsyncIterator[set[tuple[Any, str]]]:
-        async def watching() -> AsyncIterator[set[tuple[Any, str]]]:
-            if not root_path.is_dir():
-                failed.set()
-                raise FileNotFoundError(root_path)
-            watching_again.set()
-            await self._stop.wait()
-            return
-            yield set()  # pragma: no cover  (an async generator)
-
-        return watching()
-
-    monkeypatch.setattr(IndexKeeper, "_changes", changes)
-
-    async def run() -> float:
-        keeper = IndexKeeper(index, watch=True, rescan_interval=0)
-        root.rename(away)
-        try:
-            await keeper.start()
-            deadline = time.monotonic() + 30
-            while not failed.is_set() and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            (away / "d03" / "while-away.txt").write_bytes(b"made while ROOT was elsewhere")
-        finally:
-            away.rename(root)
-        back = time.monotonic()
-        try:
-            while not watching_again.is_set() and time.monotonic() < back + 30:
-                await asyncio.sleep(0.02)
-            return time.monotonic() - back
-        finally:
-            await keeper.stop()
-
-    waited = asyncio.run(run())
-    assert failed.is_set() and watching_again.is_set()
-    assert waited < 20, f"watching started again {waited:.1f} s after ROOT was back (the back-off is 60 s)"
-    assert found(index, "while-away") == {"d03/while-away.txt"}, "no rescan once ROOT was back"
-
-
 def test_a_change_made_just_before_the_watches_exist_is_seen(
     index: Index, monkeypatch: pytest.MonkeyPatch
 ) -> None:
