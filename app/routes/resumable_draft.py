@@ -44,7 +44,7 @@ from app.http.digests import ALGORITHMS, DigestFieldError, format_digest_field, 
 from app.http.resumable_draft import DraftError
 from app.http.tus import TusError, parse_metadata
 from app.request import FileRequest
-from app.routes.uploads import PREFIX, UploadCore, conditions_of, make_core, precondition
+from app.routes.uploads import PREFIX, UploadCore, conditions_of, let_go, make_core, precondition
 from app.services import Services
 from app.storage.errors import StorageError
 from app.storage.resumable import ChecksumMismatch, TooManyUploads, owner_of
@@ -348,7 +348,7 @@ class DraftUploads:
             self._remember(append.upload, entry.size)
             return self._published(meta.get("draft", "PUT"), created, entry)
         finally:
-            self.core.release(append)
+            await let_go(self.core, append)
 
     def _remember(self, upload: Resumable, length: int) -> None:
         self._completed[upload.id] = (upload.owner, length)

@@ -27,7 +27,7 @@ from app.http.conditional import RequestConditions
 from app.http.tus import TusError
 from app.request import scope_base_url
 from app.routes.resumable_draft import draft_uploads, options_router
-from app.routes.uploads import PREFIX, UploadCore, conditions_of, precondition
+from app.routes.uploads import PREFIX, UploadCore, conditions_of, let_go, precondition
 from app.services import Services
 from app.storage.errors import StorageError
 from app.storage.resumable import ChecksumMismatch, TooManyUploads, owner_of
@@ -192,7 +192,7 @@ class TusRoutes:
             appended: Resumable = append.upload
             return appended
         finally:
-            self.core.release(append)
+            await let_go(self.core, append)
 
 
 def build_router(services: Services) -> APIRouter:

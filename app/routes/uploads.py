@@ -50,6 +50,15 @@ class UploadCore(Protocol):
     async def terminate(self, upload: Resumable) -> None: ...
 
 
+async def let_go(core: UploadCore, append: Any) -> None:
+    """The end of an append: `release`, then, on a bucket, wait until its lease is let go in the
+    store, so the client's next append, wherever it lands, finds the upload free."""
+    core.release(append)
+    released = getattr(core, "released", None)  # BucketUploads: the lease is a store write
+    if released is not None:
+        await released(append)
+
+
 def make_core(services: Services) -> UploadCore:
     """An app's resumable-upload core (one per app: app/routes/resumable_draft.py `draft_uploads`
     makes it, and both protocols use that one, with its running hashes)."""

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -461,6 +462,14 @@ class BucketUploads:
         task = asyncio.get_running_loop().create_task(self._unlease(append))
         self._unleasing[upload_id] = task
         task.add_done_callback(lambda done: self._let_go(upload_id, done))
+
+    async def released(self, append: ObjectAppend) -> None:
+        """Wait until the lease `release` let go of is stored: the client's next append may reach
+        another replica, which must not find it still held."""
+        task = self._unleasing.get(append.upload.id)
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
 
     def _let_go(self, upload_id: str, done: asyncio.Task[None]) -> None:
         if self._unleasing.get(upload_id) is done:
