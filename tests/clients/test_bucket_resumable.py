@@ -20,7 +20,7 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,13 @@ class Bucket:
 
 
 Serve = Callable[..., contextlib.AbstractAsyncContextManager[Bucket]]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_uploads_left_behind(seaweed: Seaweed) -> Iterator[None]:
+    """This module leaves uploads open by design (cut, resumed elsewhere): none outlives it."""
+    yield
+    seaweed.discard_pending_uploads()
 
 
 @pytest.fixture

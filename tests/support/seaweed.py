@@ -117,6 +117,15 @@ class Seaweed:
             raise
         return [str(entry["FullPath"]) for entry in listing.get("Entries") or []]
 
+    def discard_pending_uploads(self) -> None:
+        """Remove every unfinished multipart upload from the filer: what a module that leaves
+        resumable uploads open by design does when it ends, so the next module's checks that
+        nothing is pending see only their own."""
+        for path in self.pending_uploads():
+            url = f"http://127.0.0.1:{self.ports['filer.port']}{path}?recursive=true"
+            with urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=30):
+                pass
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after STOP_DEADLINE; returns once the process is gone."""
         if self.process.poll() is not None:
