@@ -11,7 +11,9 @@ On top of that this subclass enforces what uvicorn leaves open:
   opening) → else 408 and close: one byte at a time (slowloris) does not keep a connection;
 - a body that stalls for FERRY_BODY_TIMEOUT while Ferry is reading it → the connection closes
   (the upload is aborted and cleaned up);
-- a PUT's body handed to the app in messages of FERRY_CHUNK_SIZE, not uvicorn's ≤ 64 KiB pieces;
+- a PUT's or PATCH's body handed to the app in messages of FERRY_CHUNK_SIZE, not uvicorn's
+  ≤ 64 KiB pieces; when a PATCH's client goes mid-body, the bytes that arrived still reach the
+  app before the disconnect (a resumable upload keeps them);
 - FERRY_WRITE_BUFFER as the transport's high-water mark, and the zero-copy extension
   (zero_copy.py) on plain-HTTP connections;
 - a `Connection` in each request's scope (extension CONNECTION), so the access log records what
@@ -70,7 +72,7 @@ class FerryProtocol(HttpToolsAdapter):
     _deadline: asyncio.TimerHandle | None = None
     _fast: FastAnswers | None = None
     _fast_answered = False
-    _gather_size = 0  # a PUT's body bytes to gather before the app is woken (0: uvicorn's way)
+    _gather_size = 0  # body bytes to gather before the app is woken (0: uvicorn's way)
     _gathered: list[bytes]
     _gathered_bytes = 0
 
@@ -91,6 +93,9 @@ class FerryProtocol(HttpToolsAdapter):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._gather_size and self._gathered_bytes and not self.body_dropped():
+            self._hand_gathered()  # a PATCH's app takes them before the disconnect (wrap_app)
+        self._gather_size = 0
         super().connection_lost(exc)
 
     # -- deadlines ---------------------------------------------------------------------------
@@ -230,15 +235,17 @@ class FerryProtocol(HttpToolsAdapter):
         self._gather_size = 0
         super().on_message_complete()
 
-    # -- PUT bodies in large messages -----------------------------------------------------------
+    # -- upload bodies in large messages --------------------------------------------------------
 
     def _start_gathering(self) -> None:
-        """A PUT's body reaches the app in messages of at least FERRY_CHUNK_SIZE, where uvicorn
-        wakes the app for every read (≤ 256 KiB) and copies each twice: one wake-up, one copy
-        and one disk write per chunk. Only for PUT: its body is all or nothing, so bytes still
-        gathered when the client goes are lost with the rest, where a resumable upload (PATCH,
-        POST) keeps every byte it received."""
-        self._gather_size = self.settings().chunk_size if self.request_method() == b"PUT" else 0
+        """A PUT's or PATCH's body reaches the app in messages of at least FERRY_CHUNK_SIZE, where
+        uvicorn wakes the app for every read (≤ 256 KiB) and copies each twice: one wake-up, one
+        copy and one disk write per chunk. A PATCH (a resumable upload's append) keeps every
+        byte that arrived when its client goes: `connection_lost` hands the gathered ones over
+        and `wrap_app` lets the app read them before the disconnect. POST (forms, tus creation)
+        is read as uvicorn reads it."""
+        method = self.request_method()
+        self._gather_size = self.settings().chunk_size if method in (b"PUT", b"PATCH") else 0
         self._gathered = []
         self._gathered_bytes = 0
 
@@ -263,9 +270,27 @@ class FerryProtocol(HttpToolsAdapter):
 
     def wrap_app(self, cycle: Cycle, app: App) -> App:
         cycle.scope.setdefault("extensions", {})[CONNECTION] = {"state": Connection(cycle)}
+        if cycle.scope["method"] == "PATCH":
+            app = _keeping_cut_bodies(app, cycle)
         if self.zero_copy:
             return _with_zero_copy(app, ZeroCopySender(cycle, self._transport, self.settings().chunk_size))
         return app
+
+
+def _keeping_cut_bodies(app: App, cycle: Cycle) -> App:
+    """`app` with a receive() that, when the client went mid-body, first hands over the body bytes
+    that had arrived (`more_body`: the body is still incomplete), then the disconnect."""
+
+    async def app_keeping_cut_bodies(scope: Any, receive: Any, send: Any) -> None:
+        async def receive_keeping() -> Any:
+            message = await receive()
+            if message["type"] == "http.disconnect" and (left := cycle.body_left_at_cut()):
+                return {"type": "http.request", "body": left, "more_body": True}
+            return message
+
+        await app(scope, receive_keeping, send)
+
+    return app_keeping_cut_bodies
 
 
 def _with_zero_copy(app: App, sender: ZeroCopySender) -> App:

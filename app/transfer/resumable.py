@@ -39,12 +39,16 @@ async def append_body(
     buffer = bytearray()
     try:
         async for chunk in chunks:
-            buffer += chunk
-            if len(buffer) >= chunk_size:
+            if not buffer and len(chunk) >= chunk_size:
+                data: bytes | bytearray = chunk  # a whole chunk already (protocol.py gathers): no copy
+            else:
+                buffer += chunk
+                if len(buffer) < chunk_size:
+                    continue
                 data, buffer = buffer, bytearray()
-                await core.write(append, data)
-                if checksum is None and append.size - append.recorded >= CHECKPOINT_BYTES:
-                    await core.record(append)
+            await core.write(append, data)
+            if checksum is None and append.size - append.recorded >= CHECKPOINT_BYTES:
+                await core.record(append)
     except ClientGone:
         if checksum is None:
             if buffer:

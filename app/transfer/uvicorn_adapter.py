@@ -73,6 +73,15 @@ class Cycle:
         """Body bytes the response's Content-Length still promises."""
         return int(self._cycle.expected_content_length)
 
+    def body_left_at_cut(self) -> bytes:
+        """Body bytes that arrived before the client went and that the app has not taken (uvicorn's
+        receive() answers http.disconnect with them still queued); taken once, b"" otherwise."""
+        cycle = self._cycle
+        if not cycle.disconnected or cycle.response_complete or not cycle.body:
+            return b""
+        left, cycle.body = bytes(cycle.body), b""  # type: ignore[assignment]  # bytes, as hand_body
+        return left
+
     def count_sent(self, sent: int) -> None:
         """Bytes sent past uvicorn (sendfile): its Content-Length accounting stays exact."""
         self._cycle.expected_content_length -= sent

@@ -1,5 +1,6 @@
-"""How FerryProtocol hands a request body to the app: a PUT's in FERRY_CHUNK_SIZE messages, other
-methods' as they arrive. In-process: the protocol fed by hand over a recording transport."""
+"""How FerryProtocol hands a request body to the app: a PUT's or PATCH's in FERRY_CHUNK_SIZE
+messages (a cut PATCH's bytes all reach the app before the disconnect), other methods' as they
+arrive. In-process: the protocol fed by hand over a recording transport."""
 
 from __future__ import annotations
 
@@ -115,15 +116,18 @@ async def _feed(protocol: FerryProtocol, data: bytes) -> None:
             await asyncio.sleep(0)
 
 
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
 @pytest.mark.parametrize("chunk_size", ["1MiB", "256KiB"])
 @in_loop
-async def test_a_put_body_reaches_the_app_in_chunk_size_messages(tmp_path: Path, chunk_size: str) -> None:
+async def test_an_upload_body_reaches_the_app_in_chunk_size_messages(
+    tmp_path: Path, chunk_size: str, method: str
+) -> None:
     app = _Recorder()
     protocol, _ = _protocol(tmp_path, app, chunk_size)
     chunk = 1 * MiB if chunk_size == "1MiB" else 256 * KiB
     body = bytes(range(256)) * (3 * MiB // 256) + b"tail"
 
-    protocol.data_received(_head("PUT", len(body)))
+    protocol.data_received(_head(method, len(body)))
     await _feed(protocol, body)
     await asyncio.wait_for(app.done.wait(), 10)
 
@@ -134,17 +138,45 @@ async def test_a_put_body_reaches_the_app_in_chunk_size_messages(tmp_path: Path,
 
 @in_loop
 async def test_other_bodies_reach_the_app_as_they_arrive(tmp_path: Path) -> None:
-    # A resumable upload's append (PATCH) keeps what arrived before a disconnect: never held back.
     app = _Recorder()
     protocol, _ = _protocol(tmp_path, app, "1MiB")
     body = b"p" * (4 * PIECE)
 
-    protocol.data_received(_head("PATCH", len(body)))
+    protocol.data_received(_head("POST", len(body)))
     await _feed(protocol, body)
     await asyncio.wait_for(app.done.wait(), 10)
 
     assert bytes(app.body) == body
     assert app.sizes == [PIECE] * 4
+
+
+@pytest.mark.parametrize("taken", [True, False], ids=["app-waiting", "app-busy"])
+@in_loop
+async def test_a_patch_cut_short_hands_every_byte_that_came_before_the_disconnect(
+    tmp_path: Path, taken: bool
+) -> None:
+    # A resumable upload's append keeps what arrived: the bytes still gathered (under a chunk) and
+    # those waiting for a busy app reach it first, then the disconnect.
+    app = _Recorder()
+    if not taken:
+        app.gate = asyncio.Event()
+    protocol, _ = _protocol(tmp_path, app, "1MiB")
+    body = bytes(range(251)) * (4 * MiB // 251)
+    came = MiB + 3 * PIECE + 17
+
+    protocol.data_received(_head("PATCH", len(body)))
+    if app.gate is not None:
+        app.gate.set()  # the first message is taken, then the app is busy
+    await _feed(protocol, body[:came])
+    protocol.connection_lost(None)
+    while not app.done.is_set():
+        if app.gate is not None:
+            app.gate.set()
+        await asyncio.sleep(0)
+
+    assert app.disconnected
+    assert bytes(app.body) == body[:came]
+    assert app.sizes[0] == MiB
 
 
 @in_loop
