@@ -238,12 +238,9 @@ class FerryProtocol(HttpToolsAdapter):
     # -- upload bodies in large messages --------------------------------------------------------
 
     def _start_gathering(self) -> None:
-        """A PUT's or PATCH's body reaches the app in messages of at least FERRY_CHUNK_SIZE, where
-        uvicorn wakes the app for every read (≤ 256 KiB) and copies each twice: one wake-up, one
-        copy and one disk write per chunk. A PATCH (a resumable upload's append) keeps every
-        byte that arrived when its client goes: `connection_lost` hands the gathered ones over
-        and `wrap_app` lets the app read them before the disconnect. POST (forms, tus creation)
-        is read as uvicorn reads it."""
+        """A PUT's or PATCH's body reaches the app in messages of at least FERRY_CHUNK_SIZE (uvicorn
+        wakes the app per read, ≤ 256 KiB, and copies each twice). A cut PATCH keeps every byte:
+        `connection_lost` hands the gathered ones over, `wrap_app` delivers them first."""
         method = self.request_method()
         self._gather_size = self.settings().chunk_size if method in (b"PUT", b"PATCH") else 0
         self._gathered = []
