@@ -275,8 +275,7 @@ class FerryProtocol(HttpToolsAdapter):
 
 
 def _keeping_cut_bodies(app: App, cycle: Cycle) -> App:
-    """`app` with a receive() that, when the client went mid-body, first hands over the body bytes
-    that had arrived (`more_body`: the body is still incomplete), then the disconnect."""
+    """`app` whose receive(), when the client went mid-body, hands over what arrived, then the cut."""
 
     async def app_keeping_cut_bodies(scope: Any, receive: Any, send: Any) -> None:
         async def receive_keeping() -> Any:
