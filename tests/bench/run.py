@@ -29,6 +29,7 @@ Every server is stopped at the end, on Ctrl-C, on SIGTERM and when the run passe
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -122,6 +123,7 @@ class Plan:
     archive_files: int  # the folder of the archives' first-byte measure; 0: no archive section
     archives_only: bool  # the archive section alone
     requests_only: bool  # the small-request rows against nginx alone
+    uploads_only: bool  # the upload section (PUT, PATCHes, nginx WebDAV) alone
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -158,6 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--archive-files", type=int, help="files in the archives' first-byte folder (default 10000; 0 skips)")
     add("--archives-only", action="store_true", help="the folder archive section alone (issue 16)")
     add("--requests-only", action="store_true", help="the small-request rows alone: 4, 5, 5c, 6, 7")
+    add("--uploads-only", action="store_true", help="the upload section alone: PUT, PATCHes, nginx")
     add("--index-files", type=int, help="files in the index tree (default 1000000; quick 2000; 0 skips)")
     add(
         "--data-dir",
@@ -206,6 +209,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         archive_files=base.archive_files if args.archive_files is None else args.archive_files,
         archives_only=args.archives_only,
         requests_only=args.requests_only,
+        uploads_only=args.uploads_only,
     )
 
 
@@ -360,6 +364,12 @@ def measure_uploads(plan: Plan, tools: Tools, workdir: Path, results: Results) -
     notes = (
         () if missing else ("nginx has no fsync to turn off: its one figure stands in both (10) and (11)",)
     )
+    put, patched = results.samples("Ferry", "10"), results.samples("Ferry", up.PATCHED)
+    if put and patched:  # the same server, one after the other in each run
+        ratios = [p.value / q.value for p, q in zip(patched, put, strict=True)]
+        each = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+        median = statistics.median(ratios)
+        notes += (f"(28) ÷ (10), the PATCHes against the PUT: median {median:.2f} (runs: {each})",)
     section = Section(f"Uploads: one {size} PUT", table, context, notes)
     return Extra(section, catalog, [] if missing else [up.NGINX_NAME])
 
@@ -422,14 +432,28 @@ def archives_alone(plan: Plan, tools: Tools, info: dict[str, str], load_before: 
         log(f"writing data to {workdir}")
         write_random_file(data.path("stream"), plan.sizes.stream)
         extra = measure_archives(plan, _bench(plan, tools, data, workdir), workdir, results)
+    title = "Folder archives — `make bench` (archive section only)"
+    return alone_document(title, info, load_before, extra, results)
+
+
+def uploads_alone(plan: Plan, tools: Tools, info: dict[str, str], load_before: str) -> str:
+    """`--uploads-only`: the upload section and its runs (Ferry's PUT and PATCHes, nginx's PUT)."""
+    results = Results()
+    with tempfile.TemporaryDirectory(prefix="ferry-bench-", dir=plan.data_dir) as temp:
+        workdir = Path(temp)
+        workdir.chmod(0o755)  # nginx's worker writes beneath it
+        extra = measure_uploads(plan, tools, workdir, results)
+    return alone_document("Uploads — `make bench` (upload section only)", info, load_before, extra, results)
+
+
+def alone_document(title: str, info: dict[str, str], load_before: str, extra: Extra, results: Results) -> str:
     context = [
         f"date: {info['date']}",
         f"machine: nproc {info['nproc']}, {info['CPU']}, kernel {info['kernel']}, Python {info['Python']}",
         f"tools: {info['curl']}",
         f"load average (1/5/15 min) before: {load_before}, after: {load_average()}",
     ]
-    parts = ["# Folder archives — `make bench` (archive section only)", ""]
-    parts += [*(f"- {line}" for line in context), "", *extra.section.markdown()]
+    parts = [f"# {title}", "", *(f"- {line}" for line in context), "", *extra.section.markdown()]
     parts += ["## Every run", "", details(results, extra.measures, extra.servers), ""]
     return "\n".join(parts)
 
@@ -499,6 +523,8 @@ def run(plan: Plan, tools: Tools) -> str:
         return s3_alone(plan, tools, info, load_before)
     if plan.archives_only:
         return archives_alone(plan, tools, info, load_before)
+    if plan.uploads_only:
+        return uploads_alone(plan, tools, info, load_before)
     catalog = m.catalog(
         plan.sizes,
         connections=plan.connections,
