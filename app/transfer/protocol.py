@@ -29,7 +29,7 @@ import asyncio
 import logging
 from typing import Any
 
-from app.transfer.uvicorn_adapter import App, Cycle, FastAnswers, HttpToolsAdapter
+from app.transfer.uvicorn_adapter import App, Cycle, FastAnswers, HttpToolsAdapter, keeping_cut_bodies
 from app.transfer.zero_copy import EXTENSION, ZeroCopySender, zero_copy_available
 
 CONNECTION = "ferry.connection"
@@ -71,6 +71,7 @@ class FerryProtocol(HttpToolsAdapter):
     _header_count = 0
     _deadline: asyncio.TimerHandle | None = None
     _fast: FastAnswers | None = None
+    _loads: Any = None  # app/balance.py's Loads, in a forked worker
     _fast_answered = False
     _gather_size = 0  # body bytes to gather before the app is woken (0: uvicorn's way)
     _gathered: list[bytes]
@@ -81,6 +82,7 @@ class FerryProtocol(HttpToolsAdapter):
         self._transport = transport
         settings = self.settings()
         self._fast = self.fast_answers()
+        self._loads = getattr(self.config, "loads", None)
         # WRITE_BUFFER: past this many queued bytes, send() waits for the client to read.
         transport.set_write_buffer_limits(high=settings.write_buffer)
         # sendfile cannot go through TLS: such connections keep the chunked-read path.
@@ -93,6 +95,8 @@ class FerryProtocol(HttpToolsAdapter):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._loads is not None:
+            self._loads.add(-1)  # app/balance.py's Acceptor counted it in
         if self._gather_size and self._gathered_bytes and not self.body_dropped():
             self._hand_gathered()  # a PATCH's app takes them before the disconnect (wrap_app)
         self._gather_size = 0
@@ -268,25 +272,10 @@ class FerryProtocol(HttpToolsAdapter):
     def wrap_app(self, cycle: Cycle, app: App) -> App:
         cycle.scope.setdefault("extensions", {})[CONNECTION] = {"state": Connection(cycle)}
         if cycle.scope["method"] == "PATCH":
-            app = _keeping_cut_bodies(app, cycle)
+            app = keeping_cut_bodies(app, cycle)
         if self.zero_copy:
             return _with_zero_copy(app, ZeroCopySender(cycle, self._transport, self.settings().chunk_size))
         return app
-
-
-def _keeping_cut_bodies(app: App, cycle: Cycle) -> App:
-    """`app` whose receive(), when the client went mid-body, hands over what arrived, then the cut."""
-
-    async def app_keeping_cut_bodies(scope: Any, receive: Any, send: Any) -> None:
-        async def receive_keeping() -> Any:
-            message = await receive()
-            if message["type"] == "http.disconnect" and (left := cycle.body_left_at_cut()):
-                return {"type": "http.request", "body": left, "more_body": True}
-            return message
-
-        await app(scope, receive_keeping, send)
-
-    return app_keeping_cut_bodies
 
 
 def _with_zero_copy(app: App, sender: ZeroCopySender) -> App:

@@ -251,3 +251,18 @@ class HttpToolsAdapter(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         super()._start_asgi_task(cycle, cast(ASGI3Application, self.wrap_app(Cycle(cycle), app)))
+
+
+def keeping_cut_bodies(app: App, cycle: Cycle) -> App:
+    """`app` whose receive(), when the client went mid-body, hands over what arrived, then the cut."""
+
+    async def app_keeping_cut_bodies(scope: Any, receive: Any, send: Any) -> None:
+        async def receive_keeping() -> Any:
+            message = await receive()
+            if message["type"] == "http.disconnect" and (left := cycle.body_left_at_cut()):
+                return {"type": "http.request", "body": left, "more_body": True}
+            return message
+
+        await app(scope, receive_keeping, send)
+
+    return app_keeping_cut_bodies

@@ -361,7 +361,7 @@ def measure_uploads(plan: Plan, tools: Tools, workdir: Path, results: Results) -
         "upload makes a new file, removed and written back (os.sync) before the next, untimed",
         f"data: on {filesystem_of(workdir)}; peak RSS sampled every 50 ms",
     )
-    notes = (
+    notes: tuple[str, ...] = (
         () if missing else ("nginx has no fsync to turn off: its one figure stands in both (10) and (11)",)
     )
     put, patched = results.samples("Ferry", "10"), results.samples("Ferry", up.PATCHED)

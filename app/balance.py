@@ -1,0 +1,188 @@
+"""Connections spread evenly over forked workers (FERRY_WORKERS > 1).
+
+The workers share one listening socket. Left to the event loop, whichever worker wakes first
+accepts every connection waiting (libuv accepts until the queue is empty), so four downloads
+started together often land 3:1 or 4:0 on two workers; for a download that costs CPU per byte (a
+folder archive, a bucket's object, an upload's hashing) one core then does the work of two.
+
+Each worker instead accepts through its own `Acceptor`, and steps aside while another live
+worker has fewer open connections: that one is woken by the same readiness and takes the
+connection (nginx does the same with `ngx_accept_disabled`). The counts live in memory shared by
+the supervisor's forks (`Loads`), one slot per worker, written only by its owner; a slot whose
+owner has not shown itself for STALE_SECONDS (a worker that died) counts for nothing. A worker
+never steps aside for longer than MAX_DEFER_SECONDS at a time, so a stuck sibling only delays
+connections, never refuses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import functools
+import logging
+import multiprocessing
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("ferry.balance")
+
+STALE_SECONDS = 3.0  # a slot not refreshed for this long belongs to a worker that is gone
+HEARTBEAT_SECONDS = 1.0
+STEP_SECONDS = 0.002  # how long a busier worker leaves the socket to the others
+MAX_DEFER_SECONDS = 0.05  # then it accepts anyway
+ACCEPTS_PER_WAKE = 64  # at most, while it stays the least busy
+
+
+class Loads:
+    """Open connections per worker, in memory the supervisor's forks share (made before the fork).
+    A worker `claim`s a slot, then `add`s to its count and `beat`s; `busier` compares."""
+
+    def __init__(self, slots: int) -> None:
+        # Anonymous shared memory and a semaphore: inherited by forked children, never pickled.
+        self._counts = multiprocessing.RawArray(ctypes.c_long, slots)
+        self._seen = multiprocessing.RawArray(ctypes.c_double, slots)  # time.monotonic() of the owner
+        self._lock = multiprocessing.get_context("fork").Lock()
+        self.slot = -1
+
+    def claim(self, now: float | None = None) -> bool:
+        """Take a free slot (never used, or its owner gone) for this process; False if none is."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for slot in range(len(self._seen)):
+                if now - self._seen[slot] >= STALE_SECONDS:
+                    self._counts[slot], self._seen[slot], self.slot = 0, now, slot
+                    return True
+        return False
+
+    def beat(self, now: float | None = None) -> None:
+        """This worker is alive (called every HEARTBEAT_SECONDS)."""
+        if self.slot >= 0:
+            self._seen[self.slot] = time.monotonic() if now is None else now
+
+    def add(self, change: int) -> None:
+        if self.slot >= 0:
+            self._counts[self.slot] += change
+
+    @property
+    def mine(self) -> int:
+        return int(self._counts[self.slot]) if self.slot >= 0 else 0
+
+    def busier(self, now: float | None = None) -> bool:
+        """Whether another live worker has fewer open connections than this one: any fewer while
+        they are few, a quarter fewer once they are many (a burst of connections is then taken by
+        both at once, not one by one in turns)."""
+        if self.slot < 0:
+            return False
+        now = time.monotonic() if now is None else now
+        mine = self._counts[self.slot]
+        seen = self._seen
+        for slot, count in enumerate(self._counts):
+            if mine > count + count // 4 and slot != self.slot and now - seen[slot] < STALE_SECONDS:
+                return True
+        return False
+
+
+class Acceptor:
+    """Accepts connections on `sock` for this worker's event loop, as `loop.create_server` would,
+    stepping aside while `loads` says another worker is less busy. `close` stops it (uvicorn's
+    shutdown calls it as it would close an asyncio Server)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        loads: Loads,
+        ssl: Any = None,
+    ) -> None:
+        self.sock = sock
+        self.protocol_factory = protocol_factory
+        self.loads = loads
+        self.ssl = ssl
+        self.loop = asyncio.get_running_loop()
+        self._fd = sock.fileno()
+        self._reading = False
+        self._deferred_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._heart: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def start(self, backlog: int) -> None:
+        self.sock.listen(backlog)  # as loop.create_server does (uvicorn binds, it listens)
+        self.sock.setblocking(False)
+        self._beat()
+        self._resume()
+
+    def close(self) -> None:
+        self._closed = True
+        self._pause()
+        for handle in (self._timer, self._heart):
+            if handle is not None:
+                handle.cancel()
+
+    async def wait_closed(self) -> None:
+        """As asyncio.Server's: connections still being set up are let finish (uvicorn awaits it)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    def _beat(self) -> None:
+        self.loads.beat()
+        self._heart = self.loop.call_later(HEARTBEAT_SECONDS, self._beat)
+
+    def _resume(self) -> None:
+        self._timer = None
+        if not self._closed and not self._reading:
+            self.loop.add_reader(self._fd, self._ready)
+            self._reading = True
+
+    def _pause(self, seconds: float | None = None) -> None:
+        if self._reading:
+            self.loop.remove_reader(self._fd)
+            self._reading = False
+        if seconds is not None and not self._closed:
+            self._timer = self.loop.call_later(seconds, self._resume)
+
+    def _ready(self) -> None:
+        now = time.monotonic()
+        if self.loads.busier(now):
+            if self._deferred_since is None:
+                self._deferred_since = now
+            if now - self._deferred_since < MAX_DEFER_SECONDS:
+                self._pause(STEP_SECONDS)  # a less busy worker is woken too: it takes this one
+                return
+        self._deferred_since = None
+        for _ in range(ACCEPTS_PER_WAKE):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPERM, errno.EPROTO):
+                    continue  # that one went away before it was taken
+                # Out of descriptors or memory (or worse): the connections wait in the queue.
+                logger.warning("cannot accept a connection now: %s", exc)
+                self._pause(0.1)
+                return
+            self._connect(conn)
+            if self.loads.busier():
+                return  # the rest, if any, to a less busy worker
+
+    def _connect(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        self.loads.add(1)  # counted now, so the next look at the loads sees it
+        connecting = self.loop.create_task(
+            self.loop.connect_accepted_socket(self.protocol_factory, conn, ssl=self.ssl)
+        )
+        self._tasks.add(connecting)
+        connecting.add_done_callback(functools.partial(self._connected, conn))
+
+    def _connected(self, conn: socket.socket, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            self.loads.add(-1)  # never became a connection: its protocol will not count it out
+            conn.close()
+            if not task.cancelled():
+                logger.warning("an accepted connection could not be set up: %s", task.exception())
