@@ -13,12 +13,11 @@ import ctypes
 import ctypes.util
 import hashlib
 import os
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from app.storage.digests import READ_SIZE
+from app.storage.digests import READ_SIZE, crc32
 from app.storage.errors import InTheWay, InvalidInput
 from app.storage.paths import WriteTarget
 from app.storage.upload_store import Resumable
@@ -82,12 +81,12 @@ class Hashes:
             # two threads (hashlib lets go of the GIL), so an append costs one pass of wall time.
             pieces = _PIECE_HASHER.submit(self._pieces, view)
             self.whole.update(view)
-            self.crc32 = zlib.crc32(view, self.crc32)
+            self.crc32 = crc32(view, self.crc32)
             pieces.result()
             return
         if self.whole is not None:
             self.whole.update(view)
-            self.crc32 = zlib.crc32(view, self.crc32)
+            self.crc32 = crc32(view, self.crc32)
         self._pieces(view)
 
     def _pieces(self, view: memoryview) -> None:

@@ -48,7 +48,6 @@ import json
 import re
 import secrets
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -61,6 +60,7 @@ from app.storage.appending import ChecksumMismatch, TooManyUploads, busy
 from app.storage.async_index import AsyncIndex
 from app.storage.backend import Stat
 from app.storage.bucket_index import index_written
+from app.storage.digests import crc32
 from app.storage.errors import Changed, InTheWay, InvalidInput, NameTooLong, NotServable, StorageError
 from app.storage.index import Index
 from app.storage.paths import TEMP_PREFIX
@@ -156,7 +156,7 @@ class ObjectAppend:
         data = memoryview(self.buffer)[start : position - self.parts_size]
         if self.sha256 is not None:
             self.sha256.update(data)
-        self.crc32 = zlib.crc32(data, self.crc32)
+        self.crc32 = crc32(data, self.crc32)
         self.hashed = position
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +34,7 @@ from app.archives.layout import FileSpan, Layout
 from app.archives.zip import ZipLayout
 from app.http.plan import ResponsePlan
 from app.http.ranges import ByteRange
+from app.storage.digests import crc32
 from app.transfer.activity import Activity
 from app.transfer.download import SMALL_BODY, FileSender, TransferOptions, _check_unchanged, _Disconnect
 from app.transfer.messages import TypedSend, buffer_segment
@@ -174,7 +174,7 @@ class ArchiveSender(FileSender):
             view = self._room(stop - offset)
             await read_into(self.fd, view, offset, self.st)
             if computing:
-                crc = zlib.crc32(view, crc)
+                crc = crc32(view, crc)
             offset += len(view)
             await self._filled(len(view), send)
         return crc

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from app.storage.errors import Changed, NotServable, Unreachable
 
 if TYPE_CHECKING:
     from app.storage.s3 import S3Storage
+from app.storage.digests import crc32
 from app.storage.values import Identity, entry_from_object
 from app.transfer.activity import Activity
 from app.transfer.archive import ArchiveSender, MemberOpener
@@ -73,7 +73,7 @@ class ObjectArchiveSender(ArchiveSender):
                 return None
             view = memoryview(data)
             if computing:
-                crc = zlib.crc32(view, crc)
+                crc = crc32(view, crc)
             await self._gather(view, send)
         return crc
 

@@ -25,7 +25,7 @@ from app.http.digests import (
 )
 from app.http.metalink import Mirror, Pieces, link_field, metalink_document
 from app.http.plan import DownloadRequest, FileFacts, plan_download
-from app.storage.digests import MIN_PIECE, DigestBuilder, piece_length
+from app.storage.digests import MIN_PIECE, DigestBuilder, crc32, piece_length
 from app.storage.values import EMPTY_DIGEST
 
 # RFC 9530 Appendix D.1: {"hello": "world"}, and the digests it gives for it.
@@ -281,3 +281,18 @@ def test_no_repr_digest_without_the_representation(
     headers = _plan("GET", rng, **conditions)
     assert headers["status"] == status
     assert "repr-digest" not in headers and "digest" not in headers
+
+
+def test_the_fast_crc32_is_the_one_in_use() -> None:
+    # python-isal is a dependency: its CRC-32 (ISA-L's) serves uploads, hashes and ZIP entries.
+    from isal import isal_zlib
+
+    assert crc32 is isal_zlib.crc32
+
+
+@given(st.lists(st.binary(max_size=3000), max_size=8), st.integers(0, 2**32 - 1))
+def test_crc32_continues_as_zlibs_does(pieces: list[bytes], start: int) -> None:
+    value = start
+    for piece in pieces:
+        value = crc32(memoryview(piece)[1:], value)
+    assert value == zlib.crc32(b"".join(piece[1:] for piece in pieces), start)
