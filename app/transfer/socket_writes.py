@@ -17,14 +17,18 @@ if TYPE_CHECKING:
 _DISCONNECTS = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
 
 
-async def write_all(cycle: Cycle, fd: int, private_fd: Callable[[], int], data: memoryview) -> None:
+async def write_all(
+    cycle: Cycle, fd: int, private_fd: Callable[[], int], data: memoryview, head: bytes = b""
+) -> None:
     """`data` written to the socket `fd` (non-blocking; the transport's queue already drained),
-    counted in `cycle`; a full socket is waited on through `private_fd()` (a dup the event loop
-    may watch). Returns early, quietly, when the client has gone."""
+    counted in `cycle`, after `head` (a response's held status line and fields, not counted) in
+    the same call; a full socket is waited on through `private_fd()` (a dup the event loop may
+    watch). Returns early, quietly, when the client has gone."""
     loop = asyncio.get_running_loop()
-    while data and not cycle.disconnected:
+    before = memoryview(head)
+    while (data or before) and not cycle.disconnected:
         try:
-            sent = os.write(fd, data)
+            sent = os.writev(fd, (before, data)) if before else os.write(fd, data)
         except BlockingIOError:
             await _writable(loop, private_fd())
             continue
@@ -33,6 +37,9 @@ async def write_all(cycle: Cycle, fd: int, private_fd: Callable[[], int], data: 
                 raise
             cycle.mark_disconnected()
             return
+        if before:
+            taken = min(sent, len(before))
+            before, sent = before[taken:], sent - taken
         data = data[sent:]
         cycle.count_sent(sent)
 

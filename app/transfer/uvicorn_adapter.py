@@ -9,8 +9,13 @@ Ferry's protocol (protocol.py) extends uvicorn's httptools protocol, and zero-co
   cycle, the request line and headers parsed so far, read flow control) and one hook, `wrap_app`,
   called where uvicorn starts the app for a request (`_start_asgi_task`).
 
+A response's head can be held and written with its first body bytes (`Cycle.start_held`,
+`send_after`): one send where uvicorn makes two.
+
 Written against the uvicorn range pinned in pyproject.toml; tests/unit/test_transfer.py checks
 that what this module relies on is still there, so a new uvicorn release fails there first.
+
+Long because: every reach into uvicorn's private state lives here and nowhere else, by design.
 """
 
 from __future__ import annotations
@@ -89,9 +94,53 @@ class Cycle:
     async def send(self, message: MutableMapping[str, Any]) -> None:
         await self._cycle.send(cast(Any, message))
 
+    async def start_held(self, message: MutableMapping[str, Any]) -> bytes:
+        """uvicorn's `http.response.start`, its status line and header fields returned to be
+        written with the first body bytes (`send_after`) instead of on their own."""
+        cycle = self._cycle
+        transport = cycle.transport
+        held = _Held()
+        cycle.transport = held  # type: ignore[assignment]  # the start only writes to it
+        try:
+            await cycle.send(cast(Any, message))
+        finally:
+            cycle.transport = transport
+        return b"".join(held.data)
+
+    async def send_after(self, head: bytes, message: MutableMapping[str, Any]) -> None:
+        """The first message after a held start, the head before it: in one write with a body
+        that goes out as it is (a Content-Length response to a GET), else written first."""
+        cycle = self._cycle
+        if cycle.disconnected or not head:
+            await cycle.send(cast(Any, message))
+            return
+        body = message.get("body", b"") if message["type"] == "http.response.body" else b""
+        if body and not cycle.chunked_encoding and len(body) <= cycle.expected_content_length:
+            if cycle.flow.write_paused:
+                await cycle.flow.drain()
+            cycle.transport.writelines((head, body))
+            cycle.expected_content_length -= len(body)
+            more = bool(message.get("more_body", False))
+            await cycle.send({"type": "http.response.body", "body": b"", "more_body": more})
+            return
+        cycle.transport.write(head)
+        await cycle.send(cast(Any, message))
+
     async def drain(self) -> None:
         """Wait while uvicorn's flow control has writing paused."""
         await self._cycle.flow.drain()
+
+
+class _Held:
+    """What uvicorn writes while a response's start is held (Cycle.start_held)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.data.append(bytes(data))
 
 
 def sendable(value: bytes) -> bool:

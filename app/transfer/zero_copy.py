@@ -92,9 +92,23 @@ class ZeroCopySender:
         self.corkable = _TCP_CORK is not None and self.sock.family in (socket.AF_INET, socket.AF_INET6)
         self.corked = False
         self.dup: int | None = None
+        self._head: bytes | None = None  # a response's head, held for its first body bytes
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
+        if kind == "http.response.start" and self.cycle.scope["method"] != "HEAD":
+            # Held for the first body bytes: one write of both, where uvicorn makes two sends
+            # (the head alone costs a segment and a wake-up of the client of its own).
+            self._head = await self.cycle.start_held(message)
+            return
+        if self._head is not None and not (kind == EXTENSION and "buffer" in message):
+            head, self._head = self._head, None  # a buffer takes it along (_send_file)
+            if kind == "http.response.body":
+                await self.cycle.send_after(head, message)
+                if not message.get("more_body", False):
+                    self._set_cork(False)
+                return
+            await self.cycle.send_after(head, {"type": "http.response.body", "body": b"", "more_body": True})
         if kind == EXTENSION:
             await self._send_file(message)
             if not message.get("more_body", False):
@@ -150,7 +164,9 @@ class ZeroCopySender:
             return
         if "buffer" in message:
             await self._drain()  # headers queued in the transport go first
-            await write_all(self.cycle, self.fd, self._private_fd, memoryview(message["buffer"])[:count])
+            head, self._head = self._head or b"", None  # a held head leaves in the same call
+            view = memoryview(message["buffer"])[:count]
+            await write_all(self.cycle, self.fd, self._private_fd, view, head)
             return
         if self.transport.get_write_buffer_size():
             # Bytes still queued (a part's headers) leave with the first file bytes, corked; the

@@ -44,6 +44,11 @@ def test_uvicorn_internals_the_protocol_subclass_relies_on_exist() -> None:
     assert "self.expected_content_length" in init and "self.flow" in init
     assert "self.body" in init and "self.message_event" in init  # a PUT's body handed over
     assert "bytes(self.body)" in inspect.getsource(RequestResponseCycle.receive)  # bytes: no copy
+    # A held head (Cycle.start_held): the start writes only through self.transport.write.
+    assert "self.transport = transport" in init
+    start = inspect.getsource(RequestResponseCycle.send).split("elif not self.response_complete")[0]
+    others = start.replace("self.transport.write(", "")
+    assert "self.transport.write(" in start and "self.transport." not in others
     # ... and HttpToolsAdapter reads this protocol state (app/transfer/uvicorn_adapter.py).
     protocol = inspect.getsource(HttpToolsProtocol)
     for attribute in ("config", "cycle", "flow", "url", "headers", "parser", "scope", "loop", "logger"):
