@@ -18,9 +18,28 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
     multiprocess,
+    values,
 )
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created samples only add noise
+
+_PID = os.getpid()
+
+
+def _pid() -> int:
+    """This process's pid, kept current across forks: prometheus-client's multiprocess values ask
+    for it on every increment (a getpid(2) each, nine a request)."""
+    return _PID
+
+
+def _forked() -> None:
+    global _PID
+    _PID = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+if values.ValueClass.__name__ == "MmapedValue":  # multiprocess mode: each process its own file
+    values.ValueClass = values.MultiProcessValue(process_identifier=_pid)  # type: ignore[no-untyped-call]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
