@@ -59,7 +59,8 @@ class RunningSha256:
         if not view.nbytes:
             return
         if view.readonly:
-            buffer = ctypes.c_char_p(bytes(view))  # bytes: no copy for a bytes object itself
+            # A bytes object is passed as it is (its own buffer); another read-only buffer copied.
+            buffer = ctypes.c_char_p(data if isinstance(data, bytes) else bytes(view))
         else:
             buffer = (ctypes.c_char * view.nbytes).from_buffer(view)  # type: ignore[assignment]
         _LIB.SHA256_Update(self._ctx, buffer, view.nbytes)
