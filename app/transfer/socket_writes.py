@@ -30,7 +30,7 @@ async def write_all(
         try:
             sent = os.writev(fd, (before, data)) if before else os.write(fd, data)
         except BlockingIOError:
-            await _writable(loop, private_fd())
+            await writable(loop, private_fd())
             continue
         except OSError as exc:
             if exc.errno not in _DISCONNECTS:
@@ -44,15 +44,17 @@ async def write_all(
         cycle.count_sent(sent)
 
 
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+async def writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Until the non-blocking descriptor `fd` can be written to (a socket with room again)."""
     waiter: asyncio.Future[None] = loop.create_future()
-    loop.add_writer(fd, _set_done, waiter)
+    loop.add_writer(fd, set_done, waiter)
     try:
         await waiter
     finally:
         loop.remove_writer(fd)
 
 
-def _set_done(waiter: asyncio.Future[None]) -> None:
+def set_done(waiter: asyncio.Future[None]) -> None:
+    """An event loop callback: wakes `waiter` (once)."""
     if not waiter.done():
         waiter.set_result(None)

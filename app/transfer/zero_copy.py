@@ -37,7 +37,7 @@ from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from app.transfer.page_cache import pages_cached
-from app.transfer.socket_writes import write_all
+from app.transfer.socket_writes import set_done, writable, write_all
 
 if TYPE_CHECKING:
     from app.transfer.uvicorn_adapter import Cycle
@@ -203,7 +203,7 @@ class ZeroCopySender:
                 else:
                     sent = await loop.run_in_executor(None, os.sendfile, self._private_fd(), fd, offset, size)
             except BlockingIOError:
-                await _writable(loop, self._private_fd())
+                await writable(loop, self._private_fd())
                 continue
             except OSError as exc:
                 if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
@@ -257,7 +257,7 @@ class ZeroCopySender:
                         held -= sent
                         cycle.count_sent(sent)
                     elif not moved or held >= capacity:
-                        await _writable(loop, self._private_fd())  # the client's pace
+                        await writable(loop, self._private_fd())  # the client's pace
                     continue
                 if not moved:
                     await _readable(loop, source, timeout)
@@ -268,7 +268,7 @@ class ZeroCopySender:
 
 async def _readable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float) -> None:
     waiter: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, _set_done, waiter)
+    loop.add_reader(fd, set_done, waiter)
     try:
         async with asyncio.timeout(timeout):
             await waiter
@@ -276,17 +276,3 @@ async def _readable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float) ->
         raise SourceEnded(f"the source sent nothing for {timeout:.0f} s") from None
     finally:
         loop.remove_reader(fd)
-
-
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    waiter: asyncio.Future[None] = loop.create_future()
-    loop.add_writer(fd, _set_done, waiter)
-    try:
-        await waiter
-    finally:
-        loop.remove_writer(fd)
-
-
-def _set_done(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
