@@ -16,46 +16,12 @@ import pytest
 
 from app.transfer.messages import socket_segment
 from app.transfer.zero_copy import PIPE_SIZE, SourceEnded, ZeroCopySender, can_splice
+from tests.support.fake_cycle import FakeCycle, FakeTransport, reading
 
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.skipif(not can_splice(), reason="os.splice is Linux-only"),
 ]
-
-
-class FakeCycle:
-    """What ZeroCopySender asks of uvicorn's request cycle, for a started GET response."""
-
-    def __init__(self, remaining: int) -> None:
-        self.scope: dict[str, Any] = {"method": "GET"}
-        self.remaining = remaining
-        self.sent = 0
-        self.disconnected = False
-        self.response_started, self.response_complete, self.chunked = True, False, False
-
-    def mark_disconnected(self) -> None:
-        self.disconnected = True
-
-    def count_sent(self, sent: int) -> None:
-        self.sent += sent
-        self.remaining -= sent
-
-    async def send(self, message: Any) -> None:
-        raise AssertionError("only socket segments are sent here")
-
-    async def drain(self) -> None:
-        return None
-
-
-class FakeTransport:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def get_extra_info(self, name: str) -> Any:
-        return self.sock if name == "socket" else None
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 @pytest.fixture
@@ -92,26 +58,13 @@ def feed(sock: socket.socket, data: bytes, *, close: bool) -> threading.Thread:
     return thread
 
 
-def drain(sock: socket.socket, into: bytearray, upto: int | None = None) -> threading.Thread:
-    def run() -> None:
-        while upto is None or len(into) < upto:
-            got = sock.recv(1 << 20)
-            if not got:
-                return
-            into.extend(got)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 async def test_the_bytes_arrive_whole_and_counted(pairs: Any) -> None:
     store, upstream, ferry, client = pairs
     data = os.urandom(5 * PIPE_SIZE + 321)
     cycle = FakeCycle(len(data))
     sender = ZeroCopySender(cycle, FakeTransport(ferry), 1 << 20)  # type: ignore[arg-type]
     received = bytearray()
-    reader = drain(client, received, len(data))
+    reader = reading(client, received, len(data))
     feed(store, data, close=False)
     await sender.send(socket_segment(upstream.fileno(), len(data), 30.0))  # type: ignore[arg-type]
     await asyncio.to_thread(reader.join, 30)
@@ -126,7 +79,7 @@ async def test_a_source_ending_early_raises_with_what_came_counted(pairs: Any) -
     cycle = FakeCycle(len(data) + 1000)
     sender = ZeroCopySender(cycle, FakeTransport(ferry), 1 << 20)  # type: ignore[arg-type]
     received = bytearray()
-    reader = drain(client, received, len(data))
+    reader = reading(client, received, len(data))
     feed(store, data, close=True)  # 1000 bytes short
     with pytest.raises(SourceEnded):
         await sender.send(socket_segment(upstream.fileno(), len(data) + 1000, 30.0))  # type: ignore[arg-type]
@@ -151,7 +104,7 @@ async def test_a_client_gone_ends_the_splice_quietly(pairs: Any) -> None:
     cycle = FakeCycle(size)
     sender = ZeroCopySender(cycle, FakeTransport(ferry), 1 << 20)  # type: ignore[arg-type]
     received = bytearray()
-    reader = drain(client, received, 2 * PIPE_SIZE)
+    reader = reading(client, received, 2 * PIPE_SIZE)
 
     def gone() -> None:
         reader.join(30)

@@ -16,43 +16,9 @@ import pytest
 
 from app.transfer.messages import buffer_segment
 from app.transfer.zero_copy import ZeroCopySender
+from tests.support.fake_cycle import FakeCycle, FakeTransport, reading
 
 pytestmark = pytest.mark.anyio
-
-
-class FakeCycle:
-    """What ZeroCopySender asks of uvicorn's request cycle, for a started GET response."""
-
-    def __init__(self, remaining: int) -> None:
-        self.scope: dict[str, Any] = {"method": "GET"}
-        self.remaining = remaining
-        self.sent = 0
-        self.disconnected = False
-        self.response_started, self.response_complete, self.chunked = True, False, False
-
-    def mark_disconnected(self) -> None:
-        self.disconnected = True
-
-    def count_sent(self, sent: int) -> None:
-        self.sent += sent
-        self.remaining -= sent
-
-    async def send(self, message: Any) -> None:
-        raise AssertionError("only buffer segments are sent here")
-
-    async def drain(self) -> None:
-        return None
-
-
-class FakeTransport:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def get_extra_info(self, name: str) -> Any:
-        return self.sock if name == "socket" else None
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 @pytest.fixture
@@ -67,21 +33,6 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     client.close()
 
 
-def read_slowly(sock: socket.socket, into: bytearray, upto: int) -> threading.Thread:
-    """Reads `upto` bytes in small pieces, so the sender meets a full socket many times."""
-
-    def run() -> None:
-        while len(into) < upto:
-            got = sock.recv(4096)
-            if not got:
-                return
-            into.extend(got)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 async def test_the_buffer_is_written_whole_and_counted_before_the_send_returns(pair: Any) -> None:
     ferry, client = pair
     buffer = bytearray(os.urandom(16 * 1024 * 1024))
@@ -89,7 +40,7 @@ async def test_the_buffer_is_written_whole_and_counted_before_the_send_returns(p
     cycle = FakeCycle(len(expected))
     sender = ZeroCopySender(cycle, FakeTransport(ferry), 1 << 20)  # type: ignore[arg-type]
     received = bytearray()
-    reader = read_slowly(client, received, len(expected))
+    reader = reading(client, received, len(expected), piece=4096)
     await sender.send(buffer_segment(buffer, len(expected)))  # type: ignore[arg-type]
     assert (cycle.sent, cycle.remaining) == (len(expected), 0)  # all of it handed to the kernel
     buffer[:] = bytes(len(buffer))  # refilled at once: what the client gets is unchanged
@@ -104,7 +55,7 @@ async def test_a_client_gone_ends_the_write_quietly(pair: Any) -> None:
     cycle = FakeCycle(size)
     sender = ZeroCopySender(cycle, FakeTransport(ferry), 1 << 20)  # type: ignore[arg-type]
     received = bytearray()
-    reader = read_slowly(client, received, 1024 * 1024)
+    reader = reading(client, received, 1024 * 1024, piece=4096)
 
     def gone() -> None:
         reader.join(30)
