@@ -126,6 +126,11 @@ class Cycle:
         cycle.transport.write(head)
         await cycle.send(cast(Any, message))
 
+    def write_head(self, head: bytes) -> None:
+        """A held head on its own, ahead of bytes Ferry sends past uvicorn (sendfile, splice)."""
+        if head and not self._cycle.disconnected:
+            self._cycle.transport.write(head)
+
     async def drain(self) -> None:
         """Wait while uvicorn's flow control has writing paused."""
         await self._cycle.flow.drain()

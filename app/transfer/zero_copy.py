@@ -108,7 +108,7 @@ class ZeroCopySender:
                 if not message.get("more_body", False):
                     self._set_cork(False)
                 return
-            await self.cycle.send_after(head, {"type": "http.response.body", "body": b"", "more_body": True})
+            self.cycle.write_head(head)  # queued: _send_file drains it before the file's bytes
         if kind == EXTENSION:
             await self._send_file(message)
             if not message.get("more_body", False):
