@@ -1,10 +1,10 @@
 """One request's append to a resumable upload (resumable.py): the locked descriptor, the bytes
 written at the offset, and their hashes as they pass.
 
-`_Hashes` keeps the SHA-256 of each complete piece always, and the whole file's SHA-256 and CRC-32
-when every byte passed through this process; an append that continues an upload without them
-re-hashes only the partial piece (`rebuilt`). A per-append checksum (tus Upload-Checksum) is
-checked once the body is in, and its bytes are discarded when it does not match.
+`Hashes` keeps the SHA-256 (as a state any process can continue) and CRC-32 of the bytes so far;
+each recorded offset saves them, so no append ever reads back what earlier ones wrote. A
+per-append checksum (tus Upload-Checksum) is checked once the body is in, and its bytes are
+discarded when it does not match.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import ctypes.util
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
-from app.storage.digests import READ_SIZE, crc32
+from app.storage.digests import crc32
 from app.storage.errors import InTheWay, InvalidInput
 from app.storage.paths import WriteTarget
+from app.storage.running_sha256 import RunningSha256, available
 from app.storage.upload_store import Resumable
 from app.storage.values import FileDigest
 
@@ -56,63 +57,44 @@ class TooManyUploads(Exception):
     detail = "too many uploads in progress; finish or terminate some first"
 
 
-_PARALLEL_MIN = 256 * 1024
-# An append's pwrite and its piece hashes, beside the whole file's hash on the caller's thread.
-_PIECE_HASHER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ferry-append")
+# An append's pwrite, beside its hashes on the caller's thread (both let go of the GIL).
+_WRITER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ferry-append")
 
 
 class Hashes:
-    """The hashes of an upload's bytes so far: piece SHA-256s always, the whole file's SHA-256 and
-    CRC-32 only when every byte passed through this process (`whole` None otherwise)."""
+    """The SHA-256 and CRC-32 of an upload's bytes so far. The SHA-256 is OpenSSL's running state
+    (running_sha256.py), saved with every recorded offset: an append continued by any process, after
+    any restart, starts from the record and never reads the file back. Where that library is
+    missing, `sha256` is None and completion hashes the file once."""
 
-    def __init__(self, piece_len: int, pieces: list[bytes], size: int, whole: Any | None) -> None:
-        self.piece_length = piece_len
-        self.pieces = pieces
-        self.piece = hashlib.sha256()
-        self.in_piece = 0
+    def __init__(self, sha256: RunningSha256 | None, crc: int, size: int) -> None:
+        self.sha256 = sha256
+        self.crc32 = crc
         self.size = size
-        self.whole = whole
-        self.crc32 = 0
 
-    def update(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        if self.whole is not None and len(view) >= _PARALLEL_MIN:
-            # Two SHA-256 passes over the same bytes (the file's and its pieces'): side by side on
-            # two threads (hashlib lets go of the GIL), so an append costs one pass of wall time.
-            pieces = _PIECE_HASHER.submit(self._pieces, view)
-            self.whole.update(view)
-            self.crc32 = crc32(view, self.crc32)
-            pieces.result()
-            return
-        if self.whole is not None:
-            self.whole.update(view)
-            self.crc32 = crc32(view, self.crc32)
-        self._pieces(view)
+    @classmethod
+    def start(cls) -> Hashes:
+        return cls(RunningSha256() if available() else None, 0, 0)
 
-    def _pieces(self, view: memoryview) -> None:
-        self.size += len(view)
-        while view:
-            take = min(len(view), self.piece_length - self.in_piece)
-            self.piece.update(view[:take])
-            self.in_piece += take
-            view = view[take:]
-            if self.in_piece == self.piece_length:
-                self.pieces.append(self.piece.digest())
-                self.piece, self.in_piece = hashlib.sha256(), 0
+    @classmethod
+    def recorded(cls, upload: Resumable) -> Hashes:
+        """The hashes as `upload`'s record left them, at its offset."""
+        state = RunningSha256(upload.sha256) if upload.sha256 is not None and available() else None
+        return cls(state, upload.crc32, upload.offset)
 
-    def copy(self) -> Hashes:
-        other = Hashes(self.piece_length, list(self.pieces), self.size, None)
-        other.piece, other.in_piece = self.piece.copy(), self.in_piece
-        other.whole, other.crc32 = (self.whole.copy() if self.whole is not None else None), self.crc32
-        return other
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        if self.sha256 is not None:
+            self.sha256.update(data)
+        self.crc32 = crc32(data, self.crc32)
+        self.size += memoryview(data).nbytes
+
+    def saved(self) -> bytes | None:
+        return self.sha256.saved() if self.sha256 is not None else None
 
     def result(self) -> FileDigest | None:
-        if self.whole is None:
+        if self.sha256 is None:
             return None
-        pieces = self.pieces + ([self.piece.digest()] if self.in_piece else [])
-        if len(pieces) <= 1:
-            return FileDigest(self.whole.digest(), crc32=self.crc32)
-        return FileDigest(self.whole.digest(), self.piece_length, b"".join(pieces), self.crc32)
+        return FileDigest(self.sha256.digest(), crc32=self.crc32)
 
 
 @dataclass
@@ -128,7 +110,6 @@ class Append:
     recorded: int  # the offset last recorded in the index
     checksum: Any | None = None  # hashlib object of this append's bytes, when the client sent one
     writeback: bool = False  # start writing each chunk to disk at once (an fsync will follow)
-    _before: Hashes | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -141,13 +122,12 @@ class Append:
         length = self.upload.length
         if length is not None and self.size + len(data) > length:
             raise InvalidInput(f"the upload is {length} bytes long; the body goes past its end")
-        view = memoryview(data)
-        # Written and hashed at once (pwrite and hashlib let go of the GIL), as a PUT's body is.
-        writing = _PIECE_HASHER.submit(self._pwrite, view, self.size)
+        # Written and hashed at once (pwrite and the hashes let go of the GIL), as a PUT's body is.
+        writing = _WRITER.submit(self._pwrite, memoryview(data), self.size)
         try:
-            self.hashes.update(view)
+            self.hashes.update(data)
             if self.checksum is not None:
-                self.checksum.update(view)
+                self.checksum.update(data)
         finally:
             writing.result()
 
@@ -170,23 +150,4 @@ class Append:
         if self.fd < 0 or self.size == self.recorded:
             return
         os.ftruncate(self.fd, self.recorded)
-        if self._before is not None and self._before.size == self.recorded:
-            self.hashes = self._before.copy()
-        else:
-            self.hashes = rebuilt(self.fd, replace(self.upload, offset=self.recorded))
-
-
-def rebuilt(fd: int, upload: Resumable) -> Hashes:
-    """The hashes of an upload continued without its running hash: the recorded pieces, and the
-    partial piece read back (the whole file is hashed once, at completion)."""
-    complete = upload.offset // upload.piece_length
-    pieces = [upload.pieces[i * 32 : (i + 1) * 32] for i in range(complete)]
-    hashes = Hashes(upload.piece_length, pieces, complete * upload.piece_length, None)
-    position = hashes.size
-    while position < upload.offset:
-        data = os.pread(fd, min(READ_SIZE, upload.offset - position), position)
-        if not data:
-            raise InvalidInput("the upload's stored bytes are shorter than recorded; start it again")
-        hashes.update(data)
-        position += len(data)
-    return hashes
+        self.hashes = Hashes.recorded(self.upload)

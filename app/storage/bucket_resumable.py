@@ -97,14 +97,17 @@ class UploadState:
 
     def dump(self) -> bytes:
         values = asdict(self)
-        values["upload"]["pieces"] = ""
+        values["upload"]["sha256"] = None  # the state's own `sha256` below is the one kept
         return json.dumps(values).encode()
 
     @classmethod
     def load(cls, data: bytes) -> UploadState:
         values = json.loads(data)
-        values["upload"]["pieces"] = b""
-        values["upload"] = Resumable(**values["upload"])
+        upload = values["upload"]
+        for older in ("piece_length", "pieces"):  # a state written before the hashes moved here
+            upload.pop(older, None)
+        upload["sha256"], upload["crc32"] = None, 0
+        values["upload"] = Resumable(**upload)
         values["parts"] = [Part(**p) for p in values["parts"]]
         return cls(**values)
 
@@ -250,8 +253,8 @@ class BucketUploads:
             temp=self.state_key(owner, upload_id),
             length=length,
             offset=0,
-            piece_length=0,
-            pieces=b"",
+            sha256=None,
+            crc32=0,
             created=now,
             expires=now + int(self.expiry),
             owner=owner,

@@ -6,16 +6,16 @@ its target (a TEMP_PREFIX name: never served, listed or searched). Bytes are app
 request at a time: `append` takes an exclusive flock on the file, so a second append, in this
 process or another worker, is refused (InTheWay, 409) and one left by a process that died is not in
 the way (the kernel drops its lock). An append writes, then `record` fsyncs (with FERRY_FSYNC) and
-only then records the new offset and the SHA-256 of each complete piece: after a crash the offset is
-the last recorded one, and the bytes past it, never acknowledged, are cut off by the next append.
+only then records the new offset with the SHA-256 and CRC-32 of the bytes below it: after a crash
+the offset is the last recorded one, and the bytes past it, never acknowledged, are cut off by the
+next append.
 
-The stored file's SHA-256 and CRC-32 are kept running in memory per upload (a small LRU in each
-process), so an upload continued in the same process is never read back; one continued after a
-restart or on another worker has the partial piece re-hashed at once (for the piece hashes) and
-the whole file once at completion, where the recorded pieces show the bytes on disk are the ones
-received. Completion publishes like a PUT (writes.AtomicWrite.commit): fsync, the creation's
-preconditions re-checked under the directory lock, rename, index updated with the digest. Nothing
-is at the target before that.
+The SHA-256 is recorded as OpenSSL's running state (running_sha256.py), so whichever process
+continues an upload, after any restart, continues the hash from the record: no byte is read back
+or hashed twice, and the stored file's digest is known at completion. (Where that library is
+missing the file is hashed once at completion.) Completion publishes like a PUT
+(writes.AtomicWrite.commit): fsync, the creation's preconditions re-checked under the directory
+lock, rename, index updated with the digest. Nothing is at the target before that.
 
 The index is a cache: a schema change or a rebuild forgets the uploads in progress (they start
 over) and their temporary files are swept as any abandoned upload's are.
@@ -40,9 +40,9 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from app import metrics
-from app.storage.appending import Append, ChecksumMismatch, Hashes, TooManyUploads, busy, rebuilt
+from app.storage.appending import Append, ChecksumMismatch, Hashes, TooManyUploads, busy
 from app.storage.async_index import AsyncIndex
-from app.storage.digests import hash_open_file, piece_length
+from app.storage.digests import hash_open_file
 from app.storage.errors import InTheWay, InvalidInput, NameTooLong, NoSpace, NotServable, StorageError
 from app.storage.index import Index
 from app.storage.paths import TEMP_PREFIX, PathPolicy, WriteTarget, open_write_target
@@ -52,7 +52,7 @@ from app.storage.writes import AtomicWrite, Check, current, remove_stale, too_lo
 
 __all__ = ["Append", "ChecksumMismatch", "TooManyUploads"]
 CHECKPOINT_BYTES = 64 * 1024**2  # a long append records its offset at least this often
-_CACHED_HASHES = 64  # running whole-file hashes kept per process
+_REMEMBERED = 256  # uploads this process appended to (for the resumed-bytes metric)
 
 
 def wall_clock() -> float:
@@ -96,7 +96,7 @@ class ResumableUploads:
         self.max_per_owner = max_per_owner
         self.max_total = max_total
         self.clock = clock if clock is not None else lambda: wall_clock()
-        self._hashes: OrderedDict[str, Hashes] = OrderedDict()
+        self._appended: OrderedDict[str, None] = OrderedDict()
 
     # -- creation and lookup -------------------------------------------------------------------
 
@@ -119,15 +119,15 @@ class ResumableUploads:
             temp=temp,
             length=length,
             offset=0,
-            piece_length=piece_length(max_size if length is None else length),
-            pieces=b"",
+            sha256=Hashes.start().saved(),
+            crc32=0,
             created=now,
             expires=now + int(self.expiry),
             owner=owner,
             metadata=metadata,
         )
         await self.async_index.write(self._added, upload, created)
-        self._keep(upload.id, Hashes(upload.piece_length, [], 0, hashlib.sha256()))
+        self._remember(upload.id)
         metrics.RESUMABLE_UPLOADS.labels("started").inc()
         return upload
 
@@ -202,36 +202,30 @@ class ResumableUploads:
             os.ftruncate(fd, fresh.offset)  # received past the recorded offset, never acknowledged
         elif size < fresh.offset:
             raise InvalidInput("the upload's stored bytes are shorter than recorded; start it again")
-        cached = self._hashes.get(fresh.id)
-        if cached is not None and cached.size == fresh.offset:
-            hashes = cached.copy()
-        else:
-            hashes = rebuilt(fd, fresh)
-            if fresh.offset:
-                metrics.RESUMED_BYTES.inc(fresh.offset)
-        append = Append(fresh, target, fd, hashes, fresh.offset, fresh.offset, writeback=self.fsync)
-        append._before = hashes.copy()
-        return append
+        if fresh.offset and fresh.id not in self._appended:
+            metrics.RESUMED_BYTES.inc(fresh.offset)  # received by another process (or before a restart)
+        self._remember(fresh.id)
+        hashes = Hashes.recorded(fresh)
+        return Append(fresh, target, fd, hashes, fresh.offset, fresh.offset, writeback=self.fsync)
 
     async def write(self, append: Append, data: bytes | bytearray) -> None:
         """Append `data` at the upload's end (in a worker thread)."""
         await asyncio.to_thread(append.write, data)
 
     async def record(self, append: Append) -> Resumable:
-        """Make what was appended durable (fsync), then record its offset and pieces."""
+        """Make what was appended durable (fsync), then record its offset and hashes."""
         if self.fsync and append.size != append.recorded:
             await asyncio.to_thread(os.fsync, append.fd)
         upload = replace(
             append.upload,
             offset=append.size,
-            pieces=b"".join(append.hashes.pieces),
+            sha256=append.hashes.saved(),
+            crc32=append.hashes.crc32,
             expires=int(self.clock() + self.expiry),
         )
         await self.async_index.write(self.index.record_resumable, upload)
         metrics.RESUMABLE_BYTES.inc(append.size - append.recorded)
         append.upload, append.recorded = upload, append.size
-        append._before = append.hashes.copy()
-        self._keep(upload.id, append.hashes.copy())
         return upload
 
     async def declare(self, append: Append, length: int) -> None:
@@ -293,22 +287,14 @@ class ResumableUploads:
         return created, entry
 
     def _digest(self, append: Append) -> FileDigest:
-        """The stored file's digest: the running one, else the file hashed once (its recorded
-        pieces checked against the bytes on disk)."""
+        """The stored file's digest: the running one, else (no OpenSSL state) the file hashed once."""
         known = append.hashes.result()
         if known is not None:
             return known
-        st = os.fstat(append.fd)
-        builder = hash_open_file(append.fd, st)
+        builder = hash_open_file(append.fd, os.fstat(append.fd))
         if builder is None:
             raise InvalidInput("the upload changed while it was verified")
-        digest = builder.result()
-        recorded = b"".join(append.hashes.pieces)
-        if builder.piece_length == append.hashes.piece_length:
-            on_disk = digest.pieces or digest.sha256
-            if not on_disk.startswith(recorded):
-                raise InvalidInput("the stored bytes are not the ones received; start the upload again")
-        return digest
+        return builder.result()
 
     def _published(self, append: Append, st: os.stat_result, created: bool, digest: FileDigest) -> Entry:
         path = append.target.path
@@ -332,14 +318,14 @@ class ResumableUploads:
         self._forget(upload.id)
         metrics.RESUMABLE_UPLOADS.labels("aborted").inc()
 
-    def _keep(self, upload_id: str, hashes: Hashes) -> None:
-        self._hashes[upload_id] = hashes
-        self._hashes.move_to_end(upload_id)
-        while len(self._hashes) > _CACHED_HASHES:
-            self._hashes.popitem(last=False)
+    def _remember(self, upload_id: str) -> None:
+        self._appended[upload_id] = None
+        self._appended.move_to_end(upload_id)
+        while len(self._appended) > _REMEMBERED:
+            self._appended.popitem(last=False)
 
     def _forget(self, upload_id: str) -> None:
-        self._hashes.pop(upload_id, None)
+        self._appended.pop(upload_id, None)
 
 
 def expire_uploads(index: Index, now: float) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 from app.storage.paths import PathPolicy
 from app.storage.values import EMPTY_SHA256, Entry, join
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -59,16 +59,17 @@ END""",
     """CREATE TABLE IF NOT EXISTS dirs (path TEXT PRIMARY KEY, mtime_ns INTEGER NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS uploads (path TEXT PRIMARY KEY, owner TEXT NOT NULL)""",
     # Resumable uploads (resumable.py): the target, the declared length (NULL: not declared yet),
-    # the offset durably stored, the SHA-256 of each complete piece, who may continue it and until
-    # when. Dropped with the rest on a schema change: an upload in progress then starts over.
+    # the offset durably stored, the SHA-256 (OpenSSL's saved state) and CRC-32 of the bytes below
+    # it, who may continue it and until when. Dropped with the rest on a schema change: an upload
+    # in progress then starts over.
     """CREATE TABLE IF NOT EXISTS resumable (
     id TEXT PRIMARY KEY,
     path TEXT NOT NULL,
     temp TEXT NOT NULL,
     length INTEGER,
     offset INTEGER NOT NULL,
-    piece_length INTEGER NOT NULL,
-    pieces BLOB NOT NULL,
+    sha256 BLOB,
+    crc32 INTEGER NOT NULL,
     created INTEGER NOT NULL,
     expires INTEGER NOT NULL,
     owner TEXT NOT NULL,

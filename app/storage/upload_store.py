@@ -33,8 +33,10 @@ class Resumable:
     temp: str  # its temporary file beside the target, likewise
     length: int | None  # declared length; None until declared (tus creation-defer-length)
     offset: int  # bytes durably stored and acknowledged
-    piece_length: int
-    pieces: bytes  # the SHA-256 of each complete piece below `offset`, concatenated
+    # The SHA-256 of the bytes below `offset` as OpenSSL's saved state (running_sha256.py: any
+    # process continues it), None where that library is missing; and their CRC-32.
+    sha256: bytes | None
+    crc32: int
     created: int  # unix seconds
     expires: int
     owner: str  # sha256 hex of the token that created it: only that token sees it
@@ -96,7 +98,7 @@ class UploadStore(Database):
         """Record a new resumable upload and its temporary file, in one transaction."""
         with self._write() as w:
             w.execute(
-                "INSERT INTO resumable (id, path, temp, length, offset, piece_length, pieces, created,"
+                "INSERT INTO resumable (id, path, temp, length, offset, sha256, crc32, created,"
                 " expires, owner, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     upload.id,
@@ -104,8 +106,8 @@ class UploadStore(Database):
                     upload.temp,
                     upload.length,
                     upload.offset,
-                    upload.piece_length,
-                    upload.pieces,
+                    upload.sha256,
+                    upload.crc32,
                     upload.created,
                     upload.expires,
                     upload.owner,
@@ -125,11 +127,12 @@ class UploadStore(Database):
 
     @recovering
     def record_resumable(self, upload: Resumable) -> None:
-        """Its offset, pieces, length and expiry as they are now (after the bytes are durable)."""
+        """Its offset, hashes, length and expiry as they are now (after the bytes are durable)."""
         with self._write() as w:
             w.execute(
-                "UPDATE resumable SET offset = ?, pieces = ?, length = ?, expires = ? WHERE id = ?",
-                (upload.offset, upload.pieces, upload.length, upload.expires, upload.id),
+                "UPDATE resumable SET offset = ?, sha256 = ?, crc32 = ?, length = ?, expires = ?"
+                " WHERE id = ?",
+                (upload.offset, upload.sha256, upload.crc32, upload.length, upload.expires, upload.id),
             )
 
     @recovering

@@ -23,7 +23,7 @@ PART = 7  # a part size small enough for hypothesis to cross it often
 
 
 def _upload() -> Resumable:
-    return Resumable("id", "a/b.bin", "s/id/state.json", None, 0, 0, b"", 1, 2, "owner", {"tus": "x"})
+    return Resumable("id", "a/b.bin", "s/id/state.json", None, 0, None, 0, 1, 2, "owner", {"tus": "x"})
 
 
 def test_a_saved_sha256_continues_to_the_same_digest() -> None:
