@@ -3,6 +3,8 @@ variables left alone (the behaviour they buy is shown in tests/clients/test_requ
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from app import server
@@ -25,14 +27,14 @@ def test_thresholds_follow_the_chunk_size(chunk: int, mmap: int, trim: int) -> N
 
 
 def test_spawned_workers_get_the_thresholds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server.os, "environ", {})  # this process's own is left as it was
+    monkeypatch.setattr(os, "environ", {})  # this process's own is left as it was
     server._keep_request_memory(MiB)
-    assert server.os.environ["MALLOC_MMAP_THRESHOLD_"] == str(4 * MiB)
-    assert server.os.environ["MALLOC_TRIM_THRESHOLD_"] == str(32 * MiB)
+    assert os.environ["MALLOC_MMAP_THRESHOLD_"] == str(4 * MiB)
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == str(32 * MiB)
 
 
 def test_an_operators_own_malloc_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server.os, "environ", {"MALLOC_TRIM_THRESHOLD_": "12345"})
+    monkeypatch.setattr(os, "environ", {"MALLOC_TRIM_THRESHOLD_": "12345"})
     server._keep_request_memory(MiB)
-    assert server.os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
-    assert "MALLOC_MMAP_THRESHOLD_" not in server.os.environ
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
