@@ -33,7 +33,7 @@ from app.storage.errors import StorageError
 from app.storage.resumable import ChecksumMismatch, TooManyUploads, owner_of
 from app.storage.upload_store import Resumable
 from app.transfer.resumable import append_body
-from app.transfer.upload import ClientGone, body_chunks
+from app.transfer.upload import ClientGone, EarlyBody, body_chunks
 
 
 class DraftRoutes(Protocol):
@@ -172,27 +172,40 @@ class TusRoutes:
         given: int | None = 0,
     ) -> Resumable:
         """Append the request's body under the upload's lock; publish it once complete."""
-        append = await self.core.append(upload)
+        self._check_room(request, upload, None)  # refused before a byte of it is read
+        body = EarlyBody(request.receive)  # the body flows while the upload's file is opened
+        try:
+            append = await self.core.append(upload)
+        except BaseException:
+            body.cancel()
+            raise
         try:
             tus.check_offset(given, append.size)  # what the lock holder sees is the truth
             if declared is not None:
                 tus.check_length(declared, append.size, self.settings.max_upload_size)
                 await self.core.declare(append, declared)
-            length = append.upload.length
-            room = (self.settings.max_upload_size if length is None else length) - append.size
-            sent = request.headers.get("content-length", "")
-            if sent.isdigit() and int(sent) > room:  # refused before a byte of it is read
-                raise TusError(413, f"the body is longer than the {room} bytes the upload has left")
-            async with contextlib.aclosing(
-                body_chunks(request.receive, room, self.services.activity)
-            ) as chunks:
+            room = self._check_room(request, append.upload, declared, append.size)
+            async with contextlib.aclosing(body_chunks(body.receive, room, self.services.activity)) as chunks:
                 await append_body(self.core, append, chunks, self.settings.chunk_size, checksum)
             if append.upload.length is not None and append.size == append.upload.length:
                 await self.core.complete(append, precondition(self.core, conditions_of(append.upload)))
             appended: Resumable = append.upload
             return appended
         finally:
+            body.cancel()
             await let_go(self.core, append)
+
+    def _check_room(
+        self, request: Request, upload: Resumable, declared: int | None, size: int | None = None
+    ) -> int:
+        """The bytes the upload has left (TusError 413 when the body's length says more)."""
+        length = upload.length if upload.length is not None else declared
+        stored = upload.offset if size is None else size
+        room = (self.settings.max_upload_size if length is None else length) - stored
+        sent = request.headers.get("content-length", "")
+        if sent.isdigit() and int(sent) > room:
+            raise TusError(413, f"the body is longer than the {room} bytes the upload has left")
+        return room
 
 
 def build_router(services: Services) -> APIRouter:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.types import Receive
+from starlette.types import Message, Receive
 
 from app.errors import BadRequest, PayloadTooLarge
 from app.http.digests import ALGORITHMS, WANT_CONTENT_DIGEST, DigestFieldError, parse_digest_field
@@ -30,6 +30,28 @@ MAX_FIELD_BYTES = 64 * 1024  # non-file form fields are read and dropped, but ne
 
 class ClientGone(Exception):
     """The client disconnected before the body was complete."""
+
+
+class EarlyBody:
+    """A request body whose first read starts at once, while the request is still being prepared
+    (an upload's file opened, say): uvicorn answers `Expect: 100-continue` at the first receive(),
+    so the client's bytes are on their way meanwhile instead of after. `receive` hands that first
+    message, then reads on; `cancel` when the request ends without reading its body."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._first: asyncio.Future[Message] | None = asyncio.ensure_future(receive())
+
+    async def receive(self) -> Message:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return await first
+        return await self._receive()
+
+    def cancel(self) -> None:
+        if self._first is not None:
+            self._first.cancel()
+            self._first = None
 
 
 async def body_chunks(
