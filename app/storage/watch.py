@@ -2,10 +2,11 @@
 
 Only one process per index does this (the one holding ``<index>.lock``), so several workers never
 scan the same tree at once; every worker reads the index, and Ferry's own writes update it directly.
-Changes made by other programs arrive through watchfiles (inotify) within about a second; the
-periodic incremental rescan is the safety net for anything inotify missed (watch limits, overflow).
-Watching survives anything: a path it cannot use is skipped, and if watchfiles itself fails (as it
-does on a name that is not valid UTF-8) it starts again, with backoff, after a rescan.
+Changes made by other programs arrive through inotify (app/storage/inotify.py; watchfiles where
+that is missing) within about a second; the periodic incremental rescan is the safety net for
+anything inotify missed (watch limits, overflow). Watching survives anything: a path it cannot use
+is skipped, and if the watcher fails (an overflowed queue; watchfiles on a name that is not valid
+UTF-8) it starts again, with backoff, after a rescan.
 
 Temporary upload files nobody writes any more are swept at start-up and after every rescan: those
 of uploads this index recorded whose process died, at once; any other (seen on disk by a scan) once
@@ -27,6 +28,7 @@ from pathlib import Path
 import watchfiles
 
 from app import metrics
+from app.storage import inotify
 from app.storage.errors import StorageError
 from app.storage.hasher import DigestWorker
 from app.storage.index import Index
@@ -227,7 +229,7 @@ class IndexKeeper:
         """Start watching, then scan, then apply what the watcher reports.
 
         In that order because inotify reports only what happens after its watches exist:
-        watchfiles sets them all up as its generator first runs (one turn of the loop) and from
+        the watcher sets them all up as its generator first runs (one turn of the loop) and from
         then on collects changes until asked for them. So the scan reads anything that changed
         before (the start-up scan, or what a failed watcher missed), and the watcher everything
         after, the scan's own time included; a path seen by both is brought up to date twice."""
@@ -241,7 +243,7 @@ class IndexKeeper:
             scanned.set()
             batch = await first
             while True:
-                paths = {p for _, changed in batch if (p := _relative(root, changed))}
+                paths = {p for changed in batch if (p := _relative(root, changed))}
                 await asyncio.to_thread(self._apply, paths)
                 batch = await anext(changes)
         except StopAsyncIteration:
@@ -251,9 +253,19 @@ class IndexKeeper:
                 first.cancel()  # ends the watcher (it closes its watches as it is cancelled)
             self._watching = False
 
-    def _changes(self, root: Path) -> AsyncIterator[set[tuple[watchfiles.Change, str]]]:
-        return watchfiles.awatch(
-            root, stop_event=self._stop, debounce=300, step=50, recursive=True, ignore_permission_denied=True
+    def _changes(self, root: Path) -> AsyncIterator[set[str]]:
+        """Batches of changed absolute paths below `root`, until the keeper stops."""
+        if inotify.available():
+            return inotify.changes(str(root), self._stop, debounce=0.3, step=0.05)
+        return _paths(
+            watchfiles.awatch(
+                root,
+                stop_event=self._stop,
+                debounce=300,
+                step=50,
+                recursive=True,
+                ignore_permission_denied=True,
+            )
         )
 
     def _apply(self, paths: set[str]) -> None:
@@ -266,6 +278,11 @@ class IndexKeeper:
                 self.index.sync_path(path)
             except Exception:
                 logger.exception("index: bringing %r up to date failed; the next rescan retries", path)
+
+
+async def _paths(batches: AsyncIterator[set[tuple[watchfiles.Change, str]]]) -> AsyncIterator[set[str]]:
+    async for batch in batches:
+        yield {path for _, path in batch}
 
 
 def _exists(dir_fd: int, name: str) -> bool:

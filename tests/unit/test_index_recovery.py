@@ -142,15 +142,15 @@ def test_a_watcher_that_dies_starts_again_after_a_rescan(
     calls: list[int] = []
     watching_again = threading.Event()
 
-    def changes(self: IndexKeeper, root_path: Path) -> AsyncIterator[set[tuple[Any, str]]]:
+    def changes(self: IndexKeeper, root_path: Path) -> AsyncIterator[set[str]]:
         calls.append(1)
 
-        async def died() -> AsyncIterator[set[tuple[Any, str]]]:
+        async def died() -> AsyncIterator[set[str]]:
             (root / "d02" / "while-dead.txt").write_bytes(b"missed by the watcher")
             raise RuntimeError('Unable to decode path "/x/bad\\xFF.txt" to string')
             yield set()  # pragma: no cover  (an async generator)
 
-        async def alive() -> AsyncIterator[set[tuple[Any, str]]]:
+        async def alive() -> AsyncIterator[set[str]]:
             watching_again.set()
             await self._stop.wait()
             return
@@ -187,7 +187,7 @@ def test_a_change_made_just_before_the_watches_exist_is_seen(
     root = index.policy.root
     real_changes = IndexKeeper._changes
 
-    def changes(self: IndexKeeper, root_path: Path) -> AsyncIterator[set[tuple[Any, str]]]:
+    def changes(self: IndexKeeper, root_path: Path) -> AsyncIterator[set[str]]:
         (root / "landed" / "deep").mkdir(parents=True)
         (root / "landed" / "deep" / "early-bird.txt").write_bytes(b"copied in as watching began")
         return real_changes(self, root_path)
