@@ -209,6 +209,41 @@ def test_a_change_made_just_before_the_watches_exist_is_seen(
     assert asyncio.run(run()) == {"landed/deep/early-bird.txt"}
 
 
+@pytest.mark.parametrize("own_inotify", [True, False], ids=["inotify", "watchfiles"])
+def test_the_keeper_sees_what_other_programs_change(
+    index: Index, own_inotify: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through Ferry's own inotify watches (Linux) and through watchfiles (where inotify is
+    missing) alike: a file written, a folder made with a file in it, a file removed."""
+    if own_inotify and not watch.inotify.available():
+        pytest.skip("inotify is Linux's")
+    if not own_inotify:
+        monkeypatch.setattr(watch.inotify, "available", lambda: False)
+    root = index.policy.root
+
+    async def run() -> None:
+        keeper = IndexKeeper(index, watch=True, rescan_interval=0)
+        await keeper.start()
+        try:
+            await asyncio.wait_for(keeper.ready.wait(), 30)
+            (root / "d03" / "written-later.txt").write_bytes(b"new")
+            (root / "made-later" / "inside").mkdir(parents=True)
+            (root / "made-later" / "inside" / "deep-later.txt").write_bytes(b"deep")
+            (root / "d04" / "file-04-1.txt").unlink()
+            wanted = {"d03/written-later.txt", "made-later/inside/deep-later.txt"}
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if found(index, "later") >= wanted and not found(index, "file-04-1"):
+                    break
+                await asyncio.sleep(0.05)
+            assert found(index, "later") >= wanted
+            assert not found(index, "file-04-1")
+        finally:
+            await keeper.stop()
+
+    asyncio.run(run())
+
+
 # --------------------------------------------------------------------------- a damaged database
 
 
