@@ -14,8 +14,8 @@ batch is handed on once no change came for `step` seconds, or `debounce` seconds
 Every directory below ROOT is watched before the first batch is awaited (one walk, on the caller's
 thread), so what changes after `changes` first runs is reported. A directory created or moved in
 is watched with everything below it and reported itself, so its files made before their watch
-existed are found by the keeper's rescan of it. A full event queue raises `Overflow`: the keeper
-then starts again, rescanning first.
+existed are found by the keeper's rescan of it. A full event queue raises `Overflow`, and ROOT
+itself going away `RootGone`: the keeper then starts again (once ROOT is back), rescanning first.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ IN_CREATE = 0x100
 IN_DELETE = 0x200
 IN_DELETE_SELF = 0x400
 IN_MOVE_SELF = 0x800
+IN_UNMOUNT = 0x2000
 IN_Q_OVERFLOW = 0x4000
 IN_IGNORED = 0x8000
 IN_ONLYDIR = 0x01000000
@@ -71,6 +72,11 @@ class Overflow(Exception):
     """The kernel's event queue filled up: changes were lost, so watching starts again."""
 
 
+class RootGone(Exception):
+    """ROOT itself was removed, moved or unmounted: its watches are gone, so watching starts
+    again (the keeper waits for ROOT to be back, then rescans)."""
+
+
 def _libc() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -92,7 +98,7 @@ def available() -> bool:
 class Watches:
     """One inotify instance and the directory each of its watches is on."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: str) -> None:
         assert _LIBC is not None
         fd = _LIBC.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
@@ -100,6 +106,8 @@ class Watches:
             raise OSError(code, os.strerror(code))
         self.fd = fd
         self.paths: dict[int, str] = {}  # watch descriptor -> directory (absolute)
+        self.root = root
+        self.root_wd = -1  # ROOT's own watch
         self._full = False  # the watch limit was met (told once)
 
     def close(self) -> None:
@@ -126,6 +134,8 @@ class Watches:
         wd = _LIBC.inotify_add_watch(self.fd, os.fsencode(directory), MASK)
         if wd >= 0:
             self.paths[wd] = directory
+            if directory == self.root:
+                self.root_wd = wd
             return True
         code = ctypes.get_errno()
         if code == errno.ENOSPC and not self._full:
@@ -165,6 +175,8 @@ class Watches:
             offset += _EVENT.size + length
             if mask & IN_Q_OVERFLOW:
                 raise Overflow("inotify's event queue overflowed")
+            if wd == self.root_wd and mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED):
+                raise RootGone("ROOT was removed, moved or unmounted")
             directory = self.paths.get(wd)
             if directory is None:
                 continue
@@ -188,7 +200,7 @@ async def changes(
 ) -> AsyncIterator[set[str]]:
     """The changed paths below `root` in batches, until `stop` is set (see the module's docstring)."""
     loop = asyncio.get_running_loop()
-    watches = Watches()
+    watches = Watches(root)
     arrived = asyncio.Event()
     pending: set[str] = set()
     failure: list[BaseException] = []

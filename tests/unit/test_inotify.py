@@ -135,13 +135,30 @@ def test_a_folder_moved_away_is_no_longer_watched_under_its_old_name(tmp_path: P
 
 def test_a_full_event_queue_ends_the_watch(tmp_path: Path) -> None:
     """The keeper restarts a failed watcher after a rescan (watch.py): an overflow is raised."""
-    watches = inotify.Watches()
+    watches = inotify.Watches(str(tmp_path))
     try:
         overflow = inotify._EVENT.pack(-1, inotify.IN_Q_OVERFLOW, 0, 0)
         with pytest.raises(inotify.Overflow):
             watches._parse(overflow, set())
     finally:
         watches.close()
+
+
+def test_root_going_away_ends_the_watch(tmp_path: Path) -> None:
+    """The keeper then waits for ROOT to be back and rescans (watch.py): its watches are gone."""
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        changes = inotify.changes(str(root), stop, debounce=0.1, step=0.02)
+        pending = asyncio.ensure_future(anext(changes))
+        await asyncio.sleep(0)
+        root.rename(tmp_path / "away")
+        with pytest.raises(inotify.RootGone):
+            await asyncio.wait_for(pending, PATIENCE)
+
+    asyncio.run(run())
 
 
 def test_nothing_is_reported_after_stop(tmp_path: Path) -> None:
