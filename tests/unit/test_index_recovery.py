@@ -26,7 +26,7 @@ from prometheus_client import REGISTRY
 
 from app import cli
 from app.main import create_app
-from app.storage import watch
+from app.storage import inotify, watch
 from app.storage.index import Index
 from app.storage.paths import PathPolicy
 from app.storage.watch import IndexKeeper
@@ -215,10 +215,10 @@ def test_the_keeper_sees_what_other_programs_change(
 ) -> None:
     """Through Ferry's own inotify watches (Linux) and through watchfiles (where inotify is
     missing) alike: a file written, a folder made with a file in it, a file removed."""
-    if own_inotify and not watch.inotify.available():
+    if own_inotify and not inotify.available():
         pytest.skip("inotify is Linux's")
     if not own_inotify:
-        monkeypatch.setattr(watch.inotify, "available", lambda: False)
+        monkeypatch.setattr(inotify, "available", lambda: False)
     root = index.policy.root
 
     async def run() -> None:
