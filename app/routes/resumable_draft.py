@@ -51,7 +51,7 @@ from app.storage.resumable import ChecksumMismatch, TooManyUploads, owner_of
 from app.storage.upload_store import Resumable
 from app.storage.values import Entry, FileDigest
 from app.transfer.resumable import append_body
-from app.transfer.upload import ClientGone, body_chunks
+from app.transfer.upload import ClientGone, EarlyBody, body_chunks
 from app.views.entries import entry_model
 
 # By the app's Services: an entry lives as long as its DraftUploads, which holds the Services (so
@@ -296,26 +296,22 @@ class DraftUploads:
     ) -> Response:
         """Append the body under the upload's lock; publish it when the request says it completes
         the upload. `headers`: what the answer carries besides the upload's state (Location)."""
-        append = await self.core.append(upload)
+        self._room(fields, upload, upload.offset, complete)  # refused before a byte of it is sent
+        body = EarlyBody(receive)  # the body flows while the upload's file is opened and locked
+        try:
+            append = await self.core.append(upload)
+        except BaseException:
+            body.cancel()
+            raise
         try:
             if given is not None:
                 draft.check_offset(given, append.size)  # what the lock holder sees is the truth
-            indicated = draft.request_length(
-                fields.get("upload-length"), complete, fields.get("content-length"), append.size
-            )
-            draft.check_known_length(append.upload.length, indicated, append.size)
-            max_size = self.settings.max_upload_size
-            if indicated is not None:
-                if indicated > max_size:
-                    raise PayloadTooLarge("the upload is larger than the maximum upload size")
-                if append.upload.length is None:
-                    await self.core.declare(append, indicated)
+            indicated = self._room(fields, append.upload, append.size, complete)
+            if indicated is not None and append.upload.length is None:
+                await self.core.declare(append, indicated)
             length = append.upload.length
-            room = (max_size if length is None else length) - append.size
-            sent = fields.get("content-length", "")
-            if sent.isdigit() and int(sent) > room:  # refused before a byte of it is read
-                raise PayloadTooLarge(f"the body is longer than the {room} bytes the upload has left")
-            async with contextlib.aclosing(body_chunks(receive, room, self.services.activity)) as chunks:
+            room = (self.settings.max_upload_size if length is None else length) - append.size
+            async with contextlib.aclosing(body_chunks(body.receive, room, self.services.activity)) as chunks:
                 try:
                     await append_body(self.core, append, chunks, self.settings.chunk_size, checksum)
                 except ChecksumMismatch:
@@ -348,7 +344,25 @@ class DraftUploads:
             self._remember(append.upload, entry.size)
             return self._published(meta.get("draft", "PUT"), created, entry)
         finally:
+            body.cancel()
             await let_go(self.core, append)
+
+    def _room(self, fields: Mapping[str, str], upload: Resumable, size: int, complete: bool) -> int | None:
+        """The upload's length this request indicates (None: not said), checked against what
+        the upload already knows and has, and the body's length against the room left."""
+        indicated = draft.request_length(
+            fields.get("upload-length"), complete, fields.get("content-length"), size
+        )
+        draft.check_known_length(upload.length, indicated, size)
+        max_size = self.settings.max_upload_size
+        if indicated is not None and indicated > max_size:
+            raise PayloadTooLarge("the upload is larger than the maximum upload size")
+        length = upload.length if upload.length is not None else indicated
+        room = (max_size if length is None else length) - size
+        sent = fields.get("content-length", "")
+        if sent.isdigit() and int(sent) > room:
+            raise PayloadTooLarge(f"the body is longer than the {room} bytes the upload has left")
+        return indicated
 
     def _remember(self, upload: Resumable, length: int) -> None:
         self._completed[upload.id] = (upload.owner, length)
