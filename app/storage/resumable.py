@@ -166,7 +166,11 @@ class ResumableUploads:
     async def append(self, upload: Resumable) -> Append:
         """Take the upload for one request's append (InTheWay, 409, if another holds it); bytes past the
         recorded offset (from a crash mid-append) are cut off. Close with `release`."""
-        return await asyncio.to_thread(self._open, upload)
+        append = await asyncio.to_thread(self._open, upload)
+        if append.start and upload.id not in self._appended:
+            metrics.RESUMED_BYTES.inc(append.start)  # received by another process (or before a restart)
+        self._remember(upload.id)
+        return append
 
     def _open(self, upload: Resumable) -> Append:
         target = open_write_target(upload.path, self.policy, create_parents=False)
@@ -202,9 +206,6 @@ class ResumableUploads:
             os.ftruncate(fd, fresh.offset)  # received past the recorded offset, never acknowledged
         elif size < fresh.offset:
             raise InvalidInput("the upload's stored bytes are shorter than recorded; start it again")
-        if fresh.offset and fresh.id not in self._appended:
-            metrics.RESUMED_BYTES.inc(fresh.offset)  # received by another process (or before a restart)
-        self._remember(fresh.id)
         hashes = Hashes.recorded(fresh)
         return Append(fresh, target, fd, hashes, fresh.offset, fresh.offset, writeback=self.fsync)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from app.storage.async_index import AsyncIndex
 from app.storage.errors import InTheWay, NotServable, StorageError
@@ -163,6 +164,29 @@ def test_a_cut_append_keeps_what_arrived_and_a_restart_resumes_it(world: World) 
         digest = world.index.digest(identity(target.stat()))
         assert digest is not None and digest.sha256 == hashlib.sha256(data).digest()
         assert digest.crc32 == zlib.crc32(data)
+
+    asyncio.run(run())
+
+
+def test_resumed_bytes_count_what_another_process_received(world: World) -> None:
+    """ferry_resumable_resumed_bytes_total: the bytes an upload had when a process that did not
+    receive them continued it; appends that follow in the same process add nothing."""
+
+    def resumed() -> float:
+        return REGISTRY.get_sample_value("ferry_resumable_resumed_bytes_total") or 0.0
+
+    async def run() -> None:
+        first = world.core()
+        upload = await first.create("r.bin", 30, OWNER, {}, _anything, MAX)
+        upload = await _append(first, upload, b"0123456789")
+        before = resumed()
+        upload = await _append(first, upload, b"abcdefghij")  # the same process goes on
+        assert resumed() == before
+        later = world.core()  # a restart
+        upload = await _append(later, await later.find(upload.id, OWNER), b"ABCDEFGHIJ")
+        assert resumed() == before + 20
+        await _finish(later, upload)
+        assert resumed() == before + 20
 
     asyncio.run(run())
 
