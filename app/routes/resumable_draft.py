@@ -297,55 +297,52 @@ class DraftUploads:
         """Append the body under the upload's lock; publish it when the request says it completes
         the upload. `headers`: what the answer carries besides the upload's state (Location)."""
         self._room(fields, upload, upload.offset, complete)  # refused before a byte of it is sent
-        body = EarlyBody(receive)  # the body flows while the upload's file is opened and locked
-        try:
+        with EarlyBody(receive) as body:  # the body flows while the upload's file is opened and locked
             append = await self.core.append(upload)
-        except BaseException:
-            body.cancel()
-            raise
-        try:
-            if given is not None:
-                draft.check_offset(given, append.size)  # what the lock holder sees is the truth
-            indicated = self._room(fields, append.upload, append.size, complete)
-            if indicated is not None and append.upload.length is None:
-                await self.core.declare(append, indicated)
-            length = append.upload.length
-            room = (self.settings.max_upload_size if length is None else length) - append.size
-            async with contextlib.aclosing(body_chunks(body.receive, room, self.services.activity)) as chunks:
-                try:
-                    await append_body(self.core, append, chunks, self.settings.chunk_size, checksum)
-                except ChecksumMismatch:
-                    headers.update(self._state(append.upload))
-                    raise
-            if not complete:
-                state = {**self._state(append.upload), **headers}
-                return Response(status_code=201 if given is None else 204, headers=state)
-            if append.upload.length is None:
-                await self.core.declare(append, append.size)
-            elif append.size != append.upload.length:
-                headers.update(self._state(append.upload))
-                raise draft.inconsistent(
-                    f"the upload is {append.upload.length} bytes long; "
-                    f"{append.size} arrived before it was said complete"
-                )
-            meta = append.upload.metadata
             try:
-                created, entry = await self.core.complete(
-                    append,
-                    precondition(self.core, conditions_of(append.upload)),
-                    _repr_check(meta.get("repr-sha-256")),
-                )
-            except Exception:
-                # Whatever stops the publishing ends the upload (its bytes are dropped): the
-                # answer is its final one, and HEAD says it is complete from now on.
-                self._remember(append.upload, append.size)
-                headers["upload-complete"] = "?1"
-                raise
-            self._remember(append.upload, entry.size)
-            return self._published(meta.get("draft", "PUT"), created, entry)
-        finally:
-            body.cancel()
-            await let_go(self.core, append)
+                if given is not None:
+                    draft.check_offset(given, append.size)  # what the lock holder sees is the truth
+                indicated = self._room(fields, append.upload, append.size, complete)
+                if indicated is not None and append.upload.length is None:
+                    await self.core.declare(append, indicated)
+                length = append.upload.length
+                room = (self.settings.max_upload_size if length is None else length) - append.size
+                async with contextlib.aclosing(
+                    body_chunks(body.receive, room, self.services.activity)
+                ) as chunks:
+                    try:
+                        await append_body(self.core, append, chunks, self.settings.chunk_size, checksum)
+                    except ChecksumMismatch:
+                        headers.update(self._state(append.upload))
+                        raise
+                if not complete:
+                    state = {**self._state(append.upload), **headers}
+                    return Response(status_code=201 if given is None else 204, headers=state)
+                if append.upload.length is None:
+                    await self.core.declare(append, append.size)
+                elif append.size != append.upload.length:
+                    headers.update(self._state(append.upload))
+                    raise draft.inconsistent(
+                        f"the upload is {append.upload.length} bytes long; "
+                        f"{append.size} arrived before it was said complete"
+                    )
+                meta = append.upload.metadata
+                try:
+                    created, entry = await self.core.complete(
+                        append,
+                        precondition(self.core, conditions_of(append.upload)),
+                        _repr_check(meta.get("repr-sha-256")),
+                    )
+                except Exception:
+                    # Whatever stops the publishing ends the upload (its bytes are dropped): the
+                    # answer is its final one, and HEAD says it is complete from now on.
+                    self._remember(append.upload, append.size)
+                    headers["upload-complete"] = "?1"
+                    raise
+                self._remember(append.upload, entry.size)
+                return self._published(meta.get("draft", "PUT"), created, entry)
+            finally:
+                await let_go(self.core, append)
 
     def _room(self, fields: Mapping[str, str], upload: Resumable, size: int, complete: bool) -> int | None:
         """The upload's length this request indicates (None: not said), checked against what

@@ -173,27 +173,24 @@ class TusRoutes:
     ) -> Resumable:
         """Append the request's body under the upload's lock; publish it once complete."""
         self._check_room(request, upload, None)  # refused before a byte of it is read
-        body = EarlyBody(request.receive)  # the body flows while the upload's file is opened
-        try:
+        with EarlyBody(request.receive) as body:  # the body flows while the upload's file is opened
             append = await self.core.append(upload)
-        except BaseException:
-            body.cancel()
-            raise
-        try:
-            tus.check_offset(given, append.size)  # what the lock holder sees is the truth
-            if declared is not None:
-                tus.check_length(declared, append.size, self.settings.max_upload_size)
-                await self.core.declare(append, declared)
-            room = self._check_room(request, append.upload, declared, append.size)
-            async with contextlib.aclosing(body_chunks(body.receive, room, self.services.activity)) as chunks:
-                await append_body(self.core, append, chunks, self.settings.chunk_size, checksum)
-            if append.upload.length is not None and append.size == append.upload.length:
-                await self.core.complete(append, precondition(self.core, conditions_of(append.upload)))
-            appended: Resumable = append.upload
-            return appended
-        finally:
-            body.cancel()
-            await let_go(self.core, append)
+            try:
+                tus.check_offset(given, append.size)  # what the lock holder sees is the truth
+                if declared is not None:
+                    tus.check_length(declared, append.size, self.settings.max_upload_size)
+                    await self.core.declare(append, declared)
+                room = self._check_room(request, append.upload, declared, append.size)
+                async with contextlib.aclosing(
+                    body_chunks(body.receive, room, self.services.activity)
+                ) as chunks:
+                    await append_body(self.core, append, chunks, self.settings.chunk_size, checksum)
+                if append.upload.length is not None and append.size == append.upload.length:
+                    await self.core.complete(append, precondition(self.core, conditions_of(append.upload)))
+                appended: Resumable = append.upload
+                return appended
+            finally:
+                await let_go(self.core, append)
 
     def _check_room(
         self, request: Request, upload: Resumable, declared: int | None, size: int | None = None

@@ -36,7 +36,8 @@ class EarlyBody:
     """A request body whose first read starts at once, while the request is still being prepared
     (an upload's file opened, say): uvicorn answers `Expect: 100-continue` at the first receive(),
     so the client's bytes are on their way meanwhile instead of after. `receive` hands that first
-    message, then reads on; `cancel` when the request ends without reading its body."""
+    message, then reads on; used as a context manager, a first read nobody took is given up on
+    leaving (the request ended without reading its body)."""
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
@@ -52,6 +53,12 @@ class EarlyBody:
         if self._first is not None:
             self._first.cancel()
             self._first = None
+
+    def __enter__(self) -> EarlyBody:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
 
 
 async def body_chunks(
