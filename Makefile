@@ -7,11 +7,10 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # rclone: Debian's, beside the current release the dev extras put in the venv; ffmpeg: ffprobe too;
 # unzip, bsdtar (libarchive-tools), 7z (p7zip-full: 7-Zip itself on bookworm, a transitional package
 # for 7zip on trixie) and GNU tar: the readers of folder archives; node and npm: tus-js-client, which
-# the tests install into .cache/node/).
-CLIENT_TOOLS := curl wget aria2c strace chromium rclone ffmpeg ffprobe lftp wget2 unzip bsdtar 7z tar \
-	node npm
-CLIENT_PACKAGES := curl wget aria2 strace chromium rclone ffmpeg lftp wget2 unzip libarchive-tools \
-	p7zip-full tar nodejs npm
+# the tests install into .cache/node/). Each as tool:package.
+CLIENT_TOOLS := curl:curl wget:wget aria2c:aria2 strace:strace chromium:chromium rclone:rclone \
+	ffmpeg:ffmpeg ffprobe:ffmpeg lftp:lftp wget2:wget2 unzip:unzip bsdtar:libarchive-tools \
+	7z:p7zip-full tar:tar node:nodejs npm:npm
 
 .PHONY: run test test-unit test-integration test-clients test-security test-smoke lint fmt tools venv clean
 
@@ -32,13 +31,16 @@ venv: $(VENV)/.dev-installed
 run: $(VENV)/.run-installed
 	$(BIN)/ferry serve
 
-# Installs the clients above from the distribution when any is missing (apt-helper comes with apt).
+# Installs the packages of the clients above that are missing, and only those (a machine with
+# another vendor's nodejs, which brings its own npm, refuses Debian's npm beside it).
 tools:
-	@missing=""; for t in $(CLIENT_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for pair in $(CLIENT_TOOLS); do t=$${pair%%:*}; \
+		command -v $$t >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
+		missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
+		echo "installing: $$missing"; \
 		$(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CLIENT_PACKAGES) >/dev/null; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 # The whole suite in TEST_WORKERS processes (pytest-xdist), each test file kept on one of them
