@@ -11,7 +11,9 @@ Two passes, both in this module and nowhere else:
    open), the type (regular file or directory) and location are checked on that descriptor, and
    only then is it reopened through ``/proc/self/fd`` (the same inode, whatever the path now
    names) with ``O_NOCTTY``. A component swapped for a symlink between the checks (TOCTOU) is
-   caught because the checks are made on the pinned descriptor itself.
+   caught because the checks are made on the pinned descriptor itself. A path that named a
+   regular file when it was last opened so is opened for reading at once, without symlinks, and
+   served only if it is still that inode (`_open_known`).
 
 Writes go through `open_write_target`: every directory on the way is opened by descriptor and
 checked to lie under ROOT (never through a symlink out of ROOT, whatever FOLLOW_SYMLINKS says), and
@@ -298,10 +300,15 @@ def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_resul
     Raises NotServable for anything missing, unreadable, or not a regular file or directory; only a
     regular file or directory that passed the checks is ever opened.
     """
+    raw = os.fsencode(path)
+    known = _REGULAR.get(raw)
+    if known is not None:
+        opened = _open_known(raw, known)
+        if opened is not None:
+            return opened
     with _refusals():
         if not _CAN_PIN:
             return _open_unpinned(path, policy)
-        raw = os.fsencode(path)
         pinned = _PLAIN.pin(raw)
         plain = pinned is not None
         if pinned is None:
@@ -315,6 +322,9 @@ def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_resul
                 with _refusals():
                     opened = _PLAIN.reopen(raw, st)
                 if opened is not None:
+                    if len(_REGULAR) >= _REGULARS:
+                        _REGULAR.clear()
+                    _REGULAR[raw] = opened[1]
                     return opened
         else:
             st = _checked(pinned, policy)
@@ -322,6 +332,30 @@ def open_beneath(path: SafePath, policy: PathPolicy) -> tuple[int, os.stat_resul
             return _reopen(pinned, st)
     finally:
         os.close(pinned)
+
+
+# Paths last opened as a regular file by the plain route (no symlink on the way), and that file's
+# stat: asked again, such a path is opened for reading at once (one openat2 and one fstat instead
+# of a pin, its fstat, the open, its fstat and a close), and served only if it is still that very
+# inode and a regular file. A name swapped since for a FIFO or device is opened (non-blocking,
+# never as a terminal, no symlink followed: as `_PlainPins.reopen` may in its own window) and
+# refused; anything else takes the pinned route again.
+_REGULAR: dict[bytes, os.stat_result] = {}
+_REGULARS = 8192
+
+
+def _open_known(raw: bytes, known: os.stat_result) -> tuple[int, os.stat_result] | None:
+    """`raw` opened if it still names the regular file `known`; None (and forgotten) otherwise."""
+    try:
+        opened = _PLAIN.reopen(raw, known)
+    except OSError:
+        opened = None
+    if opened is not None and stat.S_ISREG(opened[1].st_mode):
+        return opened
+    if opened is not None:
+        os.close(opened[0])
+    _REGULAR.pop(raw, None)
+    return None
 
 
 def _checked(pinned: int, policy: PathPolicy) -> os.stat_result:

@@ -26,6 +26,7 @@ from app.storage.paths import (
     open_beneath,
     open_write_target,
     resolve,
+    resolve_to_open,
     split_key,
     split_url_path,
     stat_child,
@@ -422,6 +423,75 @@ def test_open_beneath_stat_is_of_the_opened_file(tree: Tree, no_fd_leak: None) -
         assert st.st_size == 5
     finally:
         os.close(fd)
+
+
+def _read_gated(url_path: str, policy: PathPolicy) -> tuple[bytes, os.stat_result]:
+    fd, st = open_beneath(resolve_to_open(url_path, policy), policy)
+    try:
+        return (read_all(fd) if stat.S_ISREG(st.st_mode) else b""), st
+    finally:
+        os.close(fd)
+
+
+def test_open_beneath_opens_a_known_file_without_pinning_it_again(
+    tree: Tree, no_fd_leak: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = tree.policy()
+    assert _read_gated("sub/inner.txt", policy)[0] == b"inner"
+    pins: list[bytes] = []
+    pin = paths._PLAIN.pin
+
+    def counted(raw: bytes) -> int | None:
+        pins.append(raw)
+        return pin(raw)
+
+    monkeypatch.setattr(paths._PLAIN, "pin", counted)
+    assert _read_gated("sub/inner.txt", policy)[0] == b"inner"
+    assert pins == []
+    assert _read_gated("hello.txt", policy)[0] == b"hello"  # not known yet: pinned
+    assert pins == [os.fsencode(tree.root / "hello.txt")]
+
+
+@pytest.mark.parametrize("replacement", ["file", "fifo", "symlink-out", "symlink-in", "directory", "gone"])
+def test_open_beneath_sees_a_known_file_replaced(tree: Tree, replacement: str, no_fd_leak: None) -> None:
+    """A name once opened as a regular file is opened at once next time, but what it names now is
+    what is served or refused, as on the first open."""
+    policy = tree.policy()
+    target = tree.root / "known.txt"
+    target.write_bytes(b"first")
+    assert _read_gated("known.txt", policy)[0] == b"first"
+    target.unlink()
+    if replacement == "file":
+        target.write_bytes(b"second")
+    elif replacement == "fifo":
+        os.mkfifo(target)
+    elif replacement == "symlink-out":
+        target.symlink_to(tree.outside / "secret.txt")
+    elif replacement == "symlink-in":
+        target.symlink_to("hello.txt")
+    elif replacement == "directory":
+        target.mkdir()
+    outcome: list[object] = []
+
+    def attempt() -> None:  # in a thread: a FIFO opened blocking would hang
+        try:
+            outcome.append(_read_gated("known.txt", policy))
+        except NotServable as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert not worker.is_alive(), "open_beneath hung"
+    (found,) = outcome
+    if replacement == "file":
+        assert isinstance(found, tuple) and found[0] == b"second"
+    elif replacement == "symlink-in":
+        assert isinstance(found, tuple) and found[0] == b"hello"
+    elif replacement == "directory":
+        assert isinstance(found, tuple) and stat.S_ISDIR(found[1].st_mode)
+    else:
+        assert isinstance(found, NotServable)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to see where a descriptor leads")
