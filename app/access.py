@@ -211,23 +211,24 @@ class Observed:
             lines.write(text)
 
     def _metrics(self, method: str, status: int, duration: float, aborted: bool) -> None:
-        _counter(metrics.REQUESTS, method, status).inc()
+        tally = metrics.TALLY  # moved at the end of this loop turn
+        tally.inc(_counter(metrics.REQUESTS, method, status))
         if not self.in_flight:
             return
         if self.gauged:
             metrics.IN_FLIGHT.dec()
-        _counter(metrics.BYTES_SENT, status).inc(self.sent)
+        tally.inc(_counter(metrics.BYTES_SENT, status), self.sent)
         if status == 206:
-            metrics.RANGE_RESPONSES.labels("multipart" if self.multipart else "single").inc()
+            tally.inc(_counter(metrics.RANGE_RESPONSES, "multipart" if self.multipart else "single"))
         if _header(self.scope, b"range") and _header(self.scope, b"if-range"):
-            metrics.IF_RANGE.labels("hit" if status == 206 else "miss").inc()
+            tally.inc(_counter(metrics.IF_RANGE, "hit" if status == 206 else "miss"))
         if self.first_byte is not None:
-            metrics.TTFB.observe(self.first_byte - self.started)
+            tally.observe(metrics.TTFB, self.first_byte - self.started)
         if aborted:
-            metrics.ABORTS.inc()
-            metrics.UNDELIVERED.inc(max(0, (self.length or 0) - self.sent))
+            tally.inc(metrics.ABORTS)
+            tally.inc(metrics.UNDELIVERED, max(0, (self.length or 0) - self.sent))
         else:
-            metrics.DURATION.observe(duration)
+            tally.observe(metrics.DURATION, duration)
 
 
 _CHILDREN: dict[tuple[Any, ...], Any] = {}

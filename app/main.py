@@ -91,7 +91,7 @@ class FerryApp(FastAPI):
         if found is None:
             return None
         status, headers, body = found
-        metrics.FAST_ANSWERS.inc()
+        metrics.TALLY.inc(metrics.FAST_ANSWERS)
         observed.answered(status, headers, len(body))
         observed.finish(self.log_format, self.access_lines)
         return status, headers, body

@@ -7,7 +7,10 @@ so a scrape is right whichever worker answers it.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -115,8 +118,81 @@ STALE_UPLOADS_REMOVED = Counter(
 )
 
 
+class Tally:
+    """The counts and observations of one event-loop turn, added to the metrics at its end.
+
+    Each increment of a value takes a lock and, with several workers, writes its mapped file:
+    0.7 µs apiece, seven for a small download, the largest share of its access bookkeeping. A
+    turn's requests add up here and move each value once (a histogram: once per bucket touched).
+    Outside a running loop, or for an operator scraping, they move at once (`flush`)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[Any, float] = {}
+        self._observed: dict[Any, list[float]] = {}
+        self._queued = False
+
+    def inc(self, child: Any, amount: float = 1.0) -> None:
+        """`child.inc(amount)` at the end of this turn."""
+        counts = self._counts
+        counts[child] = counts.get(child, 0.0) + amount
+        if not self._queued:
+            self._queue()
+
+    def observe(self, child: Any, value: float) -> None:
+        """`child.observe(value)` at the end of this turn."""
+        found = self._observed.get(child)
+        if found is None:
+            self._observed[child] = [value]
+        else:
+            found.append(value)
+        if not self._queued:
+            self._queue()
+
+    def _queue(self) -> None:
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+        except RuntimeError:  # no loop to end a turn: now
+            self.flush()
+            return
+        self._queued = True
+
+    def flush(self) -> None:
+        self._queued = False
+        counts, self._counts = self._counts, {}
+        for child, amount in counts.items():
+            child.inc(amount)
+        observed, self._observed = self._observed, {}
+        for child, found in observed.items():
+            _observe_all(child, found)
+
+
+def _observe_all(histogram: Any, found: list[float]) -> None:
+    """`histogram.observe` of each value, its sum and each bucket moved once (prometheus-client's
+    Histogram keeps per-bucket counts, cumulated when sampled; tests/unit/test_metrics_tally.py
+    checks the outcome against observe())."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(found) == 1:
+        for value in found:
+            histogram.observe(value)
+        return
+    per_bucket: dict[int, int] = {}
+    for value in found:
+        at = bisect.bisect_left(bounds, value)
+        per_bucket[at] = per_bucket.get(at, 0) + 1
+    total.inc(sum(found))
+    for at, count in per_bucket.items():
+        if at < len(buckets):  # (a NaN falls in no bucket, as with observe)
+            buckets[at].inc(count)
+
+
+TALLY = Tally()  # this process's
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text for a scrape, summed over every worker when there are several."""
+    TALLY.flush()
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
