@@ -18,6 +18,7 @@ import uvicorn
 import uvicorn.config
 
 from app.settings import Settings
+from app.transfer.front import FrontProtocol
 from app.transfer.protocol import FerryProtocol
 from app.transfer.zero_copy import zero_copy_available
 
@@ -35,7 +36,8 @@ class FerryConfig(uvicorn.Config):
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
-            http=FerryProtocol,  # app/transfer/protocol.py
+            # app/transfer/front.py, which hands all but the fast path's requests to protocol.py
+            http=FrontProtocol if settings.fast_path == "on" and settings.storage is None else FerryProtocol,
             loop="auto",
             server_header=False,
             headers=[("server", "ferry")],

@@ -73,6 +73,7 @@ class FerryProtocol(HttpToolsAdapter):
     _fast: FastAnswers | None = None
     _loads: Any = None  # app/balance.py's Loads, in a forked worker
     _fast_answered = False
+    skip_fast = False  # the front (front.py) asked the fast path about the first request already
     _gather_size = 0  # body bytes to gather before the app is woken (0: uvicorn's way)
     _gathered: list[bytes]
     _gathered_bytes = 0
@@ -133,18 +134,7 @@ class FerryProtocol(HttpToolsAdapter):
         if self._refused or self._transport.is_closing():
             return
         self._refused = True
-        body = message.encode()
-        self._transport.write(
-            b"".join(
-                [
-                    self.status_line(status),
-                    b"content-type: text/plain; charset=utf-8\r\n",
-                    b"content-length: %d\r\n" % len(body),
-                    b"connection: close\r\n\r\n",
-                    body,
-                ]
-            )
-        )
+        self._transport.write(refusal(status, message))
         self._transport.close()
 
     def send_400_response(self, msg: str) -> None:
@@ -205,6 +195,9 @@ class FerryProtocol(HttpToolsAdapter):
 
     def _answer_now(self) -> bool:
         """Whether the app's fast path (FERRY_FAST_PATH) answered this request here and now."""
+        if self.skip_fast:
+            self.skip_fast = False
+            return False
         if self._fast is None or self.request_method() not in (b"GET", b"HEAD") or not self.idle():
             return False
         if not self.parse_target():
@@ -276,6 +269,20 @@ class FerryProtocol(HttpToolsAdapter):
         if self.zero_copy:
             return _with_zero_copy(app, ZeroCopySender(cycle, self._transport, self.settings().chunk_size))
         return app
+
+
+def refusal(status: int, message: str) -> bytes:
+    """A whole answer of the protocol's own, before the connection closes."""
+    body = message.encode()
+    return b"".join(
+        [
+            HttpToolsAdapter.status_line(status),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
 
 
 def _with_zero_copy(app: App, sender: ZeroCopySender) -> App:

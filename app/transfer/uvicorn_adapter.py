@@ -33,6 +33,7 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol,
     RequestResponseCycle,
 )
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -254,19 +255,15 @@ class HttpToolsAdapter(HttpToolsProtocol):
         scope = self.scope
         try:
             scope["method"] = self.parser.get_method().decode("ascii")
-            version = self.parser.get_http_version()
-            parsed = httptools.parse_url(self.url)
-        except (httptools.HttpParserError, UnicodeDecodeError):
+        except UnicodeDecodeError:
             return False
+        target = request_target(self.url, self.root_path)
+        if target is None:
+            return False
+        version = self.parser.get_http_version()
         if version != "1.1":
             scope["http_version"] = version
-        raw_path: bytes = parsed.path
-        path = raw_path.decode("ascii")
-        if "%" in path:
-            path = urllib.parse.unquote(path)
-        scope["path"] = self.root_path + path
-        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
-        scope["query_string"] = parsed.query or b""
+        scope["path"], scope["raw_path"], scope["query_string"] = target
         return True
 
     def write_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes | bytearray) -> None:
@@ -275,17 +272,10 @@ class HttpToolsAdapter(HttpToolsProtocol):
         does: the connection closed, or its keep-alive timer armed. The field values are ones
         uvicorn would send (`HEADER_VALUE_RE`: checked by the caller)."""
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        content = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            content.extend((name, b": ", value, b"\r\n"))
-        for name, value in headers:
-            content.extend((name, b": ", value, b"\r\n"))
-        if not keep_alive:
-            content.append(b"connection: close\r\n")
-        content.append(b"\r\n")
+        head = answer_head(status, self.server_state.default_headers, headers, keep_alive)
         # The head and the body in one system call where the transport can (writev), the body
         # not copied again.
-        self.transport.writelines((b"".join(content), body))
+        self.transport.writelines((head, body))
         self.server_state.total_requests += 1
         if not keep_alive:
             self.transport.close()
@@ -305,6 +295,44 @@ class HttpToolsAdapter(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         super()._start_asgi_task(cycle, cast(ASGI3Application, self.wrap_app(Cycle(cycle), app)))
+
+
+def request_target(url: bytes, root_path: str) -> tuple[str, bytes, bytes] | None:
+    """(path, raw_path, query_string) of a request target, as uvicorn puts them in the scope;
+    None for one it cannot parse (uvicorn's own parsing then answers it)."""
+    try:
+        parsed = httptools.parse_url(url)
+        raw_path: bytes = parsed.path
+        path = raw_path.decode("ascii")
+    except (httptools.HttpParserError, UnicodeDecodeError):
+        return None
+    if "%" in path:
+        path = urllib.parse.unquote(path)
+    return root_path + path, root_path.encode("ascii") + raw_path, parsed.query or b""
+
+
+def answer_head(
+    status: int,
+    default_headers: list[tuple[bytes, bytes]],
+    headers: list[tuple[bytes, bytes]],
+    keep_alive: bool,
+) -> bytes:
+    """A whole answer's status line and header fields as uvicorn's request cycle frames them:
+    its default fields (server, date) first, `connection: close` when the connection ends."""
+    content = [STATUS_LINE[status]]
+    for name, value in default_headers:
+        content.extend((name, b": ", value, b"\r\n"))
+    for name, value in headers:
+        content.extend((name, b": ", value, b"\r\n"))
+    if not keep_alive:
+        content.append(b"connection: close\r\n")
+    content.append(b"\r\n")
+    return b"".join(content)
+
+
+def connection_addresses(transport: asyncio.Transport) -> tuple[Any, Any, str]:
+    """(server, client, scheme) of a connection, as uvicorn's protocol reads them."""
+    return get_local_addr(transport), get_remote_addr(transport), "https" if is_ssl(transport) else "http"
 
 
 def keeping_cut_bodies(app: App, cycle: Cycle) -> App:

@@ -121,6 +121,14 @@ CASES = [
         3,
     ),
     (
+        "pipelined-fast-then-the-app",
+        _request("/files/notes.txt")
+        + _request("/files/sub/")
+        + _request("/files/small.bin", "Range: bytes=0-0")
+        + _request("/files/notes.txt", CLOSE),
+        1,  # the connection's front answers the first; the rest wait their turn behind the listing
+    ),
+    (
         "pipelined-behind-the-app",
         _request("/files/large.bin") + _request("/files/notes.txt") + _request("/files/notes.txt", CLOSE),
         0,  # the first goes to the app; what follows waits its turn there
@@ -155,6 +163,30 @@ def test_the_fast_path_answers_as_the_app_does(
     assert from_fast.startswith(b"HTTP/1.")
     assert _normal(from_fast) == _normal(from_app)
     assert _fast_answers(slow) == 0
+
+
+@pytest.mark.parametrize("cut", [5, 30, -2], ids=["in-the-request-line", "in-a-field", "before-the-end"])
+def test_a_head_that_arrives_in_pieces_is_answered_as_the_app_does(
+    servers: tuple[FerryServer, FerryServer], cut: int
+) -> None:
+    """The first piece goes on to FerryProtocol with the rest, which answers (by the fast path)."""
+    raw = _request("/files/small.bin") + _request("/files/notes.txt", "Range: bytes=1-2", CLOSE)
+    cut = len(_request("/files/small.bin")) + cut if cut < 0 else cut
+    found = []
+    for server in servers:
+        before = _fast_answers(server)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE) as sock:
+            sock.sendall(raw[:cut])
+            time.sleep(0.2)
+            sock.sendall(raw[cut:])
+            received = bytearray()
+            while chunk := sock.recv(1 << 16):
+                received += chunk
+        found.append((_normal(bytes(received)), _fast_answers(server) - before))
+    (from_fast, answered), (from_app, _) = found
+    assert from_fast == from_app
+    assert from_fast.count(b"HTTP/1.1 20") == 2 and from_fast.endswith(b"ot")
+    assert answered == 2
 
 
 def _access_lines(server: FerryServer, count: int) -> list[str]:

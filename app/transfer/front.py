@@ -1,0 +1,254 @@
+"""The front of each connection (FERRY_FAST_PATH=on): small downloads answered below uvicorn.
+
+A 64 KiB download costs more in uvicorn's per-request machinery (its parser callbacks, the scope,
+two timers, the request cycle's framing) than in opening and sending the file. `FrontProtocol` is
+the protocol a connection starts with. It reads whole request heads itself (httptools, the parser
+uvicorn uses) and asks the app's fast path (app/routes/fast_files.py, through `FerryApp.answer_now`)
+for each GET or HEAD: the answer is written in one call, head and body together, and the
+connection waits for the next request with no timer set per request.
+
+Everything else is handed over, from the first byte of the request the front did not answer:
+`FerryProtocol` (protocol.py, uvicorn's protocol with Ferry's limits) takes the connection for
+good, is given the bytes already read, and answers as it always does. So anything the front is
+unsure of goes to one place that already answers it: a head split across reads, a request with
+a body, HTTP/1.0, an upgrade, a malformed or over-limit head (414, 431, 400 with a Host missing or
+doubled: the front never answers those, FerryProtocol refuses them), a request the fast path
+declines (a directory, an error, a big body), a client not reading what it was sent.
+
+Timeouts are kept as FerryProtocol keeps them (a connection that sends nothing within
+FERRY_HEADER_TIMEOUT gets 408; one idle after an answer closes after uvicorn's keep-alive) by one
+timer a connection, moved lazily: an answer only notes its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+import httptools
+
+from app.transfer.protocol import FerryProtocol, refusal
+from app.transfer.uvicorn_adapter import answer_head, connection_addresses, request_target
+
+logger = logging.getLogger("ferry.transfer")
+_READS = (b"GET", b"HEAD")
+
+
+class FrontProtocol(asyncio.Protocol):
+    """A connection's protocol until a request needs more than the fast path (then FerryProtocol)."""
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.config = config
+        self.server_state = server_state
+        self.app_state = app_state
+        self.loop = _loop or asyncio.get_event_loop()
+        settings = config.settings
+        self.fast = config.fast_answers
+        self.max_url = settings.max_url_length
+        self.max_headers = settings.max_headers
+        self.max_header_bytes = settings.max_header_size
+        self.header_timeout = settings.header_timeout
+        self.idle_timeout = config.timeout_keep_alive  # uvicorn's, as FerryProtocol keeps it
+        self.write_buffer = settings.write_buffer
+        self.root_path: str = config.root_path
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.inner: FerryProtocol | None = None
+        self.addresses: tuple[Any, Any, str] = (None, None, "http")
+        self.write_paused = False
+        self.answered = 0
+        self.declined = False
+        self.deadline = 0.0  # when the connection closes if nothing more comes
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        # the request head being parsed
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.hosts = 0
+        self.complete = False
+        self.keep_alive = False
+
+    # -- the connection ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is one, not a subclass
+        self.transport = transport
+        if self.fast is None:
+            self.hand_over(b"")
+            return
+        self.server_state.connections.add(self)
+        transport.set_write_buffer_limits(high=self.write_buffer)
+        self.addresses = connection_addresses(transport)
+        self.wait_until(self.loop.time() + self.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.connections.discard(self)
+        self.stop_timer()
+        loads = getattr(self.config, "loads", None)
+        if loads is not None:
+            loads.add(-1)  # app/balance.py's Acceptor counted it in
+        if exc is None and self.transport is not None:
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: between requests (always, here), close."""
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        at = 0
+        while True:
+            end = data.find(b"\r\n\r\n", at)
+            if end < 0 or self.write_paused:
+                break  # a head still arriving (or a client not reading): FerryProtocol's
+            end += 4
+            keep = self.answer(data[at:end] if at or end < len(data) else data)
+            if keep is None:
+                break
+            at = end
+            if not keep:
+                return  # closing
+            if at == len(data):
+                self.wait_until(self.loop.time() + self.idle_timeout)
+                return
+        self.hand_over(data[at:] if at else data)
+
+    def answer(self, head: bytes) -> bool | None:
+        """Answer one whole request head: whether the connection stays open, or None when the
+        request is not the fast path's (nothing was written)."""
+        self.url, self.headers, self.header_bytes, self.hosts = b"", [], 0, 0
+        self.complete = self.keep_alive = False
+        parser = self.parser
+        try:
+            parser.feed_data(head)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # FerryProtocol answers
+            return None
+        if (
+            not self.complete  # a body follows
+            or parser.get_method() not in _READS
+            or parser.get_http_version() != "1.1"
+            or self.hosts != 1
+            or len(self.url) > self.max_url
+            or len(self.headers) > self.max_headers
+            or self.header_bytes > self.max_header_bytes
+        ):
+            return None
+        target = request_target(self.url, self.root_path)
+        if target is None:
+            return None
+        server, client, scheme = self.addresses
+        path, raw_path, query = target
+        scope = {
+            "type": "http",
+            "http_version": "1.1",
+            "server": server,
+            "client": client,
+            "scheme": scheme,
+            "method": parser.get_method().decode("ascii"),
+            "root_path": self.root_path,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": self.headers,
+        }
+        try:
+            found = self.fast.answer_now(scope)
+        except Exception:  # a fault of the fast path's own: the app answers, and it is logged
+            logger.exception("the fast path failed; the request goes to the app")
+            return None
+        if found is None:
+            self.declined = True  # FerryProtocol need not ask again about this request
+            return None
+        status, fields, body = found
+        keep_alive = self.keep_alive
+        transport = self.transport
+        assert transport is not None
+        head_out = answer_head(status, self.server_state.default_headers, fields, keep_alive)
+        if body:
+            transport.writelines((head_out, body))  # one writev, the body not copied again
+        else:
+            transport.write(head_out)
+        self.server_state.total_requests += 1
+        self.answered += 1
+        if not keep_alive:
+            transport.close()
+        return keep_alive
+
+    # httptools' callbacks
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        self.headers.append((name, value))
+        self.header_bytes += len(name) + len(value) + 4
+        if name == b"host":
+            self.hosts += 1
+
+    def on_headers_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()  # (reset once the message completes)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    # -- handing over ------------------------------------------------------------------------
+
+    def hand_over(self, data: bytes) -> None:
+        """FerryProtocol takes the connection from here, `data` first."""
+        self.server_state.connections.discard(self)
+        self.stop_timer()
+        inner = self.inner = FerryProtocol(
+            config=self.config, server_state=self.server_state, app_state=self.app_state, _loop=self.loop
+        )
+        transport = self.transport
+        assert transport is not None
+        transport.set_protocol(inner)
+        inner.connection_made(transport)
+        inner.skip_fast = self.declined
+        if self.write_paused:
+            inner.pause_writing()
+        if data:
+            inner.data_received(data)
+
+    # -- the one timer -----------------------------------------------------------------------
+
+    def wait_until(self, deadline: float) -> None:
+        """Close the connection at `deadline` unless a request comes first; the timer is moved
+        only when it would fire too late, otherwise it re-arms itself when it fires early."""
+        self.deadline = deadline
+        if self.timer is None or deadline < self.timer_at:
+            self.stop_timer()
+            self.timer_at = deadline
+            self.timer = self.loop.call_at(deadline, self.expire)
+
+    def stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def expire(self) -> None:
+        self.timer = None
+        if self.inner is not None or self.transport is None or self.transport.is_closing():
+            return
+        if self.loop.time() < self.deadline:
+            self.wait_until(self.deadline)
+            return
+        if not self.answered:  # nothing came since the connection opened: FerryProtocol's 408
+            self.transport.write(refusal(408, "the request headers took too long"))
+        self.transport.close()

@@ -1,0 +1,177 @@
+"""app/transfer/front.py: which requests the front answers itself, and that everything else reaches
+FerryProtocol from its first byte, in order. A stand-in transport records what is written and which
+protocol holds the connection; a stand-in fast path records what it was asked.
+
+Real connections (timeouts, keep-alive, graceful shutdown, byte-identical answers) are shown against
+a real `ferry serve` in tests/clients/test_fast_path.py and tests/security/test_limits.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from uvicorn.server import ServerState
+
+from app.server import FerryConfig
+from app.settings import Settings
+from app.transfer.front import FrontProtocol
+from app.transfer.protocol import FerryProtocol
+
+
+class Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+        self.protocol: Any = None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+
+class Fast:
+    """The app's fast path: answers paths under /files/fast/, declines the rest."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def answer_now(self, scope: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        self.asked.append(scope["path"])
+        if not scope["path"].startswith("/files/fast/"):
+            return None
+        body = scope["path"].encode()
+        return 200, [(b"content-length", str(len(body)).encode())], b"" if scope["method"] == "HEAD" else body
+
+
+@pytest.fixture
+def front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[FrontProtocol, Transport, Fast, list[bytes]]]:
+    config = FerryConfig(Settings(root=tmp_path, index_path=tmp_path.parent / "front-index", workers=1))
+    config.load()
+    fast = Fast()
+    config.fast_answers = fast
+    handed: list[bytes] = []  # what FerryProtocol was given to read
+    monkeypatch.setattr(FerryProtocol, "data_received", lambda self, data: handed.append(bytes(data)))
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = FrontProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+        transport = Transport()
+        transport.protocol = protocol
+        protocol.connection_made(transport)
+        yield protocol, transport, fast, handed
+        protocol.stop_timer()
+    finally:
+        loop.close()
+
+
+def get(path: str, *fields: str, method: str = "GET", version: str = "1.1") -> bytes:
+    return "\r\n".join([f"{method} {path} HTTP/{version}", "Host: x", *fields, "", ""]).encode()
+
+
+def answers(transport: Transport) -> list[bytes]:
+    """The bodies written, in order (each answer's last line)."""
+    return [part.split(b"\r\n\r\n", 1)[1] for part in bytes(transport.written).split(b"HTTP/1.1 ")[1:]]
+
+
+def test_pipelined_fast_requests_are_answered_in_order_on_the_connection(front: Any) -> None:
+    protocol, transport, fast, handed = front
+    protocol.data_received(get("/files/fast/a") + get("/files/fast/b", method="HEAD") + get("/files/fast/c"))
+    assert answers(transport) == [b"/files/fast/a", b"", b"/files/fast/c"]
+    assert transport.protocol is protocol and handed == [] and not transport.closed
+    protocol.data_received(get("/files/fast/d", "Connection: close"))
+    assert answers(transport)[-1] == b"/files/fast/d"
+    assert transport.closed
+    assert b"connection: close\r\n" in bytes(transport.written).rsplit(b"HTTP/1.1 ", 1)[1]
+
+
+def test_a_declined_request_and_all_after_it_go_to_ferry_protocol_from_its_first_byte(front: Any) -> None:
+    protocol, transport, fast, handed = front
+    rest = get("/files/big.bin") + get("/files/fast/after")
+    protocol.data_received(get("/files/fast/first") + rest)
+    assert answers(transport) == [b"/files/fast/first"]
+    assert isinstance(transport.protocol, FerryProtocol)
+    assert handed == [rest]
+    # The fast path was asked once about the declined request: FerryProtocol does not ask again.
+    assert fast.asked == ["/files/fast/first", "/files/big.bin"]
+    assert transport.protocol.skip_fast
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"GET /files/fast/a HTTP/1.1\r\nHost: x\r\nX-Half", id="head-still-arriving"),
+        pytest.param(get("/files/fast/a", "Content-Length: 2") + b"hi", id="with-a-body"),
+        pytest.param(get("/files/fast/a", "Transfer-Encoding: chunked") + b"0\r\n\r\n", id="chunked-body"),
+        pytest.param(get("/files/fast/a", method="PUT"), id="put"),
+        pytest.param(get("/files/fast/a", version="1.0"), id="http-1.0"),
+        pytest.param(b"GET /files/fast/a HTTP/1.1\r\n\r\n", id="no-host"),
+        pytest.param(get("/files/fast/a", "Host: y"), id="two-hosts"),
+        pytest.param(get("/files/fast/" + "a" * 9000), id="target-too-long"),
+        pytest.param(get("/files/fast/a", *[f"X-{i}: {i}" for i in range(120)]), id="too-many-fields"),
+        pytest.param(get("/files/fast/a", "X-Big: " + "b" * 70000), id="fields-too-large"),
+        pytest.param(get("/files/fast/a", "Connection: Upgrade", "Upgrade: websocket"), id="upgrade"),
+        pytest.param(b"GET /files/fast/a HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n", id="malformed"),
+    ],
+)
+def test_what_the_front_does_not_answer_reaches_ferry_protocol_whole(front: Any, raw: bytes) -> None:
+    protocol, transport, fast, handed = front
+    protocol.data_received(raw)
+    assert transport.written == b""
+    assert isinstance(transport.protocol, FerryProtocol)
+    assert b"".join(handed) == raw
+    assert fast.asked == []  # none of these was even asked about
+    assert not transport.protocol.skip_fast
+
+
+def test_after_handing_over_the_front_reads_nothing_more(front: Any) -> None:
+    protocol, transport, fast, handed = front
+    protocol.data_received(b"GET /files/fast/a HTTP/1.1\r\n")
+    inner = transport.protocol
+    assert isinstance(inner, FerryProtocol)
+    inner.data_received(b"Host: x\r\n\r\n")  # the transport now reads into FerryProtocol
+    assert handed == [b"GET /files/fast/a HTTP/1.1\r\n", b"Host: x\r\n\r\n"]
+    assert fast.asked == []
+
+
+def test_a_client_not_reading_its_answers_is_left_to_ferry_protocol(front: Any) -> None:
+    protocol, transport, fast, handed = front
+    protocol.data_received(get("/files/fast/a"))
+    protocol.pause_writing()  # the transport's buffer passed FERRY_WRITE_BUFFER
+    protocol.data_received(get("/files/fast/b"))
+    assert answers(transport) == [b"/files/fast/a"]
+    inner = transport.protocol
+    assert isinstance(inner, FerryProtocol) and inner.flow.write_paused
+    assert handed == [get("/files/fast/b")]
