@@ -25,7 +25,7 @@ from app.auth import link_of
 from app.errors import FerryError
 from app.http.byteranges import Segment
 from app.http.plan import DownloadRequest, FileFacts, ResponsePlan, plan_download
-from app.http.ranges import ByteRange
+from app.http.ranges import ByteRange, Ignore, Partial, RangePlan, plan_ranges
 from app.http.signing import PARAMS
 from app.request import PREFIX, FileRequest
 from app.routes.files import Downloads
@@ -51,6 +51,7 @@ _APP_FIELDS = frozenset(
 _FAST_PARAMS = frozenset({"download", "inline", *PARAMS})
 # The request fields that make a download's answer differ from its version's plain 200.
 _PLANNED_FIELDS = ("range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+_CONDITIONS = (*_PLANNED_FIELDS[1:], "if-range")  # what else a Range's answer depends on
 _VERSIONS = 8192  # file versions (and names, queries) whose facts are kept
 
 
@@ -112,8 +113,22 @@ class FastFiles:
             if version is None:
                 version = self._remember(key, self.downloads.facts(request, safe, st, integrity))
             facts, whole = version
-            if not any(name in request.headers for name in _PLANNED_FIELDS):
+            fields = request.headers
+            if not any(name in fields for name in _PLANNED_FIELDS):
                 plan = whole  # no Range, no precondition: this version's 200 (or HEAD), planned once
+            elif (
+                whole is not None
+                and facts.ranges
+                and request.method == "GET"
+                and "range" in fields
+                and not any(name in fields for name in _CONDITIONS)
+                and (
+                    ranged := whole.ranged(
+                        plan_ranges(fields["range"], facts.size, max_ranges=self.max_ranges)
+                    )
+                )
+            ):
+                plan = ranged  # a Range and no precondition: the 200's fields, the range's two
             else:
                 plan = _Planned.of(request.plan(facts, max_ranges=self.max_ranges))
             if plan is None:
@@ -165,6 +180,20 @@ class _Planned:
         if not all(sendable(value) for _, value in fields):
             return None
         return cls(plan.status, fields, plan.body, plan.content_length)
+
+    def ranged(self, wanted: RangePlan) -> _Planned | None:
+        """This plain 200's answer to a GET whose only planned field is a Range that selects one
+        range (None otherwise): `plan_download` answers it with the 200's fields, its
+        Content-Length last, that one replaced by Content-Range and Content-Length
+        (tests/unit/test_fast_ranges.py holds the two to the same answer)."""
+        if not isinstance(wanted, Partial) or len(wanted.ranges) != 1:
+            return self if isinstance(wanted, Ignore) else None
+        (only,) = wanted.ranges
+        size = self.length
+        fields = self.fields[:-1]
+        fields.append((b"content-range", b"bytes %d-%d/%d" % (only.start, only.stop - 1, size)))
+        fields.append((b"content-length", b"%d" % only.length))
+        return _Planned(206, fields, [only], only.length)
 
 
 def _read(fd: int, st: os.stat_result, segments: list[bytes | ByteRange]) -> bytearray | None:
