@@ -20,45 +20,7 @@ from app.server import FerryConfig
 from app.settings import Settings
 from app.transfer.front import FrontProtocol
 from app.transfer.protocol import FerryProtocol
-
-
-class Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-        self.protocol: Any = None
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
-
-    def write(self, data: Any) -> None:
-        self.written += data
-
-    def writelines(self, list_of_data: Any) -> None:
-        for data in list_of_data:
-            self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.protocol = protocol
+from tests.support.transports import RecordingTransport
 
 
 class Fast:
@@ -78,7 +40,7 @@ class Fast:
 @pytest.fixture
 def front(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[FrontProtocol, Transport, Fast, list[bytes]]]:
+) -> Iterator[tuple[FrontProtocol, RecordingTransport, Fast, list[bytes]]]:
     config = FerryConfig(Settings(root=tmp_path, index_path=tmp_path.parent / "front-index", workers=1))
     config.load()
     fast = Fast()
@@ -88,7 +50,7 @@ def front(
     loop = asyncio.new_event_loop()
     try:
         protocol = FrontProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
-        transport = Transport()
+        transport = RecordingTransport()
         transport.protocol = protocol
         protocol.connection_made(transport)
         yield protocol, transport, fast, handed
@@ -101,9 +63,9 @@ def get(path: str, *fields: str, method: str = "GET", version: str = "1.1") -> b
     return "\r\n".join([f"{method} {path} HTTP/{version}", "Host: x", *fields, "", ""]).encode()
 
 
-def answers(transport: Transport) -> list[bytes]:
+def answers(transport: RecordingTransport) -> list[bytes]:
     """The bodies written, in order (each answer's last line)."""
-    return [part.split(b"\r\n\r\n", 1)[1] for part in bytes(transport.written).split(b"HTTP/1.1 ")[1:]]
+    return [part.split(b"\r\n\r\n", 1)[1] for part in transport.written.split(b"HTTP/1.1 ")[1:]]
 
 
 def test_pipelined_fast_requests_are_answered_in_order_on_the_connection(front: Any) -> None:
@@ -114,7 +76,7 @@ def test_pipelined_fast_requests_are_answered_in_order_on_the_connection(front: 
     protocol.data_received(get("/files/fast/d", "Connection: close"))
     assert answers(transport)[-1] == b"/files/fast/d"
     assert transport.closed
-    assert b"connection: close\r\n" in bytes(transport.written).rsplit(b"HTTP/1.1 ", 1)[1]
+    assert b"connection: close\r\n" in transport.written.rsplit(b"HTTP/1.1 ", 1)[1]
 
 
 def test_a_declined_request_and_all_after_it_go_to_ferry_protocol_from_its_first_byte(front: Any) -> None:

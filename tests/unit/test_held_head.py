@@ -14,43 +14,7 @@ from uvicorn.server import ServerState
 
 from app.transfer.protocol import FerryProtocol
 from tests.conftest import make_settings
-
-
-class _Transport(asyncio.Transport):
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self.sock = sock
-        self.calls: list[bytes] = []  # one entry per write() or writelines() call
-        self.closed = False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        extra = {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000), "socket": self.sock}
-        return extra.get(name, default)
-
-    def write(self, data: Any) -> None:
-        if data:  # an empty write sends nothing (uvicorn makes one to end a body)
-            self.calls.append(bytes(data))
-
-    def writelines(self, pieces: Any) -> None:
-        self.calls.append(b"".join(bytes(piece) for piece in pieces))
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
+from tests.support.transports import RecordingTransport
 
 
 def _app(body: bytes, pieces: int, headers: list[tuple[bytes, bytes]]) -> Any:
@@ -72,7 +36,7 @@ def _run(method: str, app: Any, tmp_path: Any) -> list[bytes]:
         protocol = FerryProtocol(config=config, server_state=ServerState(), app_state={})
         left, right = socket.socketpair()
         try:
-            transport = _Transport(left)
+            transport = RecordingTransport(left)
             protocol.connection_made(transport)
             protocol.data_received(f"{method} /x HTTP/1.1\r\nHost: ferry\r\n\r\n".encode())
             for _ in range(20):
