@@ -90,7 +90,6 @@ class Observed:
         "complete",
         "multipart",
         "download",
-        "gauged",
     )
 
     def __init__(self, scope: Scope, send: Send, receive: Receive) -> None:
@@ -109,12 +108,6 @@ class Observed:
         self.first_byte: float | None = None
         self.complete = False
         self.multipart = False
-        self.gauged = False
-
-    @classmethod
-    def of_protocol(cls, scope: Scope) -> Observed:
-        """A request the protocol answers itself (`answered`): no ASGI messages pass through."""
-        return cls(scope, _no_messages, _no_messages)
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -143,7 +136,7 @@ class Observed:
                 self.complete = True
         await self.send(message)
 
-    def _start(self, message: Message, *, gauge: bool = True) -> None:
+    def _start(self, message: Message) -> None:
         self.status = message["status"]
         for name, value in message.get("headers", ()):
             if name == b"content-length":
@@ -152,17 +145,7 @@ class Observed:
                 self.multipart = True
         if self.download and self.status in (200, 206):
             self.in_flight = True
-            self.gauged = gauge
-            if gauge:
-                metrics.IN_FLIGHT.inc()
-
-    def answered(self, status: int, headers: list[tuple[bytes, bytes]], sent: int) -> None:
-        """A whole answer the protocol wrote itself (the fast path): its head and `sent` body bytes."""
-        self._start({"status": status, "headers": headers}, gauge=False)  # in flight for no time
-        if sent:
-            self.first_byte = time.perf_counter()
-            self.sent = sent
-        self.complete = True
+            metrics.IN_FLIGHT.inc()
 
     def sent_status(self) -> int:
         """The status the client got (see the module's docstring)."""
@@ -182,53 +165,105 @@ class Observed:
         method, status = scope["method"], self.sent_status()
         body_expected = method != "HEAD" and status not in (204, 304) and self.length is not None
         aborted = status == CLIENT_CLOSED or (body_expected and not self.complete)
-        self._metrics(method, status, duration, aborted)
-        line: dict[str, Any] = {
-            "client": f"{scope['client'][0]}:{scope['client'][1]}" if scope.get("client") else "-",
-            "method": method,
-            "path": _clean(scope.get("raw_path", b"").decode("latin-1") or scope["path"]),
-            "status": status,
-            "bytes": self.sent,
-            "range": _clean(_header(scope, b"range")) or None,
-            "duration_ms": round(duration * 1000, 3),
-            "user_agent": _clean(_header(scope, b"user-agent")) or None,
-            "aborted": aborted,
-            "received": self.received,
-        }
-        if log_format == "json":
-            text = json.dumps(line, ensure_ascii=False)
-        else:
-            client, path, agent = line["client"], line["path"], line["user_agent"] or "-"
-            wanted = line["range"] or "-"
-            text = (
-                f'{client} "{method} {path}" {status} {self.sent} range="{wanted}" '
-                f'{duration * 1000:.1f}ms ua="{agent}" aborted={"yes" if aborted else "no"} '
-                f"received={self.received}"
-            )
-        if lines is None:
-            logger.info(text)
-        else:
-            lines.write(text)
-
-    def _metrics(self, method: str, status: int, duration: float, aborted: bool) -> None:
-        tally = metrics.TALLY  # moved at the end of this loop turn
-        tally.inc(_counter(metrics.REQUESTS, method, status))
-        if not self.in_flight:
-            return
-        if self.gauged:
+        if self.in_flight:
             metrics.IN_FLIGHT.dec()
-        tally.inc(_counter(metrics.BYTES_SENT, status), self.sent)
-        if status == 206:
-            tally.inc(_counter(metrics.RANGE_RESPONSES, "multipart" if self.multipart else "single"))
-        if _header(self.scope, b"range") and _header(self.scope, b"if-range"):
-            tally.inc(_counter(metrics.IF_RANGE, "hit" if status == 206 else "miss"))
-        if self.first_byte is not None:
-            tally.observe(metrics.TTFB, self.first_byte - self.started)
-        if aborted:
-            tally.inc(metrics.ABORTS)
-            tally.inc(metrics.UNDELIVERED, max(0, (self.length or 0) - self.sent))
-        else:
-            tally.observe(metrics.DURATION, duration)
+        first_byte = None if self.first_byte is None else self.first_byte - self.started
+        owed = max(0, (self.length or 0) - self.sent) if aborted else None
+        _count(scope, method, status, duration, self.in_flight, self.sent, self.multipart, first_byte, owed)
+        _log(scope, method, status, self.sent, duration, aborted, self.received, log_format, lines)
+
+
+def answered_now(
+    scope: Scope,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    sent: int,
+    started: float,
+    log_format: str,
+    lines: Lines | None,
+) -> None:
+    """Log and count a whole answer the protocol wrote itself (the fast path: a GET or HEAD of a
+    file, its head and `sent` body bytes, written in full at once) as `Observed.finish` does."""
+    duration = time.perf_counter() - started
+    method = scope["method"]
+    multipart = status == 206 and (first_field(headers, b"content-type") or "").startswith("multipart/")
+    in_flight = method == "GET" and status in (200, 206)
+    _count(scope, method, status, duration, in_flight, sent, multipart, duration, None)
+    _log(scope, method, status, sent, duration, False, 0, log_format, lines)
+
+
+def _log(
+    scope: Scope,
+    method: str,
+    status: int,
+    sent: int,
+    duration: float,
+    aborted: bool,
+    received: int,
+    log_format: str,
+    lines: Lines | None,
+) -> None:
+    """One access line: to `lines`, else the `ferry.access` logger."""
+    client = scope.get("client")
+    where = f"{client[0]}:{client[1]}" if client else "-"
+    path = _clean(scope.get("raw_path", b"").decode("latin-1") or scope["path"])
+    wanted = _clean(_header(scope, b"range"))
+    agent = _clean(_header(scope, b"user-agent"))
+    if log_format == "json":
+        line = {
+            "client": where,
+            "method": method,
+            "path": path,
+            "status": status,
+            "bytes": sent,
+            "range": wanted or None,
+            "duration_ms": round(duration * 1000, 3),
+            "user_agent": agent or None,
+            "aborted": aborted,
+            "received": received,
+        }
+        text = json.dumps(line, ensure_ascii=False)
+    else:
+        text = (
+            f'{where} "{method} {path}" {status} {sent} range="{wanted or "-"}" '
+            f'{duration * 1000:.1f}ms ua="{agent or "-"}" aborted={"yes" if aborted else "no"} '
+            f"received={received}"
+        )
+    if lines is None:
+        logger.info(text)
+    else:
+        lines.write(text)
+
+
+def _count(
+    scope: Scope,
+    method: str,
+    status: int,
+    duration: float,
+    in_flight: bool,
+    sent: int,
+    multipart: bool,
+    first_byte: float | None,
+    undelivered: int | None,
+) -> None:
+    """The metrics of one finished request (`undelivered`: the bytes an aborted download owed;
+    `first_byte`: seconds from its start)."""
+    tally = metrics.TALLY  # moved at the end of this loop turn
+    tally.inc(_counter(metrics.REQUESTS, method, status))
+    if not in_flight:
+        return
+    tally.inc(_counter(metrics.BYTES_SENT, status), sent)
+    if status == 206:
+        tally.inc(_counter(metrics.RANGE_RESPONSES, "multipart" if multipart else "single"))
+    if _header(scope, b"range") and _header(scope, b"if-range"):
+        tally.inc(_counter(metrics.IF_RANGE, "hit" if status == 206 else "miss"))
+    if first_byte is not None:
+        tally.observe(metrics.TTFB, first_byte)
+    if undelivered is not None:
+        tally.inc(metrics.ABORTS)
+        tally.inc(metrics.UNDELIVERED, undelivered)
+    else:
+        tally.observe(metrics.DURATION, duration)
 
 
 _CHILDREN: dict[tuple[Any, ...], Any] = {}
@@ -241,10 +276,6 @@ def _counter(family: Any, *labels: str | int) -> Any:
     if found is None:
         found = _CHILDREN[key] = family.labels(*(str(label) for label in labels))
     return found
-
-
-async def _no_messages(*_: Any) -> Any:
-    raise RuntimeError("the protocol answered this request: it has no ASGI messages")
 
 
 def scope_is_file(scope: Scope) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -12,7 +13,7 @@ from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, metrics
-from app.access import Lines, Observed
+from app.access import Lines, Observed, answered_now
 from app.cors import Cors
 from app.errors import FerryError, error_response, handle_ferry_error
 from app.request import READ_METHODS, WRITE_METHODS, FileRequest, is_file_request
@@ -24,6 +25,7 @@ from app.routes.writes import Writes
 from app.services import Services
 from app.settings import Settings
 from app.storage.errors import StorageError
+from app.transfer.spans import Body
 
 
 class Reads(Protocol):
@@ -81,19 +83,21 @@ class FerryApp(FastAPI):
         finally:
             observed.finish(self.log_format, self.access_lines)
 
-    def answer_now(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes | bytearray] | None:
+    def answer_now(
+        self, scope: Scope, *, spans: bool = False
+    ) -> tuple[int, list[tuple[bytes, bytes]], Body] | None:
         """The fast path (app/routes/fast_files.py): a small file's whole answer, logged and
-        counted as the app's own answers are, for the protocol to write; None: run the app."""
+        counted as the app's own answers are, for the protocol to write (`spans`: it can send a
+        `FileSpan`, and close it); None: run the app."""
         if self.fast is None:
             return None
-        observed = Observed.of_protocol(scope)
-        found = self.fast.answer(scope)
+        started = time.perf_counter()
+        found = self.fast.answer(scope, spans=spans)
         if found is None:
             return None
         status, headers, body = found
         metrics.TALLY.inc(metrics.FAST_ANSWERS)
-        observed.answered(status, headers, len(body))
-        observed.finish(self.log_format, self.access_lines)
+        answered_now(scope, status, headers, len(body), started, self.log_format, self.access_lines)
         return status, headers, body
 
     async def files(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import Any, cast
 
 import httptools
 
 from app.transfer.protocol import FerryProtocol, refusal
+from app.transfer.spans import FileSpan, send_span
 from app.transfer.uvicorn_adapter import answer_head, connection_addresses, request_target
 
 logger = logging.getLogger("ferry.transfer")
@@ -63,6 +66,8 @@ class FrontProtocol(asyncio.Protocol):
         self.inner: FerryProtocol | None = None
         self.addresses: tuple[Any, Any, str] = (None, None, "http")
         self.write_paused = False
+        self.spans = False  # whether answers may be sent with sendfile (plain TCP, FERRY_ZERO_COPY)
+        self.sender: socket.socket | None = None  # a dup of the socket, to send them on
         self.answered = 0
         self.declined = False
         self.deadline = 0.0  # when the connection closes if nothing more comes
@@ -87,11 +92,18 @@ class FrontProtocol(asyncio.Protocol):
         self.server_state.connections.add(self)
         transport.set_write_buffer_limits(high=self.write_buffer)
         self.addresses = connection_addresses(transport)
+        sock = transport.get_extra_info("socket")
+        self.spans = (
+            self.addresses[2] == "http"
+            and getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6)
+            and hasattr(os, "sendfile")
+        )
         self.wait_until(self.loop.time() + self.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.connections.discard(self)
         self.stop_timer()
+        self.close_sender()
         loads = getattr(self.config, "loads", None)
         if loads is not None:
             loads.add(-1)  # app/balance.py's Acceptor counted it in
@@ -168,7 +180,7 @@ class FrontProtocol(asyncio.Protocol):
             "headers": self.headers,
         }
         try:
-            found = self.fast.answer_now(scope)
+            found = self.fast.answer_now(scope, spans=self.spans)
         except Exception:  # a fault of the fast path's own: the app answers, and it is logged
             logger.exception("the fast path failed; the request goes to the app")
             return None
@@ -180,7 +192,10 @@ class FrontProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         head_out = answer_head(status, self.server_state.default_headers, fields, keep_alive)
-        if body:
+        if isinstance(body, FileSpan):
+            if not send_span(self.sender or self.open_sender(), transport, head_out, body):
+                keep_alive = False
+        elif body:
             transport.writelines((head_out, body))  # one writev, the body not copied again
         else:
             transport.write(head_out)
@@ -207,12 +222,26 @@ class FrontProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.complete = True
 
+    def open_sender(self) -> socket.socket:
+        """A dup of the connection's socket that answers with a `FileSpan` are sent on (the
+        transport's own object cannot send with flags), kept while the front has the connection."""
+        assert self.transport is not None
+        fd = self.transport.get_extra_info("socket").fileno()
+        self.sender = socket.socket(fileno=os.dup(fd))
+        return self.sender
+
+    def close_sender(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
+            self.sender = None
+
     # -- handing over ------------------------------------------------------------------------
 
     def hand_over(self, data: bytes) -> None:
         """FerryProtocol takes the connection from here, `data` first."""
         self.server_state.connections.discard(self)
         self.stop_timer()
+        self.close_sender()
         inner = self.inner = FerryProtocol(
             config=self.config, server_state=self.server_state, app_state=self.app_state, _loop=self.loop
         )

@@ -29,6 +29,7 @@ import asyncio
 import logging
 from typing import Any
 
+from app.transfer.spans import FileSpan
 from app.transfer.uvicorn_adapter import App, Cycle, FastAnswers, HttpToolsAdapter, keeping_cut_bodies
 from app.transfer.zero_copy import EXTENSION, ZeroCopySender, zero_copy_available
 
@@ -209,7 +210,9 @@ class FerryProtocol(HttpToolsAdapter):
             return False
         if found is None:
             return False
-        self.write_answer(*found)
+        status, fields, body = found
+        assert not isinstance(body, FileSpan)  # asked without spans: the bytes
+        self.write_answer(status, fields, body)
         self._fast_answered = True
         return True
 

@@ -37,6 +37,7 @@ from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 if TYPE_CHECKING:
     from app.settings import Settings
+    from app.transfer.spans import Body
 
 Scope = MutableMapping[str, Any]
 App = Any  # an ASGI application (uvicorn's type names its private TypedDicts)
@@ -157,7 +158,9 @@ def sendable(value: bytes) -> bool:
 class FastAnswers(Protocol):
     """What answers requests in the protocol itself (app/main.py `FerryApp.answer_now`)."""
 
-    def answer_now(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes | bytearray] | None: ...
+    def answer_now(
+        self, scope: Scope, *, spans: bool = False
+    ) -> tuple[int, list[tuple[bytes, bytes]], Body] | None: ...
 
 
 class HttpToolsAdapter(HttpToolsProtocol):

@@ -90,6 +90,7 @@ CASES = [
     ("tiny", _request("/files/notes.txt", CLOSE), 1),
     ("range", _request("/files/small.bin", "Range: bytes=100-199", CLOSE), 1),
     ("suffix", _request("/files/small.bin", "Range: bytes=-10", CLOSE), 1),
+    ("range-from-a-page", _request("/files/small.bin", "Range: bytes=4096-8191", CLOSE), 1),  # sendfile
     ("open-range-of-large", _request("/files/large.bin", "Range: bytes=524000-", CLOSE), 1),
     ("multipart", _request("/files/small.bin", "Range: bytes=0-9,100-109", CLOSE), 1),
     ("unsatisfiable", _request("/files/small.bin", "Range: bytes=70000-", CLOSE), 1),
@@ -119,6 +120,15 @@ CASES = [
         + _request("/files/small.bin", "Range: bytes=0-0")
         + _request("/files/notes.txt", CLOSE),
         3,
+    ),
+    (
+        "pipelined-sent-and-copied",  # sendfile (whole files, a range from a page), copies between
+        _request("/files/small.bin")
+        + _request("/files/small.bin", "Range: bytes=8192-")
+        + _request("/files/notes.txt")
+        + _request("/files/small.bin", "Range: bytes=1-1")
+        + _request("/files/small.bin", CLOSE),
+        5,
     ),
     (
         "pipelined-fast-then-the-app",

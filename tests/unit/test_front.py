@@ -22,6 +22,8 @@ from app.transfer.front import FrontProtocol
 from app.transfer.protocol import FerryProtocol
 from tests.support.transports import RecordingTransport
 
+Field = tuple[bytes, bytes]
+
 
 class Fast:
     """The app's fast path: answers paths under /files/fast/, declines the rest."""
@@ -29,7 +31,9 @@ class Fast:
     def __init__(self) -> None:
         self.asked: list[str] = []
 
-    def answer_now(self, scope: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    def answer_now(
+        self, scope: Any, *, spans: bool = False
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         self.asked.append(scope["path"])
         if not scope["path"].startswith("/files/fast/"):
             return None
