@@ -71,6 +71,11 @@ class Integrity:
         known, digest = self.digests.peek(ident)
         return self._format(request.path, ident, digest, {}, link) if known else None
 
+    def settled(self, st: os.stat_result) -> bool:
+        """Whether what `known_now` answers for this file version is final: its digest is known
+        (until then, the fields sent without it change once it is)."""
+        return self.digests.peek(identity(st))[1] is not None
+
     async def required(self, fd: int, st: os.stat_result) -> FileDigest:
         """The file's digest, hashed now if unknown and small enough, else 503."""
         digest = await self.digests.get(identity(st), wait=True)  # needed: worth waiting for

@@ -3,8 +3,9 @@
 A small download costs more in its ASGI round trips (a task, the scope's messages, two writes)
 than in everything else together. For the common case — a file (or a range of it, a 304, a 412, a
 416) whose answer fits in `MAX_BODY` bytes, asked by a request nothing else needs to see — the
-protocol (app/transfer/protocol.py) asks `FastFiles.answer` first and writes what it returns in
-one write; anything else is None, and the request goes to the ASGI app as before.
+protocol (app/transfer/front.py, protocol.py) asks `FastFiles.answer` first and writes what it
+returns at once (the front sends a span starting on a page with sendfile: app/transfer/spans.py);
+anything else is None, and the request goes to the ASGI app as before.
 
 The answer is the slow path's own, by construction: the same gate (authenticate, resolve, open
 beneath ROOT, a link's scope), the same facts and planner (`Downloads.facts`, `FileRequest.plan`),
@@ -12,6 +13,11 @@ the same digest fields (only when known without waiting), the same per-address s
 does not do it leaves to the slow path: errors (401/403/404/410/429 …), directories, `?meta4`,
 `?checksums`, `?archive`, Want-Repr-Digest, bodies past `MAX_BODY` or not in the page cache,
 requests carrying a body, proxy or CORS headers, paced downloads.
+
+What the first request for a method, path and query found — the path, the file version, its
+facts and plain answer — answers the next one like it without the gate, the digest lookup or the
+planner, as long as neither carries anything personal (a credential, a precondition) and the file
+opened (through `open_beneath`, every time) is still that version (`_Known`).
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from app.http.signing import PARAMS
 from app.request import PREFIX, FileRequest
 from app.routes.files import Downloads
 from app.storage.errors import StorageError
-from app.storage.paths import LinkScope, open_beneath, resolve_to_open
-from app.transfer.page_cache import pages_cached, read_cached_into
+from app.storage.paths import LinkScope, SafePath, open_beneath, resolve_to_open
+from app.transfer.page_cache import pages_cached, read_body_cached
 from app.transfer.spans import Body, FileSpan
 from app.transfer.uvicorn_adapter import sendable
 
@@ -56,6 +62,11 @@ _FAST_PARAMS = frozenset({"download", "inline", *PARAMS})
 _PLANNED_FIELDS = ("range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
 _CONDITIONS = (*_PLANNED_FIELDS[1:], "if-range")  # what else a Range's answer depends on
 _VERSIONS = 8192  # file versions (and names, queries) whose facts are kept
+# Request fields that make an answer personal: it is never answered from an earlier one's findings.
+_PERSONAL = frozenset({b"authorization", *(name.encode() for name in _CONDITIONS)})
+Answer = tuple[int, list[tuple[bytes, bytes]], Body]  # status, header fields, body
+Scope = Mapping[str, Any]
+Key = tuple[str, str, bytes]  # method, path, query: what `_Known` is kept under
 
 
 class FastFiles:
@@ -69,23 +80,64 @@ class FastFiles:
         self.zero_copy = self.services.settings.zero_copy != "off"
         self.app_fields = _APP_FIELDS | {b"origin"} if cors else _APP_FIELDS
         self._versions: dict[tuple[Any, ...], tuple[FileFacts, _Planned | None]] = {}
+        self._known: dict[Key, _Known] = {}
 
-    def answer(
-        self, scope: Mapping[str, Any], *, spans: bool = False
-    ) -> tuple[int, list[tuple[bytes, bytes]], Body] | None:
+    def answer(self, scope: Scope, *, spans: bool = False) -> Answer | None:
         """(status, header fields, body) for this GET or HEAD, or None: the app answers it.
 
         With `spans` (a caller that can sendfile), a body of one span of the file starting on a
         page, all of it in the page cache, is that `FileSpan` (the caller sends and closes it);
         otherwise the bytes, read into one buffer. Sendfile spares a whole 64 KiB file two
-        copies; for a small range starting mid-page it costs more than the copies it spares."""
+        copies; for a small range starting mid-page it costs more than the copies it spares.
+
+        A request that carries nothing personal (no credential, no precondition; one Range at
+        most) is answered from what the last such request for the same method, path and query
+        found (`_Known`) while the file opened is still the version found then."""
         path: str = scope["path"]
         if not path.startswith(PREFIX) or path.endswith("/") or len(path) == len(PREFIX):
             return None
         app_fields = self.app_fields
-        for name, _ in scope["headers"]:
+        wanted: bytes | None = None  # the Range field
+        key: Key | None = (scope["method"], path, scope["query_string"])
+        for name, value in scope["headers"]:
             if name in app_fields:
                 return None
+            if name in _PERSONAL or (name == b"range" and wanted is not None):
+                key = None
+            elif name == b"range":
+                wanted = value
+        known = None if key is None else self._known.get(key)
+        if known is not None:
+            found = self._again(known, scope, wanted, spans)
+            if found is not None:
+                return found
+        return self._first(scope, spans, key)
+
+    def _again(self, known: _Known, scope: Scope, wanted: bytes | None, spans: bool) -> Answer | None:
+        """The answer from what an earlier request found, or None (the file changed, or the
+        request needs more: `_first` answers it)."""
+        try:
+            fd, st = open_beneath(known.safe, self.services.policy)
+        except (FerryError, StorageError):
+            return None
+        method = scope["method"]
+        plan: _Planned | None = None
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == known.version and stat.S_ISREG(st.st_mode):
+            if wanted is None:
+                plan = known.whole
+            elif method == "GET" and known.facts.ranges:
+                plan = known.whole.ranged(
+                    plan_ranges(wanted.decode("latin-1"), st.st_size, max_ranges=self.max_ranges)
+                )
+        if plan is None:
+            os.close(fd)
+            return None
+        client = scope.get("client")
+        return self._send(fd, st, plan, method, client[0] if client else None, spans)
+
+    def _first(self, scope: Scope, spans: bool, key: Key | None) -> Answer | None:
+        """The answer through the gate, the index of digests and the planner, as the app's; what
+        it found is kept under `key` (when not None) for the next request like this one."""
         request = FileRequest.parse(scope, self.public_url)
         if request.params and any(name not in _FAST_PARAMS for name, _ in request.params):
             return None
@@ -97,7 +149,7 @@ class FastFiles:
             fd, st = open_beneath(safe, policy)
         except (FerryError, StorageError):
             return None  # the app answers errors (and forgets a vanished file in the index)
-        sent_by_caller = False
+        handed = False
         try:
             if not stat.S_ISREG(st.st_mode) or request.path.endswith("/"):
                 return None
@@ -110,19 +162,12 @@ class FastFiles:
             integrity = self.downloads.integrity.known_now(request, st, link)
             if integrity is None:
                 return None
-            key = (
-                st.st_dev,
-                st.st_ino,
-                st.st_size,
-                st.st_mtime_ns,
-                request.path,
-                request.query_string,
-                integrity,
-            )
-            version = self._versions.get(key)
-            if version is None:
-                version = self._remember(key, self.downloads.facts(request, safe, st, integrity))
-            facts, whole = version
+            version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            cached = (*version, request.path, request.query_string, integrity)
+            planned = self._versions.get(cached)
+            if planned is None:
+                planned = self._remember(cached, self.downloads.facts(request, safe, st, integrity))
+            facts, whole = planned
             fields = request.headers
             if not any(name in fields for name in _PLANNED_FIELDS):
                 plan = whole  # no Range, no precondition: this version's 200 (or HEAD), planned once
@@ -143,7 +188,26 @@ class FastFiles:
                 plan = _Planned.of(request.plan(facts, max_ranges=self.max_ranges))
             if plan is None:
                 return None
-            if request.method == "HEAD" or not plan.body:
+            if key and whole and link is None and self.downloads.integrity.settled(st):
+                # Nothing in this answer came from a credential or the time, nor will its digest
+                # fields change: kept for the next.
+                if len(self._known) >= _VERSIONS:
+                    self._known.clear()
+                self._known[key] = _Known(safe, version, facts, whole)
+            handed = True
+            return self._send(fd, st, plan, request.method, request.client, spans)
+        finally:
+            if not handed:
+                os.close(fd)
+
+    def _send(
+        self, fd: int, st: os.stat_result, plan: _Planned, method: str, client: str | None, spans: bool
+    ) -> Answer | None:
+        """The answer of `plan` with its body from the open file `fd` (closed here unless the
+        body is a `FileSpan` of it), or None."""
+        sent_by_caller = False
+        try:
+            if method == "HEAD" or not plan.body:
                 return plan.status, plan.fields, b""
             if plan.length > MAX_BODY or self.downloads.options.rate_limit:
                 return None
@@ -159,11 +223,11 @@ class FastFiles:
             ):
                 body = FileSpan(fd, first.start, first.length)
             else:
-                body = _read(fd, st, plan.body)
+                body = read_body_cached(fd, st, plan.body)
             if body is None:
                 return None
             try:  # a GET with a body: FERRY_MAX_CONNECTIONS_PER_IP counts it, for as long as it is sent
-                release = self.downloads.slots.acquire(request.client)
+                release = self.downloads.slots.acquire(client)
             except FerryError:
                 return None
             if release is not None:
@@ -185,6 +249,19 @@ class FastFiles:
             self._versions.clear()
         self._versions[key] = version
         return version
+
+
+class _Known:
+    """What answering a method, path and query found, for the next such request: the path to
+    open (through `open_beneath` again, every time), the file version found (reused only while
+    the file opened is that version), its facts and its plain answer. Kept only when the access
+    came from no credential and no link (a link's validity depends on the time), and once the
+    file's digest is known (the fields sent without it change when it is)."""
+
+    __slots__ = ("safe", "version", "facts", "whole")
+
+    def __init__(self, safe: SafePath, version: tuple[int, int, int, int], facts: FileFacts, whole: _Planned):
+        self.safe, self.version, self.facts, self.whole = safe, version, facts, whole
 
 
 class _Planned:
@@ -218,22 +295,3 @@ class _Planned:
         fields.append((b"content-range", b"bytes %d-%d/%d" % (only.start, only.stop - 1, size)))
         fields.append((b"content-length", b"%d" % only.length))
         return _Planned(206, fields, [only], only.length)
-
-
-def _read(fd: int, st: os.stat_result, segments: list[bytes | ByteRange]) -> bytearray | None:
-    """The body from the page cache, read straight into one buffer (None if any of it is not
-    cached, or the file changed)."""
-    body = bytearray(sum(len(s) if isinstance(s, bytes) else s.length for s in segments))
-    view, at = memoryview(body), 0
-    for segment in segments:
-        if isinstance(segment, ByteRange):
-            if not read_cached_into(fd, view[at : at + segment.length], segment.start):
-                return None
-            at += segment.length
-        else:
-            view[at : at + len(segment)] = segment
-            at += len(segment)
-    now = os.fstat(fd)
-    if now.st_size != st.st_size or now.st_mtime_ns != st.st_mtime_ns:
-        return None
-    return body

@@ -69,6 +69,7 @@ class FrontProtocol(asyncio.Protocol):
         self.spans = False  # whether answers may be sent with sendfile (plain TCP, FERRY_ZERO_COPY)
         self.sender: socket.socket | None = None  # a dup of the socket, to send them on
         self.answered = 0
+        self.last_head: tuple[Any, Any, int, bool, bytes] = (None, None, 0, False, b"")
         self.declined = False
         self.deadline = 0.0  # when the connection closes if nothing more comes
         self.timer: asyncio.TimerHandle | None = None
@@ -191,7 +192,13 @@ class FrontProtocol(asyncio.Protocol):
         keep_alive = self.keep_alive
         transport = self.transport
         assert transport is not None
-        head_out = answer_head(status, self.server_state.default_headers, fields, keep_alive)
+        defaults = self.server_state.default_headers  # a new list each second (the Date)
+        last = self.last_head
+        if last[0] is fields and last[1] is defaults and last[2] == status and last[3] == keep_alive:
+            head_out = last[4]  # the same file version's answer again, within the same second
+        else:
+            head_out = answer_head(status, defaults, fields, keep_alive)
+            self.last_head = (fields, defaults, status, keep_alive, head_out)
         if isinstance(body, FileSpan):
             if not send_span(self.sender or self.open_sender(), transport, head_out, body):
                 keep_alive = False

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from app.http.ranges import ByteRange
+
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
@@ -36,3 +38,23 @@ def read_cached_into(fd: int, buffer: memoryview, offset: int) -> bool:
         return os.preadv(fd, [buffer], offset, _RWF_NOWAIT) == len(buffer)
     except OSError:
         return False
+
+
+def read_body_cached(fd: int, st: os.stat_result, segments: list[bytes | ByteRange]) -> bytearray | None:
+    """A body of file spans and literal bytes (a multipart answer's part heads) from the page
+    cache, read straight into one buffer: None if any of it is not cached, or the file (`st`
+    when the answer was planned) changed meanwhile."""
+    body = bytearray(sum(len(s) if isinstance(s, bytes) else s.length for s in segments))
+    view, at = memoryview(body), 0
+    for segment in segments:
+        if isinstance(segment, ByteRange):
+            if not read_cached_into(fd, view[at : at + segment.length], segment.start):
+                return None
+            at += segment.length
+        else:
+            view[at : at + len(segment)] = segment
+            at += len(segment)
+    now = os.fstat(fd)
+    if now.st_size != st.st_size or now.st_mtime_ns != st.st_mtime_ns:
+        return None
+    return body

@@ -30,6 +30,7 @@ class Fast:
 
     def __init__(self) -> None:
         self.asked: list[str] = []
+        self.same: list[Field] = [(b"content-length", b"4")]  # /files/fast/same's, one list
 
     def answer_now(
         self, scope: Any, *, spans: bool = False
@@ -37,6 +38,8 @@ class Fast:
         self.asked.append(scope["path"])
         if not scope["path"].startswith("/files/fast/"):
             return None
+        if scope["path"] == "/files/fast/same":  # one file version's answer, the same fields each time
+            return 200, self.same, b"" if scope["method"] == "HEAD" else b"same"
         body = scope["path"].encode()
         return 200, [(b"content-length", str(len(body)).encode())], b"" if scope["method"] == "HEAD" else body
 
@@ -81,6 +84,21 @@ def test_pipelined_fast_requests_are_answered_in_order_on_the_connection(front: 
     assert answers(transport)[-1] == b"/files/fast/d"
     assert transport.closed
     assert b"connection: close\r\n" in transport.written.rsplit(b"HTTP/1.1 ", 1)[1]
+
+
+def test_a_repeated_answer_keeps_its_head_only_while_date_and_connection_are_the_same(front: Any) -> None:
+    protocol, transport, fast, handed = front
+    state = protocol.server_state
+    state.default_headers = [(b"date", b"Mon, 07 Dec 2026 06:00:00 GMT"), (b"server", b"ferry")]
+    protocol.data_received(get("/files/fast/same") + get("/files/fast/same"))
+    state.default_headers = [(b"date", b"Mon, 07 Dec 2026 06:00:01 GMT"), (b"server", b"ferry")]
+    protocol.data_received(get("/files/fast/same"))
+    protocol.data_received(get("/files/fast/same", "Connection: close"))
+    heads = [part.split(b"\r\n\r\n")[0] for part in transport.written.split(b"HTTP/1.1 ")[1:]]
+    assert len(heads) == 4 and heads[0] == heads[1]
+    assert b"06:00:01" in heads[2] and b"06:00:00" not in heads[2]
+    assert heads[3] == heads[2] + b"\r\nconnection: close"
+    assert answers(transport) == [b"same"] * 4
 
 
 def test_a_declined_request_and_all_after_it_go_to_ferry_protocol_from_its_first_byte(front: Any) -> None:
