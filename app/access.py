@@ -181,15 +181,20 @@ def answered_now(
     started: float,
     log_format: str,
     lines: Lines | None,
+    *,
+    first_byte: float | None = None,
+    owed: int | None = None,
 ) -> None:
-    """Log and count a whole answer the protocol wrote itself (the fast path: a GET or HEAD of a
-    file, its head and `sent` body bytes, written in full at once) as `Observed.finish` does."""
+    """Log and count an answer the protocol wrote itself (the fast path: a GET or HEAD of a file,
+    its head and `sent` body bytes, `first_byte` seconds after `started` (else at once); `owed`:
+    the bytes it did not deliver when it was cut short) as `Observed.finish` does."""
     duration = time.perf_counter() - started
     method = scope["method"]
     multipart = status == 206 and (first_field(headers, b"content-type") or "").startswith("multipart/")
     in_flight = method == "GET" and status in (200, 206)
-    _count(scope, method, status, duration, in_flight, sent, multipart, duration, None)
-    _log(scope, method, status, sent, duration, False, 0, log_format, lines)
+    first = duration if first_byte is None else first_byte
+    _count(scope, method, status, duration, in_flight, sent, multipart, first if sent else None, owed)
+    _log(scope, method, status, sent, duration, owed is not None, 0, log_format, lines)
 
 
 def _log(

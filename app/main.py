@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -25,7 +25,7 @@ from app.routes.writes import Writes
 from app.services import Services
 from app.settings import Settings
 from app.storage.errors import StorageError
-from app.transfer.spans import Body
+from app.transfer.spans import Body, FileSpan
 
 
 class Reads(Protocol):
@@ -97,8 +97,42 @@ class FerryApp(FastAPI):
             return None
         status, headers, body = found
         metrics.TALLY.inc(metrics.FAST_ANSWERS)
-        answered_now(scope, status, headers, len(body), started, self.log_format, self.access_lines)
+        if isinstance(body, FileSpan) and body.on_end is not None:
+            body.on_end = self._streamed(scope, status, headers, started, body.count, body.on_end)
+        else:
+            answered_now(scope, status, headers, len(body), started, self.log_format, self.access_lines)
         return status, headers, body
+
+    def _streamed(
+        self,
+        scope: Scope,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        started: float,
+        length: int,
+        held: Callable[[int, bool], None],
+    ) -> Callable[[int, bool], None]:
+        """A streamed answer's end (`FileSpan.on_end`): what it held let go, then logged and counted."""
+        metrics.IN_FLIGHT.inc()
+        first_byte = time.perf_counter() - started
+
+        def ended(sent: int, cut: bool) -> None:
+            held(sent, cut)
+            metrics.IN_FLIGHT.dec()
+            lines, owed = self.access_lines, length - sent if cut else None
+            answered_now(
+                scope,
+                status,
+                headers,
+                sent,
+                started,
+                self.log_format,
+                lines,
+                first_byte=first_byte,
+                owed=owed,
+            )
+
+        return ended
 
     async def files(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Downloads, listings and writes under /files/: the request parsed once, and Ferry's errors

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import glob
 import os
 from typing import Any
 
@@ -195,7 +196,7 @@ def render() -> tuple[bytes, str]:
     TALLY.flush()
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        SizedFiles(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
 
@@ -204,3 +205,23 @@ def process_exited(pid: int) -> None:
     """Drop a finished worker's live gauges (in-flight downloads) from the shared files."""
     if os.environ.get(MULTIPROC_ENV):
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+class SizedFiles(multiprocess.MultiProcessCollector):
+    """prometheus-client's collector of every process's metric files, skipping a file still at 0
+    bytes: a process creates its file and sizes it a moment later, and a scrape in between failed
+    whole (struct.error reading the empty header; prometheus/client_python#1199). A just-started
+    server scraped at once (the benchmarks poll it) met it."""
+
+    def __init__(self, registry: Any, path: str | None = None) -> None:
+        super().__init__(registry, path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Any:
+        files = []
+        for name in glob.glob(os.path.join(self._path, "*.db")):
+            try:
+                if os.path.getsize(name):
+                    files.append(name)
+            except OSError:
+                pass  # removed meanwhile: a process that ended
+        return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]

@@ -17,7 +17,7 @@ requests carrying a body, proxy or CORS headers, paced downloads.
 What the first request for a method, path and query found — the path, the file version, its
 facts and plain answer — answers the next one like it without the gate, the digest lookup or the
 planner, as long as neither carries anything personal (a credential, a precondition) and the file
-opened (through `open_beneath`, every time) is still that version (`_Known`).
+opened (through `open_beneath`, every time) is still that version (`Known`).
 """
 
 from __future__ import annotations
@@ -25,22 +25,21 @@ from __future__ import annotations
 import mmap
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from app.auth import link_of
 from app.errors import FerryError
-from app.http.byteranges import Segment
-from app.http.plan import DownloadRequest, FileFacts, ResponsePlan, plan_download
-from app.http.ranges import ByteRange, Ignore, Partial, RangePlan, plan_ranges
+from app.http.plan import DownloadRequest, FileFacts, plan_download
+from app.http.ranges import ByteRange, plan_ranges
 from app.http.signing import PARAMS
 from app.request import PREFIX, FileRequest
+from app.routes.fast_plans import Known, Planned
 from app.routes.files import Downloads
 from app.storage.errors import StorageError
-from app.storage.paths import LinkScope, SafePath, open_beneath, resolve_to_open
+from app.storage.paths import LinkScope, open_beneath, resolve_to_open
 from app.transfer.page_cache import pages_cached, read_body_cached
 from app.transfer.spans import Body, FileSpan
-from app.transfer.uvicorn_adapter import sendable
 
 MAX_BODY = 256 * 1024  # head and body in one write up to here; above, sendfile pays for itself
 _PAGE = mmap.PAGESIZE  # a body starting on a page goes out with sendfile when the caller can
@@ -66,7 +65,7 @@ _VERSIONS = 8192  # file versions (and names, queries) whose facts are kept
 _PERSONAL = frozenset({b"authorization", *(name.encode() for name in _CONDITIONS)})
 Answer = tuple[int, list[tuple[bytes, bytes]], Body]  # status, header fields, body
 Scope = Mapping[str, Any]
-Key = tuple[str, str, bytes]  # method, path, query: what `_Known` is kept under
+Key = tuple[str, str, bytes]  # method, path, query: what `Known` is kept under
 
 
 class FastFiles:
@@ -79,8 +78,8 @@ class FastFiles:
         self.public_url = self.services.settings.public_url
         self.zero_copy = self.services.settings.zero_copy != "off"
         self.app_fields = _APP_FIELDS | {b"origin"} if cors else _APP_FIELDS
-        self._versions: dict[tuple[Any, ...], tuple[FileFacts, _Planned | None]] = {}
-        self._known: dict[Key, _Known] = {}
+        self._versions: dict[tuple[Any, ...], tuple[FileFacts, Planned | None]] = {}
+        self._known: dict[Key, Known] = {}
 
     def answer(self, scope: Scope, *, spans: bool = False) -> Answer | None:
         """(status, header fields, body) for this GET or HEAD, or None: the app answers it.
@@ -92,7 +91,7 @@ class FastFiles:
 
         A request that carries nothing personal (no credential, no precondition; one Range at
         most) is answered from what the last such request for the same method, path and query
-        found (`_Known`) while the file opened is still the version found then."""
+        found (`Known`) while the file opened is still the version found then."""
         path: str = scope["path"]
         if not path.startswith(PREFIX) or path.endswith("/") or len(path) == len(PREFIX):
             return None
@@ -113,7 +112,7 @@ class FastFiles:
                 return found
         return self._first(scope, spans, key)
 
-    def _again(self, known: _Known, scope: Scope, wanted: bytes | None, spans: bool) -> Answer | None:
+    def _again(self, known: Known, scope: Scope, wanted: bytes | None, spans: bool) -> Answer | None:
         """The answer from what an earlier request found, or None (the file changed, or the
         request needs more: `_first` answers it)."""
         try:
@@ -121,7 +120,7 @@ class FastFiles:
         except (FerryError, StorageError):
             return None
         method = scope["method"]
-        plan: _Planned | None = None
+        plan: Planned | None = None
         if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == known.version and stat.S_ISREG(st.st_mode):
             if wanted is None:
                 plan = known.whole
@@ -153,7 +152,8 @@ class FastFiles:
         try:
             if not stat.S_ISREG(st.st_mode) or request.path.endswith("/"):
                 return None
-            if request.method == "GET" and st.st_size > MAX_BODY and "range" not in request.headers:
+            big = request.method == "GET" and st.st_size > MAX_BODY and "range" not in request.headers
+            if big and not (spans and self.zero_copy):
                 return None
             link = link_of(access)
             if link is not None and link.prefix:
@@ -185,7 +185,7 @@ class FastFiles:
             ):
                 plan = ranged  # a Range and no precondition: the 200's fields, the range's two
             else:
-                plan = _Planned.of(request.plan(facts, max_ranges=self.max_ranges))
+                plan = Planned.of(request.plan(facts, max_ranges=self.max_ranges))
             if plan is None:
                 return None
             if key and whole and link is None and self.downloads.integrity.settled(st):
@@ -193,7 +193,7 @@ class FastFiles:
                 # fields change: kept for the next.
                 if len(self._known) >= _VERSIONS:
                     self._known.clear()
-                self._known[key] = _Known(safe, version, facts, whole)
+                self._known[key] = Known(safe, version, facts, whole)
             handed = True
             return self._send(fd, st, plan, request.method, request.client, spans)
         finally:
@@ -201,7 +201,7 @@ class FastFiles:
                 os.close(fd)
 
     def _send(
-        self, fd: int, st: os.stat_result, plan: _Planned, method: str, client: str | None, spans: bool
+        self, fd: int, st: os.stat_result, plan: Planned, method: str, client: str | None, spans: bool
     ) -> Answer | None:
         """The answer of `plan` with its body from the open file `fd` (closed here unless the
         body is a `FileSpan` of it), or None."""
@@ -209,19 +209,18 @@ class FastFiles:
         try:
             if method == "HEAD" or not plan.body:
                 return plan.status, plan.fields, b""
-            if plan.length > MAX_BODY or self.downloads.options.rate_limit:
-                return None
+            if self.downloads.options.rate_limit:
+                return None  # paced: the app's
             body: Body | None
-            first = plan.body[0]
-            if (
-                spans
-                and self.zero_copy
-                and len(plan.body) == 1
-                and isinstance(first, ByteRange)
-                and not first.start % _PAGE
-                and pages_cached(fd, first.start, first.length)
+            first = plan.body[0] if len(plan.body) == 1 else None
+            one = first if spans and self.zero_copy and isinstance(first, ByteRange) else None
+            if plan.length > MAX_BODY and one is None:
+                return None
+            if one is not None and (
+                plan.length > MAX_BODY  # streamed: pages not cached are sent from a thread
+                or (not one.start % _PAGE and pages_cached(fd, one.start, one.length))
             ):
-                body = FileSpan(fd, first.start, first.length)
+                body = FileSpan(fd, one.start, one.length)
             else:
                 body = read_body_cached(fd, st, plan.body)
             if body is None:
@@ -230,68 +229,34 @@ class FastFiles:
                 release = self.downloads.slots.acquire(client)
             except FerryError:
                 return None
-            if release is not None:
-                release()
             activity = self.services.activity
             activity.begin()
-            activity.end()
+            if isinstance(body, FileSpan) and body.count > MAX_BODY:
+                body.on_end = _ending(release, activity.end)  # held until the stream ends
+            else:
+                if release is not None:
+                    release()
+                activity.end()
             sent_by_caller = isinstance(body, FileSpan)
             return plan.status, plan.fields, body
         finally:
             if not sent_by_caller:
                 os.close(fd)
 
-    def _remember(self, key: tuple[Any, ...], facts: FileFacts) -> tuple[FileFacts, _Planned | None]:
+    def _remember(self, key: tuple[Any, ...], facts: FileFacts) -> tuple[FileFacts, Planned | None]:
         """A file version's facts, and its plain answer (no Range, no precondition)."""
         plain = plan_download(DownloadRequest("GET"), facts, max_ranges=self.max_ranges, now=0)
-        version = (facts, _Planned.of(plain))
+        version = (facts, Planned.of(plain))
         if len(self._versions) >= _VERSIONS:
             self._versions.clear()
         self._versions[key] = version
         return version
 
 
-class _Known:
-    """What answering a method, path and query found, for the next such request: the path to
-    open (through `open_beneath` again, every time), the file version found (reused only while
-    the file opened is that version), its facts and its plain answer. Kept only when the access
-    came from no credential and no link (a link's validity depends on the time), and once the
-    file's digest is known (the fields sent without it change when it is)."""
+def _ending(release: Callable[[], None] | None, end: Callable[[], None]) -> Callable[[int, bool], None]:
+    def ended(sent: int, cut: bool) -> None:
+        if release is not None:
+            release()
+        end()
 
-    __slots__ = ("safe", "version", "facts", "whole")
-
-    def __init__(self, safe: SafePath, version: tuple[int, int, int, int], facts: FileFacts, whole: _Planned):
-        self.safe, self.version, self.facts, self.whole = safe, version, facts, whole
-
-
-class _Planned:
-    """A plan with its header fields encoded for the wire."""
-
-    __slots__ = ("status", "fields", "body", "length")
-
-    def __init__(
-        self, status: int, fields: list[tuple[bytes, bytes]], body: list[Segment], length: int
-    ) -> None:
-        self.status, self.fields, self.body, self.length = status, fields, body, length
-
-    @classmethod
-    def of(cls, plan: ResponsePlan) -> _Planned | None:
-        """None for a field value uvicorn would refuse to send (the app then answers, as it does)."""
-        fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]
-        if not all(sendable(value) for _, value in fields):
-            return None
-        return cls(plan.status, fields, plan.body, plan.content_length)
-
-    def ranged(self, wanted: RangePlan) -> _Planned | None:
-        """This plain 200's answer to a GET whose only planned field is a Range that selects one
-        range (None otherwise): `plan_download` answers it with the 200's fields, its
-        Content-Length last, that one replaced by Content-Range and Content-Length
-        (tests/unit/test_fast_ranges.py holds the two to the same answer)."""
-        if not isinstance(wanted, Partial) or len(wanted.ranges) != 1:
-            return self if isinstance(wanted, Ignore) else None
-        (only,) = wanted.ranges
-        size = self.length
-        fields = self.fields[:-1]
-        fields.append((b"content-range", b"bytes %d-%d/%d" % (only.start, only.stop - 1, size)))
-        fields.append((b"content-length", b"%d" % only.length))
-        return _Planned(206, fields, [only], only.length)
+    return ended

@@ -15,9 +15,16 @@ a body, HTTP/1.0, an upgrade, a malformed or over-limit head (414, 431, 400 with
 doubled: the front never answers those, FerryProtocol refuses them), a request the fast path
 declines (a directory, an error, a big body), a client not reading what it was sent.
 
+A large file (or one range of it) is streamed from here as well (spans.py `SpanStream`), reading
+nothing more from the connection until it ends: its first byte leaves as soon as its head is
+planned, where the app took half a millisecond more.
+
 Timeouts are kept as FerryProtocol keeps them (a connection that sends nothing within
 FERRY_HEADER_TIMEOUT gets 408; one idle after an answer closes after uvicorn's keep-alive) by one
 timer a connection, moved lazily: an answer only notes its deadline.
+
+Long because: a connection's whole life below uvicorn (parsing, answering, streaming, its timer
+and the hand-over) is one state machine, kept in one place.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Any, cast
 import httptools
 
 from app.transfer.protocol import FerryProtocol, refusal
-from app.transfer.spans import FileSpan, send_span
+from app.transfer.spans import FileSpan, SpanStream, send_span
 from app.transfer.uvicorn_adapter import answer_head, connection_addresses, request_target
 
 logger = logging.getLogger("ferry.transfer")
@@ -68,6 +75,10 @@ class FrontProtocol(asyncio.Protocol):
         self.write_paused = False
         self.spans = False  # whether answers may be sent with sendfile (plain TCP, FERRY_ZERO_COPY)
         self.sender: socket.socket | None = None  # a dup of the socket, to send them on
+        self.stream: SpanStream | None = None  # a large answer being sent (reading paused meanwhile)
+        self.draining = False  # the stream waits for earlier answers queued in the transport
+        self.keep_after = False  # whether the connection stays open once the stream ends
+        self.pending = b""  # what came after the streamed request's head
         self.answered = 0
         self.last_head: tuple[Any, Any, int, bool, bytes] = (None, None, 0, False, b"")
         self.declined = False
@@ -104,6 +115,8 @@ class FrontProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.connections.discard(self)
         self.stop_timer()
+        if self.stream is not None:
+            self.stream.end(False)  # cut short: logged as aborted once its file is closed
         self.close_sender()
         loads = getattr(self.config, "loads", None)
         if loads is not None:
@@ -116,15 +129,24 @@ class FrontProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.draining and self.stream is not None and self.transport is not None:
+            self.draining = False
+            self.transport.set_write_buffer_limits(high=self.write_buffer)
+            self.stream.pump()
 
     def shutdown(self) -> None:
-        """uvicorn's graceful shutdown: between requests (always, here), close."""
-        if self.transport is not None:
+        """uvicorn's graceful shutdown: between requests, close; during a stream, once it ends."""
+        if self.stream is not None:
+            self.keep_after = False
+        elif self.transport is not None:
             self.transport.close()
 
     # -- requests ----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.stream is not None:  # (reading is paused: only what was already on its way)
+            self.pending += data
+            return
         at = 0
         while True:
             end = data.find(b"\r\n\r\n", at)
@@ -137,6 +159,9 @@ class FrontProtocol(asyncio.Protocol):
             at = end
             if not keep:
                 return  # closing
+            if self.stream is not None:
+                self.pending = data[at:]  # for after the stream
+                return
             if at == len(data):
                 self.wait_until(self.loop.time() + self.idle_timeout)
                 return
@@ -199,7 +224,9 @@ class FrontProtocol(asyncio.Protocol):
         else:
             head_out = answer_head(status, defaults, fields, keep_alive)
             self.last_head = (fields, defaults, status, keep_alive, head_out)
-        if isinstance(body, FileSpan):
+        if isinstance(body, FileSpan) and body.on_end is not None:
+            self.start_stream(head_out, body, keep_alive)
+        elif isinstance(body, FileSpan):
             if not send_span(self.sender or self.open_sender(), transport, head_out, body):
                 keep_alive = False
         elif body:
@@ -208,9 +235,9 @@ class FrontProtocol(asyncio.Protocol):
             transport.write(head_out)
         self.server_state.total_requests += 1
         self.answered += 1
-        if not keep_alive:
+        if not keep_alive and self.stream is None:
             transport.close()
-        return keep_alive
+        return keep_alive or self.stream is not None
 
     # httptools' callbacks
     def on_url(self, url: bytes) -> None:
@@ -228,6 +255,38 @@ class FrontProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+
+    # -- a large answer ------------------------------------------------------------------------
+
+    def start_stream(self, head: bytes, span: FileSpan, keep_alive: bool) -> None:
+        """Send a large answer (spans.py `SpanStream`), reading nothing more until it ends; after
+        the answers still queued in the transport, if any."""
+        transport = self.transport
+        assert transport is not None
+        self.stop_timer()
+        transport.pause_reading()
+        self.keep_after = keep_alive
+        sender, chunk = self.sender or self.open_sender(), self.config.settings.chunk_size
+        self.stream = SpanStream(self.loop, sender, head, span, self.stream_ended, chunk)
+        if transport.get_write_buffer_size():
+            self.draining = True  # resume_writing starts it once the transport is empty
+            transport.set_write_buffer_limits(high=0, low=0)
+        else:
+            self.loop.call_soon(self.stream.pump)
+
+    def stream_ended(self, complete: bool) -> None:
+        self.stream = None
+        transport = self.transport
+        assert transport is not None
+        if not complete or not self.keep_after or transport.is_closing():
+            transport.close()  # a response cut short ends its connection
+            return
+        transport.resume_reading()
+        pending, self.pending = self.pending, b""
+        if pending:
+            self.data_received(pending)
+        else:
+            self.wait_until(self.loop.time() + self.idle_timeout)
 
     def open_sender(self) -> socket.socket:
         """A dup of the connection's socket that answers with a `FileSpan` are sent on (the
@@ -280,7 +339,9 @@ class FrontProtocol(asyncio.Protocol):
 
     def expire(self) -> None:
         self.timer = None
-        if self.inner is not None or self.transport is None or self.transport.is_closing():
+        if self.inner is not None or self.stream is not None:
+            return
+        if self.transport is None or self.transport.is_closing():
             return
         if self.loop.time() < self.deadline:
             self.wait_until(self.deadline)

@@ -1,10 +1,18 @@
-"""A small answer whose body is a span of an open file, sent there and then with sendfile.
+"""An answer whose body is a span of an open file, sent with sendfile by the connection's front.
 
-The fast path (app/routes/fast_files.py) answers a span of a file starting on a page boundary (a
-whole 64 KiB file, say) with a `FileSpan` when its caller can send one: the connection's front
-(front.py) on a plain TCP connection with FERRY_ZERO_COPY not off. `send_span` writes the head
-with MSG_MORE and the span with sendfile, so head and body leave in the same segments and the
-body never passes through Python: two copies of it fewer than a read and a write.
+The fast path (app/routes/fast_files.py) answers with a `FileSpan` when its caller can send one:
+the connection's front (front.py) on a plain TCP connection with FERRY_ZERO_COPY not off.
+
+- A small span starting on a page boundary (a whole 64 KiB file, say): `send_span` writes the
+  head with MSG_MORE and the span with sendfile there and then, so head and body leave in the
+  same segments and the body never passes through Python — two copies fewer than a read and a
+  write.
+- A large span (a big file, or one range of it): `SpanStream` sends the head at once, then the
+  span in sendfile calls of FERRY_CHUNK_SIZE bytes from the event loop, a turn of the loop every
+  `download.SENDFILE_SPAN` bytes (the file checked for changes each time, as the app's sends
+  do), waiting for room when the socket is full, and from a worker thread where the pages are
+  not in the page cache. Nothing of the ASGI app runs, so its first byte leaves as soon as the
+  head is planned.
 """
 
 from __future__ import annotations
@@ -12,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Callable
+
+from app.transfer.page_cache import pages_cached
 
 _MSG_MORE: int = getattr(socket, "MSG_MORE", 0)
 
@@ -20,10 +31,12 @@ class FileSpan:
     """`count` bytes of the open file `fd` from `offset`: a body for its receiver to send (with
     `send_span`) and then close `fd`."""
 
-    __slots__ = ("fd", "offset", "count")
+    __slots__ = ("fd", "offset", "count", "on_end")
 
     def __init__(self, fd: int, offset: int, count: int) -> None:
         self.fd, self.offset, self.count = fd, offset, count
+        # A streamed span's bookkeeping once it ends: (bytes sent, whether it was cut short).
+        self.on_end: Callable[[int, bool], None] | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -61,3 +74,124 @@ def send_span(sender: socket.socket, transport: asyncio.Transport, head: bytes, 
         return True
     finally:
         os.close(fd)
+
+
+TURN = 4 * 1024 * 1024  # bytes sent between two turns of the event loop (and file checks)
+
+
+class SpanStream:
+    """One large answer sent from the event loop: `head`, then `span` (see the module's docstring).
+    `ended(complete)` is called once, after the span's file is closed and its `on_end` ran."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sender: socket.socket,
+        head: bytes,
+        span: FileSpan,
+        ended: Callable[[bool], None],
+        chunk: int = 1024 * 1024,
+    ) -> None:
+        # Its own descriptor of the socket: one a worker thread and a writer may use whatever
+        # happens to the front's (both loops refuse a writer on a transport's own descriptor).
+        self.loop, self.sender, self.fd = loop, sender, os.dup(sender.fileno())
+        self.head, self.span, self.ended = memoryview(head), span, ended
+        self.offset, self.left, self.sent = span.offset, span.count, 0
+        self.st = os.fstat(span.fd)
+        self.waiting = False  # for room in the socket (a writer on `sender`)
+        self.threaded = False  # a sendfile call running in a worker thread
+        self.done = False
+        self.chunk = chunk  # bytes per sendfile call (FERRY_CHUNK_SIZE)
+
+    def pump(self) -> None:
+        """Send until the socket is full, a turn's worth is out, or the span is."""
+        if self.done or self.threaded:
+            return
+        budget = TURN
+        try:
+            while self.head:
+                self.head = self.head[self.sender.send(self.head, _MSG_MORE) :]
+            while self.left:
+                size = min(self.left, self.chunk)
+                if not pages_cached(self.span.fd, self.offset, size):
+                    self.threaded = True
+                    fd, offset = self.span.fd, self.offset
+                    work = self.loop.run_in_executor(None, os.sendfile, self.fd, fd, offset, size)
+                    work.add_done_callback(self._sent_by_thread)
+                    return
+                if not self._took(os.sendfile(self.fd, self.span.fd, self.offset, size)):
+                    return
+                budget -= size
+                if budget <= 0 and self.left:
+                    if self._changed():
+                        return
+                    self.loop.call_soon(self.pump)  # the other connections' turn
+                    return
+        except BlockingIOError:
+            self._wait()
+            return
+        except OSError:
+            self.end(False)  # the client is gone
+            return
+        self.end(True)
+
+    def _took(self, sent: int) -> bool:
+        if not sent:  # the file ended before the span: cut the response short
+            self.end(False)
+            return False
+        self.offset, self.left, self.sent = self.offset + sent, self.left - sent, self.sent + sent
+        return True
+
+    def _changed(self) -> bool:
+        now = os.fstat(self.span.fd)
+        if now.st_size != self.st.st_size or now.st_mtime_ns != self.st.st_mtime_ns:
+            self.end(False)  # never a complete-looking mix of two versions
+            return True
+        return False
+
+    def _sent_by_thread(self, work: asyncio.Future[int]) -> None:
+        self.threaded = False
+        if self.done:  # the connection was lost meanwhile
+            self._finish(False)
+            return
+        try:
+            if not self._took(work.result()):
+                return
+        except BlockingIOError:
+            self._wait()
+            return
+        except OSError:
+            self.end(False)
+            return
+        self.pump()
+
+    def _wait(self) -> None:
+        if not self.waiting:
+            self.waiting = True
+            self.loop.add_writer(self.fd, self._writable)
+
+    def _writable(self) -> None:
+        self.loop.remove_writer(self.fd)
+        self.waiting = False
+        self.pump()
+
+    def end(self, complete: bool) -> None:
+        """Stop (complete, cut short, or the connection gone); the bookkeeping runs once no
+        worker thread is using the file."""
+        if self.done:
+            return
+        self.done = True
+        if self.waiting:
+            self.loop.remove_writer(self.fd)
+            self.waiting = False
+        if not self.threaded:
+            self._finish(complete)
+
+    def _finish(self, complete: bool) -> None:
+        os.close(self.span.fd)
+        os.close(self.fd)
+        try:
+            if self.span.on_end is not None:
+                self.span.on_end(self.sent, not complete)
+        finally:
+            self.ended(complete)

@@ -139,11 +139,19 @@ CASES = [
         1,  # the connection's front answers the first; the rest wait their turn behind the listing
     ),
     (
-        "pipelined-behind-the-app",
+        "pipelined-behind-a-stream",
         _request("/files/large.bin") + _request("/files/notes.txt") + _request("/files/notes.txt", CLOSE),
+        3,  # the first is streamed; what follows waits its turn
+    ),
+    (
+        "pipelined-behind-the-app",
+        _request("/files/sub/") + _request("/files/large.bin") + _request("/files/notes.txt", CLOSE),
         0,  # the first goes to the app; what follows waits its turn there
     ),
-    ("large", _request("/files/large.bin", CLOSE), 0),
+    ("large", _request("/files/large.bin", CLOSE), 1),  # streamed (spans.py SpanStream)
+    ("large-range", _request("/files/large.bin", "Range: bytes=1000-400000", CLOSE), 1),
+    ("large-keep-alive", _request("/files/large.bin") + _request("/files/large.bin", CLOSE), 2),
+    ("large-multipart", _request("/files/large.bin", "Range: bytes=0-199999,300000-", CLOSE), 0),
     ("large-head", _request("/files/large.bin", CLOSE, method="HEAD"), 1),
     ("missing", _request("/files/nothing.bin", CLOSE), 0),
     ("hidden", _request("/files/.hidden", CLOSE), 0),

@@ -1,4 +1,4 @@
-"""The fast path's answer to a GET with only a Range (app/routes/fast_files.py `_Planned.ranged`)
+"""The fast path's answer to a GET with only a Range (app/routes/fast_files.py `Planned.ranged`)
 is the planner's (app/http/plan.py `plan_download`), field for field, for any size and Range."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from app.http.conditional import Validators
 from app.http.plan import DownloadRequest, FileFacts, integrity_headers, plan_download
 from app.http.ranges import Partial, plan_ranges
-from app.routes.fast_files import _Planned
+from app.routes.fast_plans import Planned
 
 MAX_RANGES = 8
 _SPEC = st.one_of(
@@ -43,8 +43,8 @@ def _facts(size: int, described: bool) -> FileFacts:
 @given(size=st.integers(0, 300), header=_RANGE, described=st.booleans())
 def test_one_range_from_the_plain_answer_is_the_planners(size: int, header: str, described: bool) -> None:
     facts = _facts(size, described)
-    plain = _Planned.of(plan_download(DownloadRequest("GET"), facts, max_ranges=MAX_RANGES, now=0))
-    planned = _Planned.of(plan_download(DownloadRequest("GET", header), facts, max_ranges=MAX_RANGES, now=0))
+    plain = Planned.of(plan_download(DownloadRequest("GET"), facts, max_ranges=MAX_RANGES, now=0))
+    planned = Planned.of(plan_download(DownloadRequest("GET", header), facts, max_ranges=MAX_RANGES, now=0))
     assert plain is not None and planned is not None
     wanted = plan_ranges(header, size, max_ranges=MAX_RANGES)
     ranged = plain.ranged(wanted)
@@ -64,7 +64,7 @@ def test_one_range_from_the_plain_answer_is_the_planners(size: int, header: str,
 
 def test_a_satisfiable_range_is_taken_from_the_plain_answer() -> None:
     facts = _facts(100, True)
-    plain = _Planned.of(plan_download(DownloadRequest("GET"), facts, max_ranges=MAX_RANGES, now=0))
+    plain = Planned.of(plan_download(DownloadRequest("GET"), facts, max_ranges=MAX_RANGES, now=0))
     assert plain is not None
     ranged = plain.ranged(plan_ranges("bytes=10-19", 100, max_ranges=MAX_RANGES))
     assert ranged is not None and ranged.status == 206

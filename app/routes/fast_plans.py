@@ -1,0 +1,56 @@
+"""What the fast path (fast_files.py) keeps between requests: a plan with its header fields
+encoded for the wire (`Planned`), and what answering a method, path and query found (`Known`)."""
+
+from __future__ import annotations
+
+from app.http.byteranges import Segment
+from app.http.plan import FileFacts, ResponsePlan
+from app.http.ranges import Ignore, Partial, RangePlan
+from app.storage.paths import SafePath
+from app.transfer.uvicorn_adapter import sendable
+
+
+class Known:
+    """What answering a method, path and query found, for the next such request: the path to
+    open (through `open_beneath` again, every time), the file version found (reused only while
+    the file opened is that version), its facts and its plain answer. Kept only when the access
+    came from no credential and no link (a link's validity depends on the time), and once the
+    file's digest is known (the fields sent without it change when it is)."""
+
+    __slots__ = ("safe", "version", "facts", "whole")
+
+    def __init__(self, safe: SafePath, version: tuple[int, int, int, int], facts: FileFacts, whole: Planned):
+        self.safe, self.version, self.facts, self.whole = safe, version, facts, whole
+
+
+class Planned:
+    """A plan with its header fields encoded for the wire."""
+
+    __slots__ = ("status", "fields", "body", "length")
+
+    def __init__(
+        self, status: int, fields: list[tuple[bytes, bytes]], body: list[Segment], length: int
+    ) -> None:
+        self.status, self.fields, self.body, self.length = status, fields, body, length
+
+    @classmethod
+    def of(cls, plan: ResponsePlan) -> Planned | None:
+        """None for a field value uvicorn would refuse to send (the app then answers, as it does)."""
+        fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]
+        if not all(sendable(value) for _, value in fields):
+            return None
+        return cls(plan.status, fields, plan.body, plan.content_length)
+
+    def ranged(self, wanted: RangePlan) -> Planned | None:
+        """This plain 200's answer to a GET whose only planned field is a Range that selects one
+        range (None otherwise): `plan_download` answers it with the 200's fields, its
+        Content-Length last, that one replaced by Content-Range and Content-Length
+        (tests/unit/test_fast_ranges.py holds the two to the same answer)."""
+        if not isinstance(wanted, Partial) or len(wanted.ranges) != 1:
+            return self if isinstance(wanted, Ignore) else None
+        (only,) = wanted.ranges
+        size = self.length
+        fields = self.fields[:-1]
+        fields.append((b"content-range", b"bytes %d-%d/%d" % (only.start, only.stop - 1, size)))
+        fields.append((b"content-length", b"%d" % only.length))
+        return Planned(206, fields, [only], only.length)

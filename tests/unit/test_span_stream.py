@@ -1,0 +1,178 @@
+"""A large answer streamed by the connection's front (app/transfer/spans.py `SpanStream`) over a real
+loopback socket: head and span arrive whole and in order, a slow reader is waited for, pages not
+in the page cache are sent from a thread, a client that leaves or a file that shrinks ends the
+stream cut short, and the file and the stream's socket descriptor are always closed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.transfer.page_cache import pages_cached
+from app.transfer.spans import FileSpan, SpanStream
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1024 * 1024
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(the server's side, non-blocking as a transport's is; the client's side) over loopback."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    server.setblocking(False)
+    with server, client:
+        yield server, client
+
+
+def _data(size: int) -> bytes:
+    return bytes(range(256)) * (size // 256)
+
+
+class Run:
+    """One stream: what its bookkeeping and its end were told."""
+
+    def __init__(self, server: socket.socket, path: Path, offset: int, count: int) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        self.span = FileSpan(self.fd, offset, count)
+        self.counted: list[tuple[int, bool]] = []
+        self.span.on_end = lambda sent, cut: self.counted.append((sent, cut))
+        self.ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.stream = SpanStream(asyncio.get_running_loop(), server, HEAD, self.span, self.ended.set_result)
+        self.started = False
+
+    def start(self) -> None:
+        self.started = True
+        self.stream.pump()
+
+    async def result(self) -> bool:
+        """Started (if it was not), until it ends: whether it was complete."""
+        if not self.started:
+            self.stream.pump()
+        return await asyncio.wait_for(self.ended, 60)
+
+
+def _reader(client: socket.socket, wanted: int, pace: float = 0.0) -> tuple[threading.Thread, bytearray]:
+    got = bytearray()
+
+    def read() -> None:
+        client.settimeout(60)
+        while len(got) < wanted and (chunk := client.recv(256 * 1024)):
+            got.extend(chunk)
+            if pace:
+                threading.Event().wait(pace)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, got
+
+
+def _closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+async def test_a_span_arrives_whole_after_its_head(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = pair
+    data = _data(24 * MiB)
+    (tmp_path / "f").write_bytes(data)
+    run = Run(server, tmp_path / "f", 1000, len(data) - 2000)
+    thread, got = _reader(client, len(HEAD) + len(data) - 2000)
+    assert await run.result()
+    thread.join(60)
+    assert bytes(got) == HEAD + data[1000:-1000]
+    assert run.counted == [(len(data) - 2000, False)]
+    assert _closed(run.fd) and _closed(run.stream.fd)
+
+
+async def test_a_slow_reader_is_waited_for(tmp_path: Path, pair: tuple[socket.socket, socket.socket]) -> None:
+    server, client = pair
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    data = _data(6 * MiB)
+    (tmp_path / "f").write_bytes(data)
+    run = Run(server, tmp_path / "f", 0, len(data))
+    thread, got = _reader(client, len(HEAD) + len(data), pace=0.002)
+    assert await run.result()
+    thread.join(60)
+    assert bytes(got) == HEAD + data
+    assert run.counted == [(len(data), False)]
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="needs posix_fadvise to drop the pages")
+async def test_pages_not_in_the_page_cache_are_sent_from_a_thread(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = pair
+    data = _data(8 * MiB)
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped
+    dropped = not pages_cached(fd, 0, 1)
+    os.close(fd)
+    if not dropped:
+        pytest.skip("this filesystem keeps every page in memory (tmpfs): nothing is ever cold")
+    run = Run(server, tmp_path / "f", 0, len(data))
+    threads: list[int] = []
+    original = os.sendfile
+
+    def watched(*args: int) -> int:
+        threads.append(threading.get_ident())
+        return original(*args)
+
+    reader, got = _reader(client, len(HEAD) + len(data))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "sendfile", watched)
+        assert await run.result()
+    reader.join(60)
+    assert bytes(got) == HEAD + data
+    assert any(ident != threading.get_ident() for ident in threads), "no sendfile ran in a thread"
+
+
+async def test_a_client_that_leaves_cuts_the_stream_short(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = pair
+    data = _data(64 * MiB)
+    (tmp_path / "f").write_bytes(data)
+    run = Run(server, tmp_path / "f", 0, len(data))
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # close with a reset
+    run.start()  # the head and the first bytes, until the socket is full or a turn's worth is out
+    assert client.recv(1000)
+    client.close()
+    assert not await run.result()
+    ((sent, cut),) = run.counted
+    assert cut and sent < len(data)
+    assert _closed(run.fd) and _closed(run.stream.fd)
+
+
+async def test_a_file_that_shrinks_cuts_the_stream_short(
+    tmp_path: Path, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    server, client = pair
+    data = _data(32 * MiB)
+    (tmp_path / "f").write_bytes(data)
+    run = Run(server, tmp_path / "f", 0, len(data))
+    os.truncate(tmp_path / "f", 2 * MiB)  # before a byte is sent: the stream finds the file short
+    thread, got = _reader(client, len(HEAD) + len(data))
+    assert not await run.result()
+    client.shutdown(socket.SHUT_RDWR)
+    thread.join(60)
+    ((sent, cut),) = run.counted
+    assert cut and sent <= 2 * MiB
+    assert len(got) < len(HEAD) + len(data)
