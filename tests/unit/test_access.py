@@ -9,10 +9,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from starlette.types import Message
 
-from app.access import CLIENT_CLOSED, Observed
+from app.access import _ESCAPES, CLIENT_CLOSED, Observed, _clean
 from app.transfer.protocol import CONNECTION, Connection
 
 
@@ -169,3 +171,12 @@ def test_the_text_line_ends_with_the_bytes_received() -> None:
 
 def test_a_download_receives_nothing() -> None:
     assert Exchange().run(START, PART, END)["received"] == 0
+
+
+@settings(max_examples=500)
+@given(text=st.text(max_size=600))
+def test_a_field_is_escaped_the_same_whichever_way_it_is_cleaned(text: str) -> None:
+    """The shortcut for text with nothing to escape gives what escaping every character gives."""
+    cleaned = _clean(text)
+    assert cleaned == text[:512].translate(_ESCAPES)
+    assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in cleaned)
