@@ -6,6 +6,7 @@ The helpers themselves live in tests/support/; the names below stay importable f
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +63,18 @@ def _clean_ferry_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("FERRY_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def loopback_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(Ferry's end, non-blocking as a transport's; the client's end) of a TCP connection on
+    loopback, for unit tests that write to a real socket."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        ferry, _ = listener.accept()
+    ferry.setblocking(False)
+    with ferry, client:
+        yield ferry, client
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ each write call, whether it was closed, and which protocol holds it."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from typing import Any
 
@@ -51,3 +52,15 @@ class RecordingTransport(asyncio.Transport):
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self.protocol = protocol
+
+
+Pair = tuple[socket.socket, socket.socket]  # tests/conftest.py's `loopback_pair`: (Ferry's end, the client's)
+
+
+def fd_closed(fd: int) -> bool:
+    """Whether the descriptor `fd` is closed (a test's check that nothing was left open)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False

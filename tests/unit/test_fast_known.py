@@ -17,6 +17,7 @@ from app.http.signing import Link, link_target
 from app.main import create_app
 from app.routes.fast_files import FastFiles
 from app.storage.values import FileDigest, identity
+from app.transfer.spans import FileSpan
 from tests.support.inprocess import make_settings
 
 pytestmark = pytest.mark.anyio  # on a running loop, as the protocol asks
@@ -156,3 +157,38 @@ async def test_an_answer_sent_before_the_digest_was_known_is_not_kept(tmp_path: 
     later = _ask(fast, _scope("/files/f.bin"))
     assert later is not None and b"repr-digest" in later[1]
     assert _ask(fast, _scope("/files/f.bin")) == later
+
+
+@pytest.mark.parametrize("zero_copy", ["auto", "off"])
+async def test_a_span_from_a_page_is_handed_over_to_send_with_sendfile(
+    tmp_path: Path, zero_copy: str
+) -> None:
+    """With `spans` (the front on plain TCP), a body of one span starting on a page is a `FileSpan`
+    for the caller to send; a range starting mid-page, a multipart body, FERRY_ZERO_COPY=off or a
+    caller without spans get the bytes."""
+    fast, root = _fast(tmp_path, zero_copy=zero_copy)
+    data = bytes(range(256)) * 256  # 64 KiB
+    _write(fast, root / "f.bin", data)
+    cases = [
+        (_scope("/files/f.bin"), 0, 65536),
+        (_scope("/files/f.bin", (b"range", b"bytes=8192-")), 8192, 65536 - 8192),
+        (_scope("/files/f.bin", (b"range", b"bytes=100-199")), None, 100),
+        (_scope("/files/f.bin", (b"range", b"bytes=0-9,20-29")), None, None),
+    ]
+    for scope, offset, count in cases:
+        for spans in (True, False):
+            found = fast.answer(scope, spans=spans)
+            assert found is not None
+            body = found[2]
+            if spans and zero_copy == "auto" and offset is not None:
+                assert isinstance(body, FileSpan) and body.on_end is None  # sent at once, not streamed
+                assert (body.offset, body.count) == (offset, count)
+                try:
+                    assert os.pread(body.fd, body.count, body.offset) == data[offset : offset + body.count]
+                finally:
+                    os.close(body.fd)
+            else:
+                assert isinstance(body, bytes | bytearray)
+                assert count is None or len(body) == count
+    found = fast.answer(_scope("/files/f.bin", method="HEAD"), spans=True)
+    assert found is not None and found[2] == b""  # no body, no span

@@ -9,7 +9,6 @@ import asyncio
 import os
 import socket
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,20 +20,8 @@ from tests.support.fake_cycle import FakeCycle, FakeTransport, reading
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """(Ferry's end, non-blocking as a transport's; the client's end), TCP on loopback."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        client = socket.create_connection(server.getsockname())
-        ferry, _ = server.accept()
-    ferry.setblocking(False)
-    yield ferry, client
-    ferry.close()
-    client.close()
-
-
-async def test_the_buffer_is_written_whole_and_counted_before_the_send_returns(pair: Any) -> None:
-    ferry, client = pair
+async def test_the_buffer_is_written_whole_and_counted_before_the_send_returns(loopback_pair: Any) -> None:
+    ferry, client = loopback_pair
     buffer = bytearray(os.urandom(16 * 1024 * 1024))
     expected = bytes(buffer[:-5])
     cycle = FakeCycle(len(expected))
@@ -49,8 +36,8 @@ async def test_the_buffer_is_written_whole_and_counted_before_the_send_returns(p
     assert bytes(received) == expected
 
 
-async def test_a_client_gone_ends_the_write_quietly(pair: Any) -> None:
-    ferry, client = pair
+async def test_a_client_gone_ends_the_write_quietly(loopback_pair: Any) -> None:
+    ferry, client = loopback_pair
     size = 64 * 1024 * 1024
     cycle = FakeCycle(size)
     sender = ZeroCopySender(cycle, FakeTransport(ferry), 1 << 20)  # type: ignore[arg-type]
