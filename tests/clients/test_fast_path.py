@@ -144,6 +144,11 @@ CASES = [
         3,  # the first is streamed; what follows waits its turn
     ),
     (
+        "pipelined-stream-behind-queued-answers",  # the stream waits for what the transport holds
+        _request("/files/notes.txt") + _request("/files/large.bin") + _request("/files/notes.txt", CLOSE),
+        3,
+    ),
+    (
         "pipelined-behind-the-app",
         _request("/files/sub/") + _request("/files/large.bin") + _request("/files/notes.txt", CLOSE),
         0,  # the first goes to the app; what follows waits its turn there
