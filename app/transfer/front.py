@@ -13,7 +13,7 @@ good, is given the bytes already read, and answers as it always does. So anythin
 unsure of goes to one place that already answers it: a head split across reads, a request with
 a body, HTTP/1.0, an upgrade, a malformed or over-limit head (414, 431, 400 with a Host missing or
 doubled: the front never answers those, FerryProtocol refuses them), a request the fast path
-declines (a directory, an error, a big body), a client not reading what it was sent.
+declines (a directory, an error, a large multipart or paced body), a client not reading what it was sent.
 
 A large file (or one range of it) is streamed from here as well (spans.py `SpanStream`), reading
 nothing more from the connection until it ends: its first byte leaves as soon as its head is
