@@ -84,10 +84,12 @@ class FastFiles:
     def answer(self, scope: Scope, *, spans: bool = False) -> Answer | None:
         """(status, header fields, body) for this GET or HEAD, or None: the app answers it.
 
-        With `spans` (a caller that can sendfile), a body of one span of the file starting on a
-        page, all of it in the page cache, is that `FileSpan` (the caller sends and closes it);
-        otherwise the bytes, read into one buffer. Sendfile spares a whole 64 KiB file two
-        copies; for a small range starting mid-page it costs more than the copies it spares.
+        With `spans` (the connection's front, which can sendfile), a body of one span of the
+        file is a `FileSpan` (the caller sends and closes it) when it starts on a page and all of
+        it is in the page cache, or when it is past `MAX_BODY` (streamed, cold pages from a
+        thread; its slot and activity held until `on_end`); otherwise the bytes, read into one
+        buffer. Sendfile spares a whole 64 KiB file two copies; for a small range starting
+        mid-page it costs more than the copies it spares.
 
         A request that carries nothing personal (no credential, no precondition; one Range at
         most) is answered from what the last such request for the same method, path and query
