@@ -31,7 +31,7 @@ from typing import Any
 from app.auth import link_of
 from app.errors import FerryError
 from app.http.plan import DownloadRequest, FileFacts, plan_download
-from app.http.ranges import ByteRange, plan_ranges
+from app.http.ranges import ByteRange, one_range, plan_ranges
 from app.http.signing import PARAMS
 from app.request import PREFIX, FileRequest
 from app.routes.fast_plans import Known, Planned
@@ -127,8 +127,13 @@ class FastFiles:
             if wanted is None:
                 plan = known.whole
             elif method == "GET" and known.facts.ranges:
-                plan = known.whole.ranged(
-                    plan_ranges(wanted.decode("latin-1"), st.st_size, max_ranges=self.max_ranges)
+                only = one_range(wanted, st.st_size)
+                plan = (
+                    known.whole.one(only)
+                    if only is not None
+                    else known.whole.ranged(
+                        plan_ranges(wanted.decode("latin-1"), st.st_size, max_ranges=self.max_ranges)
+                    )
                 )
         if plan is None:
             os.close(fd)

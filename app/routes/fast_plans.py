@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from app.http.byteranges import Segment
 from app.http.plan import FileFacts, ResponsePlan
-from app.http.ranges import Ignore, Partial, RangePlan
+from app.http.ranges import ByteRange, Ignore, Partial, RangePlan
 from app.storage.paths import SafePath
-from app.transfer.uvicorn_adapter import sendable
+from app.transfer.uvicorn_adapter import Framed, sendable
 
 
 class Known:
@@ -24,14 +24,13 @@ class Known:
 
 
 class Planned:
-    """A plan with its header fields encoded for the wire."""
+    """A plan with its header fields encoded and framed for the wire."""
 
-    __slots__ = ("status", "fields", "body", "length")
+    __slots__ = ("status", "fields", "body", "length", "_partial")
 
-    def __init__(
-        self, status: int, fields: list[tuple[bytes, bytes]], body: list[Segment], length: int
-    ) -> None:
+    def __init__(self, status: int, fields: Framed, body: list[Segment], length: int) -> None:
         self.status, self.fields, self.body, self.length = status, fields, body, length
+        self._partial: Framed | None = None  # a 200's fields but its Content-Length (`one`)
 
     @classmethod
     def of(cls, plan: ResponsePlan) -> Planned | None:
@@ -39,7 +38,7 @@ class Planned:
         fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]
         if not all(sendable(value) for _, value in fields):
             return None
-        return cls(plan.status, fields, plan.body, plan.content_length)
+        return cls(plan.status, Framed(fields), plan.body, plan.content_length)
 
     def ranged(self, wanted: RangePlan) -> Planned | None:
         """This plain 200's answer to a GET whose only planned field is a Range that selects one
@@ -48,9 +47,18 @@ class Planned:
         (tests/unit/test_fast_ranges.py holds the two to the same answer)."""
         if not isinstance(wanted, Partial) or len(wanted.ranges) != 1:
             return self if isinstance(wanted, Ignore) else None
-        (only,) = wanted.ranges
-        size = self.length
-        fields = self.fields[:-1]
-        fields.append((b"content-range", b"bytes %d-%d/%d" % (only.start, only.stop - 1, size)))
-        fields.append((b"content-length", b"%d" % only.length))
+        return self.one(wanted.ranges[0])
+
+    def one(self, only: ByteRange) -> Planned:
+        """This plain 200's answer to a GET of the one range `only` (`ranged` of it): the 200's
+        fields but the last, framed once per plan, then the range's two."""
+        partial = self._partial
+        if partial is None:
+            partial = self._partial = Framed(self.fields[:-1])
+        content_range = b"bytes %d-%d/%d" % (only.start, only.stop - 1, self.length)
+        length = b"%d" % only.length
+        fields = Framed(
+            [*partial, (b"content-range", content_range), (b"content-length", length)],
+            partial.framed + b"content-range: %s\r\ncontent-length: %s\r\n" % (content_range, length),
+        )
         return Planned(206, fields, [only], only.length)

@@ -37,7 +37,8 @@ from typing import Any, cast
 
 import httptools
 
-from app.transfer.protocol import FerryProtocol, refusal
+from app.transfer.connection import refusal
+from app.transfer.protocol import FerryProtocol
 from app.transfer.spans import FileSpan, SpanStream, send_span
 from app.transfer.uvicorn_adapter import answer_head, connection_addresses, request_target
 
@@ -70,7 +71,8 @@ class FrontProtocol(asyncio.Protocol):
         self.root_path: str = config.root_path
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
-        self.inner: FerryProtocol | None = None
+        self.inner: FerryProtocol | None = None  # made at the first hand-over, kept for the next
+        self.away = False  # the connection is FerryProtocol's (handed over, not yet taken back)
         self.addresses: tuple[Any, Any, str] = (None, None, "http")
         self.write_paused = False
         self.spans = False  # whether answers may be sent with sendfile (plain TCP, FERRY_ZERO_COPY)
@@ -78,7 +80,8 @@ class FrontProtocol(asyncio.Protocol):
         self.stream: SpanStream | None = None  # a large answer being sent (reading paused meanwhile)
         self.draining = False  # the stream waits for earlier answers queued in the transport
         self.keep_after = False  # whether the connection stays open once the stream ends
-        self.pending = b""  # what came after the streamed request's head
+        self.pending = b""  # what came after the streamed request's head (or while `held`)
+        self.held = False  # requests wait (reading paused) until the client takes earlier answers
         self.answered = 0
         self.last_head: tuple[Any, Any, int, bool, bytes] = (None, None, 0, False, b"")
         self.declined = False
@@ -133,6 +136,12 @@ class FrontProtocol(asyncio.Protocol):
             self.draining = False
             self.transport.set_write_buffer_limits(high=self.write_buffer)
             self.stream.pump()
+        elif self.held and self.transport is not None:
+            self.held = False
+            self.transport.resume_reading()
+            pending, self.pending = self.pending, b""
+            if pending:
+                self.data_received(pending)
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: between requests, close; during a stream, once it ends."""
@@ -144,14 +153,22 @@ class FrontProtocol(asyncio.Protocol):
     # -- requests ----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.stream is not None:  # (reading is paused: only what was already on its way)
+        if self.stream is not None or self.held:  # (reading is paused: only what was on its way)
             self.pending += data
             return
         at = 0
         while True:
+            if self.write_paused:
+                # The client has not taken the answers queued before this request: it waits,
+                # and reading with it, until the transport has room again (`resume_writing`).
+                self.held = True
+                self.pending = data[at:]
+                assert self.transport is not None
+                self.transport.pause_reading()
+                return
             end = data.find(b"\r\n\r\n", at)
-            if end < 0 or self.write_paused:
-                break  # a head still arriving (or a client not reading): FerryProtocol's
+            if end < 0:
+                break  # a head still arriving: FerryProtocol's
             end += 4
             keep = self.answer(data[at:end] if at or end < len(data) else data)
             if keep is None:
@@ -304,22 +321,42 @@ class FrontProtocol(asyncio.Protocol):
     # -- handing over ------------------------------------------------------------------------
 
     def hand_over(self, data: bytes) -> None:
-        """FerryProtocol takes the connection from here, `data` first."""
+        """FerryProtocol takes the connection from here, `data` first (until it hands it back:
+        `take_back`)."""
         self.server_state.connections.discard(self)
         self.stop_timer()
         self.close_sender()
-        inner = self.inner = FerryProtocol(
-            config=self.config, server_state=self.server_state, app_state=self.app_state, _loop=self.loop
-        )
+        self.away = True
         transport = self.transport
         assert transport is not None
-        transport.set_protocol(inner)
-        inner.connection_made(transport)
+        inner = self.inner
+        if inner is None:
+            inner = self.inner = FerryProtocol(
+                config=self.config, server_state=self.server_state, app_state=self.app_state, _loop=self.loop
+            )
+            transport.set_protocol(inner)
+            inner.connection_made(transport)
+            if self.fast is not None:
+                inner.hand_back_to = self.take_back
+        else:
+            transport.set_protocol(inner)
+            inner.taken_again()
         inner.skip_fast = self.declined
         if self.write_paused:
             inner.pause_writing()
         if data:
             inner.data_received(data)
+
+    def take_back(self) -> None:
+        """FerryProtocol is done with every request it was handed (none is being read, run or
+        answered; the client reads): the front reads the next one, with a fresh parser."""
+        transport = self.transport
+        assert transport is not None
+        self.away = self.declined = False
+        self.parser = httptools.HttpRequestParser(self)
+        transport.set_protocol(self)
+        self.server_state.connections.add(self)
+        self.wait_until(self.loop.time() + self.idle_timeout)
 
     # -- the one timer -----------------------------------------------------------------------
 
@@ -339,7 +376,7 @@ class FrontProtocol(asyncio.Protocol):
 
     def expire(self) -> None:
         self.timer = None
-        if self.inner is not None or self.stream is not None:
+        if self.away or self.stream is not None or self.held:
             return
         if self.transport is None or self.transport.is_closing():
             return

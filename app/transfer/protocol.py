@@ -27,37 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from app.transfer.connection import CONNECTION, Connection, connection_of, refusal
 from app.transfer.spans import FileSpan
 from app.transfer.uvicorn_adapter import App, Cycle, FastAnswers, HttpToolsAdapter, keeping_cut_bodies
-from app.transfer.zero_copy import EXTENSION, ZeroCopySender, zero_copy_available
+from app.transfer.zero_copy import EXTENSION, ZeroCopySender, with_zero_copy, zero_copy_available
 
-CONNECTION = "ferry.connection"
 logger = logging.getLogger("ferry.transfer")
-
-
-class Connection:
-    """What became of one request's connection while the app handled it (read by app/access.py)."""
-
-    __slots__ = ("_cycle", "answered")
-
-    def __init__(self, cycle: Cycle) -> None:
-        self._cycle = cycle
-        # A status the protocol answered itself while the app had not (400: a malformed body),
-        # or 408 for an upload body it closed the connection on because it stalled.
-        self.answered = 0
-
-    @property
-    def gone(self) -> bool:
-        """Whether the connection closed before the response was complete."""
-        return self._cycle.disconnected
-
-
-def connection_of(scope: Any) -> Connection | None:
-    """The request's `Connection`, when it runs on FerryProtocol."""
-    found = scope.get("extensions", {}).get(CONNECTION, {}).get("state")
-    return found if isinstance(found, Connection) else None
 
 
 class _Refused(Exception):
@@ -75,6 +53,11 @@ class FerryProtocol(HttpToolsAdapter):
     _loads: Any = None  # app/balance.py's Loads, in a forked worker
     _fast_answered = False
     skip_fast = False  # the front (front.py) asked the fast path about the first request already
+    # The front's `take_back`, when the front handed this connection over: called once no request
+    # is being read, run or answered, so the next one reaches the front again (`_hand_back`).
+    hand_back_to: Callable[[], None] | None = None
+    _in_message = False  # a request is being parsed (its head or body still arriving)
+    _running = 0  # requests whose app has not returned
     _gather_size = 0  # body bytes to gather before the app is woken (0: uvicorn's way)
     _gathered: list[bytes]
     _gathered_bytes = 0
@@ -154,11 +137,30 @@ class FerryProtocol(HttpToolsAdapter):
     def data_received(self, data: bytes) -> None:
         if not self._refused:
             super().data_received(data)
+            self._hand_back()
+
+    def taken_again(self) -> None:
+        """The front hands the connection over once more (after `_hand_back`)."""
+        self.server_state.connections.add(self)
+        self._arm(self.settings().header_timeout, self._header_timeout)
+
+    def _hand_back(self) -> None:
+        """Give the connection back to the front when nothing of it is in progress here: no
+        request being parsed, run or answered, none queued, the client reading, the connection
+        kept open. Until the next request that the fast path declines, the front answers."""
+        busy = self._in_message or self._running or self._refused or self.reading_paused
+        if self.hand_back_to is None or busy or not self.idle():
+            return
+        self._disarm()
+        self.stop_keep_alive()
+        self.server_state.connections.discard(self)
+        self.hand_back_to()
 
     # -- parser callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._in_message = True
         self._fast_answered = False
         self.stop_keep_alive()
         self._header_bytes = self._header_count = 0
@@ -227,6 +229,7 @@ class FerryProtocol(HttpToolsAdapter):
             self._arm(self.settings().body_timeout, self._body_timeout)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         self._disarm()
         if self._fast_answered:
             return
@@ -270,30 +273,19 @@ class FerryProtocol(HttpToolsAdapter):
         if cycle.scope["method"] == "PATCH":
             app = keeping_cut_bodies(app, cycle)
         if self.zero_copy:
-            return _with_zero_copy(app, ZeroCopySender(cycle, self._transport, self.settings().chunk_size))
-        return app
+            app = with_zero_copy(app, ZeroCopySender(cycle, self._transport, self.settings().chunk_size))
+        return self._counted(app) if self.hand_back_to is not None else app
 
+    def _counted(self, app: App) -> App:
+        """`app`, counted in `_running` while it runs; the connection may go back to the front
+        once it has returned."""
 
-def refusal(status: int, message: str) -> bytes:
-    """A whole answer of the protocol's own, before the connection closes."""
-    body = message.encode()
-    return b"".join(
-        [
-            HttpToolsAdapter.status_line(status),
-            b"content-type: text/plain; charset=utf-8\r\n",
-            b"content-length: %d\r\n" % len(body),
-            b"connection: close\r\n\r\n",
-            body,
-        ]
-    )
+        async def app_counted(scope: Any, receive: Any, send: Any) -> None:
+            self._running += 1
+            try:
+                await app(scope, receive, send)
+            finally:
+                self._running -= 1
+                self._hand_back()
 
-
-def _with_zero_copy(app: App, sender: ZeroCopySender) -> App:
-    async def app_with_zero_copy(scope: Any, receive: Any, send: Any) -> None:
-        zero_copy_send: Any = sender.send
-        try:
-            await app(scope, receive, zero_copy_send)
-        finally:
-            sender.close()
-
-    return app_with_zero_copy
+        return app_counted

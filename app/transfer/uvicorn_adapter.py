@@ -314,6 +314,17 @@ def request_target(url: bytes, root_path: str) -> tuple[str, bytes, bytes] | Non
     return root_path + path, root_path.encode("ascii") + raw_path, parsed.query or b""
 
 
+class Framed(list[tuple[bytes, bytes]]):
+    """Header fields that also carry their wire form (`framed`: ``name: value\\r\\n`` each), for
+    an answer framed many times (the fast path's plans): `answer_head` copies it whole."""
+
+    __slots__ = ("framed",)
+
+    def __init__(self, fields: list[tuple[bytes, bytes]], framed: bytes | None = None) -> None:
+        super().__init__(fields)
+        self.framed = b"".join(b"%s: %s\r\n" % field for field in fields) if framed is None else framed
+
+
 def answer_head(
     status: int,
     default_headers: list[tuple[bytes, bytes]],
@@ -325,8 +336,11 @@ def answer_head(
     content = [STATUS_LINE[status]]
     for name, value in default_headers:
         content.extend((name, b": ", value, b"\r\n"))
-    for name, value in headers:
-        content.extend((name, b": ", value, b"\r\n"))
+    if isinstance(headers, Framed):
+        content.append(headers.framed)
+    else:
+        for name, value in headers:
+            content.extend((name, b": ", value, b"\r\n"))
     if not keep_alive:
         content.append(b"connection: close\r\n")
     content.append(b"\r\n")

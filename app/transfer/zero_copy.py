@@ -276,3 +276,16 @@ async def _readable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float) ->
         raise SourceEnded(f"the source sent nothing for {timeout:.0f} s") from None
     finally:
         loop.remove_reader(fd)
+
+
+def with_zero_copy(app: Any, sender: ZeroCopySender) -> Any:
+    """`app` with the zero-copy `send` of `sender` (closed when the app returns)."""
+
+    async def app_with_zero_copy(scope: Any, receive: Any, send: Any) -> None:
+        zero_copy_send: Any = sender.send
+        try:
+            await app(scope, receive, zero_copy_send)
+        finally:
+            sender.close()
+
+    return app_with_zero_copy

@@ -212,6 +212,81 @@ def test_a_head_that_arrives_in_pieces_is_answered_as_the_app_does(
     assert answered == 2
 
 
+def test_a_client_reading_late_gets_every_pipelined_answer_in_order(
+    servers: tuple[FerryServer, FerryServer],
+) -> None:
+    """Sixty-four requests sent at once, read only after a pause: past the transport's write
+    buffer the front holds the rest (reading paused) until the client reads, then answers them;
+    whole files and ranges from a page (sendfile) and from mid-page (copies) alike."""
+    targets = [(f"Range: bytes={i * 1000}-{i * 1000 + 40_000}",) if i % 2 else () for i in range(64)]
+    raw = b"".join(_request("/files/small.bin", *fields) for fields in targets[:-1])
+    raw += _request("/files/notes.txt", CLOSE)
+    found = []
+    for server in servers:
+        before = _fast_answers(server)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+            sock.sendall(raw)
+            time.sleep(0.5)  # the answers fill the socket buffers and the transport's
+            received = bytearray()
+            while chunk := sock.recv(1 << 16):
+                received += chunk
+        found.append((_normal(bytes(received)), _fast_answers(server) - before))
+    (from_fast, answered), (from_app, _) = found
+    assert from_fast == from_app
+    assert from_fast.count(b"HTTP/1.1 200") == 33 and from_fast.count(b"HTTP/1.1 206") == 31
+    assert from_fast.endswith(b"notes\n") and answered == 64
+
+
+def _one_connection(server: FerryServer, requests: list[bytes | tuple[bytes, bytes]]) -> list[bytes]:
+    """Each request sent once the answer to the one before it has been read, on one connection
+    (a pair: sent in two pieces, a moment apart)."""
+    answers = []
+    with socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE) as sock:
+        reader = sock.makefile("rb")
+        for raw in requests:
+            for piece in raw if isinstance(raw, tuple) else (raw,):
+                sock.sendall(piece)
+                time.sleep(0.1)
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                head += reader.readline()
+            length = re.search(rb"\r\ncontent-length: (\d+)", head, re.IGNORECASE)
+            assert length is not None, head
+            answers.append(head + reader.read(int(length[1])))
+    return answers
+
+
+_PIECES = _request("/files/small.bin", "Range: bytes=1-2")
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        _request("/files/"),  # a listing: the app's
+        _request("/files/small.bin", "Want-Repr-Digest: sha-512=5"),  # the app's
+        _request("/files/small.bin", "Content-Length: 5") + b"hello",  # FerryProtocol's (a body)
+        (_PIECES[:20], _PIECES[20:]),  # FerryProtocol's (a head in pieces)
+    ],
+    ids=["listing", "digest-wanted", "with-a-body", "head-in-pieces"],
+)
+def test_the_front_takes_a_connection_back_once_the_app_is_done_with_it(
+    servers: tuple[FerryServer, FerryServer], first: bytes | tuple[bytes, bytes]
+) -> None:
+    """After a request the front hands to FerryProtocol (and the app), the next one on the same
+    connection reaches the front again: a 512 KiB file, which only the front sends by the fast
+    path (FerryProtocol leaves it to the app), counts as a fast answer."""
+    fast, _ = servers
+    before = _fast_answers(fast)
+    answers = _one_connection(
+        fast, [first, _request("/files/large.bin"), _request("/files/large.bin", "Range: bytes=1-")]
+    )
+    assert answers[0].startswith(b"HTTP/1.1 20"), answers[0][:200]
+    assert answers[1].startswith(b"HTTP/1.1 200") and answers[1].endswith(LARGE)
+    assert answers[2].startswith(b"HTTP/1.1 206") and answers[2].endswith(LARGE[1:])
+    assert _fast_answers(fast) - before >= 2
+
+
 def _access_lines(server: FerryServer, count: int) -> list[str]:
     assert wait_for(lambda: len(server.access_log.read_text().splitlines()) >= count)
     return server.access_log.read_text().splitlines()

@@ -16,6 +16,7 @@ class RecordingTransport(asyncio.Transport):
         self.calls: list[bytes] = []  # one entry per write() or writelines() call
         self.closed = False
         self.protocol: asyncio.BaseProtocol | None = None
+        self.reading_paused = False
 
     @property
     def written(self) -> bytes:
@@ -39,10 +40,10 @@ class RecordingTransport(asyncio.Transport):
         return 0
 
     def pause_reading(self) -> None:
-        pass
+        self.reading_paused = True
 
     def resume_reading(self) -> None:
-        pass
+        self.reading_paused = False
 
     def is_closing(self) -> bool:
         return self.closed

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from starlette.types import Message
 
 from app.access import _ESCAPES, CLIENT_CLOSED, Observed, _clean
-from app.transfer.protocol import CONNECTION, Connection
+from app.transfer.connection import CONNECTION, Connection
 
 
 class Records(logging.Handler):

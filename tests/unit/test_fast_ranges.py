@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 from app.http.conditional import Validators
 from app.http.plan import DownloadRequest, FileFacts, integrity_headers, plan_download
-from app.http.ranges import Partial, plan_ranges
+from app.http.ranges import Partial, one_range, plan_ranges
 from app.routes.fast_plans import Planned
+from app.transfer.uvicorn_adapter import Framed, answer_head
 
 MAX_RANGES = 8
 _SPEC = st.one_of(
@@ -59,6 +60,39 @@ def test_one_range_from_the_plain_answer_is_the_planners(size: int, header: str,
         planned.fields,
         planned.body,
         planned.length,
+    )
+    assert ranged.fields.framed == planned.fields.framed  # the wire form kept with the fields
+    only = one_range(header.encode(), size)
+    if only is not None:  # the shortcut for a simple field: the same answer, twice (framed once)
+        for _ in range(2):
+            again = plain.one(only)
+            assert (again.status, again.fields, again.fields.framed, again.body, again.length) == (
+                planned.status,
+                planned.fields,
+                planned.fields.framed,
+                planned.body,
+                planned.length,
+            )
+
+
+_FIELD = st.tuples(st.binary(min_size=1, max_size=12).filter(lambda b: b":" not in b), st.binary(max_size=20))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    status=st.sampled_from([200, 206, 304, 412, 416]),
+    defaults=st.lists(_FIELD, max_size=3),
+    fields=st.lists(_FIELD, max_size=8),
+    keep_alive=st.booleans(),
+)
+def test_framed_fields_frame_as_the_plain_list(
+    status: int, defaults: list[tuple[bytes, bytes]], fields: list[tuple[bytes, bytes]], keep_alive: bool
+) -> None:
+    """A head framed from `Framed` fields is byte for byte the one framed from the list."""
+    framed = Framed(fields)
+    assert framed == fields
+    assert answer_head(status, defaults, framed, keep_alive) == answer_head(
+        status, defaults, fields, keep_alive
     )
 
 

@@ -150,12 +150,40 @@ def test_after_handing_over_the_front_reads_nothing_more(front: Any) -> None:
     assert fast.asked == []
 
 
-def test_a_client_not_reading_its_answers_is_left_to_ferry_protocol(front: Any) -> None:
+def test_a_connection_handed_over_comes_back_and_goes_again_to_the_same_protocol(front: Any) -> None:
+    protocol, transport, fast, handed = front
+    protocol.data_received(get("/files/other", "Content-Length: 3"))  # a body: FerryProtocol's
+    inner = transport.protocol
+    assert isinstance(inner, FerryProtocol) and inner.hand_back_to == protocol.take_back
+    inner.data_received(b"abc")
+    protocol.take_back()  # what FerryProtocol calls once it is done with every request
+    assert transport.protocol is protocol
+    protocol.data_received(get("/files/fast/a"))  # a fresh parser: not the rest of a body
+    assert answers(transport) == [b"/files/fast/a"]
+    protocol.data_received(get("/files/elsewhere"))
+    assert transport.protocol is inner  # the same FerryProtocol, taken again
+    assert handed[-1] == get("/files/elsewhere") and inner.skip_fast  # asked once already
+
+
+def test_a_client_not_reading_its_answers_holds_its_next_requests_until_there_is_room(front: Any) -> None:
     protocol, transport, fast, handed = front
     protocol.data_received(get("/files/fast/a"))
     protocol.pause_writing()  # the transport's buffer passed FERRY_WRITE_BUFFER
-    protocol.data_received(get("/files/fast/b"))
-    assert answers(transport) == [b"/files/fast/a"]
+    protocol.data_received(get("/files/fast/b") + get("/files/fast/c")[:10])
+    protocol.data_received(get("/files/fast/c")[10:])  # (was on its way before reading paused)
+    assert answers(transport) == [b"/files/fast/a"] and fast.asked == ["/files/fast/a"]
+    assert transport.reading_paused and transport.protocol is protocol and handed == []
+    protocol.resume_writing()  # the client took them: the held requests are answered, in order
+    assert answers(transport) == [b"/files/fast/a", b"/files/fast/b", b"/files/fast/c"]
+    assert not transport.reading_paused and transport.protocol is protocol and handed == []
+
+
+def test_a_held_request_the_front_declines_reaches_ferry_protocol_once_there_is_room(front: Any) -> None:
+    protocol, transport, fast, handed = front
+    protocol.data_received(get("/files/fast/a"))
+    protocol.pause_writing()
+    protocol.data_received(get("/files/other"))
+    assert handed == [] and transport.protocol is protocol
+    protocol.resume_writing()
     inner = transport.protocol
-    assert isinstance(inner, FerryProtocol) and inner.flow.write_paused
-    assert handed == [get("/files/fast/b")]
+    assert isinstance(inner, FerryProtocol) and handed == [get("/files/other")]

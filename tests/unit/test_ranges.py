@@ -22,6 +22,7 @@ from app.http.ranges import (
     Unsatisfiable,
     format_content_range,
     format_unsatisfied_range,
+    one_range,
     plan_ranges,
 )
 
@@ -342,3 +343,88 @@ def test_plan_ranges_64kib_of_identical_ranges_coalesce_quickly() -> None:
     plan, elapsed = timed(header, 10**9, 10**6)
     assert plan == part((0, 9))
     assert elapsed < 1.0
+
+
+# --- one_range: the simple field's shortcut, held to plan_ranges ------------------------------
+
+
+def test_one_range_agrees_with_the_rfc_table() -> None:
+    """Every row of the RFC 9110 table: where one_range answers, plan_ranges says the same."""
+    answered = 0
+    for case in CASES:
+        header, size, expected = case.values
+        if header is None:
+            continue
+        assert isinstance(header, str) and isinstance(size, int)
+        found = one_range(header.encode(), size)
+        if found is not None:
+            answered += 1
+            assert expected == Partial((found,)), case.id
+    assert answered >= 5  # the table has plain single ranges for it to answer
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "expected"),
+    [
+        (b"bytes=0-499", 10_000, ByteRange(0, 500)),
+        (b"bytes=500-999", 10_000, ByteRange(500, 1000)),
+        (b"bytes=9500-", 10_000, ByteRange(9500, 10_000)),
+        (b"bytes=-500", 10_000, ByteRange(9500, 10_000)),
+        (b"bytes=-20000", 10_000, ByteRange(0, 10_000)),  # a suffix past the start: all of it
+        (b"bytes=0-0", 10_000, ByteRange(0, 1)),
+        (b"bytes=9999-9999", 10_000, ByteRange(9999, 10_000)),
+        (b"bytes=0-999999999999999999", 10_000, ByteRange(0, 10_000)),  # 18 digits: clamped
+        (b"bytes=0007-0009", 10_000, ByteRange(7, 10)),  # leading zeros are digits too
+    ],
+)
+def test_one_range_answers_the_simple_fields(header: bytes, size: int, expected: ByteRange) -> None:
+    assert one_range(header, size) == expected
+    assert plan_ranges(header.decode(), size, max_ranges=MAX) == Partial((expected,))
+
+
+@pytest.mark.parametrize(
+    ("header", "size"),
+    [
+        (b"bytes=500-499", 10_000),  # invalid: plan_ranges ignores the field
+        (b"bytes=10000-", 10_000),  # unsatisfiable: 416
+        (b"bytes=-0", 10_000),  # unsatisfiable
+        (b"bytes=-5", 0),  # an empty file: nothing to select
+        (b"bytes=0-1,4-5", 10_000),  # several: multipart
+        (b"bytes=0-1,", 10_000),  # an empty element: the general parser's
+        (b"bytes= 0-1", 10_000),  # whitespace
+        (b"Bytes=0-1", 10_000),  # the unit's case
+        (b"bytes=-", 10_000),
+        (b"bytes=0-1x", 10_000),
+        (b"bytes=0000000000000000000-1", 10_000),  # 19 digits
+        (b"items=0-1", 10_000),
+        (b"", 10_000),
+    ],
+)
+def test_one_range_leaves_every_other_field_to_plan_ranges(header: bytes, size: int) -> None:
+    assert one_range(header, size) is None
+
+
+@settings(max_examples=800)
+@given(
+    body=st.text(alphabet=RANGE_ALPHABET, max_size=40),
+    size=st.integers(min_value=0, max_value=5000),
+)
+def test_one_range_is_plan_ranges_wherever_it_answers(body: str, size: int) -> None:
+    for header in (body, "bytes=" + body):
+        found = one_range(header.encode(), size)
+        if found is not None:
+            assert plan_ranges(header, size, max_ranges=MAX) == Partial((found,))
+
+
+@settings(max_examples=400)
+@given(size=st.integers(1, 10**18), data=st.data())
+def test_one_range_answers_every_plain_satisfiable_range(size: int, data: st.DataObject) -> None:
+    """What clients send (first-last, first-, -suffix) within the file, positions of up to 18
+    digits: always answered here."""
+    first = data.draw(st.integers(0, size - 1))
+    last = data.draw(st.integers(first, 10**18 - 1))
+    suffix = data.draw(st.integers(1, 10**18 - 1))
+    for header in (f"bytes={first}-{last}", f"bytes={first}-", f"bytes=-{suffix}"):
+        found = one_range(header.encode(), size)
+        assert found is not None, header
+        assert plan_ranges(header, size, max_ranges=MAX) == Partial((found,))
