@@ -42,7 +42,8 @@ from app.transfer.page_cache import pages_cached, read_body_cached
 from app.transfer.spans import Body, FileSpan
 
 MAX_BODY = 256 * 1024  # head and body in one write up to here; above, sendfile pays for itself
-_PAGE = mmap.PAGESIZE  # a body starting on a page goes out with sendfile when the caller can
+_PAGE = mmap.PAGESIZE  # a body starting on a page goes out with sendfile when the caller can,
+_MID_PAGE_SPAN = 4 * _PAGE  # and one starting mid-page this long (its first page copied: spans.py)
 # Request fields whose presence leaves a request to the ASGI app: a body, an upgrade, what uvicorn's
 # proxy-headers middleware rewrites the client or scheme from, a digest to compute.
 _APP_FIELDS = frozenset(
@@ -225,7 +226,10 @@ class FastFiles:
                 return None
             if one is not None and (
                 plan.length > MAX_BODY  # streamed: pages not cached are sent from a thread
-                or (not one.start % _PAGE and pages_cached(fd, one.start, one.length))
+                or (
+                    (one.length >= _MID_PAGE_SPAN or not one.start % _PAGE)
+                    and pages_cached(fd, one.start, one.length)
+                )
             ):
                 body = FileSpan(fd, one.start, one.length)
             else:

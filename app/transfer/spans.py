@@ -18,6 +18,7 @@ the connection's front (front.py) on a plain TCP connection with FERRY_ZERO_COPY
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import socket
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from app.transfer.page_cache import pages_cached
 
 _MSG_MORE: int = getattr(socket, "MSG_MORE", 0)
+_PAGE = mmap.PAGESIZE
 
 
 class FileSpan:
@@ -54,6 +56,14 @@ def send_span(sender: socket.socket, transport: asyncio.Transport, head: bytes, 
     fd, offset, count = span.fd, span.offset, span.count
     try:
         if not transport.get_write_buffer_size():  # nothing queued ahead of this answer
+            lead = -offset % _PAGE
+            if lead and count > lead:
+                # A span starting mid-page: its first page's part goes with the head, the rest
+                # from a page boundary (sendfile from mid-page costs more than copying it all).
+                part = os.pread(fd, lead, offset)
+                if len(part) != lead:
+                    return False
+                head, offset, count = head + part, offset + lead, count - lead
             try:
                 head = head[sender.send(head, _MSG_MORE) :]
                 while count and not head:

@@ -163,9 +163,10 @@ async def test_an_answer_sent_before_the_digest_was_known_is_not_kept(tmp_path: 
 async def test_a_span_from_a_page_is_handed_over_to_send_with_sendfile(
     tmp_path: Path, zero_copy: str
 ) -> None:
-    """With `spans` (the front on plain TCP), a body of one span starting on a page is a `FileSpan`
-    for the caller to send; a range starting mid-page, a multipart body, FERRY_ZERO_COPY=off or a
-    caller without spans get the bytes."""
+    """With `spans` (the front on plain TCP), a body of one span starting on a page, or starting
+    mid-page and 16 KiB or longer, is a `FileSpan` for the caller to send; a shorter range
+    starting mid-page, a multipart body, FERRY_ZERO_COPY=off or a caller without spans get the
+    bytes."""
     fast, root = _fast(tmp_path, zero_copy=zero_copy)
     data = bytes(range(256)) * 256  # 64 KiB
     _write(fast, root / "f.bin", data)
@@ -173,6 +174,8 @@ async def test_a_span_from_a_page_is_handed_over_to_send_with_sendfile(
         (_scope("/files/f.bin"), 0, 65536),
         (_scope("/files/f.bin", (b"range", b"bytes=8192-")), 8192, 65536 - 8192),
         (_scope("/files/f.bin", (b"range", b"bytes=100-199")), None, 100),
+        (_scope("/files/f.bin", (b"range", b"bytes=100-16483")), 100, 16384),
+        (_scope("/files/f.bin", (b"range", b"bytes=100-16482")), None, 16383),
         (_scope("/files/f.bin", (b"range", b"bytes=0-9,20-29")), None, None),
     ]
     for scope, offset, count in cases:

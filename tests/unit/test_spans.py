@@ -41,6 +41,29 @@ def test_head_and_span_arrive_whole_and_the_file_isfd_closed(tmp_path: Path, loo
     assert fd_closed(span.fd)
 
 
+@pytest.mark.parametrize("offset", [1, 4095, 4097, 100_000])
+def test_a_span_starting_mid_page_arrives_whole(tmp_path: Path, loopback_pair: Pair, offset: int) -> None:
+    """Its first page's part goes out with the head, the rest with sendfile from a page."""
+    server, client = loopback_pair
+    (tmp_path / "f").write_bytes(DATA)
+    span = _span(tmp_path / "f", offset, 65536)
+    transport = RecordingTransport(server)
+    assert send_span(server, transport, HEAD, span)
+    assert _receive(client, len(HEAD) + 65536) == HEAD + DATA[offset : offset + 65536]
+    assert transport.calls == [] and fd_closed(span.fd)
+
+
+def test_a_mid_page_span_of_a_file_cut_before_its_first_page_sends_nothing(
+    tmp_path: Path, loopback_pair: Pair
+) -> None:
+    server, client = loopback_pair
+    (tmp_path / "f").write_bytes(DATA[:2000])  # the answer promised 65536 bytes from 1000
+    span = _span(tmp_path / "f", 1000, 65536)
+    assert not send_span(server, RecordingTransport(server), HEAD, span)
+    server.shutdown(socket.SHUT_WR)
+    assert _receive(client, 1) == b"" and fd_closed(span.fd)
+
+
 def test_what_a_full_socket_does_not_take_waits_in_the_transport(tmp_path: Path, loopback_pair: Pair) -> None:
     server, client = loopback_pair
     server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
