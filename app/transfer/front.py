@@ -353,6 +353,7 @@ class FrontProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self.away = self.declined = False
+        self.answered += 1  # (an idle connection then closes without a 408: a request came)
         self.parser = httptools.HttpRequestParser(self)
         transport.set_protocol(self)
         self.server_state.connections.add(self)

@@ -261,9 +261,10 @@ def _fast_answers(server: FerryServer) -> float:
 @pytest.mark.parametrize("target", ["/healthz", "/files/hello.txt"], ids=["app", "fast-path"])
 def test_keep_alive_connection_is_closed_when_idle(server: FerryServer, target: str) -> None:
     """After a complete exchange, a connection kept alive but unused is closed too, after
-    FERRY_KEEPALIVE_TIMEOUT (3 s for this server): by FerryProtocol after the app's answer, by
-    the connection's front (app/transfer/front.py) after the fast path's, whose timer first
-    comes due at the header timeout (2 s) and is moved on."""
+    FERRY_KEEPALIVE_TIMEOUT (3 s for this server), silently, by the connection's front
+    (app/transfer/front.py): after the fast path's answer, and after the app's once FerryProtocol
+    has handed the connection back; the front's timer first comes due at the header timeout (2 s)
+    and is moved on."""
     fast = target.startswith("/files/")
     if fast:  # the fast path answers once the file's digest is known
         assert wait_for(lambda: b"repr-digest" in get(server.port, target).raw)
@@ -281,7 +282,7 @@ def test_keep_alive_connection_is_closed_when_idle(server: FerryServer, target: 
         while chunk := sock.recv(65536):
             rest += chunk
         seconds = time.monotonic() - start
-    assert rest == b"" or rest.startswith(b"HTTP/1.1 408 "), rest[:200]
+    assert rest == b"", rest[:200]  # no 408: a request came and was answered
     assert 2 < seconds < 3 + LATE, f"kept-alive idle connection open {seconds:.1f}s"
     assert _fast_answers(server) - before == (1 if fast else 0)
 
