@@ -325,6 +325,18 @@ class Framed(list[tuple[bytes, bytes]]):
         self.framed = b"".join(b"%s: %s\r\n" % field for field in fields) if framed is None else framed
 
 
+_DEFAULTS: list[Any] = [None, b""]  # the default fields last framed, and their wire form
+
+
+def _framed_defaults(default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """uvicorn's default fields (server, date) framed, once per list: uvicorn makes a new one when
+    the Date changes."""
+    if _DEFAULTS[0] is not default_headers:
+        _DEFAULTS[:] = [default_headers, b"".join(b"%s: %s\r\n" % field for field in default_headers)]
+    framed: bytes = _DEFAULTS[1]
+    return framed
+
+
 def answer_head(
     status: int,
     default_headers: list[tuple[bytes, bytes]],
@@ -333,14 +345,16 @@ def answer_head(
 ) -> bytes:
     """A whole answer's status line and header fields as uvicorn's request cycle frames them:
     its default fields (server, date) first, `connection: close` when the connection ends."""
+    if isinstance(headers, Framed):
+        close = b"" if keep_alive else b"connection: close\r\n"
+        return b"".join(
+            (STATUS_LINE[status], _framed_defaults(default_headers), headers.framed, close, b"\r\n")
+        )
     content = [STATUS_LINE[status]]
     for name, value in default_headers:
         content.extend((name, b": ", value, b"\r\n"))
-    if isinstance(headers, Framed):
-        content.append(headers.framed)
-    else:
-        for name, value in headers:
-            content.extend((name, b": ", value, b"\r\n"))
+    for name, value in headers:
+        content.extend((name, b": ", value, b"\r\n"))
     if not keep_alive:
         content.append(b"connection: close\r\n")
     content.append(b"\r\n")
