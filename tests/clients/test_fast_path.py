@@ -188,6 +188,23 @@ def test_the_fast_path_answers_as_the_app_does(
     assert _fast_answers(slow) == 0
 
 
+def _on_each(
+    servers: tuple[FerryServer, FerryServer], send: Callable[[socket.socket], None]
+) -> list[tuple[bytes, float]]:
+    """On a new connection to each server: `send`, then everything until the server closes
+    (dates and boundaries made comparable), with the fast answers that server counted meanwhile."""
+    found = []
+    for server in servers:
+        before = _fast_answers(server)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE) as sock:
+            send(sock)
+            received = bytearray()
+            while chunk := sock.recv(1 << 16):
+                received += chunk
+        found.append((_normal(bytes(received)), _fast_answers(server) - before))
+    return found
+
+
 @pytest.mark.parametrize("cut", [5, 30, -2], ids=["in-the-request-line", "in-a-field", "before-the-end"])
 def test_a_head_that_arrives_in_pieces_is_answered_as_the_app_does(
     servers: tuple[FerryServer, FerryServer], cut: int
@@ -195,18 +212,13 @@ def test_a_head_that_arrives_in_pieces_is_answered_as_the_app_does(
     """The first piece goes on to FerryProtocol with the rest, which answers (by the fast path)."""
     raw = _request("/files/small.bin") + _request("/files/notes.txt", "Range: bytes=1-2", CLOSE)
     cut = len(_request("/files/small.bin")) + cut if cut < 0 else cut
-    found = []
-    for server in servers:
-        before = _fast_answers(server)
-        with socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE) as sock:
-            sock.sendall(raw[:cut])
-            time.sleep(0.2)
-            sock.sendall(raw[cut:])
-            received = bytearray()
-            while chunk := sock.recv(1 << 16):
-                received += chunk
-        found.append((_normal(bytes(received)), _fast_answers(server) - before))
-    (from_fast, answered), (from_app, _) = found
+
+    def send(sock: socket.socket) -> None:
+        sock.sendall(raw[:cut])
+        time.sleep(0.2)
+        sock.sendall(raw[cut:])
+
+    (from_fast, answered), (from_app, _) = _on_each(servers, send)
     assert from_fast == from_app
     assert from_fast.count(b"HTTP/1.1 20") == 2 and from_fast.endswith(b"ot")
     assert answered == 2
@@ -222,18 +234,13 @@ def test_a_client_reading_late_gets_every_pipelined_answer_in_order(
     starts = [(i * 4096 + (i % 2) * 100) % (len(LARGE) - span) for i in range(64)]
     raw = b"".join(_request("/files/large.bin", f"Range: bytes={a}-{a + span - 1}") for a in starts)
     raw += _request("/files/notes.txt", CLOSE)
-    found = []
-    for server in servers:
-        before = _fast_answers(server)
-        with socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-            sock.sendall(raw)
-            time.sleep(0.5)  # the answers fill the socket buffers and the transport's
-            received = bytearray()
-            while chunk := sock.recv(1 << 16):
-                received += chunk
-        found.append((_normal(bytes(received)), _fast_answers(server) - before))
-    (from_fast, answered), (from_app, _) = found
+
+    def send(sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.sendall(raw)
+        time.sleep(0.5)  # the answers fill the socket buffers and the transport's
+
+    (from_fast, answered), (from_app, _) = _on_each(servers, send)
     assert from_fast == from_app
     assert from_fast.count(b"HTTP/1.1 206") == 64 and from_fast.endswith(b"notes\n") and answered == 65
     for a in starts[:3]:
