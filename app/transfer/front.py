@@ -8,12 +8,17 @@ for each GET or HEAD: the answer is written in one call, head and body together,
 connection waits for the next request with no timer set per request.
 
 Everything else is handed over, from the first byte of the request the front did not answer:
-`FerryProtocol` (protocol.py, uvicorn's protocol with Ferry's limits) takes the connection for
-good, is given the bytes already read, and answers as it always does. So anything the front is
-unsure of goes to one place that already answers it: a head split across reads, a request with
-a body, HTTP/1.0, an upgrade, a malformed or over-limit head (414, 431, 400 with a Host missing or
+`FerryProtocol` (protocol.py, uvicorn's protocol with Ferry's limits) takes the connection, is
+given the bytes already read, and answers as it always does. So anything the front is unsure of
+goes to one place that already answers it: a head split across reads, a request with a body,
+HTTP/1.0, an upgrade, a malformed or over-limit head (414, 431, 400 with a Host missing or
 doubled: the front never answers those, FerryProtocol refuses them), a request the fast path
-declines (a directory, an error, a large multipart or paced body), a client not reading what it was sent.
+declines (a directory, an error, a large multipart or paced body, a file whose digest this worker
+has not loaded yet). Once FerryProtocol has nothing of the connection in progress (no request
+being read, run, answered or queued; the client reading), it hands the connection back
+(`take_back`), and the front reads the next request with a fresh parser. A client that pipelines
+requests without reading the answers to earlier ones has them held here (reading paused) until
+the transport has room again.
 
 A large file (or one range of it) is streamed from here as well (spans.py `SpanStream`), reading
 nothing more from the connection until it ends: its first byte leaves as soon as its head is
