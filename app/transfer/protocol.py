@@ -17,7 +17,9 @@ On top of that this subclass enforces what uvicorn leaves open:
 - FERRY_WRITE_BUFFER as the transport's high-water mark, and the zero-copy extension
   (zero_copy.py) on plain-HTTP connections;
 - a `Connection` in each request's scope (extension CONNECTION), so the access log records what
-  the client really got: nothing (it went away first) or an answer of the protocol's own.
+  the client really got: nothing (it went away first) or an answer of the protocol's own;
+- on a connection the front (front.py) handed over, the connection given back to it once no
+  request is being read, run, answered or queued (`_hand_back`).
 
 Built on `HttpToolsAdapter` (uvicorn_adapter.py, the one module that reaches uvicorn's private
 state): this module overrides the parser callbacks and the adapter's `wrap_app` hook only.
