@@ -22,7 +22,6 @@ opened (through `open_beneath`, every time) is still that version (`Known`).
 
 from __future__ import annotations
 
-import mmap
 import os
 import stat
 from collections.abc import Callable, Mapping
@@ -31,19 +30,20 @@ from typing import Any
 from app.auth import link_of
 from app.errors import FerryError
 from app.http.plan import DownloadRequest, FileFacts, plan_download
-from app.http.ranges import ByteRange, one_range, plan_ranges
+from app.http.ranges import ByteRange
 from app.http.signing import PARAMS
 from app.request import PREFIX, FileRequest
 from app.routes.fast_plans import Known, Planned
 from app.routes.files import Downloads
 from app.storage.errors import StorageError
 from app.storage.paths import LinkScope, open_beneath, resolve_to_open
-from app.transfer.page_cache import pages_cached, read_body_cached
+from app.transfer.page_cache import PAGE, pages_cached, read_body_cached
 from app.transfer.spans import Body, FileSpan
 
 MAX_BODY = 256 * 1024  # head and body in one write up to here; above, sendfile pays for itself
-_PAGE = mmap.PAGESIZE  # a body starting on a page goes out with sendfile when the caller can,
-_MID_PAGE_SPAN = 4 * _PAGE  # and one starting mid-page this long (its first page copied: spans.py)
+# A body starting on a page goes out with sendfile when the caller can, and one starting mid-page
+# this long (its first page's part copied: spans.py).
+_MID_PAGE_SPAN = 4 * PAGE
 # Request fields whose presence leaves a request to the ASGI app: a body, an upgrade, what uvicorn's
 # proxy-headers middleware rewrites the client or scheme from, a digest to compute.
 _APP_FIELDS = frozenset(
@@ -86,11 +86,11 @@ class FastFiles:
         """(status, header fields, body) for this GET or HEAD, or None: the app answers it.
 
         With `spans` (the connection's front, which can sendfile), a body of one span of the
-        file is a `FileSpan` (the caller sends and closes it) when it starts on a page and all of
-        it is in the page cache, or when it is past `MAX_BODY` (streamed, cold pages from a
-        thread; its slot and activity held until `on_end`); otherwise the bytes, read into one
-        buffer. Sendfile spares a whole 64 KiB file two copies; for a small range starting
-        mid-page it costs more than the copies it spares.
+        file is a `FileSpan` (the caller sends and closes it) when all of it is in the page cache
+        and it starts on a page or is 16 KiB or longer, or when it is past `MAX_BODY` (streamed,
+        cold pages from a thread; its slot and activity held until `on_end`); otherwise the
+        bytes, read into one buffer. Sendfile spares a whole 64 KiB file two copies; for a short
+        range starting mid-page it costs more than the copies it spares.
 
         A request that carries nothing personal (no credential, no precondition; one Range at
         most) is answered from what the last such request for the same method, path and query
@@ -128,14 +128,7 @@ class FastFiles:
             if wanted is None:
                 plan = known.whole
             elif method == "GET" and known.facts.ranges:
-                only = one_range(wanted, st.st_size)
-                plan = (
-                    known.whole.one(only)
-                    if only is not None
-                    else known.whole.ranged(
-                        plan_ranges(wanted.decode("latin-1"), st.st_size, max_ranges=self.max_ranges)
-                    )
-                )
+                plan = known.whole.for_range(wanted, self.max_ranges)
         if plan is None:
             os.close(fd)
             return None
@@ -185,11 +178,7 @@ class FastFiles:
                 and request.method == "GET"
                 and "range" in fields
                 and not any(name in fields for name in _CONDITIONS)
-                and (
-                    ranged := whole.ranged(
-                        plan_ranges(fields["range"], facts.size, max_ranges=self.max_ranges)
-                    )
-                )
+                and (ranged := whole.for_range(fields["range"].encode("latin-1"), self.max_ranges))
             ):
                 plan = ranged  # a Range and no precondition: the 200's fields, the range's two
             else:
@@ -227,7 +216,7 @@ class FastFiles:
             if one is not None and (
                 plan.length > MAX_BODY  # streamed: pages not cached are sent from a thread
                 or (
-                    (one.length >= _MID_PAGE_SPAN or not one.start % _PAGE)
+                    (one.length >= _MID_PAGE_SPAN or not one.start % PAGE)
                     and pages_cached(fd, one.start, one.length)
                 )
             ):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from app.http.byteranges import Segment
 from app.http.plan import FileFacts, ResponsePlan
-from app.http.ranges import ByteRange, Ignore, Partial, RangePlan
+from app.http.ranges import ByteRange, Ignore, Partial, RangePlan, one_range, plan_ranges
 from app.storage.paths import SafePath
 from app.transfer.uvicorn_adapter import Framed, sendable
 
@@ -48,6 +48,13 @@ class Planned:
         if not isinstance(wanted, Partial) or len(wanted.ranges) != 1:
             return self if isinstance(wanted, Ignore) else None
         return self.one(wanted.ranges[0])
+
+    def for_range(self, field: bytes, max_ranges: int) -> Planned | None:
+        """`ranged` for this Range field: a simple one (`one_range`) without the general parser."""
+        only = one_range(field, self.length)
+        if only is not None:
+            return self.one(only)
+        return self.ranged(plan_ranges(field.decode("latin-1"), self.length, max_ranges=max_ranges))
 
     def one(self, only: ByteRange) -> Planned:
         """This plain 200's answer to a GET of the one range `only` (`ranged` of it): the 200's

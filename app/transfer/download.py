@@ -26,15 +26,12 @@ from app.storage.backend import Chunk
 from app.transfer.activity import Activity
 from app.transfer.messages import TypedSend, body, file_segment, sender, start
 from app.transfer.page_cache import read_cached
+from app.transfer.spans import SENDFILE_SPAN
 from app.transfer.zero_copy import FileChanged, can_zero_copy
 
 logger = logging.getLogger("ferry.transfer")
 
 SMALL_BODY = 64 * 1024
-# Bytes per zero-copy message (sendfile calls of CHUNK_SIZE each, then one fstat check of the file
-# and one turn of the event loop): per-message Python and syscalls cost a 1 GiB stream ~20 % of its
-# server CPU at 1 MiB, little at this size, and no connection waits more than a few ms for its turn.
-SENDFILE_SPAN = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

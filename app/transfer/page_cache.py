@@ -3,11 +3,13 @@ RWF_NOWAIT, so the event loop can take it at once and leave a cold one to a thre
 
 from __future__ import annotations
 
+import mmap
 import os
 
 from app.http.ranges import ByteRange
 
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+PAGE = mmap.PAGESIZE
 
 
 def pages_cached(fd: int, offset: int, count: int) -> bool:

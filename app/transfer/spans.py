@@ -3,13 +3,13 @@
 The fast path (app/routes/fast_files.py) answers with a `FileSpan` when its caller can send one:
 the connection's front (front.py) on a plain TCP connection with FERRY_ZERO_COPY not off.
 
-- A small span starting on a page boundary (a whole 64 KiB file, say): `send_span` writes the
-  head with MSG_MORE and the span with sendfile there and then, so head and body leave in the
-  same segments and the body never passes through Python — two copies fewer than a read and a
-  write.
+- A small span (a whole 64 KiB file, a range of it): `send_span` writes the head with MSG_MORE
+  and the span with sendfile there and then, so head and body leave in the same segments and the
+  body never passes through Python — two copies fewer than a read and a write. A span starting
+  mid-page sends that page's part with the head, and the rest with sendfile from the boundary.
 - A large span (a big file, or one range of it): `SpanStream` sends the head at once, then the
   span in sendfile calls of FERRY_CHUNK_SIZE bytes from the event loop, a turn of the loop every
-  `download.SENDFILE_SPAN` bytes (the file checked for changes each time, as the app's sends
+  `SENDFILE_SPAN` bytes (the file checked for changes each time, as the app's sends
   do), waiting for room when the socket is full, and from a worker thread where the pages are
   not in the page cache. Nothing of the ASGI app runs, so its first byte leaves as soon as the
   head is planned.
@@ -18,15 +18,18 @@ the connection's front (front.py) on a plain TCP connection with FERRY_ZERO_COPY
 from __future__ import annotations
 
 import asyncio
-import mmap
 import os
 import socket
 from collections.abc import Callable
 
-from app.transfer.page_cache import pages_cached
+from app.transfer.page_cache import PAGE, pages_cached
 
 _MSG_MORE: int = getattr(socket, "MSG_MORE", 0)
-_PAGE = mmap.PAGESIZE
+# Bytes per zero-copy message (sendfile calls of CHUNK_SIZE each, then one fstat check of the file
+# and one turn of the event loop), here and in download.py's sends: per-message Python and syscalls
+# cost a 1 GiB stream ~20 % of its server CPU at 1 MiB, little at this size, and no connection
+# waits more than a few ms for its turn.
+SENDFILE_SPAN = 4 * 1024 * 1024
 
 
 class FileSpan:
@@ -56,7 +59,7 @@ def send_span(sender: socket.socket, transport: asyncio.Transport, head: bytes, 
     fd, offset, count = span.fd, span.offset, span.count
     try:
         if not transport.get_write_buffer_size():  # nothing queued ahead of this answer
-            lead = -offset % _PAGE
+            lead = -offset % PAGE
             if lead and count > lead:
                 # A span starting mid-page: its first page's part goes with the head, the rest
                 # from a page boundary (sendfile from mid-page costs more than copying it all).
@@ -84,9 +87,6 @@ def send_span(sender: socket.socket, transport: asyncio.Transport, head: bytes, 
         return True
     finally:
         os.close(fd)
-
-
-TURN = 4 * 1024 * 1024  # bytes sent between two turns of the event loop (and file checks)
 
 
 class SpanStream:
@@ -117,7 +117,7 @@ class SpanStream:
         """Send until the socket is full, a turn's worth is out, or the span is."""
         if self.done or self.threaded:
             return
-        budget = TURN
+        budget = SENDFILE_SPAN
         try:
             while self.head:
                 self.head = self.head[self.sender.send(self.head, _MSG_MORE) :]
