@@ -1,4 +1,4 @@
-"""Connections spread evenly over forked workers (FERRY_WORKERS > 1).
+"""Connections spread evenly over the workers (FERRY_WORKERS > 1).
 
 The workers share one listening socket. Left to the event loop, whichever worker wakes first
 accepts every connection waiting (libuv accepts until the queue is empty), so four downloads
@@ -8,7 +8,7 @@ folder archive, a bucket's object, an upload's hashing) one core then does the w
 Each worker instead accepts through its own `Acceptor`, and steps aside while another live
 worker has fewer open connections: that one is woken by the same readiness and takes the
 connection (nginx does the same with `ngx_accept_disabled`). The counts live in memory shared by
-the supervisor's forks (`Loads`), one slot per worker, written only by its owner; a slot whose
+the workers (`Loads`), one slot per worker, written only by its owner; a slot whose
 owner has not shown itself for STALE_SECONDS (a worker that died) counts for nothing. A worker
 never steps aside for longer than MAX_DEFER_SECONDS at a time, so a stuck sibling only delays
 connections, never refuses them.
@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import fcntl
 import functools
 import logging
-import multiprocessing
+import mmap
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -37,24 +39,42 @@ ACCEPTS_PER_WAKE = 64  # at most, while it stays the least busy
 
 
 class Loads:
-    """Open connections per worker, in memory the supervisor's forks share (made before the fork).
-    A worker `claim`s a slot, then `add`s to its count and `beat`s; `busier` compares."""
+    """Open connections per worker, in memory every worker maps (made before the workers start).
+    A worker `claim`s a slot, then `add`s to its count and `beat`s; `busier` compares.
 
-    def __init__(self, slots: int) -> None:
-        # Anonymous shared memory and a semaphore: inherited by forked children, never pickled.
-        self._counts = multiprocessing.RawArray(ctypes.c_long, slots)
-        self._seen = multiprocessing.RawArray(ctypes.c_double, slots)  # time.monotonic() of the owner
-        self._lock = multiprocessing.get_context("fork").Lock()
+    The memory is a memfd: forked workers inherit its mapping, a worker the supervisor starts
+    afresh maps it from the descriptor it inherits (`attach`). Claiming a slot takes a POSIX
+    record lock on it, which belongs to a process (not to a descriptor shared since a fork)."""
+
+    def __init__(self, slots: int, fd: int | None = None) -> None:
+        size = slots * (ctypes.sizeof(ctypes.c_long) + ctypes.sizeof(ctypes.c_double))
+        if fd is None:
+            fd = os.memfd_create("ferry-loads", os.MFD_CLOEXEC)
+            os.ftruncate(fd, size)
+        self.fd = fd
+        self._memory = mmap.mmap(fd, size)
+        self._counts = (ctypes.c_long * slots).from_buffer(self._memory)
+        # time.monotonic() of the owner (the same clock in every process of the machine)
+        self._seen = (ctypes.c_double * slots).from_buffer(self._memory, slots * ctypes.sizeof(ctypes.c_long))
         self.slot = -1
+
+    @classmethod
+    def attach(cls, fd: int) -> Loads:
+        """The counts a supervisor made, in a worker it started with `fd` open."""
+        slots = os.fstat(fd).st_size // (ctypes.sizeof(ctypes.c_long) + ctypes.sizeof(ctypes.c_double))
+        return cls(slots, fd)
 
     def claim(self, now: float | None = None) -> bool:
         """Take a free slot (never used, or its owner gone) for this process; False if none is."""
         now = time.monotonic() if now is None else now
-        with self._lock:
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        try:
             for slot in range(len(self._seen)):
                 if now - self._seen[slot] >= STALE_SECONDS:
                     self._counts[slot], self._seen[slot], self.slot = 0, now, slot
                     return True
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
         return False
 
     def beat(self, now: float | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import typing
@@ -22,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import __version__
 from app.http import signing
+from app.keeper import WORKER_ENV
 from app.request import server_url
 from app.settings import ENV_FILE, ENV_PREFIX, PublicUrl, Settings, SigningKeys, env_name
 from app.storage.locations import AwsCredentials
@@ -235,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from app.server import serve
 
         settings: Settings = load_settings(args)
+        if WORKER_ENV in os.environ:  # a worker its supervisor started: the server was checked
+            return serve(settings)
         return check_storage(settings) or check_index(settings) or serve(settings)
     if command == "healthcheck":
         return healthcheck(args["url"], args["timeout"])

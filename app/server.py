@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 import uvicorn.config
 
+from app.keeper import WORKER_ENV
 from app.settings import Settings
 from app.transfer.front import FrontProtocol
 from app.transfer.protocol import FerryProtocol
@@ -129,6 +130,10 @@ def serve(settings: Settings) -> int:
             "ferry: invalid setting FERRY_ZERO_COPY: 'on' needs os.sendfile, which this platform lacks"
         )
     config = FerryConfig(settings)
+    if (inherited := os.environ.pop(WORKER_ENV, None)) is not None:
+        from app.supervisor import run_inherited
+
+        return run_inherited(config, inherited)  # a worker the keeper started (app/keeper.py)
     server = uvicorn.Server(config)
     if config.workers > 1:
         from app.supervisor import can_fork, supervise
@@ -138,7 +143,7 @@ def serve(settings: Settings) -> int:
         with tempfile.TemporaryDirectory(prefix="ferry-metrics-") as shared:
             os.environ[MULTIPROC_ENV] = shared
             sock = config.bind_socket()
-            supervise(config, sock, fork=fork)
+            supervise(config, sock, fork=fork, metrics=shared)  # returns only where it cannot exec
         return 0
     # uvicorn re-raises SIGTERM after its graceful shutdown; a handler of ours turns that into the
     # clean exit (status 0) a supervisor or `docker stop` expects.

@@ -1,17 +1,21 @@
-"""Several workers (FERRY_WORKERS > 1) forked from a parent that has loaded Ferry, not spawned.
+"""Several workers (FERRY_WORKERS > 1) forked from a parent that has loaded Ferry, which then
+becomes a small supervisor of the standard library only (app/keeper.py).
 
 uvicorn's supervisor spawns each worker as a fresh interpreter (plus multiprocessing's resource
 tracker, a fourth process): every worker imports FastAPI, pydantic and Ferry on its own, ~41 MiB of
 private memory each. Forked from a parent that imported them once, the workers share those pages
-with the parent and each other (copy-on-write; `gc.freeze()` keeps the collector from writing to
-them), and a worker's own memory is what it builds after the fork.
+with each other (copy-on-write; `gc.freeze()` keeps the collector from writing to them), and a
+worker's own memory is what it builds after the fork. The parent then `exec`s the keeper: kept
+loaded, it would hold its own copy of every page the workers write to (~20 MiB).
 
 What is loaded before the fork is modules only: no event loop, thread, SQLite connection or open
-file besides the listening socket exists in the parent (the app itself, its index and its watcher
-are made in each worker by `create_app`, as before). uvicorn's supervisor is kept as it is
-(restarts after a crash, SIGHUP, SIGTERM, SIGTTIN/SIGTTOU): only the way it starts a worker changes,
-and how a forked worker accepts connections: through app/balance.py's `Acceptor`, which leaves a
-connection to a less busy sibling (their counts in memory shared from before the fork).
+file besides the listening socket and the balancing counts exists in the parent (the app itself,
+its index and its watcher are made in each worker by `create_app`). A worker accepts connections
+through app/balance.py's `Acceptor`, which leaves a connection to a less busy sibling (their
+counts in shared memory, `Loads`), and answers the keeper's pings from a thread. A worker the
+keeper starts later (after a crash, at SIGHUP or SIGTTIN, or all of them when forking is not safe)
+runs the server's command afresh with its descriptors named in `keeper.WORKER_ENV`
+(`run_inherited`). Where the keeper cannot run (not Linux), uvicorn's supervisor spawns the workers.
 """
 
 from __future__ import annotations
@@ -19,25 +23,24 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
-import multiprocessing
+import json
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
-from multiprocessing.context import ForkProcess
+import threading
+import traceback
 from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import multiprocess
 
+from app import keeper
 from app.balance import Acceptor, Loads
 
 # What every worker imports before it serves: the app and what it names. Modules a request only
 # sometimes needs (a bucket's client, archive writers) are left to the worker that needs them.
 PRELOAD = ("app.main", "uvloop", "httptools")
-
-_FORK = multiprocessing.get_context("fork")
 
 
 def can_fork() -> bool:
@@ -56,31 +59,6 @@ def preload(modules: tuple[str, ...] = PRELOAD) -> None:
         importlib.import_module(name)
     gc.collect()
     gc.freeze()  # the collector never walks (and so never writes to) objects made before the fork
-
-
-def forked_worker(
-    config: uvicorn.Config, target: Callable[..., None], sockets: list[socket.socket]
-) -> ForkProcess:
-    """A worker process forked from this one, in place of uvicorn's spawned one (same arguments as
-    uvicorn's `get_subprocess`)."""
-    return _FORK.Process(
-        target=_worker_started, kwargs={"config": config, "target": target, "sockets": sockets}
-    )
-
-
-def _worker_started(
-    config: uvicorn.Config, target: Callable[..., None], sockets: list[socket.socket]
-) -> None:
-    """The forked worker's first act: the supervisor's signal handlers (which only queue a signal
-    for the supervisor's loop) give way to the defaults a fresh process has, until uvicorn installs
-    its own; then logging and the server, as uvicorn's spawned worker does."""
-    for number in multiprocess.SIGNALS:
-        signal.signal(number, signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL)
-    config.configure_logging()
-    try:
-        target(sockets=sockets)
-    except KeyboardInterrupt:  # the supervisor is ending too; nothing to report
-        pass
 
 
 class BalancedServer(uvicorn.Server):
@@ -108,13 +86,97 @@ class BalancedServer(uvicorn.Server):
         self.servers: list[Any] = acceptors  # uvicorn's shutdown closes and awaits them
 
 
-def supervise(config: uvicorn.Config, sock: socket.socket, *, fork: bool) -> None:
-    """Run uvicorn's supervisor until it is stopped, over workers forked from this process once it
-    has loaded the app (`fork`, see `can_fork`) or else spawned."""
+def supervise(config: uvicorn.Config, sock: socket.socket, *, fork: bool, metrics: str) -> None:
+    """Start the workers, forked from this process once it has loaded the app (`fork`, see
+    `can_fork`), then become the keeper (app/keeper.py), which starts any more afresh. Returns only
+    where the keeper cannot run (not Linux): uvicorn's supervisor of spawned workers, until stopped."""
+    if not keeper_runs_here():
+        multiprocess.Multiprocess(config, sockets=[sock]).run()
+        return
+    # Blocked from here on, so a signal before the keeper waits for it is kept for the keeper
+    # (the mask and pending signals survive the exec); each forked worker unblocks them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, keeper.HANDLED)
+    # Two slots per worker: one started after a crash (or beside the old one at SIGHUP) finds a free one.
+    loads = Loads(2 * config.workers)
+    workers: list[tuple[int, socket.socket]] = []
     if fork:
         preload()
-        multiprocess.get_subprocess = forked_worker  # type: ignore[attr-defined,assignment]  # how it starts a worker
-        # Two slots per worker: one restarted after a crash finds a free one at once.
-        config.loads = Loads(2 * config.workers)  # type: ignore[attr-defined]  # read by BalancedServer
-        multiprocess.Server = BalancedServer  # type: ignore[attr-defined]  # what each worker runs
-    multiprocess.Multiprocess(config, sockets=[sock]).run()
+        for _ in range(config.workers):
+            workers.append(_forked(config, sock, loads, [ours for _, ours in workers]))
+    plan = {
+        "command": [sys.executable, *sys.orig_argv[1:]],  # how a worker is started afresh
+        "listen": sock.fileno(),
+        "loads": loads.fd,
+        "workers": [[pid, ours.fileno()] for pid, ours in workers],
+        "wanted": config.workers,
+        "metrics": metrics,
+        "healthcheck": config.timeout_worker_healthcheck,
+        "startup": STARTUP_SECONDS,
+    }
+    for fd in (sock.fileno(), loads.fd, *(ours.fileno() for _, ours in workers)):
+        os.set_inheritable(fd, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[keeper.PLAN_ENV] = json.dumps(plan)
+    os.execv(sys.executable, [sys.executable, "-I", "-S", keeper.__file__])
+
+
+def keeper_runs_here() -> bool:
+    return all(hasattr(module, name) for module, name in _KEEPER_NEEDS)
+
+
+_KEEPER_NEEDS = ((os, "memfd_create"), (os, "posix_spawn"), (signal, "sigtimedwait"))
+STARTUP_SECONDS = 120.0  # how long a worker started afresh may take to serve (imports, index)
+
+
+def _forked(
+    config: uvicorn.Config, sock: socket.socket, loads: Loads, siblings: list[socket.socket]
+) -> tuple[int, socket.socket]:
+    """A worker forked from this process: (its pid, the keeper's end of its ping socket)."""
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid:
+        theirs.close()
+        return pid, ours
+    status = 1
+    try:
+        for other in (ours, *siblings):
+            other.close()
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        status = run_worker(config, sock, loads, theirs)
+    except SystemExit as exc:  # uvicorn's start-up failure (3), or a clean exit
+        status = exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:  # SIGINT (a terminal's Ctrl-C reaches every process): stopped
+        status = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def run_inherited(config: uvicorn.Config, fds: str) -> int:
+    """A worker the keeper started afresh: "listen,loads,ping" descriptors it inherited."""
+    listen, counts, ping = (int(fd) for fd in fds.split(","))
+    return run_worker(config, socket.socket(fileno=listen), Loads.attach(counts), socket.socket(fileno=ping))
+
+
+def run_worker(config: uvicorn.Config, sock: socket.socket, loads: Loads, ping: socket.socket) -> int:
+    """Serve `sock` until stopped, answering the keeper's pings (whether the server has started)."""
+    config.loads = loads  # type: ignore[attr-defined]  # read by BalancedServer
+    server = BalancedServer(config)
+    threading.Thread(target=_answer_pings, args=(ping, server), name="ferry-ping", daemon=True).start()
+    server.run(sockets=[sock])
+    return 0
+
+
+def _answer_pings(ping: socket.socket, server: uvicorn.Server) -> None:
+    ping.setblocking(True)
+    while True:
+        try:
+            if not ping.recv(64):
+                return  # the keeper is gone
+            ping.sendall(b"1" if server.started else b"0")
+        except OSError:
+            return

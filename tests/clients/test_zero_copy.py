@@ -224,9 +224,10 @@ def test_slow_readers_cost_bounded_memory(ferry: ServerFactory, tmp_path: Path, 
 def test_workers_share_the_port(ferry: ServerFactory, storage_tree: Path) -> None:
     server = ferry(storage_tree, "--workers", "2")
     children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
-    # Two workers forked from the supervisor (they share its loaded modules), and no other process
-    # (a spawned worker runs `-c ...spawn_main`, and spawning adds multiprocessing's resource tracker).
-    command = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+    # Two workers forked from the parent that loaded Ferry (they share its loaded modules; the
+    # parent is now the keeper, app/keeper.py), and no other process (a spawned worker runs
+    # `-c ...spawn_main`, and spawning adds multiprocessing's resource tracker).
+    command = b"".join(os.fsencode(str(arg)) + b"\0" for arg in server.process.args)  # type: ignore[union-attr]
     workers = [pid for pid in children if Path(f"/proc/{pid}/cmdline").read_bytes() == command]
     assert len(workers) == len(children) == 2, [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children]
     with httpx.Client() as client:

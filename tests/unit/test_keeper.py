@@ -1,0 +1,199 @@
+"""app/keeper.py, the supervisor a multi-worker server becomes once its workers are forked: run as
+it runs (`python -I -S keeper.py`, its plan in the environment) over small stand-in workers that
+keep its contract with a worker: they find their descriptors in WORKER_ENV and answer pings. The
+same supervisor over real Ferry workers: tests/clients/test_supervisor.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from app import keeper
+from tests.support.servers import wait_for
+
+# A stand-in worker: "serve" answers every ping, noting its pid in the directory it is given once
+# it has answered one (and exits 0 at SIGTERM); "fail" exits with uvicorn's start-up failure
+# status (3); "hang" answers one ping, then never again (alive, silent).
+STAND_IN = r"""
+import os, signal, socket, sys, time
+listen, loads, ping = (int(fd) for fd in os.environ["_FERRY_WORKER"].split(","))
+os.fstat(listen), os.fstat(loads)  # inherited
+mode, notes = sys.argv[1], sys.argv[2]
+if mode == "fail":
+    sys.exit(3)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+ping = socket.socket(fileno=ping)
+while ping.recv(64):
+    ping.sendall(b"1")
+    open(os.path.join(notes, str(os.getpid())), "w").close()
+    if mode == "hang":
+        while True:
+            time.sleep(1)
+"""
+
+
+class Running:
+    """A keeper process over `wanted` stand-in workers, in `place`."""
+
+    def __init__(self, place: Path, mode: str, wanted: int, healthcheck: float) -> None:
+        self.metrics, self.notes = place / "metrics", place / "ready"
+        self.metrics.mkdir(parents=True)
+        self.notes.mkdir()
+        self.listen = socket.create_server(("127.0.0.1", 0))
+        self.loads = os.memfd_create("test-loads")
+        plan = {
+            "command": [sys.executable, "-c", STAND_IN, mode, str(self.notes)],
+            "listen": self.listen.fileno(),
+            "loads": self.loads,
+            "workers": [],
+            "wanted": wanted,
+            "metrics": str(self.metrics),
+            "healthcheck": healthcheck,
+            "startup": 60.0,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", "-S", keeper.__file__],
+            env={**os.environ, keeper.PLAN_ENV: json.dumps(plan)},
+            pass_fds=(self.listen.fileno(), self.loads),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def children(self) -> set[int]:
+        pid = self.process.pid
+        try:
+            return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+        except FileNotFoundError:
+            return set()
+
+    def ready(self) -> set[int]:
+        """Its children that have answered a ping."""
+        return self.children() & {int(note.name) for note in self.notes.iterdir()}
+
+    def settled(self, count: int) -> set[int]:
+        """Its children, once there are `count` of them and all have answered a ping."""
+        assert wait_for(lambda: len(self.children()) == count == len(self.ready())), self.children()
+        return self.children()
+
+    def signal(self, number: int) -> None:
+        """Send `number` and wait until the keeper has taken it (it waits for its signals blocked:
+        pending ones are taken lowest number first, so a SIGTERM sent next would overtake it)."""
+        self.process.send_signal(number)
+        assert wait_for(lambda: not self._pending() >> (number - 1) & 1), number
+
+    def _pending(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(status.split("ShdPnd:", 1)[1].split()[0], 16)
+
+    def stop(self) -> tuple[int, str]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        _, errors = self.process.communicate(timeout=60)
+        return self.process.returncode, errors
+
+    def close(self) -> None:
+        for pid in self.children():
+            _kill(pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate(timeout=60)
+        self.listen.close()
+        os.close(self.loads)
+
+
+def _kill(pid: int, number: int) -> None:
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:
+        pass
+
+
+Start = Callable[..., Running]
+
+
+@pytest.fixture
+def keeper_of(tmp_path: Path) -> Iterator[Start]:
+    started: list[Running] = []
+
+    def start(mode: str = "serve", wanted: int = 2, healthcheck: float = 5.0) -> Running:
+        running = Running(tmp_path / f"keeper-{len(started)}", mode, wanted, healthcheck)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.close()
+
+
+def test_it_starts_the_workers_wanted_and_stops_them_at_sigterm(keeper_of: Start) -> None:
+    running = keeper_of(wanted=3)
+    workers = running.settled(3)
+    (running.metrics / "counter_1.db").write_bytes(b"x")
+    status, errors = running.stop()
+    assert status == 0, errors
+    assert all(not Path(f"/proc/{pid}").exists() or _zombie(pid) for pid in workers)
+    assert not running.metrics.exists()  # the metrics directory is removed with the server
+    assert "Stopping parent process" in errors
+
+
+def _zombie(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_worker_that_dies_is_replaced_and_its_live_gauges_removed(keeper_of: Start) -> None:
+    running = keeper_of()
+    first, second = sorted(running.settled(2))
+    for pid in (first, second):
+        (running.metrics / f"gauge_livesum_{pid}.db").write_bytes(b"x")
+        (running.metrics / f"counter_{pid}.db").write_bytes(b"x")  # kept: counts survive a worker
+    os.kill(first, signal.SIGKILL)
+    assert wait_for(lambda: first not in running.children() and len(running.ready()) == 2)
+    assert second in running.children()
+    assert sorted(path.name for path in running.metrics.iterdir()) == sorted(
+        [f"counter_{first}.db", f"counter_{second}.db", f"gauge_livesum_{second}.db"]
+    )
+    status, errors = running.stop()
+    assert status == 0 and f"Child process [{first}] died" in errors, errors
+
+
+def test_a_worker_that_cannot_start_stops_the_server_with_its_status(keeper_of: Start) -> None:
+    running = keeper_of("fail")
+    _, errors = running.process.communicate(timeout=60)
+    assert running.process.returncode == keeper.STARTUP_FAILURE, errors
+    assert "failed to start, stopping the parent process" in errors
+
+
+def test_a_worker_that_stops_answering_pings_is_killed_and_replaced(keeper_of: Start) -> None:
+    running = keeper_of("hang", wanted=1, healthcheck=1.0)
+    (first,) = running.settled(1)
+    assert wait_for(lambda: first not in running.children() and len(running.ready()) == 1)
+    status, errors = running.stop()
+    assert status == 0 and f"Child process [{first}] did not answer in 1 s" in errors, errors
+
+
+def test_sighup_replaces_every_worker(keeper_of: Start) -> None:
+    running = keeper_of()
+    old = running.settled(2)
+    running.signal(signal.SIGHUP)
+    assert wait_for(lambda: len(running.ready()) == 2 and not running.ready() & old), running.children()
+    assert running.settled(2).isdisjoint(old)
+
+
+def test_sigttin_adds_a_worker_and_sigttou_retires_one_but_never_the_last(keeper_of: Start) -> None:
+    running = keeper_of(wanted=1)
+    running.settled(1)
+    running.signal(signal.SIGTTIN)
+    running.settled(2)
+    running.signal(signal.SIGTTOU)
+    running.settled(1)
+    running.signal(signal.SIGTTOU)
+    status, errors = running.stop()
+    assert status == 0 and "Already reached one process." in errors, errors
