@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import __version__
 from app.http import signing
-from app.keeper import WORKER_ENV
+from app.overseer import WORKER_ENV
 from app.request import server_url
 from app.settings import ENV_FILE, ENV_PREFIX, PublicUrl, Settings, SigningKeys, env_name
 from app.storage.locations import AwsCredentials

@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 import uvicorn.config
 
-from app.keeper import WORKER_ENV
+from app.overseer import WORKER_ENV
 from app.settings import Settings
 from app.transfer.front import FrontProtocol
 from app.transfer.protocol import FerryProtocol
@@ -133,7 +133,7 @@ def serve(settings: Settings) -> int:
     if (inherited := os.environ.pop(WORKER_ENV, None)) is not None:
         from app.supervisor import run_inherited
 
-        return run_inherited(config, inherited)  # a worker the keeper started (app/keeper.py)
+        return run_inherited(config, inherited)  # a worker the overseer started (app/overseer.py)
     server = uvicorn.Server(config)
     if config.workers > 1:
         from app.supervisor import can_fork, supervise

@@ -1,21 +1,21 @@
 """Several workers (FERRY_WORKERS > 1) forked from a parent that has loaded Ferry, which then
-becomes a small supervisor of the standard library only (app/keeper.py).
+becomes a small supervisor of the standard library only (app/overseer.py).
 
 uvicorn's supervisor spawns each worker as a fresh interpreter (plus multiprocessing's resource
 tracker, a fourth process): every worker imports FastAPI, pydantic and Ferry on its own, ~41 MiB of
 private memory each. Forked from a parent that imported them once, the workers share those pages
 with each other (copy-on-write; `gc.freeze()` keeps the collector from writing to them), and a
-worker's own memory is what it builds after the fork. The parent then `exec`s the keeper: kept
+worker's own memory is what it builds after the fork. The parent then `exec`s the overseer: kept
 loaded, it would hold its own copy of every page the workers write to (~20 MiB).
 
 What is loaded before the fork is modules only: no event loop, thread, SQLite connection or open
 file besides the listening socket and the balancing counts exists in the parent (the app itself,
 its index and its watcher are made in each worker by `create_app`). A worker accepts connections
 through app/balance.py's `Acceptor`, which leaves a connection to a less busy sibling (their
-counts in shared memory, `Loads`), and answers the keeper's pings from a thread. A worker the
-keeper starts later (after a crash, at SIGHUP or SIGTTIN, or all of them when forking is not safe)
-runs the server's command afresh with its descriptors named in `keeper.WORKER_ENV`
-(`run_inherited`). Where the keeper cannot run (not Linux), uvicorn's supervisor spawns the workers.
+counts in shared memory, `Loads`), and answers the overseer's pings from a thread. A worker the
+overseer starts later (after a crash, at SIGHUP or SIGTTIN, or all of them when forking is not safe)
+runs the server's command afresh with its descriptors named in `overseer.WORKER_ENV`
+(`run_inherited`). Where the overseer cannot run (not Linux), uvicorn's supervisor spawns the workers.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors import multiprocess
 
-from app import keeper
+from app import overseer
 from app.balance import Acceptor, Loads
 
 # What every worker imports before it serves: the app and what it names. Modules a request only
@@ -47,8 +47,8 @@ def can_fork() -> bool:
     """True while forking is safe and shares what it should: only this thread runs (a bucket's
     start-up probe may leave a client's runtime threads behind), and prometheus-client is not yet
     imported (it chooses its multiprocess mode from the environment once, when imported). Asked
-    before `serve` sets that environment; otherwise the workers are spawned, as uvicorn does."""
-    if not os.path.isdir("/proc/self/task"):  # not Linux: keep uvicorn's spawned workers
+    before `serve` sets that environment; otherwise the overseer starts every worker afresh."""
+    if not os.path.isdir("/proc/self/task"):  # not Linux: uvicorn's spawned workers
         return False
     return len(os.listdir("/proc/self/task")) == 1 and "prometheus_client" not in sys.modules
 
@@ -62,7 +62,7 @@ def preload(modules: tuple[str, ...] = PRELOAD) -> None:
 
 
 class BalancedServer(uvicorn.Server):
-    """uvicorn's server in a forked worker: its listening sockets served by `Acceptor`s (the
+    """uvicorn's server in a worker: its listening sockets served by `Acceptor`s (the
     connection counts shared with its siblings in `config.loads`) instead of `loop.create_server`."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -88,14 +88,14 @@ class BalancedServer(uvicorn.Server):
 
 def supervise(config: uvicorn.Config, sock: socket.socket, *, fork: bool, metrics: str) -> None:
     """Start the workers, forked from this process once it has loaded the app (`fork`, see
-    `can_fork`), then become the keeper (app/keeper.py), which starts any more afresh. Returns only
-    where the keeper cannot run (not Linux): uvicorn's supervisor of spawned workers, until stopped."""
-    if not keeper_runs_here():
+    `can_fork`), then become the overseer (app/overseer.py), which starts any more afresh. Returns only
+    where the overseer cannot run (not Linux): uvicorn's supervisor of spawned workers, until stopped."""
+    if not overseer_runs_here():
         multiprocess.Multiprocess(config, sockets=[sock]).run()
         return
-    # Blocked from here on, so a signal before the keeper waits for it is kept for the keeper
+    # Blocked from here on, so a signal before the overseer waits for it is kept for the overseer
     # (the mask and pending signals survive the exec); each forked worker unblocks them.
-    signal.pthread_sigmask(signal.SIG_BLOCK, keeper.HANDLED)
+    signal.pthread_sigmask(signal.SIG_BLOCK, overseer.HANDLED)
     # Two slots per worker: one started after a crash (or beside the old one at SIGHUP) finds a free one.
     loads = Loads(2 * config.workers)
     workers: list[tuple[int, socket.socket]] = []
@@ -117,22 +117,22 @@ def supervise(config: uvicorn.Config, sock: socket.socket, *, fork: bool, metric
         os.set_inheritable(fd, True)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.environ[keeper.PLAN_ENV] = json.dumps(plan)
-    os.execv(sys.executable, [sys.executable, "-I", "-S", keeper.__file__])
+    os.environ[overseer.PLAN_ENV] = json.dumps(plan)
+    os.execv(sys.executable, [sys.executable, "-I", "-S", overseer.__file__])
 
 
-def keeper_runs_here() -> bool:
-    return all(hasattr(module, name) for module, name in _KEEPER_NEEDS)
+def overseer_runs_here() -> bool:
+    return all(hasattr(module, name) for module, name in _OVERSEER_NEEDS)
 
 
-_KEEPER_NEEDS = ((os, "memfd_create"), (os, "posix_spawn"), (signal, "sigtimedwait"))
+_OVERSEER_NEEDS = ((os, "memfd_create"), (os, "posix_spawn"), (signal, "sigtimedwait"))
 STARTUP_SECONDS = 120.0  # how long a worker started afresh may take to serve (imports, index)
 
 
 def _forked(
     config: uvicorn.Config, sock: socket.socket, loads: Loads, siblings: list[socket.socket]
 ) -> tuple[int, socket.socket]:
-    """A worker forked from this process: (its pid, the keeper's end of its ping socket)."""
+    """A worker forked from this process: (its pid, the overseer's end of its ping socket)."""
     ours, theirs = socket.socketpair()
     pid = os.fork()
     if pid:
@@ -157,13 +157,13 @@ def _forked(
 
 
 def run_inherited(config: uvicorn.Config, fds: str) -> int:
-    """A worker the keeper started afresh: "listen,loads,ping" descriptors it inherited."""
+    """A worker the overseer started afresh: "listen,loads,ping" descriptors it inherited."""
     listen, counts, ping = (int(fd) for fd in fds.split(","))
     return run_worker(config, socket.socket(fileno=listen), Loads.attach(counts), socket.socket(fileno=ping))
 
 
 def run_worker(config: uvicorn.Config, sock: socket.socket, loads: Loads, ping: socket.socket) -> int:
-    """Serve `sock` until stopped, answering the keeper's pings (whether the server has started)."""
+    """Serve `sock` until stopped, answering the overseer's pings (whether the server has started)."""
     config.loads = loads  # type: ignore[attr-defined]  # read by BalancedServer
     server = BalancedServer(config)
     threading.Thread(target=_answer_pings, args=(ping, server), name="ferry-ping", daemon=True).start()
@@ -176,7 +176,7 @@ def _answer_pings(ping: socket.socket, server: uvicorn.Server) -> None:
     while True:
         try:
             if not ping.recv(64):
-                return  # the keeper is gone
+                return  # the overseer is gone
             ping.sendall(b"1" if server.started else b"0")
         except OSError:
             return

@@ -1,11 +1,11 @@
 """Memory of a real `ferry serve --workers 2`, idle after start-up: the workers are forked from a
 parent that loaded the app, so they share its pages and each holds little of its own; the parent
-then becomes a small supervisor (app/keeper.py) that keeps no copy of them.
+then becomes a small supervisor (app/overseer.py) that keeps no copy of them.
 
 Measured on the 2-vCPU build machine (Python 3.11): spawned workers held ~41 MiB each of their own
 (USS) and the tree 128 MiB of PSS (172 MiB RSS, four processes with multiprocessing's resource
-tracker); forked under a loaded supervisor, 12-17 MiB each and 75 MiB of PSS; under the keeper,
-12-15 MiB each and 68 MiB of PSS (111 MiB RSS, the keeper 11 MiB of it). The bounds sit between,
+tracker); forked under a loaded supervisor, 12-17 MiB each and 75 MiB of PSS; under the overseer,
+12-15 MiB each and 68 MiB of PSS (111 MiB RSS, the overseer 11 MiB of it). The bounds sit between,
 with room for noise.
 """
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.clients
 MIB = 1024**2
 WORKER_OWN_BOUND = 28 * MIB  # USS of each worker: what only it holds
 TREE_PSS_BOUND = 88 * MIB  # PSS summed over the supervisor and its workers
-SUPERVISOR_OWN_BOUND = 12 * MIB  # USS of the supervisor: the keeper's ~5 MiB, not a loaded parent's ~20
+SUPERVISOR_OWN_BOUND = 12 * MIB  # USS of the supervisor: the overseer's ~5 MiB, not a loaded parent's ~20
 
 
 def _children(pid: int) -> list[int]:

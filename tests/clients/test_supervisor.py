@@ -1,7 +1,7 @@
 """A real `ferry serve --workers 2` under the supervisor its parent becomes once the workers are
-forked (app/keeper.py): a small process of the standard library only, which starts a worker that
+forked (app/overseer.py): a small process of the standard library only, which starts a worker that
 dies afresh, replaces the workers at SIGHUP without cutting a download, and stops the server at
-SIGTERM. The keeper's own rules, over stand-in workers: tests/unit/test_keeper.py."""
+SIGTERM. The overseer's own rules, over stand-in workers: tests/unit/test_overseer.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app import keeper
+from app import overseer
 from tests.conftest import FerryServer, ServerFactory, wait_for
 
 pytestmark = pytest.mark.clients
@@ -46,7 +46,7 @@ def _root(tmp_path: Path, size: int = 6) -> Path:
 def test_the_supervisor_holds_none_of_the_workers_libraries(ferry: ServerFactory, tmp_path: Path) -> None:
     server = _serving(_root(tmp_path), ferry)
     command = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode().split("\0")
-    assert command[1:4] == ["-I", "-S", keeper.__file__], command
+    assert command[1:4] == ["-I", "-S", overseer.__file__], command
     maps = Path(f"/proc/{server.pid}/maps").read_text()
     assert "pydantic_core" not in maps and "uvloop" not in maps and "httptools" not in maps
     for worker in _children(server.pid):  # forked before the exec: the command the server ran

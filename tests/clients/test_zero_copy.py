@@ -225,7 +225,7 @@ def test_workers_share_the_port(ferry: ServerFactory, storage_tree: Path) -> Non
     server = ferry(storage_tree, "--workers", "2")
     children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
     # Two workers forked from the parent that loaded Ferry (they share its loaded modules; the
-    # parent is now the keeper, app/keeper.py), and no other process (a spawned worker runs
+    # parent is now the overseer, app/overseer.py), and no other process (a spawned worker runs
     # `-c ...spawn_main`, and spawning adds multiprocessing's resource tracker).
     command = b"".join(os.fsencode(str(arg)) + b"\0" for arg in server.process.args)  # type: ignore[union-attr]
     workers = [pid for pid in children if Path(f"/proc/{pid}/cmdline").read_bytes() == command]

@@ -1,5 +1,5 @@
-"""app/keeper.py, the supervisor a multi-worker server becomes once its workers are forked: run as
-it runs (`python -I -S keeper.py`, its plan in the environment) over small stand-in workers that
+"""app/overseer.py, the supervisor a multi-worker server becomes once its workers are forked: run as
+it runs (`python -I -S overseer.py`, its plan in the environment) over small stand-in workers that
 keep its contract with a worker: they find their descriptors in WORKER_ENV and answer pings. The
 same supervisor over real Ferry workers: tests/clients/test_supervisor.py."""
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from app import keeper
+from app import overseer
 from tests.support.servers import wait_for
 
 # A stand-in worker: "serve" answers every ping, noting its pid in the directory it is given once
@@ -41,7 +41,7 @@ while ping.recv(64):
 
 
 class Running:
-    """A keeper process over `wanted` stand-in workers, in `place`."""
+    """An overseer process over `wanted` stand-in workers, in `place`."""
 
     def __init__(self, place: Path, mode: str, wanted: int, healthcheck: float) -> None:
         self.metrics, self.notes = place / "metrics", place / "ready"
@@ -60,8 +60,8 @@ class Running:
             "startup": 60.0,
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-S", keeper.__file__],
-            env={**os.environ, keeper.PLAN_ENV: json.dumps(plan)},
+            [sys.executable, "-I", "-S", overseer.__file__],
+            env={**os.environ, overseer.PLAN_ENV: json.dumps(plan)},
             pass_fds=(self.listen.fileno(), self.loads),
             stderr=subprocess.PIPE,
             text=True,
@@ -84,7 +84,7 @@ class Running:
         return self.children()
 
     def signal(self, number: int) -> None:
-        """Send `number` and wait until the keeper has taken it (it waits for its signals blocked:
+        """Send `number` and wait until the overseer has taken it (it waits for its signals blocked:
         pending ones are taken lowest number first, so a SIGTERM sent next would overtake it)."""
         self.process.send_signal(number)
         assert wait_for(lambda: not self._pending() >> (number - 1) & 1), number
@@ -120,11 +120,11 @@ Start = Callable[..., Running]
 
 
 @pytest.fixture
-def keeper_of(tmp_path: Path) -> Iterator[Start]:
+def overseer_of(tmp_path: Path) -> Iterator[Start]:
     started: list[Running] = []
 
     def start(mode: str = "serve", wanted: int = 2, healthcheck: float = 5.0) -> Running:
-        running = Running(tmp_path / f"keeper-{len(started)}", mode, wanted, healthcheck)
+        running = Running(tmp_path / f"overseer-{len(started)}", mode, wanted, healthcheck)
         started.append(running)
         return running
 
@@ -133,8 +133,8 @@ def keeper_of(tmp_path: Path) -> Iterator[Start]:
         running.close()
 
 
-def test_it_starts_the_workers_wanted_and_stops_them_at_sigterm(keeper_of: Start) -> None:
-    running = keeper_of(wanted=3)
+def test_it_starts_the_workers_wanted_and_stops_them_at_sigterm(overseer_of: Start) -> None:
+    running = overseer_of(wanted=3)
     workers = running.settled(3)
     (running.metrics / "counter_1.db").write_bytes(b"x")
     status, errors = running.stop()
@@ -148,8 +148,8 @@ def _zombie(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
-def test_a_worker_that_dies_is_replaced_and_its_live_gauges_removed(keeper_of: Start) -> None:
-    running = keeper_of()
+def test_a_worker_that_dies_is_replaced_and_its_live_gauges_removed(overseer_of: Start) -> None:
+    running = overseer_of()
     first, second = sorted(running.settled(2))
     for pid in (first, second):
         (running.metrics / f"gauge_livesum_{pid}.db").write_bytes(b"x")
@@ -164,31 +164,31 @@ def test_a_worker_that_dies_is_replaced_and_its_live_gauges_removed(keeper_of: S
     assert status == 0 and f"Child process [{first}] died" in errors, errors
 
 
-def test_a_worker_that_cannot_start_stops_the_server_with_its_status(keeper_of: Start) -> None:
-    running = keeper_of("fail")
+def test_a_worker_that_cannot_start_stops_the_server_with_its_status(overseer_of: Start) -> None:
+    running = overseer_of("fail")
     _, errors = running.process.communicate(timeout=60)
-    assert running.process.returncode == keeper.STARTUP_FAILURE, errors
+    assert running.process.returncode == overseer.STARTUP_FAILURE, errors
     assert "failed to start, stopping the parent process" in errors
 
 
-def test_a_worker_that_stops_answering_pings_is_killed_and_replaced(keeper_of: Start) -> None:
-    running = keeper_of("hang", wanted=1, healthcheck=1.0)
+def test_a_worker_that_stops_answering_pings_is_killed_and_replaced(overseer_of: Start) -> None:
+    running = overseer_of("hang", wanted=1, healthcheck=1.0)
     (first,) = running.settled(1)
     assert wait_for(lambda: first not in running.children() and len(running.ready()) == 1)
     status, errors = running.stop()
     assert status == 0 and f"Child process [{first}] did not answer in 1 s" in errors, errors
 
 
-def test_sighup_replaces_every_worker(keeper_of: Start) -> None:
-    running = keeper_of()
+def test_sighup_replaces_every_worker(overseer_of: Start) -> None:
+    running = overseer_of()
     old = running.settled(2)
     running.signal(signal.SIGHUP)
     assert wait_for(lambda: len(running.ready()) == 2 and not running.ready() & old), running.children()
     assert running.settled(2).isdisjoint(old)
 
 
-def test_sigttin_adds_a_worker_and_sigttou_retires_one_but_never_the_last(keeper_of: Start) -> None:
-    running = keeper_of(wanted=1)
+def test_sigttin_adds_a_worker_and_sigttou_retires_one_but_never_the_last(overseer_of: Start) -> None:
+    running = overseer_of(wanted=1)
     running.settled(1)
     running.signal(signal.SIGTTIN)
     running.settled(2)

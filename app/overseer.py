@@ -4,7 +4,7 @@ library only, which the loaded parent becomes by `exec` right after forking the 
 The parent imports FastAPI, pydantic and Ferry once so the forked workers share those pages. Had
 it stayed a parent, it would keep its own copy of every page a worker then writes to (CPython
 writes reference counts and specialised bytecode as soon as code runs): ~20 MiB of memory that
-serves no request. Run as `python -I -S keeper.py` (its plan in PLAN_ENV) it holds ~10 MiB and
+serves no request. Run as `python -I -S overseer.py` (its plan in PLAN_ENV) it holds ~10 MiB and
 no copy of theirs.
 
 What it does is what uvicorn's supervisor did:
@@ -35,7 +35,7 @@ import sys
 import time
 
 WORKER_ENV = "_FERRY_WORKER"  # "listen fd,loads fd,ping fd" in a worker this process starts
-PLAN_ENV = "_FERRY_KEEPER"  # the JSON of Keeper's arguments, from app/supervisor.py
+PLAN_ENV = "_FERRY_OVERSEER"  # the JSON of Overseer's arguments, from app/supervisor.py
 STARTUP_FAILURE = 3  # uvicorn's exit status for a worker that could not start
 TICK_SECONDS = 0.5
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
@@ -82,7 +82,7 @@ class Worker:
         return self.sent is not None and now - self.sent > limit
 
 
-class Keeper:
+class Overseer:
     """The supervisor: `workers` are (pid, ping descriptor) of those forked before the exec,
     `wanted` how many should run; the rest as `serve` describes them (app/supervisor.py)."""
 
@@ -279,7 +279,7 @@ def remove(path: str) -> None:
 def main() -> int:
     # Waited for, not handled: blocked already when the exec came from app/supervisor.py.
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
-    return Keeper(**json.loads(os.environ.pop(PLAN_ENV))).run()
+    return Overseer(**json.loads(os.environ.pop(PLAN_ENV))).run()
 
 
 if __name__ == "__main__":
