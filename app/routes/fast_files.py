@@ -37,8 +37,8 @@ from app.routes.fast_plans import Known, Planned
 from app.routes.files import Downloads
 from app.storage.errors import StorageError
 from app.storage.paths import LinkScope, open_beneath, resolve_to_open
-from app.transfer.page_cache import PAGE, pages_cached, read_body_cached
-from app.transfer.spans import Body, FileSpan
+from app.transfer.page_cache import PAGE, read_body_cached
+from app.transfer.spans import Body, FileSpan, cached_span
 
 MAX_BODY = 256 * 1024  # head and body in one write up to here; above, sendfile pays for itself
 # A body starting on a page goes out with sendfile when the caller can, and one starting mid-page
@@ -213,14 +213,12 @@ class FastFiles:
             one = first if spans and self.zero_copy and isinstance(first, ByteRange) else None
             if plan.length > MAX_BODY and one is None:
                 return None
-            if one is not None and (
-                plan.length > MAX_BODY  # streamed: pages not cached are sent from a thread
-                or (
-                    (one.length >= _MID_PAGE_SPAN or not one.start % PAGE)
-                    and pages_cached(fd, one.start, one.length)
-                )
-            ):
-                body = FileSpan(fd, one.start, one.length)
+            if one is not None and plan.length > MAX_BODY:
+                body = FileSpan(fd, one.start, one.length)  # streamed: pages not cached from a thread
+            elif one is not None and (one.length >= _MID_PAGE_SPAN or not one.start % PAGE):
+                body = cached_span(fd, one.start, one.length)
+                if body is None:
+                    body = read_body_cached(fd, st, plan.body)
             else:
                 body = read_body_cached(fd, st, plan.body)
             if body is None:

@@ -6,7 +6,8 @@ the connection's front (front.py) on a plain TCP connection with FERRY_ZERO_COPY
 - A small span (a whole 64 KiB file, a range of it): `send_span` writes the head with MSG_MORE
   and the span with sendfile there and then, so head and body leave in the same segments and the
   body never passes through Python — two copies fewer than a read and a write. A span starting
-  mid-page sends that page's part with the head, and the rest with sendfile from the boundary.
+  mid-page sends that page's part with the head (read by `cached_span`), and the rest with
+  sendfile from the boundary.
 - A large span (a big file, or one range of it): `SpanStream` sends the head at once, then the
   span in sendfile calls of FERRY_CHUNK_SIZE bytes from the event loop, a turn of the loop every
   `SENDFILE_SPAN` bytes (the file checked for changes each time, as the app's sends
@@ -22,7 +23,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from app.transfer.page_cache import PAGE, pages_cached
+from app.transfer.page_cache import PAGE, pages_cached, read_cached_into
 
 _MSG_MORE: int = getattr(socket, "MSG_MORE", 0)
 # Bytes per zero-copy message (sendfile calls of CHUNK_SIZE each, then one fstat check of the file
@@ -34,17 +35,35 @@ SENDFILE_SPAN = 4 * 1024 * 1024
 
 class FileSpan:
     """`count` bytes of the open file `fd` from `offset`: a body for its receiver to send (with
-    `send_span`) and then close `fd`."""
+    `send_span`) and then close `fd`. `lead`: the span's first bytes up to a page boundary, when
+    already read (`cached_span`)."""
 
-    __slots__ = ("fd", "offset", "count", "on_end")
+    __slots__ = ("fd", "offset", "count", "on_end", "lead")
 
     def __init__(self, fd: int, offset: int, count: int) -> None:
         self.fd, self.offset, self.count = fd, offset, count
         # A streamed span's bookkeeping once it ends: (bytes sent, whether it was cut short).
         self.on_end: Callable[[int, bool], None] | None = None
+        self.lead = b""
 
     def __len__(self) -> int:
         return self.count
+
+
+def cached_span(fd: int, offset: int, count: int) -> FileSpan | None:
+    """The span, if its first and last bytes are in the page cache (else None). One starting
+    mid-page carries its first page's part, read here: that read is the probe of its first byte,
+    and `send_span` sends the part with the head (sendfile from mid-page costs more than copying
+    it), the rest with sendfile from the page boundary."""
+    lead = -offset % PAGE
+    if lead and count > lead:
+        part = bytearray(lead)
+        if not read_cached_into(fd, memoryview(part), offset) or not pages_cached(fd, offset + count - 1, 1):
+            return None
+        span = FileSpan(fd, offset, count)
+        span.lead = bytes(part)
+        return span
+    return FileSpan(fd, offset, count) if pages_cached(fd, offset, count) else None
 
 
 Body = bytes | bytearray | FileSpan  # a whole small answer's body
@@ -58,15 +77,9 @@ def send_span(sender: socket.socket, transport: asyncio.Transport, head: bytes, 
     span (the Content-Length sent cannot be kept), or the client is gone."""
     fd, offset, count = span.fd, span.offset, span.count
     try:
+        if span.lead:  # read already (`cached_span`): it goes with the head
+            head, offset, count = head + span.lead, offset + len(span.lead), count - len(span.lead)
         if not transport.get_write_buffer_size():  # nothing queued ahead of this answer
-            lead = -offset % PAGE
-            if lead and count > lead:
-                # A span starting mid-page: its first page's part goes with the head, the rest
-                # from a page boundary (sendfile from mid-page costs more than copying it all).
-                part = os.pread(fd, lead, offset)
-                if len(part) != lead:
-                    return False
-                head, offset, count = head + part, offset + lead, count - lead
             try:
                 head = head[sender.send(head, _MSG_MORE) :]
                 while count and not head:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.transfer.spans import FileSpan, send_span
+from app.transfer.spans import FileSpan, cached_span, send_span
 from tests.support.transports import Pair, RecordingTransport, fd_closed
 
 DATA = bytes(range(256)) * 1024  # 256 KiB
@@ -41,27 +41,65 @@ def test_head_and_span_arrive_whole_and_the_file_isfd_closed(tmp_path: Path, loo
     assert fd_closed(span.fd)
 
 
-@pytest.mark.parametrize("offset", [1, 4095, 4097, 100_000])
-def test_a_span_starting_mid_page_arrives_whole(tmp_path: Path, loopback_pair: Pair, offset: int) -> None:
-    """Its first page's part goes out with the head, the rest with sendfile from a page."""
+def _cached(path: Path, offset: int, count: int) -> FileSpan:
+    fd = os.open(path, os.O_RDONLY)
+    span = cached_span(fd, offset, count)
+    assert span is not None and span.fd == fd  # just written: in the page cache
+    return span
+
+
+@pytest.mark.parametrize("offset", [0, 1, 4095, 4096, 4097, 100_000])
+def test_a_cached_span_carries_its_first_page_part_and_arrives_whole(
+    tmp_path: Path, loopback_pair: Pair, offset: int
+) -> None:
+    """Starting mid-page, its first page's part is read with the probe and goes out with the
+    head; the rest with sendfile from the page boundary."""
     server, client = loopback_pair
     (tmp_path / "f").write_bytes(DATA)
-    span = _span(tmp_path / "f", offset, 65536)
+    span = _cached(tmp_path / "f", offset, 65536)
+    assert span.lead == DATA[offset : -(-offset // 4096) * 4096]  # empty from a page boundary
     transport = RecordingTransport(server)
     assert send_span(server, transport, HEAD, span)
     assert _receive(client, len(HEAD) + 65536) == HEAD + DATA[offset : offset + 65536]
     assert transport.calls == [] and fd_closed(span.fd)
 
 
-def test_a_mid_page_span_of_a_file_cut_before_its_first_page_sends_nothing(
+def test_a_span_shorter_than_its_first_page_part_is_sent_whole_with_sendfile(
     tmp_path: Path, loopback_pair: Pair
 ) -> None:
     server, client = loopback_pair
-    (tmp_path / "f").write_bytes(DATA[:2000])  # the answer promised 65536 bytes from 1000
-    span = _span(tmp_path / "f", 1000, 65536)
-    assert not send_span(server, RecordingTransport(server), HEAD, span)
-    server.shutdown(socket.SHUT_WR)
-    assert _receive(client, 1) == b"" and fd_closed(span.fd)
+    (tmp_path / "f").write_bytes(DATA)
+    span = _cached(tmp_path / "f", 100, 50)
+    assert span.lead == b""
+    assert send_span(server, RecordingTransport(server), HEAD, span)
+    assert _receive(client, len(HEAD) + 50) == HEAD + DATA[100:150]
+
+
+def test_a_file_cut_before_the_spans_first_page_ends_is_no_cached_span(tmp_path: Path) -> None:
+    """The answer promised 65536 bytes from 1000 of a file now 2000 long: not sent from the
+    cache (the app answers it, from the file as it now is)."""
+    (tmp_path / "f").write_bytes(DATA[:2000])
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        assert cached_span(fd, 1000, 65536) is None
+        assert cached_span(fd, 1000, 1000) is not None  # what is there
+    finally:
+        os.close(fd)
+
+
+def test_a_mid_page_span_with_bytes_already_queued_keeps_its_place(
+    tmp_path: Path, loopback_pair: Pair
+) -> None:
+    server, _ = loopback_pair
+    (tmp_path / "f").write_bytes(DATA)
+
+    class Busy(RecordingTransport):
+        def get_write_buffer_size(self) -> int:
+            return 10
+
+    transport = Busy(server)
+    assert send_span(server, transport, HEAD, _cached(tmp_path / "f", 1000, 8192))
+    assert transport.written == HEAD + DATA[1000:9192]
 
 
 def test_what_a_full_socket_does_not_take_waits_in_the_transport(tmp_path: Path, loopback_pair: Pair) -> None:
