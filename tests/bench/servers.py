@@ -10,6 +10,7 @@ import http.client
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,8 +194,8 @@ def start_nginx(
     name: str, *, nginx: str, nopush: bool, workers: int, root: Path, workdir: Path, dav: bool = False
 ) -> Server:
     port = free_port()
-    prefix = workdir / f"nginx-{port}"
-    prefix.mkdir()
+    # Its own directory even when the port is one an nginx stopped earlier in the run had.
+    prefix = Path(tempfile.mkdtemp(prefix=f"nginx-{port}-", dir=workdir))
     config = prefix / "nginx.conf"
     config.write_text(
         nginx_config(
