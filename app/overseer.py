@@ -61,15 +61,17 @@ class Worker:
         self.answered = False  # ever: a worker still importing is not counted as hung
         self.ready = False  # its server has started
 
-    def poll(self, now: float) -> None:
-        """Take its answers, then ping it again if none is outstanding."""
+    def take_answers(self) -> None:
         try:
             while answer := self.ping.recv(64):
                 self.sent, self.answered, self.ready = None, True, answer.endswith(b"1")
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
-            return  # gone: reaped on its SIGCHLD
+            pass  # gone: reaped on its SIGCHLD
+
+    def ask(self, now: float) -> None:
+        """Ping it, unless a ping is outstanding."""
         if self.sent is None:
             try:
                 self.ping.send(b"?")
@@ -112,6 +114,7 @@ class Overseer:
         self.retiring: dict[int, Worker] = {}  # told to finish; not replaced when they exit
         self.stopping = False
         self.status = 0
+        self.watched = time.monotonic()  # the last `watch`
 
     def _watched(self, pid: int, ping: socket.socket) -> Worker:
         ping.setblocking(False)
@@ -145,15 +148,22 @@ class Overseer:
                 self.retire(self.workers.pop())
 
     def watch(self) -> None:
+        """Answers read first, then a worker judged hung, then pings sent. A ping is not judged
+        on time this process itself did not run (stopped with its workers, SIGSTOP to the group,
+        or not scheduled): it is forgotten, and the next one judged."""
         now = time.monotonic()
+        stalled, self.watched = now - self.watched > self.timeout, now
         for worker in self.workers:
+            worker.take_answers()
+            if stalled:
+                worker.sent = None
             if worker.hung(now, self.timeout, self.startup):
                 log("WARNING", f"Child process [{worker.pid}] did not answer in {self.timeout:g} s; killed")
                 kill(worker.pid, signal.SIGKILL)  # reaped and replaced at its SIGCHLD
                 worker.sent = None
                 worker.answered = False
             else:
-                worker.poll(now)
+                worker.ask(now)
 
     def reap(self) -> None:
         while True:
@@ -221,7 +231,8 @@ class Overseer:
         another SIGHUP meanwhile); False if it dies, the deadline passes or the server stops."""
         deadline = time.monotonic() + self.startup
         while time.monotonic() < deadline and not self.stopping:
-            worker.poll(time.monotonic())
+            worker.take_answers()
+            worker.ask(time.monotonic())
             if worker.ready:
                 return True
             info = signal.sigtimedwait(HANDLED, 0.1)

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,8 +20,8 @@ import pytest
 from app import overseer
 from tests.support.servers import wait_for
 
-# A stand-in worker: "serve" answers every ping, noting its pid in the directory it is given once
-# it has answered one (and exits 0 at SIGTERM); "fail" exits with uvicorn's start-up failure
+# A stand-in worker: "serve" answers every ping, noting how many under its pid in the directory it
+# is given (and exits 0 at SIGTERM); "fail" exits with uvicorn's start-up failure
 # status (3); "hang" answers one ping, then never again (alive, silent).
 STAND_IN = r"""
 import os, signal, socket, sys, time
@@ -31,9 +32,12 @@ if mode == "fail":
     sys.exit(3)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 ping = socket.socket(fileno=ping)
+answered = 0
 while ping.recv(64):
     ping.sendall(b"1")
-    open(os.path.join(notes, str(os.getpid())), "w").close()
+    answered += 1
+    with open(os.path.join(notes, str(os.getpid())), "w") as note:
+        note.write(str(answered))
     if mode == "hang":
         while True:
             time.sleep(1)
@@ -77,6 +81,13 @@ class Running:
     def ready(self) -> set[int]:
         """Its children that have answered a ping."""
         return self.children() & {int(note.name) for note in self.notes.iterdir()}
+
+    def pinged(self, pid: int) -> int:
+        """How many pings worker `pid` has answered."""
+        try:
+            return int((self.notes / str(pid)).read_text() or 0)
+        except FileNotFoundError:
+            return 0
 
     def settled(self, count: int) -> set[int]:
         """Its children, once there are `count` of them and all have answered a ping."""
@@ -197,3 +208,25 @@ def test_sigttin_adds_a_worker_and_sigttou_retires_one_but_never_the_last(overse
     running.signal(signal.SIGTTOU)
     status, errors = running.stop()
     assert status == 0 and "Already reached one process." in errors, errors
+
+
+@pytest.mark.parametrize("with_workers", [False, True], ids=["the-overseer-alone", "the-whole-server"])
+def test_a_stopped_overseer_takes_no_worker_for_hung(overseer_of: Start, with_workers: bool) -> None:
+    """SIGSTOP for longer than the health-check timeout, then SIGCONT (a benchmark pausing the
+    servers it is not measuring, a debugger, a machine too busy to run it): the same workers go on."""
+    running = overseer_of(wanted=2, healthcheck=1.0)
+    workers = running.settled(2)
+    # A third ping means the overseer has read two answers: it now judges them by the 1 s limit.
+    assert wait_for(lambda: all(running.pinged(pid) >= 3 for pid in workers))
+    stopped = [running.process.pid, *(workers if with_workers else [])]
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    time.sleep(2.5)
+    for pid in reversed(stopped):
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 4.0  # eight ticks: a worker wrongly judged is killed within two
+    while time.monotonic() < deadline:
+        assert running.children() == workers
+        time.sleep(0.1)
+    status, errors = running.stop()
+    assert status == 0 and "did not answer" not in errors, errors
