@@ -65,10 +65,8 @@ class Worker:
         try:
             while answer := self.ping.recv(64):
                 self.sent, self.answered, self.ready = None, True, answer.endswith(b"1")
-        except (BlockingIOError, InterruptedError):
+        except OSError:  # none more now (BlockingIOError), or it is gone: reaped at its SIGCHLD
             pass
-        except OSError:
-            pass  # gone: reaped on its SIGCHLD
 
     def ask(self, now: float) -> None:
         """Ping it, unless a ping is outstanding."""
@@ -109,14 +107,14 @@ class Overseer:
         self.workers: list[Worker] = []
         for pid, fd in workers:
             os.set_inheritable(fd, False)  # a worker started later must not hold its sibling's
-            self.workers.append(self._watched(pid, socket.socket(fileno=fd)))
+            self.workers.append(self._worker(pid, socket.socket(fileno=fd)))
         self.wanted = wanted
         self.retiring: dict[int, Worker] = {}  # told to finish; not replaced when they exit
         self.stopping = False
         self.status = 0
         self.watched = time.monotonic()  # the last `watch`
 
-    def _watched(self, pid: int, ping: socket.socket) -> Worker:
+    def _worker(self, pid: int, ping: socket.socket) -> Worker:
         ping.setblocking(False)
         return Worker(pid, ping)
 
@@ -207,7 +205,7 @@ class Overseer:
         pid = os.posix_spawn(self.command[0], self.command, env, setsigmask=(), setsigdef=HANDLED)
         theirs.close()
         log("INFO", f"Started child process [{pid}]")
-        return self._watched(pid, ours)
+        return self._worker(pid, ours)
 
     def restart_all(self) -> None:
         """Each worker replaced in turn: the new one serves before the old one is told to finish."""
