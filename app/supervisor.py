@@ -24,6 +24,7 @@ import asyncio
 import gc
 import importlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -37,6 +38,8 @@ from uvicorn.supervisors import multiprocess
 
 from app import overseer
 from app.balance import Acceptor, Loads
+
+logger = logging.getLogger("ferry.supervisor")
 
 # What every worker imports before it serves: the app and what it names. Modules a request only
 # sometimes needs (a bucket's client, archive writers) are left to the worker that needs them.
@@ -172,11 +175,16 @@ def run_worker(config: uvicorn.Config, sock: socket.socket, loads: Loads, ping: 
 
 
 def _answer_pings(ping: socket.socket, server: uvicorn.Server) -> None:
+    """Answer the overseer's pings; once it is gone (killed: SIGKILL, the OOM killer — its end of
+    the socket closed), stop this worker as SIGTERM would: the answers in progress finish, and no
+    worker outlives its supervisor holding the port a restarted Ferry would bind."""
     ping.setblocking(True)
     while True:
         try:
             if not ping.recv(64):
-                return  # the overseer is gone
+                break
             ping.sendall(b"1" if server.started else b"0")
-        except OSError:
-            return
+        except OSError:  # (ECONNRESET: it died with answers unread)
+            break
+    logger.warning("the supervisor is gone: this worker stops")
+    server.should_exit = True  # read by uvicorn's main loop on its next tick

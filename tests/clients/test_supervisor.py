@@ -105,3 +105,28 @@ def test_sigterm_stops_every_worker_and_removes_the_metrics(ferry: ServerFactory
     assert server.process.wait(timeout=60) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     assert not Path(metrics).exists()
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie its new parent has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_workers_stop_when_the_supervisor_is_killed(ferry: ServerFactory, tmp_path: Path) -> None:
+    """SIGKILL (or the OOM killer) gives the overseer no chance to stop its workers: each sees its
+    ping socket closed and stops as at SIGTERM, so none is left holding the port."""
+    server = _serving(_root(tmp_path), ferry)
+    workers = _children(server.pid)
+    assert len(workers) == 2
+    assert httpx.get(f"{server.url}/files/hello.txt", timeout=30).content == b"hello\n"
+    server.process.kill()
+    server.process.wait(timeout=60)
+    stopped = lambda: all(_gone(pid) for pid in workers)  # noqa: E731
+    assert wait_for(stopped), server.log.read_text(errors="replace")[-2000:]
+    log = server.log.read_text(errors="replace")
+    assert log.count("the supervisor is gone: this worker stops") == 2, log[-2000:]
+    with pytest.raises(httpx.ConnectError):  # the port is closed: nothing listens any more
+        httpx.get(f"{server.url}/files/hello.txt", timeout=30)
