@@ -97,15 +97,16 @@ def serving_servers(
     sends Repr-Digest, as a server in service would) and is working on a file it cannot finish."""
     root = workdir / "hash-serving"
     total = _link_data(data, root, tuple(m.FILES))
-    servers = [
-        start_ferry(BUSY, ferry, root, workdir, extra=("--hash-rate", "0")),
-        start_ferry(OFF, ferry, root, workdir, extra=("--no-checksums",)),
-        start_nginx(
-            NGINX, nginx=tools.nginx, nopush=False, workers=nginx_workers, root=root, workdir=workdir
-        ),
-    ]
-    for server in servers:
-        stack.callback(server.stop)
+    # Each registered to stop as it starts: one failing to start stops those before it.
+    busy = start_ferry(BUSY, ferry, root, workdir, extra=("--hash-rate", "0"))
+    stack.callback(busy.stop)
+    off = start_ferry(OFF, ferry, root, workdir, extra=("--no-checksums",))
+    stack.callback(off.stop)
+    nginx = start_nginx(
+        NGINX, nginx=tools.nginx, nopush=False, workers=nginx_workers, root=root, workdir=workdir
+    )
+    stack.callback(nginx.stop)
+    servers = [busy, off, nginx]
     _wait_hashed(servers[0], total)
     with (root / "pending.bin").open("wb") as sparse:
         sparse.truncate(SPARSE_SIZE)  # reads as zeros: the hasher always has work left

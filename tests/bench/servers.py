@@ -1,11 +1,14 @@
 """The servers under test: `ferry serve` and nginx, each in its own process group on loopback.
 
 Every server is started with `start_new_session=True`, so `stop()` can clean up its whole process
-group (Ferry's workers, nginx's workers) and nothing else.
+group (Ferry's workers, nginx's workers) and nothing else. Whichever is still running when the
+bench's process exits (an error between a start and the step that would have stopped it) is
+stopped then.
 """
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import os
 import subprocess
@@ -33,6 +36,9 @@ class Server:
     log: Path
     started_at: float = field(default_factory=time.monotonic)  # just after the process was spawned
 
+    def __post_init__(self) -> None:
+        _RUNNING[self.process.pid] = self
+
     def url(self, path: str) -> str:
         return f"http://{HOST}:{self.port}{path}"
 
@@ -53,6 +59,16 @@ class Server:
         kill_group(self.process.pid)
         if self.process.poll() is None:
             self.process.wait(timeout=STOP_TIMEOUT)
+        _RUNNING.pop(self.process.pid, None)
+
+
+_RUNNING: dict[int, Server] = {}  # started and not stopped, by pid
+
+
+@atexit.register
+def _stop_the_rest() -> None:
+    for server in list(_RUNNING.values()):
+        server.stop()
 
 
 def _healthy(port: int) -> bool:

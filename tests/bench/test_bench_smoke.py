@@ -176,3 +176,27 @@ def test_quick_bench_reports_every_measure_for_ferry_and_nginx(tmp_path: Path) -
     assert output.read_text() in report
     assert not list(tmp_path.glob("ferry-bench-*")), "the temp dir outlived the run"
     assert (tmp_path / f"ferry-index-tree-{INDEX_FILES}" / "complete").exists(), "the tree is kept"
+
+
+def test_a_server_the_bench_did_not_stop_is_stopped_when_it_exits(tmp_path: Path) -> None:
+    """A bench that fails between a server's start and the step that would stop it (as one did
+    when an nginx could not start beside two running Ferry servers) leaves nothing running."""
+    script = (
+        "import subprocess, sys\n"
+        "from pathlib import Path\n"
+        "from tests.bench.servers import Server\n"
+        "process = subprocess.Popen(['sleep', '600'], start_new_session=True, stdout=-3, stderr=-3)\n"
+        f"Server('left', 'ferry', process, 0, Path({str(tmp_path / 'log')!r}))\n"
+        "print(process.pid, flush=True)\n"
+        "raise SystemExit('the bench failed')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 1 and "the bench failed" in done.stderr, done.stderr
+    pid = int(done.stdout.split()[0])
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("gone", "Z", "X"), f"the server's process {pid} is still running ({state})"
