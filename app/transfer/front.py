@@ -49,6 +49,7 @@ from app.transfer.uvicorn_adapter import answer_head, connection_addresses, requ
 
 logger = logging.getLogger("ferry.transfer")
 _READS = (b"GET", b"HEAD")
+_TCP = (socket.AF_INET, socket.AF_INET6)
 
 
 class FrontProtocol(asyncio.Protocol):
@@ -81,6 +82,7 @@ class FrontProtocol(asyncio.Protocol):
         self.addresses: tuple[Any, Any, str] = (None, None, "http")
         self.write_paused = False
         self.spans = False  # whether answers may be sent with sendfile (plain TCP, FERRY_ZERO_COPY)
+        self.family: int | None = None  # the socket's, when `spans`
         self.sender: socket.socket | None = None  # a dup of the socket, to send them on
         self.stream: SpanStream | None = None  # a large answer being sent (reading paused meanwhile)
         self.draining = False  # the stream waits for earlier answers queued in the transport
@@ -112,12 +114,9 @@ class FrontProtocol(asyncio.Protocol):
         self.server_state.connections.add(self)
         transport.set_write_buffer_limits(high=self.write_buffer)
         self.addresses = connection_addresses(transport)
-        sock = transport.get_extra_info("socket")
-        self.spans = (
-            self.addresses[2] == "http"
-            and getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6)
-            and hasattr(os, "sendfile")
-        )
+        family = getattr(transport.get_extra_info("socket"), "family", None)
+        self.spans = self.addresses[2] == "http" and family in _TCP and hasattr(os, "sendfile")
+        self.family = family if self.spans else None
         self.wait_until(self.loop.time() + self.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -315,7 +314,8 @@ class FrontProtocol(asyncio.Protocol):
         transport's own object cannot send with flags), kept while the front has the connection."""
         assert self.transport is not None
         fd = self.transport.get_extra_info("socket").fileno()
-        self.sender = socket.socket(fileno=os.dup(fd))
+        # Family, type and protocol given: not asked of the descriptor again (three syscalls).
+        self.sender = socket.socket(self.family or -1, socket.SOCK_STREAM, socket.IPPROTO_TCP, os.dup(fd))
         return self.sender
 
     def close_sender(self) -> None:
