@@ -1,11 +1,10 @@
 """Ferry's supervisor once its workers run (FERRY_WORKERS > 1): a small process of the standard
 library only, which the loaded parent becomes by `exec` right after forking the workers.
 
-The parent imports FastAPI, pydantic and Ferry once so the forked workers share those pages. Had
-it stayed a parent, it would keep its own copy of every page a worker then writes to (CPython
-writes reference counts and specialised bytecode as soon as code runs): ~20 MiB of memory that
-serves no request. Run as `python -I -S overseer.py` (its plan in PLAN_ENV) it holds ~10 MiB and
-no copy of theirs.
+The parent imports FastAPI, pydantic and Ferry once so the forked workers share those pages. Had it
+stayed a parent, it would keep its own copy of every page a worker then writes to (CPython writes
+reference counts and specialised bytecode as soon as code runs): ~20 MiB serving no request. Run
+as `python -I -S overseer.py` (its plan in PLAN_ENV) it holds ~10 MiB and no copy of theirs.
 
 What it does is what uvicorn's supervisor did:
 - SIGTERM or SIGINT: stop taking connections, pass SIGTERM to every worker (each finishes its
@@ -17,7 +16,7 @@ What it does is what uvicorn's supervisor did:
 - Every TICK_SECONDS it pings each worker over a socket pair; one that has answered before and
   leaves a ping unanswered for the health-check timeout is hung: killed, then started again.
 - SIGHUP replaces the workers one at a time (the new one serving before the old one is told to
-  finish), SIGTTIN adds a worker, SIGTTOU retires one.
+  finish; another SIGHUP meanwhile, once more after), SIGTTIN adds a worker, SIGTTOU retires one.
 A worker it starts is a fresh interpreter running the same command as the server (the plan's
 `command`), told by WORKER_ENV which inherited descriptors to use: it shares no pages with the
 forked ones, the price of not keeping a loaded parent for the rare restart.
@@ -27,6 +26,7 @@ Nothing here imports a Ferry module: `-S` leaves site-packages out, and the file
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -111,6 +111,7 @@ class Overseer:
         self.wanted = wanted
         self.retiring: dict[int, Worker] = {}  # told to finish; not replaced when they exit
         self.stopping = False
+        self.again = False  # a SIGHUP came during a restart: another round follows
         self.status = 0
         self.watched = time.monotonic()  # the last `watch`
 
@@ -198,9 +199,8 @@ class Overseer:
     def spawn(self) -> Worker:
         """A worker started afresh, given the listening socket, the balancing counts and a ping socket."""
         ours, theirs = socket.socketpair()
-        os.set_inheritable(theirs.fileno(), True)
-        os.set_inheritable(self.listen, True)
-        os.set_inheritable(self.loads, True)
+        for fd in (theirs.fileno(), self.listen, self.loads):
+            os.set_inheritable(fd, True)
         env = dict(os.environ, **{WORKER_ENV: f"{self.listen},{self.loads},{theirs.fileno()}"})
         pid = os.posix_spawn(self.command[0], self.command, env, setsigmask=(), setsigdef=HANDLED)
         theirs.close()
@@ -208,7 +208,14 @@ class Overseer:
         return self._worker(pid, ours)
 
     def restart_all(self) -> None:
-        """Each worker replaced in turn: the new one serves before the old one is told to finish."""
+        """Each worker replaced in turn, the new one serving before the old one is told to finish;
+        all once more if a SIGHUP came meanwhile (its release or setting may postdate this round)."""
+        self.again = True
+        while self.again and not self.stopping:
+            self.again = False
+            self.replace_each()
+
+    def replace_each(self) -> None:  # (one round of `restart_all`)
         for old in list(self.workers):
             new = self.spawn()
             self.retiring[new.pid] = new  # until it is ready: not replaced if it dies meanwhile
@@ -225,8 +232,8 @@ class Overseer:
                 self.retire(new)
 
     def until_ready(self, worker: Worker) -> bool:
-        """Wait until `worker` says its server has started (reaping, and heeding every signal but
-        another SIGHUP meanwhile); False if it dies, the deadline passes or the server stops."""
+        """Wait until `worker` says its server has started (reaping, heeding every signal; another
+        SIGHUP is kept for after this round); False if it dies, the deadline passes or it stops."""
         deadline = time.monotonic() + self.startup
         while time.monotonic() < deadline and not self.stopping:
             worker.take_answers()
@@ -234,7 +241,9 @@ class Overseer:
             if worker.ready:
                 return True
             info = signal.sigtimedwait(HANDLED, 0.1)
-            if info is not None and info.si_signo != signal.SIGHUP:
+            if info is not None and info.si_signo == signal.SIGHUP:
+                self.again = True
+            elif info is not None:
                 self.handle(info)
             self.reap()
             if worker.pid not in self.retiring:
@@ -272,17 +281,13 @@ class Overseer:
 
 
 def kill(pid: int, number: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, number)
-    except ProcessLookupError:
-        pass
 
 
 def remove(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def main() -> int:

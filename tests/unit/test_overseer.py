@@ -21,8 +21,8 @@ from app import overseer
 from tests.support.servers import wait_for
 
 # A stand-in worker: "serve" answers every ping, noting how many under its pid in the directory it
-# is given (and exits 0 at SIGTERM); "fail" exits with uvicorn's start-up failure
-# status (3); "hang" answers one ping, then never again (alive, silent).
+# is given (and exits 0 at SIGTERM); "slow" does the same after a second; "fail" exits with
+# uvicorn's start-up failure status (3); "hang" answers one ping, then never again (alive, silent).
 STAND_IN = r"""
 import os, signal, socket, sys, time
 listen, loads, ping = (int(fd) for fd in os.environ["_FERRY_WORKER"].split(","))
@@ -31,6 +31,8 @@ mode, notes = sys.argv[1], sys.argv[2]
 if mode == "fail":
     sys.exit(3)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+if mode == "slow":
+    time.sleep(1.0)  # starting, a while before it answers
 ping = socket.socket(fileno=ping)
 answered = 0
 while ping.recv(64):
@@ -196,6 +198,24 @@ def test_sighup_replaces_every_worker(overseer_of: Start) -> None:
     running.signal(signal.SIGHUP)
     assert wait_for(lambda: len(running.ready()) == 2 and not running.ready() & old), running.children()
     assert running.settled(2).isdisjoint(old)
+
+
+def test_a_sighup_during_a_restart_replaces_every_worker_once_more(overseer_of: Start) -> None:
+    """The second SIGHUP (a second release, say, while the first restart runs) is not lost: the
+    workers the first round started are replaced as well."""
+    running = overseer_of(mode="slow")
+    first = running.settled(2)
+    running.signal(signal.SIGHUP)
+    assert wait_for(lambda: len(running.children()) == 3)  # the first round's first worker, starting
+    running.signal(signal.SIGHUP)
+    # Six workers ever answered: the two first ones, two of the first round, two of the second.
+    assert wait_for(lambda: len(list(running.notes.iterdir())) == 6), sorted(running.notes.iterdir())
+    last = running.settled(2)
+    assert last.isdisjoint(first)
+    time.sleep(2.5)  # a third round would have started a worker by now
+    assert running.children() == last and len(list(running.notes.iterdir())) == 6
+    status, errors = running.stop()
+    assert status == 0, errors
 
 
 def test_sigttin_adds_a_worker_and_sigttou_retires_one_but_never_the_last(overseer_of: Start) -> None:
