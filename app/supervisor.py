@@ -11,11 +11,12 @@ loaded, it would hold its own copy of every page the workers write to (~20 MiB).
 What is loaded before the fork is modules only: no event loop, thread, SQLite connection or open
 file besides the listening socket and the balancing counts exists in the parent (the app itself,
 its index and its watcher are made in each worker by `create_app`). A worker accepts connections
-through app/balance.py's `Acceptor`, which leaves a connection to a less busy sibling (their
-counts in shared memory, `Loads`), and answers the overseer's pings from a thread. A worker the
-overseer starts later (after a crash, at SIGHUP or SIGTTIN, or all of them when forking is not safe)
-runs the server's command afresh with its descriptors named in `overseer.WORKER_ENV`
-(`run_inherited`). Where the overseer cannot run (not Linux), uvicorn's supervisor spawns the workers.
+through app/balance.py's `Acceptor`, which leaves a connection to a less busy sibling (their counts
+in shared memory, `Loads`), and answers the overseer's pings from a thread (stopping, as at
+SIGTERM, once the overseer is gone). A worker the overseer starts later (after a crash, at SIGHUP
+or SIGTTIN, or all of them when forking is not safe) runs the server's command afresh with its
+descriptors named in `overseer.WORKER_ENV` (`run_inherited`). Where the overseer cannot run (not
+Linux), uvicorn's supervisor spawns the workers.
 """
 
 from __future__ import annotations
