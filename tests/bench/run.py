@@ -371,7 +371,7 @@ def measure_uploads(plan: Plan, tools: Tools, workdir: Path, results: Results) -
         median = statistics.median(ratios)
         notes += (f"(28) ÷ (10), the PATCHes against the PUT: median {median:.2f} (runs: {each})",)
     section = Section(f"Uploads: one {size} PUT", table, context, notes)
-    return Extra(section, catalog, [] if missing else [up.NGINX_NAME])
+    return Extra(section, catalog, ["Ferry", *([] if missing else [up.NGINX_NAME])])
 
 
 def measure_hashing(plan: Plan, bench: m.Bench, workdir: Path, results: Results) -> Extra:

@@ -200,3 +200,16 @@ def test_a_server_the_bench_did_not_stop_is_stopped_when_it_exits(tmp_path: Path
     except FileNotFoundError:
         state = "gone"
     assert state in ("gone", "Z", "X"), f"the server's process {pid} is still running ({state})"
+
+
+def test_the_upload_section_alone_lists_every_run_of_ferry(tmp_path: Path) -> None:
+    """`--uploads-only` prints each run's figure per server, Ferry's as well as nginx's."""
+    output = tmp_path / "uploads.md"
+    command = [sys.executable, "-m", "tests.bench.run", "--quick", "--uploads-only", "--output", str(output)]
+    command += ["--data-dir", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    runs = output.read_text().split("## Every run", 1)[1]
+    for key in [*UPLOAD_KEYS, TUS_KEY]:
+        block = runs.split(f"- ({key}) ", 1)[1].split("\n- (", 1)[0]
+        assert re.search(r"^  - Ferry: \d", block, re.MULTILINE), (key, block)
