@@ -314,7 +314,7 @@ class FrontProtocol(asyncio.Protocol):
         transport's own object cannot send with flags), kept while the front has the connection."""
         assert self.transport is not None
         fd = self.transport.get_extra_info("socket").fileno()
-        # Family, type and protocol given: not asked of the descriptor again (three syscalls).
+        # Family, type and protocol given: not asked of the descriptor again (two getsockopt calls).
         self.sender = socket.socket(self.family or -1, socket.SOCK_STREAM, socket.IPPROTO_TCP, os.dup(fd))
         return self.sender
 
