@@ -10,7 +10,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # the tests install into .cache/node/). Each as tool:package.
 CLIENT_TOOLS := curl:curl wget:wget aria2c:aria2 strace:strace chromium:chromium rclone:rclone \
 	ffmpeg:ffmpeg ffprobe:ffmpeg lftp:lftp wget2:wget2 unzip:unzip bsdtar:libarchive-tools \
-	7z:p7zip-full tar:tar node:nodejs npm:npm
+	7z:p7zip-full tar:tar node:nodejs npm:npm ab:apache2-utils
 
 .PHONY: run test test-unit test-integration test-clients test-security test-smoke lint fmt tools venv clean
 

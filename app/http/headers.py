@@ -1,4 +1,5 @@
-"""HTTP dates, entity tags and Content-Disposition (RFC 9110 §5.6.7, §8.8.3; RFC 6266, RFC 8187).
+"""HTTP dates, entity tags, Content-Disposition and HTTP/1.0 keep-alive (RFC 9110 §5.6.7, §8.8.3;
+RFC 6266, RFC 8187, RFC 9112 §9.3).
 
 Pure: no I/O, no framework imports.
 """
@@ -9,6 +10,7 @@ import calendar
 import re
 import time
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -158,3 +160,16 @@ def file_disposition(disposition: str, name: str, *, query: bool) -> str:
     ``name?query``) or read as a reason to change the extension (Chromium).
     """
     return content_disposition(disposition, name if query else None)
+
+
+def http10_keeps_alive(fields: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether an HTTP/1.0 request asks to keep its connection (RFC 9112 §9.3: the "keep-alive"
+    connection option; RFC 9110 §7.6.1: "close" wins wherever it appears). `fields`: (name, value),
+    names in lower case, as the ASGI scope has them."""
+    options = {
+        option.strip().lower()
+        for name, value in fields
+        if name == b"connection"
+        for option in value.split(b",")
+    }
+    return b"keep-alive" in options and b"close" not in options

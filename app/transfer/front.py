@@ -11,7 +11,7 @@ Everything else is handed over, from the first byte of the request the front did
 `FerryProtocol` (protocol.py, uvicorn's protocol with Ferry's limits) takes the connection, is
 given the bytes already read, and answers as it always does. So anything the front is unsure of
 goes to one place that already answers it: a head split across reads, a request with a body,
-HTTP/1.0, an upgrade, a malformed or over-limit head (414, 431, 400 with a Host missing or
+an upgrade, a malformed or over-limit head (414, 431, 400 with a Host missing or
 doubled: the front never answers those, FerryProtocol refuses them), a request the fast path
 declines (a directory, an error, a large multipart or paced body, a file whose digest this worker
 has not loaded yet). Once FerryProtocol has nothing of the connection in progress (no request
@@ -42,6 +42,7 @@ from typing import Any, cast
 
 import httptools
 
+from app.http.headers import http10_keeps_alive
 from app.transfer.connection import refusal
 from app.transfer.protocol import FerryProtocol
 from app.transfer.spans import FileSpan, SpanStream, send_span
@@ -49,6 +50,7 @@ from app.transfer.uvicorn_adapter import answer_head, connection_addresses, requ
 
 logger = logging.getLogger("ferry.transfer")
 _READS = (b"GET", b"HEAD")
+_VERSIONS = ("1.1", "1.0")
 _TCP = (socket.AF_INET, socket.AF_INET6)
 
 
@@ -90,7 +92,7 @@ class FrontProtocol(asyncio.Protocol):
         self.pending = b""  # what came after the streamed request's head (or while `held`)
         self.held = False  # requests wait (reading paused) until the client takes earlier answers
         self.answered = 0
-        self.last_head: tuple[Any, Any, int, bool, bytes] = (None, None, 0, False, b"")
+        self.last_head: tuple[Any, Any, int, tuple[bool, bool], bytes] = (None, None, 0, (False, False), b"")
         self.declined = False
         self.deadline = 0.0  # when the connection closes if nothing more comes
         self.timer: asyncio.TimerHandle | None = None
@@ -201,8 +203,9 @@ class FrontProtocol(asyncio.Protocol):
         if (
             not self.complete  # a body follows
             or parser.get_method() not in _READS
-            or parser.get_http_version() != "1.1"
-            or self.hosts != 1
+            or (version := parser.get_http_version()) not in _VERSIONS
+            or self.hosts > 1
+            or (self.hosts == 0 and version == "1.1")  # (an HTTP/1.0 request may have no Host)
             or len(self.url) > self.max_url
             or len(self.headers) > self.max_headers
             or self.header_bytes > self.max_header_bytes
@@ -215,7 +218,7 @@ class FrontProtocol(asyncio.Protocol):
         path, raw_path, query = target
         scope = {
             "type": "http",
-            "http_version": "1.1",
+            "http_version": version,
             "server": server,
             "client": client,
             "scheme": scheme,
@@ -235,16 +238,18 @@ class FrontProtocol(asyncio.Protocol):
             self.declined = True  # FerryProtocol need not ask again about this request
             return None
         status, fields, body = found
-        keep_alive = self.keep_alive
+        http10 = version == "1.0"
+        keep_alive = http10_keeps_alive(self.headers) if http10 else self.keep_alive
+        ending = (keep_alive, http10)
         transport = self.transport
         assert transport is not None
         defaults = self.server_state.default_headers  # a new list each second (the Date)
         last = self.last_head
-        if last[0] is fields and last[1] is defaults and last[2] == status and last[3] == keep_alive:
+        if last[0] is fields and last[1] is defaults and last[2] == status and last[3] == ending:
             head_out = last[4]  # the same file version's answer again, within the same second
         else:
-            head_out = answer_head(status, defaults, fields, keep_alive)
-            self.last_head = (fields, defaults, status, keep_alive, head_out)
+            head_out = answer_head(status, defaults, fields, keep_alive, http10)
+            self.last_head = (fields, defaults, status, ending, head_out)
         if isinstance(body, FileSpan) and body.on_end is not None:
             self.start_stream(head_out, body, keep_alive)
         elif isinstance(body, FileSpan):

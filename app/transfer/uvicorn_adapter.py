@@ -35,6 +35,8 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
+from app.http.headers import http10_keeps_alive
+
 if TYPE_CHECKING:
     from app.settings import Settings
     from app.transfer.spans import Body
@@ -271,11 +273,13 @@ class HttpToolsAdapter(HttpToolsProtocol):
 
     def write_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes | bytearray) -> None:
         """Write a whole answer as uvicorn's request cycle would frame it (its default fields
-        first, `connection: close` when the connection ends), then end the request as uvicorn
-        does: the connection closed, or its keep-alive timer armed. The field values are ones
+        first, `connection: close` when the connection ends, `connection: keep-alive` when an
+        HTTP/1.0 one stays open), then end the request as uvicorn does: the connection closed,
+        or its keep-alive timer armed. The field values are ones
         uvicorn would send (`HEADER_VALUE_RE`: checked by the caller)."""
-        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        head = answer_head(status, self.server_state.default_headers, headers, keep_alive)
+        http10 = self.parser.get_http_version() == "1.0"
+        keep_alive = http10_keeps_alive(self.scope["headers"]) if http10 else self.parser.should_keep_alive()
+        head = answer_head(status, self.server_state.default_headers, headers, keep_alive, http10)
         # The head and the body in one system call where the transport can (writev), the body
         # not copied again.
         self.transport.writelines((head, body))
@@ -297,7 +301,32 @@ class HttpToolsAdapter(HttpToolsProtocol):
         return app
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        if cycle.scope["http_version"] == "1.0" and http10_keeps_alive(cycle.scope["headers"]):
+            cycle.keep_alive = True  # uvicorn closes every HTTP/1.0 connection
+            app = _kept_alive(app, cycle)  # inside wrap_app's layers: they may send past `send`
         super()._start_asgi_task(cycle, cast(ASGI3Application, self.wrap_app(Cycle(cycle), app)))
+
+
+def _kept_alive(app: App, cycle: RequestResponseCycle) -> App:
+    """`app` answering an HTTP/1.0 request that keeps its connection: its response says so
+    (`connection: keep-alive`), or, when only the connection's end would delimit its body (no
+    Content-Length), the connection closes after it as uvicorn would have closed it."""
+
+    async def app_kept_alive(scope: Scope, receive: Any, send: Any) -> None:
+        async def send_kept(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                fields = list(message.get("headers", ()))
+                names = {bytes(name).lower() for name, _ in fields}
+                if b"content-length" in names or message["status"] in (204, 304) or scope["method"] == "HEAD":
+                    if b"connection" not in names:
+                        message = {**message, "headers": [*fields, (b"connection", b"keep-alive")]}
+                else:
+                    cycle.keep_alive = False
+            await send(message)
+
+        await app(scope, receive, send_kept)
+
+    return app_kept_alive
 
 
 def request_target(url: bytes, root_path: str) -> tuple[str, bytes, bytes] | None:
@@ -337,26 +366,30 @@ def _framed_defaults(default_headers: list[tuple[bytes, bytes]]) -> bytes:
     return framed
 
 
+_CLOSED, _KEPT = b"connection: close\r\n", b"connection: keep-alive\r\n"
+
+
 def answer_head(
     status: int,
     default_headers: list[tuple[bytes, bytes]],
     headers: list[tuple[bytes, bytes]],
     keep_alive: bool,
+    http10: bool = False,
 ) -> bytes:
     """A whole answer's status line and header fields as uvicorn's request cycle frames them:
-    its default fields (server, date) first, `connection: close` when the connection ends."""
+    its default fields (server, date) first, `connection: close` when the connection ends; to an
+    HTTP/1.0 request (`http10`) that keeps it, `connection: keep-alive`."""
+    ending = _KEPT if keep_alive and http10 else b"" if keep_alive else _CLOSED
     if isinstance(headers, Framed):
-        close = b"" if keep_alive else b"connection: close\r\n"
         return b"".join(
-            (STATUS_LINE[status], _framed_defaults(default_headers), headers.framed, close, b"\r\n")
+            (STATUS_LINE[status], _framed_defaults(default_headers), headers.framed, ending, b"\r\n")
         )
     content = [STATUS_LINE[status]]
     for name, value in default_headers:
         content.extend((name, b": ", value, b"\r\n"))
     for name, value in headers:
         content.extend((name, b": ", value, b"\r\n"))
-    if not keep_alive:
-        content.append(b"connection: close\r\n")
+    content.append(ending)
     content.append(b"\r\n")
     return b"".join(content)
 

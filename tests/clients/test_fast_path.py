@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -83,6 +84,7 @@ def _etag(server: FerryServer, name: str) -> str:
 
 
 CLOSE = "Connection: close"
+KEEP = "Connection: keep-alive"  # HTTP/1.0's (RFC 9112 §9.3)
 # (id, request(s) with {etag} for small.bin's, answers the fast path should write)
 CASES = [
     ("whole", _request("/files/small.bin", CLOSE), 1),
@@ -114,6 +116,27 @@ CASES = [
     ("inline", _request("/files/notes.txt?inline=1", CLOSE), 1),
     ("active-type", _request("/files/page.html", CLOSE), 1),
     ("http-1.0", _request("/files/notes.txt", version="1.0"), 1),
+    (
+        "http-1.0-keep-alive",
+        _request("/files/notes.txt", KEEP, version="1.0")
+        + _request("/files/small.bin", KEEP, "Range: bytes=0-9", version="1.0")
+        + _request("/files/small.bin", KEEP, method="HEAD", version="1.0")
+        + _request("/files/notes.txt", version="1.0"),
+        4,
+    ),
+    (
+        "http-1.0-keep-alive-large",
+        _request("/files/large.bin", KEEP, version="1.0") + _request("/files/notes.txt"),
+        2,
+    ),
+    (
+        "http-1.0-keep-alive-app",
+        _request("/files/sub/", KEEP, version="1.0")
+        + _request("/files/nothing.bin", KEEP, version="1.0")
+        + _request("/files/notes.txt", version="1.0"),
+        0,  # the first goes to the app; what follows waits its turn there
+    ),
+    ("http-1.0-keep-alive-and-close", _request("/files/notes.txt", KEEP, CLOSE, version="1.0"), 1),
     (
         "keep-alive-pipelined",
         _request("/files/notes.txt")
@@ -294,6 +317,59 @@ def test_the_front_takes_a_connection_back_once_the_app_is_done_with_it(
     assert answers[1].startswith(b"HTTP/1.1 200") and answers[1].endswith(LARGE)
     assert answers[2].startswith(b"HTTP/1.1 206") and answers[2].endswith(LARGE[1:])
     assert _fast_answers(fast) - before >= 2
+
+
+@pytest.mark.parametrize("path", ["on", "off"])
+def test_an_http_1_0_client_asking_for_keep_alive_keeps_its_connection(
+    servers: tuple[FerryServer, FerryServer], path: str
+) -> None:
+    """As ApacheBench's `ab -k` does: each request on the same connection once the answer
+    before it is read (a small file, a listing, a 404, a streamed file), each answer saying
+    `connection: keep-alive`; the last request does not ask, and its answer says close."""
+    server = servers[0 if path == "on" else 1]
+    answers = _one_connection(
+        server,
+        [
+            _request("/files/notes.txt", KEEP, version="1.0"),
+            _request("/files/sub/", KEEP, version="1.0"),
+            _request("/files/nothing.bin", KEEP, version="1.0"),
+            _request("/files/large.bin", KEEP, version="1.0"),
+            _request("/files/notes.txt", version="1.0"),
+        ],
+    )
+    statuses = [answer.split(b"\r\n", 1)[0] for answer in answers]
+    assert statuses == [b"HTTP/1.1 200 OK"] * 2 + [b"HTTP/1.1 404 Not Found"] + [b"HTTP/1.1 200 OK"] * 2
+    heads = [answer.split(b"\r\n\r\n", 1)[0].lower() for answer in answers]
+    assert [re.findall(rb"\r\nconnection: ([^\r]*)", head) for head in heads] == [[b"keep-alive"]] * 4 + [
+        [b"close"]
+    ]
+    assert all(b"transfer-encoding" not in head for head in heads)
+    assert answers[3].endswith(LARGE) and answers[4].endswith(b"notes\n")
+
+
+@pytest.mark.parametrize("path", ["on", "off"])
+def test_apachebench_keeps_its_connections_alive(servers: tuple[FerryServer, FerryServer], path: str) -> None:
+    """ApacheBench (`ab -k`, HTTP/1.0 with keep-alive; `make tools` installs it) gets every
+    answer whole, each of its four connections kept for all its requests."""
+    server = servers[0 if path == "on" else 1]
+    out = subprocess.run(
+        ["ab", "-k", "-n", "200", "-c", "4", "-s", str(int(PATIENCE)), f"{server.url}/files/small.bin"],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE * 4,
+        check=True,
+    ).stdout
+    found = {
+        key: int(value)
+        for key, value in re.findall(
+            r"^(Complete requests|Failed requests|Keep-Alive requests|Total transferred):\s+(\d+)",
+            out,
+            re.MULTILINE,
+        )
+    }
+    assert found["Complete requests"] == 200 and found["Failed requests"] == 0, out
+    assert found["Keep-Alive requests"] == 200, out
+    assert found["Total transferred"] > 200 * len(SMALL) and "Non-2xx" not in out, out
 
 
 def test_the_fast_path_logs_as_the_app_does(servers: tuple[FerryServer, FerryServer]) -> None:

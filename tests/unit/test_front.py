@@ -101,6 +101,29 @@ def test_a_repeated_answer_keeps_its_head_only_while_date_and_connection_are_the
     assert answers(transport) == [b"same"] * 4
 
 
+def test_an_http_1_0_connection_stays_open_only_when_its_request_asks_for_keep_alive(front: Any) -> None:
+    protocol, transport, fast, handed = front
+    protocol.data_received(get("/files/fast/a", "Connection: keep-alive", version="1.0"))
+    protocol.data_received(get("/files/fast/same", "Connection: Keep-Alive", version="1.0", method="HEAD"))
+    assert not transport.closed
+    protocol.data_received(b"GET /files/fast/b HTTP/1.0\r\n\r\n")  # no Host, no keep-alive
+    assert transport.closed and handed == []
+    heads = [part.split(b"\r\n\r\n")[0] for part in transport.written.split(b"HTTP/1.1 ")[1:]]
+    assert [head.count(b"connection: ") for head in heads] == [1, 1, 1]
+    assert heads[0].endswith(b"\r\nconnection: keep-alive") and heads[1].endswith(
+        b"\r\nconnection: keep-alive"
+    )
+    assert heads[2].endswith(b"\r\nconnection: close")
+    assert answers(transport) == [b"/files/fast/a", b"", b"/files/fast/b"]
+
+
+def test_an_http_1_0_request_asking_for_keep_alive_and_close_is_closed(front: Any) -> None:
+    protocol, transport, fast, handed = front
+    protocol.data_received(get("/files/fast/a", "Connection: keep-alive", "Connection: close", version="1.0"))
+    assert transport.closed and answers(transport) == [b"/files/fast/a"]
+    assert b"connection: close\r\n" in transport.written and b"keep-alive" not in transport.written
+
+
 def test_a_declined_request_and_all_after_it_go_to_ferry_protocol_from_its_first_byte(front: Any) -> None:
     protocol, transport, fast, handed = front
     rest = get("/files/big.bin") + get("/files/fast/after")
@@ -120,7 +143,8 @@ def test_a_declined_request_and_all_after_it_go_to_ferry_protocol_from_its_first
         pytest.param(get("/files/fast/a", "Content-Length: 2") + b"hi", id="with-a-body"),
         pytest.param(get("/files/fast/a", "Transfer-Encoding: chunked") + b"0\r\n\r\n", id="chunked-body"),
         pytest.param(get("/files/fast/a", method="PUT"), id="put"),
-        pytest.param(get("/files/fast/a", version="1.0"), id="http-1.0"),
+        pytest.param(get("/files/fast/a", "Host: y", version="1.0"), id="two-hosts-http-1.0"),
+        pytest.param(get("/files/fast/a", version="2.0"), id="http-2.0"),
         pytest.param(b"GET /files/fast/a HTTP/1.1\r\n\r\n", id="no-host"),
         pytest.param(get("/files/fast/a", "Host: y"), id="two-hosts"),
         pytest.param(get("/files/fast/" + "a" * 9000), id="target-too-long"),

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.http.headers import content_disposition, file_disposition
+from app.http.headers import content_disposition, file_disposition, http10_keeps_alive
 from app.http.mime import DEFAULT_TYPE, content_type_for
 
 # RFC 6266 §4.1 with the two parameters Ferry sends; RFC 8187 §3.2.1:
@@ -215,3 +215,27 @@ def test_content_type_for_table(name: str, overrides: dict[str, str], expected: 
 @given(name=st.text(max_size=40))
 def test_content_type_for_never_raises_and_gives_a_type(name: str) -> None:
     assert "/" in content_type_for(name, OVERRIDES)
+
+
+# RFC 9112 §9.3 (HTTP/1.0's "keep-alive" connection option), RFC 9110 §7.6.1 ("close" wins).
+KEEP_ALIVE = [
+    ([], False),
+    ([(b"connection", b"keep-alive")], True),
+    ([(b"connection", b"Keep-Alive")], True),
+    ([(b"connection", b" keep-alive ,foo")], True),
+    ([(b"connection", b"foo, KEEP-ALIVE")], True),
+    ([(b"connection", b"close")], False),
+    ([(b"connection", b"keep-alive, close")], False),
+    ([(b"connection", b"keep-alive"), (b"connection", b"close")], False),
+    ([(b"connection", b"keepalive")], False),
+    ([(b"connection", b"keep-alive-ish")], False),
+    ([(b"keep-alive", b"timeout=5")], False),  # the Keep-Alive field alone asks for nothing
+    ([(b"x-connection", b"keep-alive")], False),
+]
+
+
+@pytest.mark.parametrize(("fields", "kept"), KEEP_ALIVE)
+def test_an_http_1_0_request_keeps_its_connection_only_when_it_asks_and_never_says_close(
+    fields: list[tuple[bytes, bytes]], kept: bool
+) -> None:
+    assert http10_keeps_alive(fields) is kept
