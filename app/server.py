@@ -9,6 +9,7 @@ import ctypes.util
 import math
 import os
 import resource
+import shutil
 import signal
 import sys
 import tempfile
@@ -139,8 +140,10 @@ def serve(settings: Settings) -> int:
         from app.supervisor import can_fork, supervise
 
         fork = can_fork()  # before the metrics' environment is set (app/supervisor.py)
-        # Workers share their metrics through files here (prometheus-client's multiprocess mode).
-        with tempfile.TemporaryDirectory(prefix="ferry-metrics-") as shared:
+        # Workers share their metrics through files here (prometheus-client's multiprocess mode),
+        # in a directory named after this process (the overseer's, after its exec).
+        sweep_metrics_left(tempfile.gettempdir())
+        with tempfile.TemporaryDirectory(prefix=f"{METRICS_PREFIX}{os.getpid()}-") as shared:
             os.environ[MULTIPROC_ENV] = shared
             sock = config.bind_socket()
             supervise(config, sock, fork=fork, metrics=shared)  # returns only where it cannot exec
@@ -150,6 +153,37 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     server.run()
     return 0 if server.started else 1
+
+
+METRICS_PREFIX = "ferry-metrics-"
+
+
+def sweep_metrics_left(directory: str) -> list[str]:
+    """Remove the metrics directories that servers killed outright (SIGKILL, the OOM killer, a
+    container's stop timeout) left in `directory`: those whose overseer's process is gone, or is
+    this one (a container's PID 1 again, starting before it made its own). The removed, sorted."""
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        pid, dash, _ = name.removeprefix(METRICS_PREFIX).partition("-")
+        if not name.startswith(METRICS_PREFIX) or not dash or not pid.isdecimal():
+            continue  # not a directory of this kind (an older Ferry's had no PID in its name)
+        if int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

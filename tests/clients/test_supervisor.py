@@ -29,8 +29,8 @@ def _started(server: FerryServer, count: int) -> bool:
     return server.log.read_text(errors="replace").count("Application startup complete") >= count
 
 
-def _serving(root: Path, ferry: ServerFactory) -> FerryServer:
-    server = ferry(root, "--workers", "2")
+def _serving(root: Path, ferry: ServerFactory, env: dict[str, str] | None = None) -> FerryServer:
+    server = ferry(root, "--workers", "2", env=env)
     assert wait_for(lambda: _started(server, 2)), server.log.read_text(errors="replace")[-2000:]
     return server
 
@@ -95,16 +95,22 @@ def test_sighup_replaces_the_workers_without_cutting_a_download(ferry: ServerFac
     assert len(_children(server.pid)) == 2
 
 
+def _metrics_dir(server: FerryServer) -> Path:
+    """The metrics directory of a server's workers (in the overseer's environment)."""
+    environ = Path(f"/proc/{server.pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    (metrics,) = [item.split("=", 1)[1] for item in environ if item.startswith("PROMETHEUS_MULTIPROC_DIR=")]
+    return Path(metrics)
+
+
 def test_sigterm_stops_every_worker_and_removes_the_metrics(ferry: ServerFactory, tmp_path: Path) -> None:
     server = _serving(_root(tmp_path), ferry)
     workers = _children(server.pid)
-    environ = Path(f"/proc/{server.pid}/environ").read_bytes().decode(errors="replace").split("\0")
-    (metrics,) = [item.split("=", 1)[1] for item in environ if item.startswith("PROMETHEUS_MULTIPROC_DIR=")]
-    assert Path(metrics).is_dir()
+    metrics = _metrics_dir(server)
+    assert metrics.is_dir()
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=60) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
-    assert not Path(metrics).exists()
+    assert not metrics.exists()
 
 
 def _gone(pid: int) -> bool:
@@ -117,8 +123,13 @@ def _gone(pid: int) -> bool:
 
 def test_workers_stop_when_the_supervisor_is_killed(ferry: ServerFactory, tmp_path: Path) -> None:
     """SIGKILL (or the OOM killer) gives the overseer no chance to stop its workers: each sees its
-    ping socket closed and stops as at SIGTERM, so none is left holding the port."""
-    server = _serving(_root(tmp_path), ferry)
+    ping socket closed and stops as at SIGTERM, so none is left holding the port. The metrics
+    directory it could not remove goes when the next server starts."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    server = _serving(_root(tmp_path), ferry, env={"TMPDIR": str(temp)})
+    metrics = _metrics_dir(server)
+    assert metrics.parent == temp and metrics.name.startswith(f"ferry-metrics-{server.pid}-")
     workers = _children(server.pid)
     assert len(workers) == 2
     assert httpx.get(f"{server.url}/files/hello.txt", timeout=30).content == b"hello\n"
@@ -130,3 +141,8 @@ def test_workers_stop_when_the_supervisor_is_killed(ferry: ServerFactory, tmp_pa
     assert log.count("the supervisor is gone: this worker stops") == 2, log[-2000:]
     with pytest.raises(httpx.ConnectError):  # the port is closed: nothing listens any more
         httpx.get(f"{server.url}/files/hello.txt", timeout=30)
+    assert metrics.is_dir()  # nobody was left to remove it
+    following = ferry(tmp_path / "root", "--workers", "2", env={"TMPDIR": str(temp)})
+    assert wait_for(lambda: _started(following, 2)), following.log.read_text(errors="replace")[-2000:]
+    assert not metrics.exists()
+    assert [path.name for path in temp.iterdir()] == [_metrics_dir(following).name]
