@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 
 import pytest
 
-from app.balance import STALE_SECONDS, Loads
+from app.balance import MAX_DEFER_SECONDS, STALE_SECONDS, STEP_SECONDS, STEP_TURNS, Acceptor, Loads
 
 
 def _workers(count: int, slots: int = 4, now: float = 100.0) -> list[Loads]:
@@ -58,6 +60,61 @@ def test_with_many_a_quarter_more_is_tolerated(mine: int, other: int, steps_asid
     a.add(mine)
     b.add(other)
     assert a.busier(100.0) is steps_aside
+
+
+def test_a_busier_acceptor_looks_again_after_a_loop_turn_then_each_millisecond_then_takes_it() -> None:
+    """The less busy worker (live, its loop never taking the connection here) is woken by the same
+    readiness and has mostly taken a connection within a turn or two: the busier one looks again
+    after a loop turn STEP_TURNS times, then every STEP_SECONDS, and takes the connection itself
+    after MAX_DEFER_SECONDS. (Steps of 2 ms each left both workers standing aside in turn: with a
+    new connection per request two workers answered a third of what one answered alone.)"""
+    a, b = _workers(2)
+    a.add(3)
+    b.beat()  # live on the real clock (the acceptor reads it)
+    listener = socket.create_server(("127.0.0.1", 0))
+    loop = asyncio.new_event_loop()
+    accepted: list[asyncio.BaseTransport] = []
+    steps: list[float | None] = []
+    taken_after: list[float] = []
+
+    class Kept(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.append(transport)
+
+    async def connect() -> None:
+        acceptor = Acceptor(listener, Kept, a)
+        pause = acceptor._pause
+
+        def recorded(seconds: float | None = None) -> None:
+            steps.append(seconds)
+            pause(seconds)
+
+        acceptor._pause = recorded  # type: ignore[method-assign]
+        acceptor.start(8)
+        try:
+            with socket.create_connection(listener.getsockname()):
+                started = loop.time()
+                deadline = started + 30
+                while not accepted and loop.time() < deadline:
+                    await asyncio.sleep(0.001)
+                taken_after.append(loop.time() - started)
+        finally:
+            acceptor.close()
+            await acceptor.wait_closed()
+            for transport in accepted:
+                transport.close()
+            await asyncio.sleep(0)  # (the transports let their sockets go)
+
+    try:
+        loop.run_until_complete(connect())
+    finally:
+        loop.close()
+        listener.close()
+    assert len(accepted) == 1 and a.mine == 4
+    stepped = [seconds for seconds in steps if seconds is not None]  # (close() pauses for good)
+    assert stepped[:STEP_TURNS] == [0.0] * STEP_TURNS, steps
+    assert len(stepped) > STEP_TURNS and set(stepped[STEP_TURNS:]) == {STEP_SECONDS}, steps
+    assert taken_after[0] >= MAX_DEFER_SECONDS * 0.9
 
 
 def test_a_worker_gone_silent_counts_for_nothing_and_its_slot_is_taken_again() -> None:
