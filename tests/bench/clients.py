@@ -187,6 +187,7 @@ def fetch_text(port: int, path: str, *, timeout: float = 10.0) -> str:
 class WrkScripts:
     plain: Path  # the done hook only: wrk keeps its fast static request
     ranges: Path  # a random 64 KiB range of the stream file per request
+    closing: Path  # `Connection: close`: a new connection per request, as a script's curl makes
 
 
 def write_scripts(directory: Path, stream_size: int) -> WrkScripts:
@@ -194,7 +195,9 @@ def write_scripts(directory: Path, stream_size: int) -> WrkScripts:
     plain.write_text(_DONE_HOOK)
     ranges = directory / "wrk-ranges.lua"
     ranges.write_text(_RANGES.format(size=stream_size, span=RANGE_SPAN) + _DONE_HOOK)
-    return WrkScripts(plain, ranges)
+    closing = directory / "wrk-closing.lua"
+    closing.write_text('wrk.headers["Connection"] = "close"\n' + _DONE_HOOK)
+    return WrkScripts(plain, ranges, closing)
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,8 @@ def catalog(sizes: Sizes, *, connections: int, small_connections: int, ttfb_requ
         Measure("5", f"(5) whole {small} file, {conns}", "req/s", True, ratio_55),
         Measure("5c", "(5c) server CPU per request during (5), all processes", "µs", False,
                 Target("≤ 80 µs", max_ferry=80.0)),
+        Measure("5n", f"(5n) whole {small} file, a new connection each (Connection: close), {conns}", "req/s",
+                True, Target("—")),
         Measure("6", f"(6) whole {medium} file, {conns}", "req/s", True, Target("—")),
         Measure("7", f"(7) time to first byte, {stream} file, median of {ttfb_requests}", "ms", False,
                 Target("≤ 1 ms", max_ferry=1.0)),
@@ -240,6 +242,11 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
+def small_file_new_connections(bench: Bench, server: Server) -> dict[str, Sample]:
+    """(5) with a new connection per request: what accepting and setting up a connection costs."""
+    return {"5n": _request_rate(bench, server, "small", bench.scripts.closing)}
+
+
 def medium_file(bench: Bench, server: Server) -> dict[str, Sample]:
     return {"6": _request_rate(bench, server, "medium", bench.scripts.plain)}
 
@@ -269,13 +276,20 @@ ALL_STEPS: tuple[Step, ...] = (
     concurrent_downloads,
     random_ranges,
     small_file,
+    small_file_new_connections,
     medium_file,
     first_byte,
     cold_stream,
 )
 # --requests-only: what a request's own cost decides (the small-request rows).
-REQUEST_STEPS: tuple[Step, ...] = (random_ranges, small_file, medium_file, first_byte)
-REQUEST_MEASURES = ("4", "5", "5c", "6", "7")
+REQUEST_STEPS: tuple[Step, ...] = (
+    random_ranges,
+    small_file,
+    small_file_new_connections,
+    medium_file,
+    first_byte,
+)
+REQUEST_MEASURES = ("4", "5", "5c", "5n", "6", "7")
 # --chunk-sizes: the measures a chunk size can change (the chunked-read path moves every byte).
 CHUNK_STEPS: tuple[Step, ...] = (stream_whole, stream_ranged, concurrent_downloads, cold_stream)
 CHUNK_MEASURES = ("1", "2", "3", "8", "8c", "8d", "9")

@@ -21,7 +21,7 @@ bench-results/latest.md; progress goes to stderr.
     .venv/bin/python -m tests.bench.run --index-files 0 --upload-size 0 --s3-size 0  # downloads only
     .venv/bin/python -m tests.bench.run --s3-only        # Ferry over S3 against SeaweedFS directly
     .venv/bin/python -m tests.bench.run --archives-only  # folder archives against one file
-    .venv/bin/python -m tests.bench.run --requests-only  # the small-request rows (4, 5, 5c, 6, 7)
+    .venv/bin/python -m tests.bench.run --requests-only  # the small-request rows (4, 5, 5c, 5n, 6, 7)
 
 Every server is stopped at the end, on Ctrl-C, on SIGTERM and when the run passes --time-limit.
 """
@@ -159,7 +159,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--s3-only", action="store_true", help="the S3 section (Ferry over SeaweedFS) alone")
     add("--archive-files", type=int, help="files in the archives' first-byte folder (default 10000; 0 skips)")
     add("--archives-only", action="store_true", help="the folder archive section alone (issue 16)")
-    add("--requests-only", action="store_true", help="the small-request rows alone: 4, 5, 5c, 6, 7")
+    add("--requests-only", action="store_true", help="the small-request rows alone: 4, 5, 5c, 5n, 6, 7")
     add("--uploads-only", action="store_true", help="the upload section alone: PUT, PATCHes, nginx")
     add("--index-files", type=int, help="files in the index tree (default 1000000; quick 2000; 0 skips)")
     add(

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.clients
 REPO = Path(__file__).resolve().parents[2]
 # (5c): server CPU per request during (5); (8a)-(8d): the whole process tree's RSS and PSS, idle
 # and during (3).
-DOWNLOAD_KEYS = ["1", "2", "3", "4", "5", "5c", "6", "7", "8", "8a", "8b", "8c", "8d", "9"]
+DOWNLOAD_KEYS = ["1", "2", "3", "4", "5", "5c", "5n", "6", "7", "8", "8a", "8b", "8c", "8d", "9"]
 UPLOAD_KEYS = ["10", "11", "12"]
 HASH_RATE_KEYS = ["13", "14"]
 HASH_SERVING_KEYS = ["15", "16", "17"]
