@@ -275,8 +275,8 @@ class HttpToolsAdapter(HttpToolsProtocol):
         """Write a whole answer as uvicorn's request cycle would frame it (its default fields
         first, `connection: close` when the connection ends, `connection: keep-alive` when an
         HTTP/1.0 one stays open), then end the request as uvicorn does: the connection closed,
-        or its keep-alive timer armed. The field values are ones
-        uvicorn would send (`HEADER_VALUE_RE`: checked by the caller)."""
+        or its keep-alive timer armed. The field values are ones uvicorn would send
+        (`HEADER_VALUE_RE`: checked by the caller)."""
         http10 = self.parser.get_http_version() == "1.0"
         keep_alive = http10_keeps_alive(self.scope["headers"]) if http10 else self.parser.should_keep_alive()
         head = answer_head(status, self.server_state.default_headers, headers, keep_alive, http10)
