@@ -126,7 +126,7 @@ CASES = [
     ),
     (
         "http-1.0-keep-alive-large",
-        _request("/files/large.bin", KEEP, version="1.0") + _request("/files/notes.txt"),
+        _request("/files/large.bin", KEEP, version="1.0") + _request("/files/notes.txt", version="1.0"),
         2,
     ),
     (
