@@ -7,7 +7,8 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # rclone: Debian's, beside the current release the dev extras put in the venv; ffmpeg: ffprobe too;
 # unzip, bsdtar (libarchive-tools), 7z (p7zip-full: 7-Zip itself on bookworm, a transitional package
 # for 7zip on trixie) and GNU tar: the readers of folder archives; node and npm: tus-js-client, which
-# the tests install into .cache/node/). Each as tool:package.
+# the tests install into .cache/node/; ab (apache2-utils): ApacheBench, HTTP/1.0 keep-alive). Each
+# as tool:package.
 CLIENT_TOOLS := curl:curl wget:wget aria2c:aria2 strace:strace chromium:chromium rclone:rclone \
 	ffmpeg:ffmpeg ffprobe:ffmpeg lftp:lftp wget2:wget2 unzip:unzip bsdtar:libarchive-tools \
 	7z:p7zip-full tar:tar node:nodejs npm:npm ab:apache2-utils
