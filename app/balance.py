@@ -16,6 +16,7 @@ MAX_DEFER_SECONDS, so a stuck sibling only delays connections, never refuses the
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import ctypes
 import errno
@@ -136,7 +137,8 @@ class Acceptor:
         self._timer: asyncio.TimerHandle | None = None
         self._heart: asyncio.TimerHandle | None = None
         self._closed = False
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiters: set[asyncio.Future[Any]] = set()  # connections being set up
+        self._family, self._proto = int(sock.family), sock.proto
 
     def start(self, backlog: int) -> None:
         self.sock.listen(backlog)  # as loop.create_server does (uvicorn binds, it listens)
@@ -153,8 +155,8 @@ class Acceptor:
 
     async def wait_closed(self) -> None:
         """As asyncio.Server's: connections still being set up are let finish (uvicorn awaits it)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks))
+        if self._waiters:
+            await asyncio.wait(list(self._waiters))
 
     def _beat(self) -> None:
         self.loads.beat()
@@ -185,7 +187,8 @@ class Acceptor:
         self._deferred_since = None
         for _ in range(ACCEPTS_PER_WAKE):
             try:
-                conn, _ = self.sock.accept()
+                # What sock.accept() does, less its enum conversions (_socket.socket._accept, C).
+                fd, _ = self.sock._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -195,23 +198,54 @@ class Acceptor:
                 logger.warning("cannot accept a connection now: %s", exc)
                 self._pause(0.1)
                 return
-            self._connect(conn)
+            self._connect(_Accepted(self._family, socket.SOCK_STREAM, self._proto, fd))
             if self.loads.busier():
                 return  # the rest, if any, to a less busy worker
 
     def _connect(self, conn: socket.socket) -> None:
+        """Set up the connection's transport and protocol now, as `loop.connect_accepted_socket`
+        does (driven here without a task of its own: it only waits for `connection_made`). A
+        protocol with an `accepted` method is handed the socket first (the front sends on it)."""
         conn.setblocking(False)
         self.loads.add(1)  # counted now, so the next look at the loads sees it
-        connecting = self.loop.create_task(
-            self.loop.connect_accepted_socket(self.protocol_factory, conn, ssl=self.ssl)
-        )
-        self._tasks.add(connecting)
-        connecting.add_done_callback(functools.partial(self._connected, conn))
+        try:
+            protocol = self.protocol_factory()
+            accepted = getattr(protocol, "accepted", None)
+            if accepted is not None:
+                accepted(conn)
+            setting_up = self.loop.connect_accepted_socket(lambda: protocol, conn, ssl=self.ssl)
+            waiter = setting_up.send(None)  # the transport is made; connection_made is scheduled
+        except StopIteration:
+            return
+        except Exception as exc:
+            self._not_connected(conn, exc)
+            return
+        self._waiters.add(waiter)
+        waiter.add_done_callback(functools.partial(self._connected, conn, setting_up))
 
-    def _connected(self, conn: socket.socket, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled() or task.exception() is not None:
-            self.loads.add(-1)  # never became a connection: its protocol will not count it out
-            conn.close()
-            if not task.cancelled():
-                logger.warning("an accepted connection could not be set up: %s", task.exception())
+    def _connected(self, conn: socket.socket, setting_up: Any, waiter: asyncio.Future[Any]) -> None:
+        self._waiters.discard(waiter)
+        try:
+            setting_up.send(None)  # returns (StopIteration), or raises what the set-up met
+        except StopIteration:
+            pass
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # (a CancelledError too: the loop is closing)
+            self._not_connected(conn, exc)
+
+    def _not_connected(self, conn: socket.socket, exc: BaseException) -> None:
+        self.loads.add(-1)  # never became a connection: its protocol will not count it out
+        conn.close()
+        if not isinstance(exc, asyncio.CancelledError):
+            logger.warning("an accepted connection could not be set up: %s", exc)
+
+
+class _Accepted(socket.socket):
+    """An accepted connection's socket whose `family` and `type` are plain numbers: socket.socket
+    makes an enum of them at each read (a microsecond or so), and the event loop reads them three
+    times as it sets the connection up."""
+
+    __slots__ = ()
+    family = _socket.socket.family  # type: ignore[assignment]
+    type = _socket.socket.type  # type: ignore[assignment]

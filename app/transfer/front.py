@@ -46,16 +46,43 @@ from app.http.headers import http10_keeps_alive
 from app.transfer.connection import refusal
 from app.transfer.protocol import FerryProtocol
 from app.transfer.spans import FileSpan, SpanStream, send_span
-from app.transfer.uvicorn_adapter import answer_head, connection_addresses, request_target
+from app.transfer.uvicorn_adapter import answer_head, connection_addresses, family_of, request_target
 
 logger = logging.getLogger("ferry.transfer")
 _READS = (b"GET", b"HEAD")
 _VERSIONS = ("1.1", "1.0")
-_TCP = (socket.AF_INET, socket.AF_INET6)
 
 
 class FrontProtocol(asyncio.Protocol):
     """A connection's protocol until a request needs more than the fast path (then FerryProtocol)."""
+
+    # A connection's state starts as these class defaults: a new connection sets less in __init__.
+    transport: asyncio.Transport | None = None
+    inner: FerryProtocol | None = None  # made at the first hand-over, kept for the next
+    away = False  # the connection is FerryProtocol's (handed over, not yet taken back)
+    addresses: tuple[Any, Any, str] = (None, None, "http")
+    write_paused = False
+    spans = False  # whether answers may be sent with sendfile (plain TCP, FERRY_ZERO_COPY)
+    family: int | None = None  # the socket's, when `spans`
+    sender: socket.socket | None = None  # the socket, or a dup of it, to send them on
+    accepted_socket: socket.socket | None = None  # the connection's own (app/balance.py's Acceptor)
+    stream: SpanStream | None = None  # a large answer being sent (reading paused meanwhile)
+    draining = False  # the stream waits for earlier answers queued in the transport
+    keep_after = False  # whether the connection stays open once the stream ends
+    pending = b""  # what came after the streamed request's head (or while `held`)
+    held = False  # requests wait (reading paused) until the client takes earlier answers
+    answered = 0
+    last_head: tuple[Any, Any, int, tuple[bool, bool], bytes] = (None, None, 0, (False, False), b"")
+    declined = False
+    deadline = 0.0  # when the connection closes if nothing more comes
+    timer: asyncio.TimerHandle | None = None
+    timer_at = 0.0
+    # the request head being parsed
+    url = b""
+    header_bytes = 0
+    hosts = 0
+    complete = False
+    keep_alive = False
 
     def __init__(
         self,
@@ -78,34 +105,14 @@ class FrontProtocol(asyncio.Protocol):
         self.write_buffer = settings.write_buffer
         self.root_path: str = config.root_path
         self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.inner: FerryProtocol | None = None  # made at the first hand-over, kept for the next
-        self.away = False  # the connection is FerryProtocol's (handed over, not yet taken back)
-        self.addresses: tuple[Any, Any, str] = (None, None, "http")
-        self.write_paused = False
-        self.spans = False  # whether answers may be sent with sendfile (plain TCP, FERRY_ZERO_COPY)
-        self.family: int | None = None  # the socket's, when `spans`
-        self.sender: socket.socket | None = None  # a dup of the socket, to send them on
-        self.stream: SpanStream | None = None  # a large answer being sent (reading paused meanwhile)
-        self.draining = False  # the stream waits for earlier answers queued in the transport
-        self.keep_after = False  # whether the connection stays open once the stream ends
-        self.pending = b""  # what came after the streamed request's head (or while `held`)
-        self.held = False  # requests wait (reading paused) until the client takes earlier answers
-        self.answered = 0
-        self.last_head: tuple[Any, Any, int, tuple[bool, bool], bytes] = (None, None, 0, (False, False), b"")
-        self.declined = False
-        self.deadline = 0.0  # when the connection closes if nothing more comes
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = 0.0
-        # the request head being parsed
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.header_bytes = 0
-        self.hosts = 0
-        self.complete = False
-        self.keep_alive = False
+        self.headers: list[tuple[bytes, bytes]] = []  # the request head being parsed (below, the rest)
 
     # -- the connection ----------------------------------------------------------------------
+
+    def accepted(self, sock: socket.socket) -> None:
+        """The connection's socket, handed by app/balance.py's Acceptor before `connection_made`:
+        answers are sent on it, with no dup of its own."""
+        self.accepted_socket = sock
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is one, not a subclass
@@ -116,8 +123,8 @@ class FrontProtocol(asyncio.Protocol):
         self.server_state.connections.add(self)
         transport.set_write_buffer_limits(high=self.write_buffer)
         self.addresses = connection_addresses(transport)
-        family = getattr(transport.get_extra_info("socket"), "family", None)
-        self.spans = self.addresses[2] == "http" and family in _TCP and hasattr(os, "sendfile")
+        family = family_of(self.addresses[0])
+        self.spans = self.addresses[2] == "http" and family is not None and hasattr(os, "sendfile")
         self.family = family if self.spans else None
         self.wait_until(self.loop.time() + self.header_timeout)
 
@@ -263,6 +270,8 @@ class FrontProtocol(asyncio.Protocol):
         self.answered += 1
         if not keep_alive and self.stream is None:
             transport.close()
+        if self.stream is None and transport.is_closing():
+            return False  # (a stream that ended at once, cut short, closed the connection)
         return keep_alive or self.stream is not None
 
     # httptools' callbacks
@@ -298,7 +307,10 @@ class FrontProtocol(asyncio.Protocol):
             self.draining = True  # resume_writing starts it once the transport is empty
             transport.set_write_buffer_limits(high=0, low=0)
         else:
-            self.loop.call_soon(self.stream.pump)
+            # Its head and first bytes now, not after the turn's other callbacks (the metrics'
+            # flush, the access lines): the first byte is what a client starting a download
+            # waits on. A stream that ends here has called `stream_ended` already.
+            self.stream.pump()
 
     def stream_ended(self, complete: bool) -> None:
         self.stream = None
@@ -315,8 +327,13 @@ class FrontProtocol(asyncio.Protocol):
             self.wait_until(self.loop.time() + self.idle_timeout)
 
     def open_sender(self) -> socket.socket:
-        """A dup of the connection's socket that answers with a `FileSpan` are sent on (the
-        transport's own object cannot send with flags), kept while the front has the connection."""
+        """The socket answers with a `FileSpan` are sent on: the connection's own (`accepted`;
+        the event loop detaches it as it closes the connection, so it never outlives the
+        descriptor), else a dup of it (the transport's object cannot send with flags), kept while
+        the front has the connection."""
+        if self.accepted_socket is not None:
+            self.sender = self.accepted_socket
+            return self.sender
         assert self.transport is not None
         fd = self.transport.get_extra_info("socket").fileno()
         # Family, type and protocol given: not asked of the descriptor again (two getsockopt calls).
@@ -325,7 +342,8 @@ class FrontProtocol(asyncio.Protocol):
 
     def close_sender(self) -> None:
         if self.sender is not None:
-            self.sender.close()
+            if self.sender is not self.accepted_socket:  # (the connection's own is the event loop's to close)
+                self.sender.close()
             self.sender = None
 
     # -- handing over ------------------------------------------------------------------------

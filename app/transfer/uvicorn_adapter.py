@@ -21,6 +21,7 @@ Long because: every reach into uvicorn's private state lives here and nowhere el
 from __future__ import annotations
 
 import asyncio
+import socket
 import urllib.parse
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -33,7 +34,7 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol,
     RequestResponseCycle,
 )
-from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.protocols.utils import is_ssl
 
 from app.http.headers import http10_keeps_alive
 
@@ -395,8 +396,22 @@ def answer_head(
 
 
 def connection_addresses(transport: asyncio.Transport) -> tuple[Any, Any, str]:
-    """(server, client, scheme) of a connection, as uvicorn's protocol reads them."""
-    return get_local_addr(transport), get_remote_addr(transport), "https" if is_ssl(transport) else "http"
+    """(server, client, scheme) of a connection, as uvicorn's protocol reads them, from the
+    addresses the transport noted as the connection was made (uvicorn's `get_local_addr` asks a
+    socket object made afresh for each: three system calls and two objects more per connection)."""
+    server, client = transport.get_extra_info("sockname"), transport.get_extra_info("peername")
+    return _host_port(server), _host_port(client), "https" if is_ssl(transport) else "http"
+
+
+def _host_port(address: Any) -> tuple[str, int] | None:
+    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
+
+
+def family_of(address: tuple[str, int] | None) -> int | None:
+    """The family of a TCP end as `connection_addresses` gives it; None for any other."""
+    if address is None:
+        return None
+    return socket.AF_INET6 if ":" in address[0] else socket.AF_INET
 
 
 def keeping_cut_bodies(app: App, cycle: Cycle) -> App:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from typing import Any
 
 import pytest
+import uvloop
 
 from app.balance import MAX_DEFER_SECONDS, STALE_SECONDS, STEP_SECONDS, STEP_TURNS, Acceptor, Loads
 
@@ -153,3 +155,77 @@ def test_counts_are_shared_with_a_forked_child() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     child_slot = 1 - a.slot
     assert a._counts[child_slot] == 7 and not a.busier(100.0)
+
+
+def _accept_one(loop: asyncio.AbstractEventLoop, loads: Loads, factory: Any) -> list[Any]:
+    """Run an acceptor on `loop` until a client here has been taken, shown and let go (its end
+    reads the close, the connection is counted out): the client's address, then what
+    `factory`'s protocols recorded."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[Any] = []
+
+    async def run() -> None:
+        acceptor = Acceptor(listener, lambda: factory(seen), loads)
+        acceptor.start(8)
+        try:
+            with socket.create_connection(listener.getsockname()) as client:
+                seen.append(client.getsockname())
+                client.setblocking(False)
+                assert await asyncio.wait_for(loop.sock_recv(client, 1), 30) == b""
+            deadline = loop.time() + 30
+            while loads.mine and loop.time() < deadline:  # (connection_lost may come a turn later)
+                await asyncio.sleep(0.001)
+        finally:
+            acceptor.close()
+            await acceptor.wait_closed()
+
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+        listener.close()
+    return seen
+
+
+@pytest.mark.parametrize("make_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uv"])
+def test_a_protocol_is_handed_the_connection_socket_before_it_is_made(make_loop: Any) -> None:
+    """The acceptor sets a connection up without a task of its own; a protocol with `accepted`
+    gets the connection's own socket first (the front sends on it). The event loop closes it with
+    the connection, leaving it with no descriptor: it can never reach one reused since."""
+    (loads,) = _workers(1)
+
+    class Told(asyncio.Protocol):
+        def __init__(self, seen: list[Any]) -> None:
+            self.seen = seen
+            self.sock: socket.socket | None = None
+
+        def accepted(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert self.sock is not None, "told before connection_made"
+            ends = (self.sock.getpeername(), transport.get_extra_info("peername"), self.sock.family)
+            self.seen.append(ends)
+            self.seen.append(self)
+            transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            loads.add(-1)  # as the front counts a connection out
+
+    seen = _accept_one(make_loop(), loads, Told)
+    client, (peer, transport_peer, family), protocol = seen
+    assert peer == transport_peer == client and family == socket.AF_INET
+    assert protocol.sock.fileno() == -1  # let go as the connection closed
+    assert loads.mine == 0
+
+
+def test_a_connection_whose_protocol_cannot_be_made_is_closed_and_counted_out(caplog: Any) -> None:
+    (loads,) = _workers(1)
+
+    def broken(seen: list[Any]) -> asyncio.Protocol:
+        seen.append("asked")
+        raise RuntimeError("no protocol")
+
+    seen = _accept_one(uvloop.new_event_loop(), loads, broken)
+    assert seen[1:] == ["asked"] and loads.mine == 0
+    assert "could not be set up: no protocol" in caplog.text

@@ -9,6 +9,8 @@ a real `ferry serve` in tests/clients/test_fast_path.py and tests/security/test_
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from app.server import FerryConfig
 from app.settings import Settings
 from app.transfer.front import FrontProtocol
 from app.transfer.protocol import FerryProtocol
+from app.transfer.spans import FileSpan
 from tests.support.transports import RecordingTransport
 
 Field = tuple[bytes, bytes]
@@ -211,3 +214,81 @@ def test_a_held_request_the_front_declines_reaches_ferry_protocol_once_there_is_
     protocol.resume_writing()
     inner = transport.protocol
     assert isinstance(inner, FerryProtocol) and handed == [get("/files/other")]
+
+
+def test_a_streamed_answer_starts_at_once_on_the_accepted_socket(
+    front: Any, loopback_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    """A large answer's head and first bytes leave within the request's own callback, not a loop
+    turn later behind the turn's other callbacks; they go out on the connection's own socket (the
+    acceptor's), which the front never closes: the event loop does, with the connection."""
+    protocol, transport, fast, handed = front
+    ferry_end, client = loopback_pair
+    content = os.urandom(3 * 1024 * 1024)
+    (tmp_path / "large").write_bytes(content)
+    ended: list[tuple[int, bool]] = []
+
+    def answer_now(scope: Any, *, spans: bool = False) -> tuple[int, list[Field], FileSpan]:
+        assert spans  # (a TCP connection: answers may be sent with sendfile)
+        span = FileSpan(os.open(tmp_path / "large", os.O_RDONLY), 0, len(content))
+        span.on_end = lambda sent, cut: ended.append((sent, cut))
+        return 200, [(b"content-length", str(len(content)).encode())], span
+
+    fast.answer_now = answer_now
+    protocol.accepted(ferry_end)
+    protocol.data_received(get("/files/large"))
+    assert protocol.sender is ferry_end and transport.written == b""
+    client.settimeout(30)
+    received = client.recv(65536)  # the event loop has not run since
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+
+    async def read_rest() -> bytes:
+        got = bytearray(received)
+        client.setblocking(False)
+        while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < len(content):
+            got += await asyncio.wait_for(protocol.loop.sock_recv(client, 1 << 20), 30)
+        return bytes(got)
+
+    whole = protocol.loop.run_until_complete(read_rest())
+    assert whole.split(b"\r\n\r\n", 1)[1] == content and ended == [(len(content), False)]
+    assert protocol.stream is None and not transport.closed
+    protocol.close_sender()
+    assert ferry_end.fileno() != -1  # not the front's to close
+
+
+@pytest.mark.parametrize(
+    ("sockname", "peername", "addresses", "family"),
+    [
+        (("10.0.0.1", 8000), ("10.0.0.2", 40000), (("10.0.0.1", 8000), ("10.0.0.2", 40000)), socket.AF_INET),
+        (("::1", 8000, 0, 0), ("::1", 40000, 0, 0), (("::1", 8000), ("::1", 40000)), socket.AF_INET6),
+        (
+            ("::ffff:10.0.0.1", 8000, 0, 0),
+            ("::ffff:10.0.0.2", 40000, 0, 0),
+            (("::ffff:10.0.0.1", 8000), ("::ffff:10.0.0.2", 40000)),
+            socket.AF_INET6,
+        ),
+        ("/run/ferry.sock", "", (None, None), None),  # a Unix socket: no sendfile spans
+    ],
+)
+def test_a_connection_s_ends_come_from_what_its_transport_noted(
+    tmp_path: Path, sockname: Any, peername: Any, addresses: Any, family: int | None
+) -> None:
+    """The scope's server and client as uvicorn gives them, read from the addresses the transport
+    noted when the connection was made (not from a socket object made afresh for each)."""
+
+    class Noted(RecordingTransport):
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return {"sockname": sockname, "peername": peername}.get(name, default)
+
+    config = FerryConfig(Settings(root=tmp_path, index_path=tmp_path.parent / "front-ends-index", workers=1))
+    config.load()
+    config.fast_answers = Fast()
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = FrontProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+        protocol.connection_made(Noted())
+        assert protocol.addresses == (*addresses, "http")
+        assert (protocol.spans, protocol.family) == (family is not None, family)
+        protocol.stop_timer()
+    finally:
+        loop.close()
