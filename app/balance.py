@@ -104,8 +104,10 @@ class Loads:
         both at once, not one by one in turns)."""
         if self.slot < 0:
             return False
-        now = time.monotonic() if now is None else now
         mine = self._counts[self.slot]
+        if not mine:
+            return False  # (the common case of a worker with nothing open: no clock, no loop)
+        now = time.monotonic() if now is None else now
         seen = self._seen
         for slot, count in enumerate(self._counts):
             if mine > count + count // 4 and slot != self.slot and now - seen[slot] < STALE_SECONDS:
@@ -176,8 +178,8 @@ class Acceptor:
             self._timer = self.loop.call_later(seconds, self._resume)
 
     def _ready(self) -> None:
-        now = time.monotonic()
-        if self.loads.busier(now):
+        if self.loads.busier():
+            now = time.monotonic()
             if self._deferred_since is None:
                 self._deferred_since, self._steps = now, 0
             if now - self._deferred_since < MAX_DEFER_SECONDS:

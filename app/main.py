@@ -113,12 +113,12 @@ class FerryApp(FastAPI):
         held: Callable[[int, bool], None],
     ) -> Callable[[int, bool], None]:
         """A streamed answer's end (`FileSpan.on_end`): what it held let go, then logged and counted."""
-        metrics.IN_FLIGHT.inc()
+        metrics.TALLY.inc(metrics.IN_FLIGHT)  # (at the turn's end: after its first bytes are sent)
         first_byte = time.perf_counter() - started
 
         def ended(sent: int, cut: bool) -> None:
             held(sent, cut)
-            metrics.IN_FLIGHT.dec()
+            metrics.TALLY.inc(metrics.IN_FLIGHT, -1.0)  # (with the inc, should it end in the same turn)
             lines, owed = self.access_lines, length - sent if cut else None
             answered_now(
                 scope,

@@ -115,9 +115,10 @@ class SpanStream:
         ended: Callable[[bool], None],
         chunk: int = 1024 * 1024,
     ) -> None:
-        # Its own descriptor of the socket: one a worker thread and a writer may use whatever
-        # happens to the front's (both loops refuse a writer on a transport's own descriptor).
-        self.loop, self.sender, self.fd = loop, sender, os.dup(sender.fileno())
+        # Sent from the loop on `sender`'s descriptor; a worker thread and a writer use a
+        # descriptor of the stream's own (`own_fd`: it stays valid whatever happens to the
+        # front's, and both loops refuse a writer on a transport's own descriptor).
+        self.loop, self.sender, self.fd = loop, sender, -1
         self.head, self.span, self.ended = memoryview(head), span, ended
         self.offset, self.left, self.sent = span.offset, span.count, 0
         self.st = os.fstat(span.fd)
@@ -139,10 +140,11 @@ class SpanStream:
                 if not pages_cached(self.span.fd, self.offset, size):
                     self.threaded = True
                     fd, offset = self.span.fd, self.offset
-                    work = self.loop.run_in_executor(None, os.sendfile, self.fd, fd, offset, size)
+                    work = self.loop.run_in_executor(None, os.sendfile, self.own_fd(), fd, offset, size)
                     work.add_done_callback(self._sent_by_thread)
                     return
-                if not self._took(os.sendfile(self.fd, self.span.fd, self.offset, size)):
+                out = self.fd if self.fd >= 0 else self.sender.fileno()  # (-1 once the loop closed it)
+                if not self._took(os.sendfile(out, self.span.fd, self.offset, size)):
                     return
                 budget -= size
                 if budget <= 0 and self.left:
@@ -188,10 +190,21 @@ class SpanStream:
             return
         self.pump()
 
+    def own_fd(self) -> int:
+        """The stream's own descriptor of the socket, made at the first need."""
+        if self.fd < 0:
+            self.fd = os.dup(self.sender.fileno())
+        return self.fd
+
     def _wait(self) -> None:
         if not self.waiting:
+            try:
+                fd = self.own_fd()
+            except OSError:
+                self.end(False)  # the connection closed meanwhile
+                return
             self.waiting = True
-            self.loop.add_writer(self.fd, self._writable)
+            self.loop.add_writer(fd, self._writable)
 
     def _writable(self) -> None:
         self.loop.remove_writer(self.fd)
@@ -212,7 +225,8 @@ class SpanStream:
 
     def _finish(self, complete: bool) -> None:
         os.close(self.span.fd)
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
         try:
             if self.span.on_end is not None:
                 self.span.on_end(self.sent, not complete)

@@ -154,3 +154,19 @@ async def test_a_file_that_shrinks_cuts_the_stream_short(tmp_path: Path, loopbac
     ((sent, cut),) = run.counted
     assert cut and sent <= 2 * MiB
     assert len(got) < len(HEAD) + len(data)
+
+
+async def test_a_connection_the_loop_has_closed_ends_the_stream_cut_short(
+    tmp_path: Path, loopback_pair: Pair
+) -> None:
+    """The stream sends from the loop on the connection's own socket: once the event loop has
+    closed the connection (and detached that socket), a turn that comes after sends nothing on a
+    descriptor reused since and ends the stream cut short."""
+    server, client = loopback_pair
+    data = _data(8 * MiB)
+    (tmp_path / "f").write_bytes(data)
+    run = Run(server, tmp_path / "f", 0, len(data))
+    os.close(server.detach())  # as uvloop's transport does with the socket it was given, then closes it
+    assert not await run.result()
+    assert run.counted == [(0, True)]
+    assert fd_closed(run.fd) and run.stream.fd == -1  # no descriptor of its own was needed
