@@ -70,8 +70,8 @@ Body = bytes | bytearray | FileSpan  # a whole small answer's body
 
 
 def send_span(sender: socket.socket, transport: asyncio.Transport, head: bytes, span: FileSpan) -> bool:
-    """One whole answer, its body `span`, written now: `head` to `sender` (a dup of the transport's
-    socket) with MSG_MORE, then the span with sendfile; what the socket does not take at once is
+    """One whole answer, its body `span`, written now: `head` to `sender` (the transport's socket,
+    or a dup of it) with MSG_MORE, then the span with sendfile; what the socket does not take at once is
     queued in `transport` (read from the file: its pages were found in the page cache). The
     span's file is closed. False when the connection must close: the file ended short of the
     span (the Content-Length sent cannot be kept), or the client is gone."""
