@@ -259,6 +259,8 @@ class FrontProtocol(asyncio.Protocol):
             self.last_head = (fields, defaults, status, ending, head_out)
         if isinstance(body, FileSpan) and body.on_end is not None:
             self.start_stream(head_out, body, keep_alive)
+            if self.stream is None and transport.is_closing():
+                keep_alive = False  # it ended at once, cut short, and closed the connection
         elif isinstance(body, FileSpan):
             if not send_span(self.sender or self.open_sender(), transport, head_out, body):
                 keep_alive = False
@@ -270,8 +272,6 @@ class FrontProtocol(asyncio.Protocol):
         self.answered += 1
         if not keep_alive and self.stream is None:
             transport.close()
-        if self.stream is None and transport.is_closing():
-            return False  # (a stream that ended at once, cut short, closed the connection)
         return keep_alive or self.stream is not None
 
     # httptools' callbacks
