@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,7 +16,8 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from starlette.types import Message
 
-from app.access import _ESCAPES, CLIENT_CLOSED, Observed, _clean
+from app import metrics
+from app.access import _ESCAPES, CLIENT_CLOSED, Lines, Observed, _clean, answered_now
 from app.transfer.connection import CONNECTION, Connection
 
 
@@ -180,3 +183,44 @@ def test_a_field_is_escaped_the_same_whichever_way_it_is_cleaned(text: str) -> N
     cleaned = _clean(text)
     assert cleaned == text[:512].translate(_ESCAPES)
     assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in cleaned)
+
+
+def test_a_turn_s_protocol_answers_are_counted_and_logged_at_its_end_in_order() -> None:
+    """`answered_now` with `Lines` (ferry serve): noted as the answer is written, settled with the
+    turn's other lines at its end — the line in its place among them, the counters moved then."""
+    stream = io.StringIO()
+    lines = Lines(stream)
+    scope = {
+        "method": "GET",
+        "path": "/files/turn.bin",
+        "raw_path": b"/files/turn.bin",
+        "headers": [(b"range", b"bytes=0-9"), (b"user-agent", b"aria2/1.37")],
+        "client": ("127.0.0.1", 50001),
+    }
+    fields = [(b"content-range", b"bytes 0-9/100"), (b"content-length", b"10")]
+    requests = (
+        REGISTRY.get_sample_value("ferry_http_requests_total", {"method": "GET", "status": "206"}) or 0.0
+    )
+
+    async def turn() -> tuple[str, float]:
+        lines.write("before")
+        answered_now(scope, 206, fields, 10, time.perf_counter(), "text", lines)
+        lines.write("after")
+        written = stream.getvalue()  # (nothing yet: the turn has not ended)
+        counted = (
+            REGISTRY.get_sample_value("ferry_http_requests_total", {"method": "GET", "status": "206"}) or 0.0
+        )
+        await asyncio.sleep(0)  # the turn ends
+        metrics.TALLY.flush()
+        return written, counted
+
+    written, counted = asyncio.run(turn())
+    assert written == "" and counted == requests
+    before, line, after = stream.getvalue().splitlines()
+    assert (before, after) == ("before", "after")
+    assert line.startswith('127.0.0.1:50001 "GET /files/turn.bin" 206 10 range="bytes=0-9" ')
+    assert line.endswith(' ua="aria2/1.37" aborted=no received=0')
+    assert (
+        REGISTRY.get_sample_value("ferry_http_requests_total", {"method": "GET", "status": "206"})
+        == requests + 1
+    )

@@ -63,10 +63,24 @@ def front(
         transport = RecordingTransport()
         transport.protocol = protocol
         protocol.connection_made(transport)
+        received = protocol.data_received
+
+        def received_and_turn_ended(data: bytes) -> None:
+            """What the client sent read, and the loop's turn ended: the turn's answers written."""
+            received(data)
+            end_turn(loop)
+
+        protocol.data_received = received_and_turn_ended  # type: ignore[method-assign]
         yield protocol, transport, fast, handed
         protocol.stop_timer()
     finally:
         loop.close()
+
+
+def end_turn(loop: asyncio.AbstractEventLoop) -> None:
+    """Run what the current loop turn has queued (an `Outbox`'s writes), then stop."""
+    loop.call_soon(loop.stop)
+    loop.run_forever()
 
 
 def get(path: str, *fields: str, method: str = "GET", version: str = "1.1") -> bytes:
@@ -216,6 +230,89 @@ def test_a_held_request_the_front_declines_reaches_ferry_protocol_once_there_is_
     assert isinstance(inner, FerryProtocol) and handed == [get("/files/other")]
 
 
+def test_keep_alive_answers_are_written_together_at_the_end_of_the_turn(front: Any) -> None:
+    """A turn's answers wait in the server's outbox and are written at its end, each connection's
+    in order; a connection has one waiting at most: its next request sends the turn's first."""
+    protocol, transport, fast, handed = front
+    other_transport = RecordingTransport()
+    other = FrontProtocol(
+        config=protocol.config, server_state=protocol.server_state, app_state={}, _loop=protocol.loop
+    )
+    other_transport.protocol = other
+    other.connection_made(other_transport)
+    try:
+        FrontProtocol.data_received(protocol, get("/files/fast/a"))
+        FrontProtocol.data_received(other, get("/files/fast/other"))
+        assert transport.written == b"" and other_transport.written == b""
+        assert protocol.queued and other.queued
+        FrontProtocol.data_received(protocol, get("/files/fast/b") + get("/files/fast/c", method="HEAD"))
+        # b, pipelined after a, sent the turn's answers first and went at once; c waits in turn
+        assert answers(transport) == [b"/files/fast/a", b"/files/fast/b"] and protocol.queued
+        assert answers(other_transport) == [b"/files/fast/other"]  # sent with the turn's first
+        FrontProtocol.data_received(other, get("/files/fast/again"))
+        assert answers(other_transport) == [b"/files/fast/other"] and other.queued
+        end_turn(protocol.loop)
+        assert answers(transport) == [b"/files/fast/a", b"/files/fast/b", b""]
+        assert answers(other_transport) == [b"/files/fast/other", b"/files/fast/again"]
+        assert not protocol.queued and not other.queued
+        assert not transport.closed and not other_transport.closed
+    finally:
+        other.stop_timer()
+
+
+def test_a_connection_closing_answer_is_written_at_once_after_the_one_waiting(front: Any) -> None:
+    protocol, transport, fast, handed = front
+    FrontProtocol.data_received(protocol, get("/files/fast/a"))
+    FrontProtocol.data_received(protocol, get("/files/fast/b", "Connection: close"))
+    assert answers(transport) == [b"/files/fast/a", b"/files/fast/b"] and transport.closed
+
+
+def test_the_answer_waiting_goes_out_before_the_end_of_input_a_hand_over_or_a_shutdown(front: Any) -> None:
+    protocol, transport, fast, handed = front
+    FrontProtocol.data_received(protocol, get("/files/fast/a"))
+    assert protocol.eof_received() is None  # (the transport closes, after what it was given)
+    assert answers(transport) == [b"/files/fast/a"]
+    FrontProtocol.data_received(protocol, get("/files/fast/b"))
+    protocol.shutdown()
+    assert answers(transport) == [b"/files/fast/a", b"/files/fast/b"] and transport.closed
+
+
+def test_the_answer_waiting_goes_out_before_ferry_protocol_takes_the_connection(
+    front: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    protocol, transport, fast, handed = front
+    at_hand_over: list[bytes] = []
+    monkeypatch.setattr(
+        FerryProtocol, "data_received", lambda self, data: at_hand_over.append(transport.written)
+    )
+    FrontProtocol.data_received(protocol, get("/files/fast/first") + get("/files/big.bin"))
+    assert isinstance(transport.protocol, FerryProtocol)
+    assert len(at_hand_over) == 1 and answers(transport) == [b"/files/fast/first"]
+    assert at_hand_over[0] == transport.written  # written before FerryProtocol read a byte
+
+
+def test_an_answer_waiting_for_a_connection_reset_meanwhile_is_dropped_and_its_file_closed(
+    front: Any, tmp_path: Path
+) -> None:
+    protocol, transport, fast, handed = front
+    (tmp_path / "small").write_bytes(b"0123456789")
+    opened: list[int] = []
+
+    def answer_now(scope: Any, *, spans: bool = False) -> tuple[int, list[Field], FileSpan]:
+        opened.append(os.open(tmp_path / "small", os.O_RDONLY))
+        return 200, [(b"content-length", b"10")], FileSpan(opened[-1], 0, 10)
+
+    fast.answer_now = answer_now
+    FrontProtocol.data_received(protocol, get("/files/small"))
+    assert protocol.queued and os.fstat(opened[0])
+    transport.close()
+    protocol.connection_lost(ConnectionResetError())
+    end_turn(protocol.loop)
+    assert transport.written == b"" and not protocol.queued
+    with pytest.raises(OSError):
+        os.fstat(opened[0])
+
+
 def test_a_streamed_answer_starts_at_once_on_the_accepted_socket(
     front: Any, loopback_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
@@ -236,7 +333,7 @@ def test_a_streamed_answer_starts_at_once_on_the_accepted_socket(
 
     fast.answer_now = answer_now
     protocol.accepted(ferry_end)
-    protocol.data_received(get("/files/large"))
+    FrontProtocol.data_received(protocol, get("/files/large"))  # (the turn not ended)
     assert protocol.sender is ferry_end and transport.written == b""
     client.settimeout(30)
     received = client.recv(65536)  # the event loop has not run since
