@@ -52,14 +52,17 @@ class _Asked:
     __slots__ = ("range", "agent", "if_range")
 
     def __init__(self, scope: Scope) -> None:
-        found: dict[bytes, bytes] = {}
+        wanted = agent = if_range = None
         for name, value in scope["headers"]:
-            if name in _ASKED and name not in found:
-                found[name] = value
-        self.range, self.agent, self.if_range = (found.get(n, b"").decode("latin-1") for n in _ASKED)
-
-
-_ASKED = (b"range", b"user-agent", b"if-range")
+            if name == b"user-agent":
+                agent = value if agent is None else agent
+            elif name == b"range":
+                wanted = value if wanted is None else wanted
+            elif name == b"if-range":
+                if_range = value if if_range is None else if_range
+        self.range = "" if wanted is None else wanted.decode("latin-1")
+        self.agent = "" if agent is None else agent.decode("latin-1")
+        self.if_range = "" if if_range is None else if_range.decode("latin-1")
 
 
 class Lines:
@@ -277,6 +280,9 @@ def _log_line(text: str) -> None:
     logger.info(text)
 
 
+_WHERE: dict[Any, str] = {}  # the clients of the connections last logged, as their lines name them
+
+
 def _line(
     scope: Scope,
     asked: _Asked,
@@ -290,7 +296,13 @@ def _line(
 ) -> str:
     """One access line's text (text or JSON)."""
     client = scope.get("client")
-    where = f"{client[0]}:{client[1]}" if client else "-"
+    where = _WHERE.get(client) if type(client) is tuple else None
+    if where is None:
+        where = f"{client[0]}:{client[1]}" if client else "-"
+        if type(client) is tuple:
+            if len(_WHERE) >= 4096:
+                _WHERE.clear()
+            _WHERE[client] = where
     path = _clean(scope.get("raw_path", b"").decode("latin-1") or scope["path"])
     wanted, agent = _clean(asked.range), _clean(asked.agent)
     if log_format == "json":

@@ -50,7 +50,7 @@ from app.transfer.spans import Body, FileSpan, SpanStream, send_span
 from app.transfer.uvicorn_adapter import answer_head, connection_addresses, family_of, request_target
 
 logger = logging.getLogger("ferry.transfer")
-_READS = (b"GET", b"HEAD")
+_READS = {b"GET": "GET", b"HEAD": "HEAD"}  # the fast path's methods, and their names in a scope
 _OUTBOX = "ferry_outbox"  # the ServerState's attribute holding its `Outbox`
 
 
@@ -262,7 +262,7 @@ class FrontProtocol(asyncio.Protocol):
             return None
         if (
             not self.complete  # a body follows
-            or parser.get_method() not in _READS
+            or (method := _READS.get(parser.get_method())) is None
             or (version := parser.get_http_version()) not in _VERSIONS
             or self.hosts > 1
             or (self.hosts == 0 and version == "1.1")  # (an HTTP/1.0 request may have no Host)
@@ -282,7 +282,7 @@ class FrontProtocol(asyncio.Protocol):
             "server": server,
             "client": client,
             "scheme": scheme,
-            "method": parser.get_method().decode("ascii"),
+            "method": method,
             "root_path": self.root_path,
             "path": path,
             "raw_path": raw_path,

@@ -332,7 +332,23 @@ def _kept_alive(app: App, cycle: RequestResponseCycle) -> App:
 
 def request_target(url: bytes, root_path: str) -> tuple[str, bytes, bytes] | None:
     """(path, raw_path, query_string) of a request target, as uvicorn puts them in the scope;
-    None for one it cannot parse (uvicorn's own parsing then answers it)."""
+    None for one it cannot parse (uvicorn's own parsing then answers it). The targets last asked
+    are kept: a file being downloaded is asked for again and again (ranges, mirrors, players)."""
+    key = (url, root_path)
+    found = _TARGETS.get(key, _UNKNOWN)
+    if found is _UNKNOWN:
+        if len(_TARGETS) >= _KEPT_TARGETS:
+            _TARGETS.clear()
+        found = _TARGETS[key] = _request_target(url, root_path)
+    return found
+
+
+_UNKNOWN: Any = object()
+_TARGETS: dict[tuple[bytes, str], tuple[str, bytes, bytes] | None] = {}
+_KEPT_TARGETS = 4096
+
+
+def _request_target(url: bytes, root_path: str) -> tuple[str, bytes, bytes] | None:
     try:
         parsed = httptools.parse_url(url)
         raw_path: bytes = parsed.path
