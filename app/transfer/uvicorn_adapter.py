@@ -335,15 +335,14 @@ def request_target(url: bytes, root_path: str) -> tuple[str, bytes, bytes] | Non
     None for one it cannot parse (uvicorn's own parsing then answers it). The targets last asked
     are kept: a file being downloaded is asked for again and again (ranges, mirrors, players)."""
     key = (url, root_path)
-    found = _TARGETS.get(key, _UNKNOWN)
-    if found is _UNKNOWN:
-        if len(_TARGETS) >= _KEPT_TARGETS:
-            _TARGETS.clear()
-        found = _TARGETS[key] = _request_target(url, root_path)
+    if key in _TARGETS:
+        return _TARGETS[key]
+    if len(_TARGETS) >= _KEPT_TARGETS:
+        _TARGETS.clear()
+    found = _TARGETS[key] = _request_target(url, root_path)
     return found
 
 
-_UNKNOWN: Any = object()
 _TARGETS: dict[tuple[bytes, str], tuple[str, bytes, bytes] | None] = {}
 _KEPT_TARGETS = 4096
 
