@@ -96,11 +96,12 @@ class FerryApp(FastAPI):
         if found is None:
             return None
         status, headers, body = found
-        metrics.TALLY.inc(metrics.FAST_ANSWERS)
         if isinstance(body, FileSpan) and body.on_end is not None:
             body.on_end = self._streamed(scope, status, headers, started, body.count, body.on_end)
         else:
             answered_now(scope, status, headers, len(body), started, self.log_format, self.access_lines)
+        # (after the line is noted: the turn's metrics then move once, after its lines are settled)
+        metrics.TALLY.inc(metrics.FAST_ANSWERS)
         return status, headers, body
 
     def _streamed(
