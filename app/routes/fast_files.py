@@ -36,7 +36,7 @@ from app.request import PREFIX, FileRequest
 from app.routes.fast_plans import Known, Planned
 from app.routes.files import Downloads
 from app.storage.errors import StorageError
-from app.storage.paths import LinkScope, open_beneath, resolve_to_open
+from app.storage.paths import LinkScope, open_again, open_beneath, resolve_to_open
 from app.transfer.page_cache import PAGE, read_body_cached
 from app.transfer.spans import Body, FileSpan, cached_span
 
@@ -118,10 +118,13 @@ class FastFiles:
     def _again(self, known: Known, scope: Scope, wanted: bytes | None, spans: bool) -> Answer | None:
         """The answer from what an earlier request found, or None (the file changed, or the
         request needs more: `_first` answers it)."""
-        try:
-            fd, st = open_beneath(known.safe, self.services.policy)
-        except (FerryError, StorageError):
-            return None
+        opened = open_again(known.raw)
+        if opened is None:
+            try:
+                opened = open_beneath(known.safe, self.services.policy)
+            except (FerryError, StorageError):
+                return None
+        fd, st = opened
         method = scope["method"]
         plan: Planned | None = None
         if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == known.version and stat.S_ISREG(st.st_mode):
@@ -223,18 +226,19 @@ class FastFiles:
                 body = read_body_cached(fd, st, plan.body)
             if body is None:
                 return None
-            try:  # a GET with a body: FERRY_MAX_CONNECTIONS_PER_IP counts it, for as long as it is sent
-                release = self.downloads.slots.acquire(client)
+            # A GET with a body: FERRY_MAX_CONNECTIONS_PER_IP counts it, for as long as it is sent
+            # (an answer written whole: no longer than the check), and so does the transfer mark.
+            activity = self.services.activity
+            try:
+                if isinstance(body, FileSpan) and body.count > MAX_BODY:
+                    release = self.downloads.slots.acquire(client)
+                    activity.begin()
+                    body.on_end = _ending(release, activity.end)  # held until the stream ends
+                else:
+                    self.downloads.slots.check(client)
+                    activity.mark()
             except FerryError:
                 return None
-            activity = self.services.activity
-            activity.begin()
-            if isinstance(body, FileSpan) and body.count > MAX_BODY:
-                body.on_end = _ending(release, activity.end)  # held until the stream ends
-            else:
-                if release is not None:
-                    release()
-                activity.end()
             sent_by_caller = isinstance(body, FileSpan)
             return plan.status, plan.fields, body
         finally:

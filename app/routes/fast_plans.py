@@ -3,6 +3,8 @@ encoded for the wire (`Planned`), and what answering a method, path and query fo
 
 from __future__ import annotations
 
+import os
+
 from app.http.byteranges import Segment
 from app.http.plan import FileFacts, ResponsePlan
 from app.http.ranges import ByteRange, Ignore, Partial, RangePlan, one_range, plan_ranges
@@ -17,10 +19,11 @@ class Known:
     came from no credential and no link (a link's validity depends on the time), and once the
     file's digest is known (the fields sent without it change when it is)."""
 
-    __slots__ = ("safe", "version", "facts", "whole")
+    __slots__ = ("safe", "raw", "version", "facts", "whole")
 
     def __init__(self, safe: SafePath, version: tuple[int, int, int, int], facts: FileFacts, whole: Planned):
         self.safe, self.version, self.facts, self.whole = safe, version, facts, whole
+        self.raw = os.fsencode(safe)  # (`open_again`'s key)
 
 
 class Planned:

@@ -59,6 +59,19 @@ class Activity:
             if self._release is None:
                 self._release = asyncio.get_running_loop().call_later(self.linger, self._maybe_release)
 
+    def mark(self) -> None:
+        """A transfer begun and ended at once (a small answer written whole): `begin` then
+        `end`, in one call."""
+        if self._active:
+            return  # (a transfer in flight: marked already, and its end is what counts)
+        if not self._held:
+            self.begin()
+            self.end()
+            return
+        self._last_end = time.monotonic()
+        if self._release is None:
+            self._release = asyncio.get_running_loop().call_later(self.linger, self._maybe_release)
+
     def _maybe_release(self) -> None:
         self._release = None
         if self._active:

@@ -10,17 +10,17 @@ from app.http.ranges import ByteRange
 
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 PAGE = mmap.PAGESIZE
+_PROBE = [bytearray(1)]  # where a probe's byte lands (never read: any thread may share it)
 
 
 def pages_cached(fd: int, offset: int, count: int) -> bool:
     """True when the first and last byte of the span are in the page cache (no disk wait)."""
     if _RWF_NOWAIT is None:
         return False
-    probe = bytearray(1)
     try:
-        os.preadv(fd, [probe], offset, _RWF_NOWAIT)
+        os.preadv(fd, _PROBE, offset, _RWF_NOWAIT)
         if count > 1:
-            os.preadv(fd, [probe], offset + count - 1, _RWF_NOWAIT)
+            os.preadv(fd, _PROBE, offset + count - 1, _RWF_NOWAIT)
     except OSError:
         return False  # EAGAIN (not cached) or EOPNOTSUPP (cannot tell): use a thread
     return True

@@ -24,6 +24,12 @@ class DownloadSlots:
         self.active[address] = count + 1
         return lambda: self._release(address)
 
+    def check(self, client: str | None) -> None:
+        """429 if the client's address has no slot free; nothing taken (an answer sent whole at
+        once holds its slot for no longer than this)."""
+        if self.per_address and self.active.get(client or "", 0) >= self.per_address:
+            raise TooManyRequests()
+
     def hold(self, plan: ResponsePlan, method: str, client: str | None) -> Callable[[], None] | None:
         """A slot for a GET whose plan sends a body (429 past FERRY_MAX_CONNECTIONS_PER_IP), else
         none; returns the release callback."""

@@ -496,6 +496,53 @@ def test_open_beneath_sees_a_known_file_replaced(tree: Tree, replacement: str, n
         assert isinstance(found, NotServable)
 
 
+@pytest.mark.parametrize(
+    "replacement", ["none", "file", "fifo", "symlink-out", "symlink-in", "directory", "gone"]
+)
+def test_open_again_opens_only_the_very_file_open_beneath_opened(
+    tree: Tree, replacement: str, no_fd_leak: None
+) -> None:
+    """`open_again` (the fast path's kept answers): the file open_beneath opened, if its name still
+    names it; None for anything else (ask open_beneath), never a FIFO, a directory or a file
+    reached through a symlink."""
+    policy = tree.policy()
+    target = tree.root / "again.txt"
+    target.write_bytes(b"first")
+    raw = os.fsencode(tree.root / "again.txt")
+    assert paths.open_again(raw) is None  # never opened: open_beneath's to open
+    assert _read_gated("again.txt", policy)[0] == b"first"
+    if replacement != "none":
+        target.unlink()
+    if replacement == "file":
+        target.write_bytes(b"second")
+    elif replacement == "fifo":
+        os.mkfifo(target)
+    elif replacement == "symlink-out":
+        target.symlink_to(tree.outside / "secret.txt")
+    elif replacement == "symlink-in":
+        target.symlink_to("hello.txt")
+    elif replacement == "directory":
+        target.mkdir()
+    outcome: list[object] = []
+    worker = threading.Thread(target=lambda: outcome.append(paths.open_again(raw)), daemon=True)
+    worker.start()  # (in a thread: a FIFO opened blocking would hang)
+    worker.join(timeout=5)
+    assert not worker.is_alive(), "open_again hung"
+    (found,) = outcome
+    if replacement == "none" or (replacement == "file" and found is not None):
+        # (a new file may get the old one's inode number: then it is the regular file the name
+        # names now, opened with no symlink on the way, as open_beneath would open it)
+        assert isinstance(found, tuple)
+        fd, st = found
+        try:
+            assert read_all(fd) == (b"first" if replacement == "none" else b"second")
+            assert stat.S_ISREG(st.st_mode)
+        finally:
+            os.close(fd)
+    else:
+        assert found is None
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to see where a descriptor leads")
 def test_open_beneath_catches_a_directory_swapped_for_a_symlink_after_resolve(
     tree: Tree, no_fd_leak: None

@@ -145,3 +145,31 @@ def test_a_client_gone_mid_upload_ends_the_transfer(activity: Activity) -> None:
         return activity.busy()
 
     assert asyncio.run(run()) is False
+
+
+def test_a_small_answer_written_whole_marks_a_transfer_as_begin_and_end_do(tmp_path: Path) -> None:
+    """`mark` (the fast path's whole answers): the lock taken if it was not, let go once the
+    linger has passed since the last mark; nothing changes while a transfer is in flight."""
+
+    async def run() -> list[bool]:
+        probe = Activity(tmp_path / "busy", linger=0)
+        serving = Activity(tmp_path / "busy", linger=0)
+        seen = [probe.busy()]
+        serving.mark()
+        seen.append(probe.busy())  # held: the hasher yields
+        await settle()
+        seen.append(probe.busy())  # the linger (0) passed: let go
+        serving.begin()  # a stream in flight
+        serving.mark()
+        await settle()
+        seen.append(probe.busy())  # still the stream's
+        serving.end()
+        serving.mark()  # held again, as after a begin and an end
+        seen.append(serving._held)
+        await settle()
+        seen.append(probe.busy())
+        probe.close()
+        serving.close()
+        return seen
+
+    assert asyncio.run(run()) == [False, True, False, True, True, False]
