@@ -159,6 +159,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         services.on_demand.close()
+        if app.fast is not None:
+            app.fast.kept.close()
         if app.access_lines is not None:
             app.access_lines.flush()
         await services.keeper.stop()

@@ -36,6 +36,7 @@ from app.request import PREFIX, FileRequest
 from app.routes.fast_plans import Known, Planned
 from app.routes.files import Downloads
 from app.storage.errors import StorageError
+from app.storage.kept import KeptFiles
 from app.storage.paths import LinkScope, open_again, open_beneath, resolve_to_open
 from app.transfer.page_cache import PAGE, read_body_cached
 from app.transfer.spans import Body, FileSpan, cached_span
@@ -81,6 +82,7 @@ class FastFiles:
         self.app_fields = _APP_FIELDS | {b"origin"} if cors else _APP_FIELDS
         self._versions: dict[tuple[Any, ...], tuple[FileFacts, Planned | None]] = {}
         self._known: dict[Key, Known] = {}
+        self.kept = KeptFiles()  # the descriptors of kept answers' files
 
     def answer(self, scope: Scope, *, spans: bool = False) -> Answer | None:
         """(status, header fields, body) for this GET or HEAD, or None: the app answers it.
@@ -118,7 +120,9 @@ class FastFiles:
     def _again(self, known: Known, scope: Scope, wanted: bytes | None, spans: bool) -> Answer | None:
         """The answer from what an earlier request found, or None (the file changed, or the
         request needs more: `_first` answers it)."""
-        opened = open_again(known.raw)
+        opened = kept = self.kept.get(known.raw)
+        if opened is None:
+            opened = open_again(known.raw)
         if opened is None:
             try:
                 opened = open_beneath(known.safe, self.services.policy)
@@ -133,10 +137,13 @@ class FastFiles:
             elif method == "GET" and known.facts.ranges:
                 plan = known.whole.for_range(wanted, self.max_ranges)
         if plan is None:
-            os.close(fd)
+            if kept is None:
+                os.close(fd)
             return None
+        if kept is None:
+            self.kept.keep(known.raw, fd, st)  # the next request for it: one lstat (app/storage/kept.py)
         client = scope.get("client")
-        return self._send(fd, st, plan, method, client[0] if client else None, spans)
+        return self._send(fd, st, plan, method, client[0] if client else None, spans, shared=True)
 
     def _first(self, scope: Scope, spans: bool, key: Key | None) -> Answer | None:
         """The answer through the gate, the index of digests and the planner, as the app's; what
@@ -201,11 +208,20 @@ class FastFiles:
                 os.close(fd)
 
     def _send(
-        self, fd: int, st: os.stat_result, plan: Planned, method: str, client: str | None, spans: bool
+        self,
+        fd: int,
+        st: os.stat_result,
+        plan: Planned,
+        method: str,
+        client: str | None,
+        spans: bool,
+        *,
+        shared: bool = False,
     ) -> Answer | None:
         """The answer of `plan` with its body from the open file `fd` (closed here unless the
-        body is a `FileSpan` of it), or None."""
-        sent_by_caller = False
+        body is a `FileSpan` of it, or it is `shared`: a kept descriptor, which a span is sent
+        from within the turn, and a stream from a dup of its own), or None."""
+        owned = -1 if shared else fd  # what this call closes unless the caller is handed it
         try:
             if method == "HEAD" or not plan.body:
                 return plan.status, plan.fields, b""
@@ -217,10 +233,14 @@ class FastFiles:
             if plan.length > MAX_BODY and one is None:
                 return None
             if one is not None and plan.length > MAX_BODY:
+                if shared:  # a stream outlives the turn: a descriptor of its own
+                    fd = owned = os.dup(fd)
                 body = FileSpan(fd, one.start, one.length)  # streamed: pages not cached from a thread
             elif one is not None and (one.length >= _MID_PAGE_SPAN or not one.start % PAGE):
                 body = cached_span(fd, one.start, one.length)
-                if body is None:
+                if body is not None:
+                    body.shared = shared
+                else:
                     body = read_body_cached(fd, st, plan.body)
             else:
                 body = read_body_cached(fd, st, plan.body)
@@ -239,11 +259,12 @@ class FastFiles:
                     activity.mark()
             except FerryError:
                 return None
-            sent_by_caller = isinstance(body, FileSpan)
+            if isinstance(body, FileSpan):
+                owned = -1  # the caller's to send and close (unless shared)
             return plan.status, plan.fields, body
         finally:
-            if not sent_by_caller:
-                os.close(fd)
+            if owned >= 0:
+                os.close(owned)
 
     def _remember(self, key: tuple[Any, ...], facts: FileFacts) -> tuple[FileFacts, Planned | None]:
         """A file version's facts, and its plain answer (no Range, no precondition)."""

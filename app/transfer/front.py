@@ -329,7 +329,7 @@ class FrontProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         if transport.is_closing():  # gone meanwhile (reset): the answer cannot be delivered
-            if isinstance(body, FileSpan):
+            if isinstance(body, FileSpan) and not body.shared:
                 os.close(body.fd)
             return False
         if isinstance(body, FileSpan):

@@ -35,16 +35,18 @@ SENDFILE_SPAN = 4 * 1024 * 1024
 
 class FileSpan:
     """`count` bytes of the open file `fd` from `offset`: a body for its receiver to send (with
-    `send_span`) and then close `fd`. `lead`: the span's first bytes up to a page boundary, when
-    already read (`cached_span`)."""
+    `send_span`) and then close `fd` — unless `shared` (a descriptor kept open across requests,
+    app/storage/kept.py: sent from within the turn, closed by its keeper). `lead`: the span's
+    first bytes up to a page boundary, when already read (`cached_span`)."""
 
-    __slots__ = ("fd", "offset", "count", "on_end", "lead")
+    __slots__ = ("fd", "offset", "count", "on_end", "lead", "shared")
 
     def __init__(self, fd: int, offset: int, count: int) -> None:
         self.fd, self.offset, self.count = fd, offset, count
         # A streamed span's bookkeeping once it ends: (bytes sent, whether it was cut short).
         self.on_end: Callable[[int, bool], None] | None = None
         self.lead = b""
+        self.shared = False
 
     def __len__(self) -> int:
         return self.count
@@ -73,7 +75,7 @@ def send_span(sender: socket.socket, transport: asyncio.Transport, head: bytes, 
     """One whole answer, its body `span`, written now: `head` to `sender` (the transport's socket,
     or a dup of it) with MSG_MORE, then the span with sendfile; what the socket does not take at once is
     queued in `transport` (read from the file: its pages were found in the page cache). The
-    span's file is closed. False when the connection must close: the file ended short of the
+    span's file is closed (unless shared). False when the connection must close: the file ended short of the
     span (the Content-Length sent cannot be kept), or the client is gone."""
     fd, offset, count = span.fd, span.offset, span.count
     try:
@@ -99,7 +101,8 @@ def send_span(sender: socket.socket, transport: asyncio.Transport, head: bytes, 
             return len(rest) == count
         return True
     finally:
-        os.close(fd)
+        if not span.shared:
+            os.close(fd)
 
 
 class SpanStream:

@@ -15,8 +15,9 @@ import pytest
 
 from app.http.signing import Link, link_target
 from app.main import create_app
-from app.routes.fast_files import FastFiles
+from app.routes.fast_files import MAX_BODY, FastFiles
 from app.storage.values import FileDigest, identity
+from app.transfer.page_cache import PAGE
 from app.transfer.spans import FileSpan
 from tests.support.inprocess import make_settings
 
@@ -189,9 +190,59 @@ async def test_a_span_from_a_page_is_handed_over_to_send_with_sendfile(
                 try:
                     assert os.pread(body.fd, body.count, body.offset) == data[offset : offset + body.count]
                 finally:
-                    os.close(body.fd)
+                    if not body.shared:  # (a kept descriptor is its keeper's to close)
+                        os.close(body.fd)
             else:
                 assert isinstance(body, bytes | bytearray)
                 assert count is None or len(body) == count
     found = fast.answer(_scope("/files/f.bin", method="HEAD"), spans=True)
     assert found is not None and found[2] == b""  # no body, no span
+
+
+async def test_a_file_asked_again_is_sent_from_its_kept_descriptor_while_unchanged(tmp_path: Path) -> None:
+    """The second answer from a kept answer keeps its file open (app/storage/kept.py); the next
+    ones send from that descriptor, shared (never the caller's to close), until the file changes;
+    a stream sends from a dup of its own."""
+    fast, root = _fast(tmp_path)
+    data = bytes(range(256)) * 256  # 64 KiB
+    _write(fast, root / "f.bin", data)
+    big = os.urandom(MAX_BODY + PAGE)
+    _write(fast, root / "big.bin", big)
+    first = fast.answer(_scope("/files/f.bin"), spans=True)
+    assert first is not None and isinstance(first[2], FileSpan) and not first[2].shared
+    os.close(first[2].fd)
+    spans = []
+    for _ in range(3):
+        found = fast.answer(_scope("/files/f.bin"), spans=True)
+        assert found is not None and isinstance(found[2], FileSpan)
+        spans.append(found[2])
+    assert len(fast.kept) == 1 and all(span.shared for span in spans)
+    assert len({span.fd for span in spans}) == 1
+    assert os.pread(spans[0].fd, len(data), 0) == data
+    ranged = fast.answer(_scope("/files/f.bin", (b"range", b"bytes=4096-8191")), spans=True)
+    assert ranged is not None and isinstance(ranged[2], FileSpan) and ranged[2].fd == spans[0].fd
+
+    streams = []
+    for _ in range(3):
+        found = fast.answer(_scope("/files/big.bin"), spans=True)
+        assert found is not None and isinstance(found[2], FileSpan) and found[2].on_end is not None
+        streams.append(found[2])
+    assert len(fast.kept) == 2 and not any(stream.shared for stream in streams)
+    assert len({stream.fd for stream in streams}) == 3  # each its own, none the kept one
+    for stream in streams:
+        assert os.pread(stream.fd, 16, len(big) - 16) == big[-16:]
+        os.close(stream.fd)
+        assert stream.on_end is not None
+        stream.on_end(stream.count, False)  # (the slot and the activity mark let go)
+
+    (root / "f.bin").write_bytes(data[::-1])  # the same size; a new change time at least
+    fast.downloads.integrity.digests.remember(
+        identity(os.stat(root / "f.bin")), FileDigest(hashlib.sha256(data[::-1]).digest())
+    )
+    found = fast.answer(_scope("/files/f.bin"), spans=True)
+    assert found is not None and isinstance(found[2], FileSpan)
+    assert os.pread(found[2].fd, len(data), 0) == data[::-1]
+    if not found[2].shared:
+        os.close(found[2].fd)
+    fast.kept.close()
+    assert len(fast.kept) == 0

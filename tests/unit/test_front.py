@@ -291,16 +291,20 @@ def test_the_answer_waiting_goes_out_before_ferry_protocol_takes_the_connection(
     assert at_hand_over[0] == transport.written  # written before FerryProtocol read a byte
 
 
+@pytest.mark.parametrize("shared", [False, True])
 def test_an_answer_waiting_for_a_connection_reset_meanwhile_is_dropped_and_its_file_closed(
-    front: Any, tmp_path: Path
+    front: Any, tmp_path: Path, shared: bool
 ) -> None:
+    """(A shared span's file, a kept descriptor, is left to its keeper.)"""
     protocol, transport, fast, handed = front
     (tmp_path / "small").write_bytes(b"0123456789")
     opened: list[int] = []
 
     def answer_now(scope: Any, *, spans: bool = False) -> tuple[int, list[Field], FileSpan]:
         opened.append(os.open(tmp_path / "small", os.O_RDONLY))
-        return 200, [(b"content-length", b"10")], FileSpan(opened[-1], 0, 10)
+        span = FileSpan(opened[-1], 0, 10)
+        span.shared = shared
+        return 200, [(b"content-length", b"10")], span
 
     fast.answer_now = answer_now
     FrontProtocol.data_received(protocol, get("/files/small"))
@@ -309,8 +313,12 @@ def test_an_answer_waiting_for_a_connection_reset_meanwhile_is_dropped_and_its_f
     protocol.connection_lost(ConnectionResetError())
     end_turn(protocol.loop)
     assert transport.written == b"" and not protocol.queued
-    with pytest.raises(OSError):
-        os.fstat(opened[0])
+    if shared:
+        assert os.fstat(opened[0])
+        os.close(opened[0])
+    else:
+        with pytest.raises(OSError):
+            os.fstat(opened[0])
 
 
 def test_a_streamed_answer_starts_at_once_on_the_accepted_socket(

@@ -41,6 +41,20 @@ def test_head_and_span_arrive_whole_and_the_file_isfd_closed(tmp_path: Path, loo
     assert fd_closed(span.fd)
 
 
+def test_a_shared_span_is_sent_and_its_file_left_open(tmp_path: Path, loopback_pair: Pair) -> None:
+    """A kept descriptor's span (app/storage/kept.py): sent the same, the file its keeper's."""
+    server, client = loopback_pair
+    (tmp_path / "f").write_bytes(DATA)
+    span = _span(tmp_path / "f", 0, 65536)
+    span.shared = True
+    try:
+        assert send_span(server, RecordingTransport(server), HEAD, span)
+        assert _receive(client, len(HEAD) + 65536) == HEAD + DATA[:65536]
+        assert not fd_closed(span.fd)
+    finally:
+        os.close(span.fd)
+
+
 def _cached(path: Path, offset: int, count: int) -> FileSpan:
     fd = os.open(path, os.O_RDONLY)
     span = cached_span(fd, offset, count)
