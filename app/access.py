@@ -209,7 +209,8 @@ class Observed:
         owed = max(0, (self.length or 0) - self.sent) if aborted else None
         asked = _Asked(scope)
         _count(asked, method, status, duration, self.in_flight, self.sent, self.multipart, first_byte, owed)
-        _log(scope, asked, method, status, self.sent, duration, aborted, self.received, log_format, lines)
+        text = _line(scope, asked, method, status, self.sent, duration, aborted, self.received, log_format)
+        logger.info(text) if lines is None else lines.write(text)
 
 
 def answered_now(
@@ -230,7 +231,7 @@ def answered_now(
     at the end of the turn (`Lines`), else now."""
     answer = (scope, status, headers, sent, time.perf_counter() - started, first_byte, owed, log_format)
     if lines is None:
-        _log_line(_settle(*answer))
+        logger.info(_settle(*answer))
     else:
         lines.answered(answer)
 
@@ -257,27 +258,6 @@ def _settle(
     asked = _Asked(scope)
     _count(asked, method, status, duration, in_flight, sent, multipart, first if sent else None, owed)
     return _line(scope, asked, method, status, sent, duration, owed is not None, 0, log_format)
-
-
-def _log(
-    scope: Scope,
-    asked: _Asked,
-    method: str,
-    status: int,
-    sent: int,
-    duration: float,
-    aborted: bool,
-    received: int,
-    log_format: str,
-    lines: Lines | None,
-) -> None:
-    """One access line: to `lines`, else the `ferry.access` logger."""
-    text = _line(scope, asked, method, status, sent, duration, aborted, received, log_format)
-    _log_line(text) if lines is None else lines.write(text)
-
-
-def _log_line(text: str) -> None:
-    logger.info(text)
 
 
 _WHERE: dict[Any, str] = {}  # the clients of the connections last logged, as their lines name them

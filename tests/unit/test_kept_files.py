@@ -12,14 +12,11 @@ from pathlib import Path
 import pytest
 
 from app.storage.kept import KeptFiles
+from tests.support.transports import fd_closed
 
 
 def is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
+    return not fd_closed(fd)
 
 
 def kept_file(kept: KeptFiles, path: Path) -> tuple[bytes, int]:

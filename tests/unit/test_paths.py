@@ -454,14 +454,8 @@ def test_open_beneath_opens_a_known_file_without_pinning_it_again(
     assert pins == [os.fsencode(tree.root / "hello.txt")]
 
 
-@pytest.mark.parametrize("replacement", ["file", "fifo", "symlink-out", "symlink-in", "directory", "gone"])
-def test_open_beneath_sees_a_known_file_replaced(tree: Tree, replacement: str, no_fd_leak: None) -> None:
-    """A name once opened as a regular file is opened at once next time, but what it names now is
-    what is served or refused, as on the first open."""
-    policy = tree.policy()
-    target = tree.root / "known.txt"
-    target.write_bytes(b"first")
-    assert _read_gated("known.txt", policy)[0] == b"first"
+def _replace_known(tree: Tree, target: Path, replacement: str) -> None:
+    """`target` unlinked and, unless "gone", something else put under its name."""
     target.unlink()
     if replacement == "file":
         target.write_bytes(b"second")
@@ -473,6 +467,17 @@ def test_open_beneath_sees_a_known_file_replaced(tree: Tree, replacement: str, n
         target.symlink_to("hello.txt")
     elif replacement == "directory":
         target.mkdir()
+
+
+@pytest.mark.parametrize("replacement", ["file", "fifo", "symlink-out", "symlink-in", "directory", "gone"])
+def test_open_beneath_sees_a_known_file_replaced(tree: Tree, replacement: str, no_fd_leak: None) -> None:
+    """A name once opened as a regular file is opened at once next time, but what it names now is
+    what is served or refused, as on the first open."""
+    policy = tree.policy()
+    target = tree.root / "known.txt"
+    target.write_bytes(b"first")
+    assert _read_gated("known.txt", policy)[0] == b"first"
+    _replace_known(tree, target, replacement)
     outcome: list[object] = []
 
     def attempt() -> None:  # in a thread: a FIFO opened blocking would hang
@@ -512,17 +517,7 @@ def test_open_again_opens_only_the_very_file_open_beneath_opened(
     assert paths.open_again(raw) is None  # never opened: open_beneath's to open
     assert _read_gated("again.txt", policy)[0] == b"first"
     if replacement != "none":
-        target.unlink()
-    if replacement == "file":
-        target.write_bytes(b"second")
-    elif replacement == "fifo":
-        os.mkfifo(target)
-    elif replacement == "symlink-out":
-        target.symlink_to(tree.outside / "secret.txt")
-    elif replacement == "symlink-in":
-        target.symlink_to("hello.txt")
-    elif replacement == "directory":
-        target.mkdir()
+        _replace_known(tree, target, replacement)
     outcome: list[object] = []
     worker = threading.Thread(target=lambda: outcome.append(paths.open_again(raw)), daemon=True)
     worker.start()  # (in a thread: a FIFO opened blocking would hang)
