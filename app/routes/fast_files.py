@@ -37,7 +37,7 @@ from app.routes.fast_plans import Known, Planned
 from app.routes.files import Downloads
 from app.storage.errors import StorageError
 from app.storage.kept import KeptFiles
-from app.storage.paths import LinkScope, open_again, open_beneath, resolve_to_open
+from app.storage.paths import LinkScope, open_beneath, resolve_to_open
 from app.transfer.page_cache import PAGE, read_body_cached
 from app.transfer.spans import Body, FileSpan, cached_span
 
@@ -121,8 +121,6 @@ class FastFiles:
         """The answer from what an earlier request found, or None (the file changed, or the
         request needs more: `_first` answers it)."""
         opened = kept = self.kept.get(known.raw)
-        if opened is None:
-            opened = open_again(known.raw)
         if opened is None:
             try:
                 opened = open_beneath(known.safe, self.services.policy)

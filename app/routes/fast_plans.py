@@ -23,7 +23,7 @@ class Known:
 
     def __init__(self, safe: SafePath, version: tuple[int, int, int, int], facts: FileFacts, whole: Planned):
         self.safe, self.version, self.facts, self.whole = safe, version, facts, whole
-        self.raw = os.fsencode(safe)  # (`open_again`'s key)
+        self.raw = os.fsencode(safe)  # (what its file is kept open under: app/storage/kept.py)
 
 
 class Planned:

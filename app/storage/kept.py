@@ -54,8 +54,8 @@ class KeptFiles:
         return kept[0], now
 
     def keep(self, raw: bytes, fd: int, st: os.stat_result) -> None:
-        """Keep `fd`, a regular file `open_beneath` (or `open_again`) just opened for `raw`, `st`
-        its fstat: it is this object's from now on."""
+        """Keep `fd`, a regular file `open_beneath` just opened for `raw` (`st` its fstat): it is
+        this object's from now on."""
         self._forget(raw)
         if len(self._files) >= self.limit:
             self._forget(next(iter(self._files)))

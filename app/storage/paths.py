@@ -344,14 +344,6 @@ _REGULAR: dict[bytes, os.stat_result] = {}
 _REGULARS = 8192
 
 
-def open_again(raw: bytes) -> tuple[int, os.stat_result] | None:
-    """`open_beneath`'s first route alone, for a path it opened as a regular file before (`raw`:
-    its `os.fsencode`): that file opened and fstat'd if the path still names it, else None (ask
-    `open_beneath`)."""
-    known = _REGULAR.get(raw)
-    return None if known is None else _open_known(raw, known)
-
-
 def _open_known(raw: bytes, known: os.stat_result) -> tuple[int, os.stat_result] | None:
     """`raw` opened if it still names the regular file `known`; None (and forgotten) otherwise."""
     try:

@@ -454,8 +454,14 @@ def test_open_beneath_opens_a_known_file_without_pinning_it_again(
     assert pins == [os.fsencode(tree.root / "hello.txt")]
 
 
-def _replace_known(tree: Tree, target: Path, replacement: str) -> None:
-    """`target` unlinked and, unless "gone", something else put under its name."""
+@pytest.mark.parametrize("replacement", ["file", "fifo", "symlink-out", "symlink-in", "directory", "gone"])
+def test_open_beneath_sees_a_known_file_replaced(tree: Tree, replacement: str, no_fd_leak: None) -> None:
+    """A name once opened as a regular file is opened at once next time, but what it names now is
+    what is served or refused, as on the first open."""
+    policy = tree.policy()
+    target = tree.root / "known.txt"
+    target.write_bytes(b"first")
+    assert _read_gated("known.txt", policy)[0] == b"first"
     target.unlink()
     if replacement == "file":
         target.write_bytes(b"second")
@@ -467,17 +473,6 @@ def _replace_known(tree: Tree, target: Path, replacement: str) -> None:
         target.symlink_to("hello.txt")
     elif replacement == "directory":
         target.mkdir()
-
-
-@pytest.mark.parametrize("replacement", ["file", "fifo", "symlink-out", "symlink-in", "directory", "gone"])
-def test_open_beneath_sees_a_known_file_replaced(tree: Tree, replacement: str, no_fd_leak: None) -> None:
-    """A name once opened as a regular file is opened at once next time, but what it names now is
-    what is served or refused, as on the first open."""
-    policy = tree.policy()
-    target = tree.root / "known.txt"
-    target.write_bytes(b"first")
-    assert _read_gated("known.txt", policy)[0] == b"first"
-    _replace_known(tree, target, replacement)
     outcome: list[object] = []
 
     def attempt() -> None:  # in a thread: a FIFO opened blocking would hang
@@ -499,43 +494,6 @@ def test_open_beneath_sees_a_known_file_replaced(tree: Tree, replacement: str, n
         assert isinstance(found, tuple) and stat.S_ISDIR(found[1].st_mode)
     else:
         assert isinstance(found, NotServable)
-
-
-@pytest.mark.parametrize(
-    "replacement", ["none", "file", "fifo", "symlink-out", "symlink-in", "directory", "gone"]
-)
-def test_open_again_opens_only_the_very_file_open_beneath_opened(
-    tree: Tree, replacement: str, no_fd_leak: None
-) -> None:
-    """`open_again` (the fast path's kept answers): the file open_beneath opened, if its name still
-    names it; None for anything else (ask open_beneath), never a FIFO, a directory or a file
-    reached through a symlink."""
-    policy = tree.policy()
-    target = tree.root / "again.txt"
-    target.write_bytes(b"first")
-    raw = os.fsencode(tree.root / "again.txt")
-    assert paths.open_again(raw) is None  # never opened: open_beneath's to open
-    assert _read_gated("again.txt", policy)[0] == b"first"
-    if replacement != "none":
-        _replace_known(tree, target, replacement)
-    outcome: list[object] = []
-    worker = threading.Thread(target=lambda: outcome.append(paths.open_again(raw)), daemon=True)
-    worker.start()  # (in a thread: a FIFO opened blocking would hang)
-    worker.join(timeout=5)
-    assert not worker.is_alive(), "open_again hung"
-    (found,) = outcome
-    if replacement == "none" or (replacement == "file" and found is not None):
-        # (a new file may get the old one's inode number: then it is the regular file the name
-        # names now, opened with no symlink on the way, as open_beneath would open it)
-        assert isinstance(found, tuple)
-        fd, st = found
-        try:
-            assert read_all(fd) == (b"first" if replacement == "none" else b"second")
-            assert stat.S_ISREG(st.st_mode)
-        finally:
-            os.close(fd)
-    else:
-        assert found is None
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to see where a descriptor leads")
