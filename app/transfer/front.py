@@ -187,8 +187,7 @@ class FrontProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         """The client sent all it will: the turn's answers go before the transport closes."""
-        if self.queued:
-            self.outbox.send()
+        self.send_waiting()
         return None
 
     def pause_writing(self) -> None:
@@ -209,8 +208,7 @@ class FrontProtocol(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: between requests, close; during a stream, once it ends."""
-        if self.queued:
-            self.outbox.send()
+        self.send_waiting()
         if self.stream is not None:
             self.keep_after = False
         elif self.transport is not None:
@@ -320,9 +318,13 @@ class FrontProtocol(asyncio.Protocol):
         if keep_alive and not self.queued:
             self.outbox.add(self, head_out, body)  # written at the end of the turn (`Outbox`)
             return True
-        if self.queued:
-            self.outbox.send()  # an earlier answer of this connection's first
+        self.send_waiting()  # an earlier answer of this connection's first
         return self.write_answer(head_out, body, keep_alive)
+
+    def send_waiting(self) -> None:
+        """If an answer of this connection's waits in the `Outbox`, the turn's answers now."""
+        if self.queued:
+            self.outbox.send()
 
     def write_answer(self, head: bytes, body: Body, keep_alive: bool = True) -> bool:
         """Write one answer now: whether the connection stays open (else it is closed)."""
@@ -367,8 +369,7 @@ class FrontProtocol(asyncio.Protocol):
         the answers still queued in the transport, if any."""
         transport = self.transport
         assert transport is not None
-        if self.queued:
-            self.outbox.send()  # the answers planned before it first
+        self.send_waiting()  # the answers planned before it first
         self.stop_timer()
         transport.pause_reading()
         self.keep_after = keep_alive
@@ -422,8 +423,7 @@ class FrontProtocol(asyncio.Protocol):
     def hand_over(self, data: bytes) -> None:
         """FerryProtocol takes the connection from here, `data` first (until it hands it back:
         `take_back`)."""
-        if self.queued:
-            self.outbox.send()  # the answers planned before it first
+        self.send_waiting()  # the answers planned before it first
         self.server_state.connections.discard(self)
         self.stop_timer()
         self.close_sender()
