@@ -100,11 +100,12 @@ def catalog(sizes: Sizes, *, connections: int, small_connections: int, ttfb_requ
     stream, each = format_size(sizes.stream), format_size(sizes.aggregate)
     small, medium = format_size(sizes.small), format_size(sizes.medium)
     ratio_90, ratio_55 = Target("≥ 0.90", min_ratio=0.90), Target("≥ 0.55", min_ratio=0.55)
+    ratio_95 = Target("≥ 0.95", min_ratio=0.95)  # (3): issue 18 keeps it at nginx's pace
     conns = f"-c{small_connections}"
     return [
         Measure("1", f"(1) one {stream} stream, whole file", "GB/s", True, ratio_90),
         Measure("2", f"(2) one {stream} stream, Range bytes=1-", "GB/s", True, ratio_90),
-        Measure("3", f"(3) {connections} concurrent {each} downloads, aggregate", "GB/s", True, ratio_90),
+        Measure("3", f"(3) {connections} concurrent {each} downloads, aggregate", "GB/s", True, ratio_95),
         Measure("4", f"(4) random 64 KiB ranges of the {stream} file, {conns}", "req/s", True, ratio_55),
         Measure("5", f"(5) whole {small} file, {conns}", "req/s", True, ratio_55),
         Measure("5c", "(5c) server CPU per request during (5), all processes", "µs", False,

@@ -395,6 +395,11 @@ def test_one_range_answers_the_simple_fields(header: bytes, size: int, expected:
         (b"Bytes=0-1", 10_000),  # the unit's case
         (b"bytes=-", 10_000),
         (b"bytes=0-1x", 10_000),
+        (b"bytes=0-1-2", 10_000),  # a second dash
+        (b"bytes=+1-2", 10_000),  # signs and underscores: int() would take them, HTTP does not
+        (b"bytes=1-+2", 10_000),
+        (b"bytes=1_0-20", 10_000),
+        (b"bytes=\xd9\xa1-2", 10_000),  # a non-ASCII digit
         (b"bytes=0000000000000000000-1", 10_000),  # 19 digits
         (b"items=0-1", 10_000),
         (b"", 10_000),
