@@ -125,35 +125,49 @@ class SpanStream:
         self.head, self.span, self.ended = memoryview(head), span, ended
         self.offset, self.left, self.sent = span.offset, span.count, 0
         self.st = os.fstat(span.fd)
-        self.waiting = False  # for room in the socket (a writer on `sender`)
+        self.waiting = False  # for room in the socket (a writer on `own_fd`, kept until the end)
         self.threaded = False  # a sendfile call running in a worker thread
         self.done = False
         self.chunk = chunk  # bytes per sendfile call (FERRY_CHUNK_SIZE)
+        self.cached_until = self.offset  # the span's pages before here were found in the page cache
+        self.unchecked = 0  # bytes sent since the file was last checked for changes
 
     def pump(self) -> None:
-        """Send until the socket is full, a turn's worth is out, or the span is."""
+        """Send until the socket is full, a turn's worth is out, or the span is.
+
+        A sendfile call that sends less than it was given found the socket full: the stream waits
+        for room then, without another call to be told so (EAGAIN). A chunk's pages are probed
+        once (`cached_until`), not again at each wait. The writer that signals room stays
+        registered from the first wait to the end of the stream (registering it costs the event
+        loop a poll handle, an ioctl and two epoll_ctl calls); it is left only while a thread
+        sends."""
         if self.done or self.threaded:
             return
-        budget = SENDFILE_SPAN
         try:
             while self.head:
                 self.head = self.head[self.sender.send(self.head, _MSG_MORE) :]
             while self.left:
-                size = min(self.left, self.chunk)
-                if not pages_cached(self.span.fd, self.offset, size):
-                    self.threaded = True
-                    fd, offset = self.span.fd, self.offset
-                    work = self.loop.run_in_executor(None, os.sendfile, self.own_fd(), fd, offset, size)
-                    work.add_done_callback(self._sent_by_thread)
-                    return
-                out = self.fd if self.fd >= 0 else self.sender.fileno()  # (-1 once the loop closed it)
-                if not self._took(os.sendfile(out, self.span.fd, self.offset, size)):
-                    return
-                budget -= size
-                if budget <= 0 and self.left:
+                if self.unchecked >= SENDFILE_SPAN:
                     if self._changed():
                         return
+                    self.unchecked = 0
                     self.loop.call_soon(self.pump)  # the other connections' turn
+                    return
+                size = min(self.left, self.chunk)
+                if self.offset < self.cached_until:
+                    size = min(size, self.cached_until - self.offset)
+                elif pages_cached(self.span.fd, self.offset, size):
+                    self.cached_until = self.offset + size
+                else:
+                    self._thread(size)
+                    return
+                out = self.fd if self.fd >= 0 else self.sender.fileno()  # (-1 once the loop closed it)
+                sent = os.sendfile(out, self.span.fd, self.offset, size)
+                if not self._took(sent):
+                    return
+                self.unchecked += sent
+                if sent < size and self.left:
+                    self._wait()  # the socket is full
                     return
         except BlockingIOError:
             self._wait()
@@ -162,6 +176,15 @@ class SpanStream:
             self.end(False)  # the client is gone
             return
         self.end(True)
+
+    def _thread(self, size: int) -> None:
+        """Send the next `size` bytes, whose pages are not all cached, from a worker thread."""
+        if self.waiting:  # (a writer left registered would fire at every turn meanwhile)
+            self.loop.remove_writer(self.fd)
+            self.waiting = False
+        self.threaded = True
+        work = self.loop.run_in_executor(None, os.sendfile, self.own_fd(), self.span.fd, self.offset, size)
+        work.add_done_callback(self._sent_by_thread)
 
     def _took(self, sent: int) -> bool:
         if not sent:  # the file ended before the span: cut the response short
@@ -183,8 +206,10 @@ class SpanStream:
             self._finish(False)
             return
         try:
-            if not self._took(work.result()):
+            sent = work.result()
+            if not self._took(sent):
                 return
+            self.unchecked += sent
         except BlockingIOError:
             self._wait()
             return
@@ -210,8 +235,6 @@ class SpanStream:
             self.loop.add_writer(fd, self._writable)
 
     def _writable(self) -> None:
-        self.loop.remove_writer(self.fd)
-        self.waiting = False
         self.pump()
 
     def end(self, complete: bool) -> None:

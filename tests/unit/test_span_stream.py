@@ -170,3 +170,70 @@ async def test_a_connection_the_loop_has_closed_ends_the_stream_cut_short(
     assert not await run.result()
     assert run.counted == [(0, True)]
     assert fd_closed(run.fd) and run.stream.fd == -1  # no descriptor of its own was needed
+
+
+async def test_a_slow_reader_costs_one_writer_and_no_refused_calls(
+    tmp_path: Path, loopback_pair: Pair
+) -> None:
+    """Waiting for room many times registers the writer once, for the whole stream, and a
+    sendfile call that sent less than it was given is not followed by one the full socket
+    refuses (EAGAIN): the stream waits at once (a refusal is left only where the loop said
+    "writable" with too little room; before, every wait began with one). Every byte still
+    arrives, in order."""
+    server, client = loopback_pair
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    data = _data(4 * MiB)
+    (tmp_path / "f").write_bytes(data)
+    run = Run(server, tmp_path / "f", 0, len(data))
+    loop = asyncio.get_running_loop()
+    writers: list[int] = []
+    refused: list[int] = []
+    calls: list[int] = []
+    original_add, original_sendfile = loop.add_writer, os.sendfile
+
+    def add_writer(fd: int, callback: object, *args: object) -> None:
+        writers.append(fd)
+        original_add(fd, callback, *args)  # type: ignore[arg-type]
+
+    def sendfile(*args: int) -> int:
+        calls.append(args[3])
+        try:
+            return original_sendfile(*args)
+        except BlockingIOError:
+            refused.append(args[3])
+            raise
+
+    thread, got = _reader(client, len(HEAD) + len(data), pace=0.001)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "add_writer", add_writer)
+        patch.setattr(os, "sendfile", sendfile)
+        assert await run.result()
+    thread.join(60)
+    assert bytes(got) == HEAD + data
+    assert len(calls) > 10, "the socket never filled: nothing was waited for"
+    assert writers == [run.stream.fd]
+    assert len(refused) * 10 < len(calls), (len(refused), len(calls))
+
+
+async def test_a_file_changed_in_place_cuts_a_slow_stream_short(tmp_path: Path, loopback_pair: Pair) -> None:
+    """The file is checked for changes every SENDFILE_SPAN bytes of the stream, however many
+    waits for room those take: a file rewritten in place (same size, a new modification time)
+    under a slow reader ends the stream cut short, never a complete-looking mix of versions."""
+    server, client = loopback_pair
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    data = _data(16 * MiB)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    run = Run(server, path, 0, len(data))
+    run.start()
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a rewrite of the same size
+    thread, got = _reader(client, len(HEAD) + len(data), pace=0.001)
+    assert not await run.result()
+    client.shutdown(socket.SHUT_RDWR)
+    thread.join(60)
+    ((sent, cut),) = run.counted
+    assert cut and sent < len(data)
+    assert fd_closed(run.fd) and fd_closed(run.stream.fd)
