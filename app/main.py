@@ -16,6 +16,7 @@ from app import __version__, metrics
 from app.access import Lines, Observed, answered_now
 from app.cors import Cors
 from app.errors import FerryError, error_response, handle_ferry_error
+from app.memory import FreedMemory
 from app.request import READ_METHODS, WRITE_METHODS, FileRequest, is_file_request
 from app.routes import api, links, ops, selections, static, tus
 from app.routes.api import api_reader
@@ -155,9 +156,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     assert isinstance(app, FerryApp)
     services = app.services
     await services.keeper.start()
+    freed = FreedMemory()  # what the worker freed, back to the kernel every few seconds
+    freed.start()
     try:
         yield
     finally:
+        freed.stop()
         services.on_demand.close()
         if app.fast is not None:
             app.fast.kept.close()
