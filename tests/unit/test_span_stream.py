@@ -68,6 +68,11 @@ def _reader(client: socket.socket, wanted: int, pace: float = 0.0) -> tuple[thre
     return thread, got
 
 
+def _small_buffers(server: socket.socket, client: socket.socket) -> None:
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+
+
 async def test_a_span_arrives_whole_after_its_head(tmp_path: Path, loopback_pair: Pair) -> None:
     server, client = loopback_pair
     data = _data(24 * MiB)
@@ -83,8 +88,7 @@ async def test_a_span_arrives_whole_after_its_head(tmp_path: Path, loopback_pair
 
 async def test_a_slow_reader_is_waited_for(tmp_path: Path, loopback_pair: Pair) -> None:
     server, client = loopback_pair
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    _small_buffers(server, client)  # the socket fills: the stream waits for room, often
     data = _data(6 * MiB)
     (tmp_path / "f").write_bytes(data)
     run = Run(server, tmp_path / "f", 0, len(data))
@@ -181,8 +185,7 @@ async def test_a_slow_reader_costs_one_writer_and_no_refused_calls(
     "writable" with too little room; before, every wait began with one). Every byte still
     arrives, in order."""
     server, client = loopback_pair
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    _small_buffers(server, client)  # the socket fills: the stream waits for room, often
     data = _data(4 * MiB)
     (tmp_path / "f").write_bytes(data)
     run = Run(server, tmp_path / "f", 0, len(data))
@@ -221,8 +224,7 @@ async def test_a_file_changed_in_place_cuts_a_slow_stream_short(tmp_path: Path, 
     waits for room those take: a file rewritten in place (same size, a new modification time)
     under a slow reader ends the stream cut short, never a complete-looking mix of versions."""
     server, client = loopback_pair
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    _small_buffers(server, client)  # the socket fills: the stream waits for room, often
     data = _data(16 * MiB)
     path = tmp_path / "f"
     path.write_bytes(data)
