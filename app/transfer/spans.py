@@ -165,7 +165,6 @@ class SpanStream:
                 sent = os.sendfile(out, self.span.fd, self.offset, size)
                 if not self._took(sent):
                     return
-                self.unchecked += sent
                 if sent < size and self.left:
                     self._wait()  # the socket is full
                     return
@@ -191,6 +190,7 @@ class SpanStream:
             self.end(False)
             return False
         self.offset, self.left, self.sent = self.offset + sent, self.left - sent, self.sent + sent
+        self.unchecked += sent
         return True
 
     def _changed(self) -> bool:
@@ -206,10 +206,8 @@ class SpanStream:
             self._finish(False)
             return
         try:
-            sent = work.result()
-            if not self._took(sent):
+            if not self._took(work.result()):
                 return
-            self.unchecked += sent
         except BlockingIOError:
             self._wait()
             return
