@@ -19,13 +19,17 @@ from collections.abc import Callable
 EVERY = 10.0  # seconds between trims
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
+def libc_function(name: str) -> Callable[..., int] | None:
+    """glibc's `name` (mallopt, malloc_trim), or None under a C library without it."""
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+        found: Callable[..., int] = getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
     except (OSError, AttributeError):  # another C library: nothing to call
         return None
-    return trim
+    return found
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    return libc_function("malloc_trim")
 
 
 class FreedMemory:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
-import ctypes.util
 import math
 import os
 import resource
@@ -18,6 +15,7 @@ from typing import Any
 import uvicorn
 import uvicorn.config
 
+from app.memory import libc_function
 from app.overseer import WORKER_ENV
 from app.settings import Settings
 from app.transfer.front import FrontProtocol
@@ -115,9 +113,8 @@ def _keep_request_memory(chunk_size: int) -> None:
     mmap, trim = malloc_thresholds(chunk_size)
     os.environ["MALLOC_MMAP_THRESHOLD_"] = str(mmap)
     os.environ["MALLOC_TRIM_THRESHOLD_"] = str(trim)
-    name = ctypes.util.find_library("c")
-    with contextlib.suppress(OSError, AttributeError):
-        mallopt = ctypes.CDLL(name).mallopt  # glibc's (another libc without it: nothing to tune)
+    mallopt = libc_function("mallopt")  # glibc's (another libc without it: nothing to tune)
+    if mallopt is not None:
         mallopt(_M_MMAP_THRESHOLD, mmap)
         mallopt(_M_TRIM_THRESHOLD, trim)
 
